@@ -1,0 +1,137 @@
+"""Loads a dataset's train/val/test splits into host memory as uint8 arrays.
+
+Both studies' datasets fit in memory many times over, so each split is read
+once (from TFDS, or from local files with no TensorFlow) and batched from
+arrays afterwards: no per-step input cost, and the data order becomes a pure
+function of (seed, epoch), which exact resume relies on.
+"""
+import dataclasses
+import logging
+from typing import Sequence
+
+import numpy as np
+
+from cnnjax import local_data
+from cnnjax import splits
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetSpec:
+  image_shape: tuple[int, int, int]
+  class_names: tuple[str, ...]
+
+
+DATASETS = {
+    'fashion_mnist': DatasetSpec((28, 28, 1), (
+        'T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat',
+        'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot')),
+    'mnist': DatasetSpec((28, 28, 1), tuple(str(d) for d in range(10))),
+    'cifar10': DatasetSpec((32, 32, 3), (
+        'airplane', 'automobile', 'bird', 'cat', 'deer',
+        'dog', 'frog', 'horse', 'ship', 'truck')),
+}
+
+
+class DatasetUnavailableError(RuntimeError):
+  """The dataset can be neither loaded from TFDS nor read from local files."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  """One split in host memory: uint8 NHWC images, int32 labels."""
+  images: np.ndarray
+  labels: np.ndarray
+
+  def __len__(self) -> int:
+    return len(self.labels)
+
+
+@dataclasses.dataclass(frozen=True)
+class Dataset:
+  name: str
+  train: Split
+  val: Split | None
+  test: Split
+  class_names: tuple[str, ...]
+  source: str
+
+  @property
+  def num_classes(self) -> int:
+    return len(self.class_names)
+
+  @property
+  def image_shape(self) -> tuple[int, ...]:
+    return tuple(self.train.images.shape[1:])
+
+
+def _offline_help(name: str) -> str:
+  return (f'To train without network, point the run at the files you have: '
+          f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
+          f'(MNIST/Fashion-MNIST) or train/<class>/*.png|jpg and test/<class>/* '
+          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=../shared/data/'
+          f'{"cifar10_jpg.tar.gz" if name == "cifar10" else name}.')
+
+
+def _load_tfds(name: str, split_spec: str, data_dir: str) -> tuple[Split, tuple[str, ...]]:
+  try:
+    import tensorflow_datasets as tfds  # Needs TensorFlow; only this path imports it.
+  except ImportError as e:
+    raise DatasetUnavailableError(
+        f'Loading {name!r} from TFDS needs tensorflow and tensorflow-datasets ({e}). '
+        + _offline_help(name)) from e
+  try:
+    ds, info = tfds.load(name, split=split_spec, as_supervised=True, with_info=True,
+                         data_dir=data_dir or None, download=True)
+    # Batches of a fixed size: `batch_size=-1` is not supported by TFDS' mocks.
+    images, labels = zip(*tfds.as_numpy(ds.batch(10_000)))
+  except Exception as e:  # Download and preparation fail in many ways offline.
+    raise DatasetUnavailableError(
+        f'Could not load split {split_spec!r} of TFDS dataset {name!r}: '
+        f'{type(e).__name__}: {e}. ' + _offline_help(name)) from e
+  split = Split(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32))
+  return split, tuple(info.features['label'].names)
+
+
+def _load_local(root: str, split_spec: str, spec: DatasetSpec,
+                cache: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
+  images, labels = [], []
+  for part in splits.parse_split(split_spec):
+    if part.name not in cache:
+      cache[part.name] = local_data.read_local_split(
+          root, part.name, spec.class_names, spec.image_shape)
+    whole_images, whole_labels = cache[part.name]
+    index = np.asarray(splits.slice_indices(part, len(whole_labels)), np.int64)
+    images.append(whole_images[index])
+    labels.append(whole_labels[index])
+  return Split(np.concatenate(images), np.concatenate(labels))
+
+
+def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
+                 local_data_dir: str = '', tfds_data_dir: str = '') -> Dataset:
+  """Loads the three splits (`val_split=''` for none) from local files or TFDS."""
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r} (config.dataset); known: {sorted(DATASETS)}.')
+  spec = DATASETS[name]
+  split_specs: Sequence[str] = [s for s in (train_split, val_split, test_split)]
+  loaded: list[Split | None] = []
+  if local_data_dir:
+    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split_spec in split_specs:
+      loaded.append(_load_local(local_data_dir, split_spec, spec, cache) if split_spec else None)
+    class_names, source = spec.class_names, f'local:{local_data_dir}'
+  else:
+    class_names = spec.class_names
+    for split_spec in split_specs:
+      if not split_spec:
+        loaded.append(None)
+        continue
+      split, class_names = _load_tfds(name, split_spec, tfds_data_dir)
+      loaded.append(split)
+    source = 'tfds'
+  train, val, test = loaded
+  for split_name, split in (('train', train), ('test', test)):
+    if split is None or not len(split):
+      raise ValueError(f'The {split_name} split ({split_name}_split) is empty.')
+  logging.info('Loaded %s from %s: train %d, val %s, test %d examples.', name, source,
+               len(train), len(val) if val is not None else 'none', len(test))
+  return Dataset(name, train, val, test, tuple(class_names), source)

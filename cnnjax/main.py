@@ -1,0 +1,34 @@
+"""Runs one experiment: `python -m cnnjax.main --config=configs/cnn_simple.py`.
+
+Flags: --config (an ml_collections config file; fields can be overridden as
+--config.batch_size=128) and --workdir (default checkpoints/<config.name>).
+Everything else lives in importable modules (see cnnjax.train).
+"""
+import logging
+import os
+
+from absl import app
+from absl import flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None,
+                               'Run directory (default: checkpoints/<config.name>).')
+flags.mark_flags_as_required(['config'])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  from cnnjax import config_validation  # Imported after flags: keeps --help fast.
+  from cnnjax import train
+  config = _CONFIG.value
+  config_validation.validate_config(config)
+  workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
+  logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
+  train.train_and_evaluate(config, workdir)
+
+
+if __name__ == '__main__':
+  app.run(main)

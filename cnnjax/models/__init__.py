@@ -1,0 +1,53 @@
+"""Model registry: configs name a model (`config.model`), never import one.
+
+`build_model` checks `config.model_kwargs` against the model's fields, so a
+misspelt option fails at start-up with the list of valid ones instead of
+deep inside Flax.
+"""
+import dataclasses
+import functools
+from typing import Any, Callable, Mapping
+
+import flax.linen as nn
+
+from cnnjax.models import mlp
+from cnnjax.models import small_cnns
+from cnnjax.models import transfer
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    'mlp': mlp.MLP,
+    'cnn_simple': small_cnns.FashionCNNSimple,
+    'cnn_deep': small_cnns.FashionCNNDeep,
+    'cifar_cnn': small_cnns.CifarCNN,
+    'vgg16_classifier': functools.partial(transfer.TransferClassifier, backbone='vgg16'),
+    'mobilenet_v2_classifier': functools.partial(
+        transfer.TransferClassifier, backbone='mobilenet_v2', input_adapter='none', dropout=0.3),
+}
+
+
+def _module_class(name: str) -> type[nn.Module]:
+  factory = MODELS[name]
+  return factory.func if isinstance(factory, functools.partial) else factory
+
+
+def model_fields(name: str) -> set[str]:
+  """The options a registered model accepts (its dataclass fields)."""
+  return {f.name for f in dataclasses.fields(_module_class(name))
+          if f.init and f.name not in ('parent', 'name')}
+
+
+def build_model(name: str, num_classes: int, trainable_pattern: str = '.*',
+                kwargs: Mapping[str, Any] | None = None) -> nn.Module:
+  """Instantiates registered model `name` with `num_classes` outputs."""
+  if name not in MODELS:
+    raise ValueError(f'Unknown model {name!r} (config.model). '
+                     f'Registered models: {", ".join(sorted(MODELS))}.')
+  kwargs = dict(kwargs or {})
+  fields = model_fields(name)
+  unknown = sorted(set(kwargs) - fields)
+  if unknown:
+    raise ValueError(f'Model {name!r} has no option(s) {unknown} (config.model_kwargs). '
+                     f'Valid options: {sorted(fields - {"num_classes", "trainable_pattern"})}.')
+  if 'trainable_pattern' in fields:
+    kwargs['trainable_pattern'] = trainable_pattern
+  return MODELS[name](num_classes=num_classes, **kwargs)

@@ -1,0 +1,55 @@
+"""The small CNNs of both studies, layer for layer as the Keras models."""
+import flax.linen as nn
+import jax
+
+from cnnjax.models import layers
+
+
+class FashionCNNSimple(nn.Module):
+  """Study A `cnn_simple`: Conv32-Pool-Conv64-Pool-Flatten-Dense (50,186 params)."""
+  num_classes: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    for i, features in enumerate((32, 64)):
+      x = nn.relu(layers.Conv(features, (3, 3), padding='SAME', name=f'conv_{i}')(x))
+      x = layers.max_pool_2x2(x)
+    return layers.Dense(self.num_classes, name='logits')(layers.flatten(x))
+
+
+class FashionCNNDeep(nn.Module):
+  """Study A `cnn_deep`: three conv blocks with dropout, Dense256 head (436,586 params)."""
+  num_classes: int
+  block_features: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128,))
+  block_dropout: float = 0.25
+  hidden: int = 256
+  head_dropout: float = 0.5
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for b, block in enumerate(self.block_features):
+      for c, features in enumerate(block):
+        x = layers.Conv(features, (3, 3), padding='SAME', name=f'block{b}_conv{c}')(x)
+        x = nn.relu(x)
+      x = layers.max_pool_2x2(x)
+      x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
+    x = nn.relu(layers.Dense(self.hidden, name='hidden')(layers.flatten(x)))
+    x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
+    return layers.Dense(self.num_classes, name='logits')(x)
+
+
+class CifarCNN(nn.Module):
+  """Study B `cifar_cnn`: 'valid' convs, Dense128, Dropout .3 (315,722 params)."""
+  num_classes: int
+  hidden: int = 128
+  dropout: float = 0.3
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    for i, features in enumerate((32, 64)):
+      x = nn.relu(layers.Conv(features, (3, 3), padding='VALID', name=f'conv_{i}')(x))
+      x = layers.max_pool_2x2(x)
+    x = nn.relu(layers.Dense(self.hidden, name='hidden')(layers.flatten(x)))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return layers.Dense(self.num_classes, name='logits')(x)

@@ -1,0 +1,69 @@
+"""Backbone classifiers of the transfer studies: resize, adapt, backbone, head.
+
+Both studies wrap a Keras application backbone the same way: resize the small
+images to 96x96 inside the model, (for grey Fashion-MNIST) a learned 1x1 conv
+to three channels, the backbone without its top, then Flatten, Dense256+ReLU,
+Dropout and the class layer. Which parts train is not decided here but by
+`config.trainable`; the name of each part below is what that pattern matches.
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from cnnjax.models import layers
+from cnnjax.models import mobilenet_v2
+from cnnjax.models import vgg
+
+# Per-channel means of Keras' 'caffe' preprocessing, in BGR order, on 0-255.
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+INPUT_ADAPTERS = ('conv1x1', 'repeat', 'none')
+PREPROCESSING = ('none', 'caffe', 'tf')
+
+
+def imagenet_preprocess(x: jax.Array, mode: str) -> jax.Array:
+  """Keras `preprocess_input` for [0,1] RGB input: 'caffe' (VGG16), 'tf' (MobileNetV2)."""
+  if mode == 'none':
+    return x
+  if mode == 'caffe':
+    return x[..., ::-1] * 255.0 - jnp.asarray(CAFFE_BGR_MEAN, x.dtype)
+  if mode == 'tf':
+    return x * 2.0 - 1.0
+  raise ValueError(f'Unknown preprocessing {mode!r}; expected one of {PREPROCESSING}.')
+
+
+class TransferClassifier(nn.Module):
+  """Resize -> input adapter -> backbone -> Flatten-Dense-Dropout-Dense head."""
+  num_classes: int
+  backbone: str = 'vgg16'
+  image_size: int = 96
+  input_adapter: str = 'conv1x1'
+  preprocessing: str = 'none'
+  hidden: int = 256
+  dropout: float = 0.5
+  trainable_pattern: str = '.*'
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    if self.input_adapter not in INPUT_ADAPTERS:
+      raise ValueError(f'Unknown input_adapter {self.input_adapter!r}; '
+                       f'expected one of {INPUT_ADAPTERS}.')
+    size = self.image_size
+    # Bilinear with half-pixel centres, as Keras' Resizing layer (upsampling,
+    # so jax's antialiasing does not apply).
+    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), method='bilinear')
+    if self.input_adapter == 'conv1x1':
+      x = layers.Conv(3, (1, 1), name='input_adapter')(x)
+    elif self.input_adapter == 'repeat' and x.shape[-1] == 1:
+      x = jnp.repeat(x, 3, axis=-1)
+    x = imagenet_preprocess(x, self.preprocessing)
+    x = self._backbone()(x, train)
+    x = nn.relu(layers.Dense(self.hidden, name='head_hidden')(layers.flatten(x)))
+    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    return layers.Dense(self.num_classes, name='head_logits')(x)
+
+  def _backbone(self) -> nn.Module:
+    if self.backbone == 'vgg16':
+      return vgg.VGG16(name='backbone')
+    if self.backbone == 'mobilenet_v2':
+      return mobilenet_v2.MobileNetV2(trainable_pattern=self.trainable_pattern, name='backbone')
+    raise ValueError(f"Unknown backbone {self.backbone!r}; expected 'vgg16' or 'mobilenet_v2'.")

@@ -1,0 +1,26 @@
+"""VGG16 without its top, as `keras.applications.VGG16(include_top=False)`.
+
+Submodules carry Keras' layer names (`block1_conv1` ...) so ImageNet weights
+port by name.
+"""
+import flax.linen as nn
+import jax
+
+from cnnjax.models import layers
+
+# Output channels of each conv, block by block (13 convs, 14,714,688 params).
+VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
+
+
+class VGG16(nn.Module):
+  """The 13 convolutions and 5 max pools of VGG16; returns the last feature map."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+    del train
+    for b, block in enumerate(VGG16_BLOCKS, start=1):
+      for c, features in enumerate(block, start=1):
+        conv = layers.Conv(features, (3, 3), padding='SAME', name=f'block{b}_conv{c}')
+        x = nn.relu(conv(x))
+      x = layers.max_pool_2x2(x)
+    return x

@@ -1,0 +1,55 @@
+"""TFDS split syntax (`train`, `train[:80%]`, `train[10:]+test`) for local arrays.
+
+Local sources honour the same `config.train_split` strings as TFDS, with
+TFDS' rounding of percent boundaries (to the closest example), so the same
+config selects the same examples whether the data came from TFDS or files.
+"""
+import re
+from typing import NamedTuple
+
+_PART = re.compile(r'^(?P<name>\w+)(\[(?P<start>[^:\]]*):(?P<stop>[^\]]*)\])?$')
+_BOUND = re.compile(r'^(?P<value>-?\d+)(?P<pct>%)?$')
+
+
+class SplitPart(NamedTuple):
+  """One `name[start:stop]` term; boundaries as written (int, percent or None)."""
+  name: str
+  start: str
+  stop: str
+
+
+def parse_split(spec: str) -> list[SplitPart]:
+  """Parses `spec`; raises ValueError naming the part that is not valid syntax."""
+  parts = []
+  for raw in spec.replace(' ', '').split('+'):
+    match = _PART.match(raw)
+    if not match:
+      raise ValueError(f'Invalid split {spec!r}: cannot parse {raw!r}. '
+                       "Use TFDS syntax such as 'train', 'train[:80%]', 'train[1000:]'.")
+    for bound in (match['start'], match['stop']):
+      if bound and not _BOUND.match(bound):
+        raise ValueError(f'Invalid split {spec!r}: bad boundary {bound!r} in {raw!r}.')
+    parts.append(SplitPart(match['name'], match['start'] or '', match['stop'] or ''))
+  return parts
+
+
+def _absolute(bound: str, num_examples: int) -> int | None:
+  if not bound:
+    return None
+  match = _BOUND.match(bound)
+  value = int(match['value'])
+  if match['pct']:
+    # TFDS' default rounding='closest' (Python's round, like TFDS).
+    return int(round(value * num_examples / 100.0))
+  return value
+
+
+def slice_indices(part: SplitPart, num_examples: int) -> range:
+  """Indices of the examples `part` selects from a split of `num_examples`."""
+  start = _absolute(part.start, num_examples)
+  stop = _absolute(part.stop, num_examples)
+  if any(b is not None and abs(b) > num_examples for b in (start, stop)):
+    # As TFDS does: an absolute slice past the end is a mistake, not a clamp.
+    raise ValueError(f'Split {part.name}[{part.start}:{part.stop}] asks for examples beyond '
+                     f'the {num_examples} that split {part.name!r} has.')
+  return range(*slice(start, stop).indices(num_examples))

@@ -1,0 +1,120 @@
+"""What a run leaves in its workdir and prints: config, per-epoch metrics, results.
+
+`metrics.jsonl` holds one JSON object per epoch (the machine-readable
+history), the console gets a Keras-like line per epoch and, on a terminal, a
+live progress bar. TensorBoard event files are written when TensorBoard and
+TensorFlow are installed (clu's writer needs both); nothing else needs them.
+Only process 0 writes, so multi-host runs produce one set of files.
+"""
+import contextlib
+import importlib.util
+import json
+import logging
+import os
+import sys
+from typing import Any, Iterator
+
+import jax
+import ml_collections
+
+CONFIG_FILE = 'config.json'
+METRICS_FILE = 'metrics.jsonl'
+RESULTS_FILE = 'results.json'
+PROGRESS_REFRESH_STEPS = 25
+
+
+def write_json(path: str, payload: Any) -> None:
+  """Writes `payload` atomically: a reader never sees a half-written file."""
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, sort_keys=True)
+    f.write('\n')
+  os.replace(tmp, path)
+
+
+def _tensorboard_writer(logdir: str):
+  """clu's SummaryWriter when TensorBoard is installed; it imports TensorFlow."""
+  if importlib.util.find_spec('tensorboard') is None:
+    return None
+  try:
+    from clu.metric_writers import SummaryWriter
+  except ImportError:
+    return None
+  return SummaryWriter(logdir)
+
+
+class _Progress:
+  """A tqdm bar with a running loss/accuracy; a no-op when stdout is not a terminal."""
+
+  def __init__(self, bar):
+    self._bar, self._steps = bar, 0
+
+  def update(self, running) -> None:
+    if self._bar is None:
+      return
+    self._steps += 1
+    self._bar.update(1)
+    if self._steps % PROGRESS_REFRESH_STEPS == 0:
+      computed = running.compute()
+      self._bar.set_postfix(loss=f'{float(computed["loss"]):.4f}',
+                            accuracy=f'{float(computed["accuracy"]):.4f}')
+
+
+class RunWriter:
+  """Writes one run's files in `workdir` and its console output."""
+
+  def __init__(self, workdir: str, num_epochs: int, steps_per_epoch: int):
+    self.workdir, self.num_epochs, self.steps_per_epoch = workdir, num_epochs, steps_per_epoch
+    self.is_writer = jax.process_index() == 0
+    self._tensorboard = None
+    if self.is_writer:
+      os.makedirs(workdir, exist_ok=True)
+      self._tensorboard = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
+
+  def path(self, name: str) -> str:
+    return os.path.join(self.workdir, name)
+
+  def write_config(self, config: ml_collections.ConfigDict) -> None:
+    if self.is_writer:
+      write_json(self.path(CONFIG_FILE), config.to_dict())
+
+  @contextlib.contextmanager
+  def progress(self, epoch: int, steps: int) -> Iterator[_Progress]:
+    bar = None
+    if self.is_writer and sys.stdout.isatty():
+      import tqdm
+      bar = tqdm.tqdm(total=steps, desc=f'Epoch {epoch + 1}/{self.num_epochs}',
+                      unit='step', leave=False, dynamic_ncols=True)
+    try:
+      yield _Progress(bar)
+    finally:
+      if bar is not None:
+        bar.close()
+
+  def write_epoch(self, row: dict[str, Any]) -> None:
+    if not self.is_writer:
+      return
+    with open(self.path(METRICS_FILE), 'a') as f:
+      f.write(json.dumps(row, sort_keys=True) + '\n')
+    print(format_epoch_line(row, self.num_epochs), flush=True)
+    if self._tensorboard is not None:
+      scalars = {k: v for k, v in row.items() if k not in ('epoch', 'step')}
+      self._tensorboard.write_scalars(row['step'], scalars)
+      self._tensorboard.flush()
+
+  def write_results(self, results: dict[str, Any]) -> None:
+    if not self.is_writer:
+      return
+    write_json(self.path(RESULTS_FILE), results)
+    print(f'Test loss {results["test_loss"]:.4f}, test accuracy {results["test_accuracy"]:.4f} '
+          f'({results["eval_seconds"]:.1f}s). Results in {self.path(RESULTS_FILE)}', flush=True)
+    logging.info('Results: %s', results)
+
+
+def format_epoch_line(row: dict[str, Any], num_epochs: int) -> str:
+  """Keras' per-epoch line: `Epoch 3/10 - 12.1s - loss: 0.31 - accuracy: 0.89 - val_...`."""
+  parts = [f'Epoch {row["epoch"]}/{num_epochs}', f'{row["epoch_seconds"]:.1f}s']
+  for key in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
+    if key in row:
+      parts.append(f'{key.removeprefix("train_")}: {row[key]:.4f}')
+  return ' - '.join(parts)

@@ -1,0 +1,106 @@
+"""Local IDX and image-folder sources: exact arrays, split slicing, clear errors."""
+import gzip
+import os
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax import datasets
+from cnnjax import local_data
+from tests.conftest import make_idx_dataset, write_idx
+
+
+def test_idx_reads_back_exactly_what_was_written(tmp_path):
+  arrays = make_idx_dataset(str(tmp_path), num_train=30, num_test=12)
+  data = datasets.load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+                               local_data_dir=str(tmp_path))
+  images, labels = arrays['train']
+  np.testing.assert_array_equal(data.train.images, images[:24, ..., None])
+  np.testing.assert_array_equal(data.val.labels, labels[24:])
+  np.testing.assert_array_equal(data.test.images[..., 0], arrays['t10k'][0])
+  assert data.train.images.dtype == np.uint8 and data.train.labels.dtype == np.int32
+  assert data.class_names[0] == 'T-shirt/top' and data.num_classes == 10
+
+
+def test_truncated_idx_file_is_named(tmp_path):
+  make_idx_dataset(str(tmp_path))
+  path = tmp_path / 'train-images-idx3-ubyte.gz'
+  payload = gzip.decompress(path.read_bytes())
+  path.write_bytes(gzip.compress(payload[:-100]))
+  with pytest.raises(local_data.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
+    datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
+def test_wrong_image_size_is_rejected(tmp_path):
+  make_idx_dataset(str(tmp_path))
+  write_idx(str(tmp_path / 'train-images-idx3-ubyte.gz'), np.zeros((40, 32, 32), np.uint8))
+  with pytest.raises(local_data.LocalDataError, match=r'shape \(32, 32, 1\)'):
+    datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
+def write_image_tree(root, images, labels, class_names, split):
+  for i, (image, label) in enumerate(zip(images, labels)):
+    folder = os.path.join(root, split, class_names[label])
+    os.makedirs(folder, exist_ok=True)
+    Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'))
+
+
+def sort_by_class(images, labels):
+  order = np.argsort(labels, kind='stable')  # Files are named by index: the local order.
+  return images[order], labels[order]
+
+
+def test_image_folder_equals_tfds_for_the_same_images(tmp_path, mock_tfds):
+  tfds_data = datasets.load_dataset('cifar10', 'train', '', 'test')
+  names = datasets.DATASETS['cifar10'].class_names
+  for split in ('train', 'test'):
+    arrays = getattr(tfds_data, split)
+    write_image_tree(str(tmp_path), arrays.images, arrays.labels, names, split)
+  local = datasets.load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path))
+  for split in ('train', 'test'):
+    expected_images, expected_labels = sort_by_class(getattr(tfds_data, split).images,
+                                                     getattr(tfds_data, split).labels)
+    np.testing.assert_array_equal(getattr(local, split).images, expected_images)
+    np.testing.assert_array_equal(getattr(local, split).labels, expected_labels)
+    assert getattr(local, split).images.dtype == getattr(tfds_data, split).images.dtype
+
+
+def test_image_folder_tarball_and_slicing(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+  labels = np.repeat(np.arange(10), 2)
+  names = datasets.DATASETS['cifar10'].class_names
+  tree = tmp_path / 'tree'
+  write_image_tree(str(tree), images, labels, names, 'train')
+  write_image_tree(str(tree), images[:10], labels[:10], names, 'test')
+  archive = tmp_path / 'cifar.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tree / 'train', arcname='train')
+    tar.add(tree / 'test', arcname='test')
+  from_dir = datasets.load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
+                                   local_data_dir=str(tree))
+  from_tar = datasets.load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
+                                   local_data_dir=str(archive))
+  assert len(from_dir.train) == 15 and len(from_dir.val) == 5 and len(from_dir.test) == 10
+  np.testing.assert_array_equal(from_dir.train.images, images[:15])
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(getattr(from_dir, split).images, getattr(from_tar, split).images)
+    np.testing.assert_array_equal(getattr(from_dir, split).labels, getattr(from_tar, split).labels)
+
+
+def test_unknown_class_folder_is_named(tmp_path):
+  write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
+  with pytest.raises(local_data.LocalDataError, match='train/airplanes.*not a class'):
+    datasets.load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
+
+
+def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  def offline(*args, **kwargs):
+    raise ConnectionError('network unreachable')
+  monkeypatch.setattr(tfds, 'load', offline)
+  with pytest.raises(datasets.DatasetUnavailableError, match='--config.local_data_dir'):
+    datasets.load_dataset('fashion_mnist', 'train', '', 'test', tfds_data_dir=str(tmp_path))

@@ -1,0 +1,101 @@
+"""Every study model has the study's parameter counts and Keras' train/eval behaviour."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cnnjax import datasets
+from cnnjax import params as params_lib
+from cnnjax import train
+from cnnjax.models import build_model
+from cnnjax.models import mobilenet_v2
+from tests.conftest import STUDY_CONFIGS, load_config
+
+# DESIGN.md's tables: (total, trainable), totals counting BatchNorm statistics as Keras does.
+STUDY_PARAMS = {
+    'mlp_256_128': (235_146, 235_146),
+    'mlp_128_64': (109_386, 109_386),
+    'mlp_512_256_128': (567_434, 567_434),
+    'cnn_simple': (50_186, 50_186),
+    'cnn_deep': (436_586, 436_586),
+    'vgg_scratch': (15_897_168, 15_897_168),
+    'vgg_transfer': (15_897_168, 1_182_480),
+    'cifar_cnn': (315_722, 315_722),
+    'cifar_mobilenet_transfer': (5_209_930, 2_951_946),
+}
+
+
+def abstract_state(config):
+  spec = datasets.DATASETS[config.dataset]
+  model = train.create_model(config, len(spec.class_names))
+  tx = train.create_optimizer(config)
+  return jax.eval_shape(lambda: train.create_train_state(config, model, spec.image_shape, tx))
+
+
+def test_every_study_config_has_a_param_count():
+  assert set(STUDY_PARAMS) == set(STUDY_CONFIGS)
+
+
+@pytest.mark.parametrize('name', STUDY_CONFIGS)
+def test_parameter_counts_match_study(name):
+  state = abstract_state(load_config(name))
+  total, trainable = STUDY_PARAMS[name]
+  assert params_lib.count(state.variables) == total
+  assert params_lib.count(state.params) == trainable
+
+
+def test_frozen_params_get_no_optimizer_state():
+  state = abstract_state(load_config('vgg_transfer'))
+  assert params_lib.count(state.opt_state) == 2 * 1_182_480 + 1  # Two moments and a count.
+  assert set(state.frozen_params) == {'backbone'}
+
+
+def test_mobilenet_v2_keras_layer_names_and_output_shape():
+  model = mobilenet_v2.MobileNetV2()
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 96, 96, 3))))
+  names = set(variables['params'])
+  for expected in ('Conv1', 'bn_Conv1', 'expanded_conv_depthwise', 'expanded_conv_project_BN',
+                   'block_16_expand', 'block_16_project', 'Conv_1', 'Conv_1_bn'):
+    assert expected in names
+  assert len([n for n in names if n.endswith('depthwise')]) == 17
+  assert variables['params']['block_1_depthwise']['kernel'].shape == (3, 3, 1, 96)
+  out = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((2, 96, 96, 3))))
+  assert out.shape == (2, 3, 3, 1280)
+
+
+@pytest.mark.parametrize('size,expected', [(96, ((0, 1), (0, 1))), (7, ((1, 1), (1, 1)))])
+def test_correct_pad_matches_keras(size, expected):
+  assert mobilenet_v2.correct_pad(size, size) == expected
+
+
+def test_dropout_only_in_training():
+  model = build_model('cnn_deep', 10)
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 28, 28, 1))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  eval_a = model.apply(variables, x, train=False)
+  eval_b = model.apply(variables, x, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)})
+  train_b = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(3)})
+  assert not np.allclose(train_a, train_b)
+
+
+@pytest.mark.parametrize('trainable,updates', [('.*', True), ('^head', False)])
+def test_batchnorm_statistics_update_only_when_training_and_not_frozen(trainable, updates):
+  model = build_model('mobilenet_v2_classifier', 10, trainable, {'image_size': 32})
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), x)
+  _, new = model.apply(variables, x, train=True, rngs={'dropout': jax.random.PRNGKey(2)},
+                       mutable=['batch_stats'])
+  before = variables['batch_stats']['backbone']['bn_Conv1']['mean']
+  after = new['batch_stats']['backbone']['bn_Conv1']['mean']
+  assert (not np.array_equal(before, after)) == updates
+  _, unchanged = model.apply(variables, x, train=False, mutable=['batch_stats'])
+  np.testing.assert_array_equal(unchanged['batch_stats']['backbone']['bn_Conv1']['mean'], before)
+
+
+def test_unknown_model_and_option_are_named():
+  with pytest.raises(ValueError, match="Unknown model 'resnet'.*cnn_simple"):
+    build_model('resnet', 10)
+  with pytest.raises(ValueError, match=r"no option\(s\) \['hidden'\].*hidden_sizes"):
+    build_model('mlp', 10, kwargs={'hidden': 3})
