@@ -59,7 +59,7 @@ def test_mobilenet_v2_keras_layer_names_and_output_shape():
     assert expected in names
   assert len([n for n in names if n.endswith('depthwise')]) == 17
   assert variables['params']['block_1_depthwise']['kernel'].shape == (3, 3, 1, 96)
-  out = jax.eval_shape(lambda: model.apply(variables, jnp.zeros((2, 96, 96, 3))))
+  out = jax.eval_shape(lambda v: model.apply(v, jnp.zeros((2, 96, 96, 3))), variables)
   assert out.shape == (2, 3, 3, 1280)
 
 
