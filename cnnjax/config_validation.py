@@ -12,7 +12,7 @@ from cnnjax import datasets
 from cnnjax import splits
 from cnnjax.models import build_model
 
-POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs')
+POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
 
 
 def _default_fields() -> set[str]:
@@ -30,6 +30,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
     value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ValueError(f'config.{field} must be a positive integer, got {value!r}.')
+  if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
+    raise ValueError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
+                     f'got {config.checkpoint_every_steps!r}.')
   if not config.learning_rate > 0:
     raise ValueError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   if config.dataset not in datasets.DATASETS:

@@ -6,6 +6,7 @@ Everything else lives in importable modules (see cnnjax.train).
 """
 import logging
 import os
+import sys
 
 from absl import app
 from absl import flags
@@ -22,12 +23,18 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from cnnjax import config_validation  # Imported after flags: keeps --help fast.
+  from cnnjax import preemption
   from cnnjax import train
   config = _CONFIG.value
   config_validation.validate_config(config)
   workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
   logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-  train.train_and_evaluate(config, workdir)
+  try:
+    train.train_and_evaluate(config, workdir)
+  except preemption.StopRequested as stop:
+    logging.warning('%s', stop)
+    print(stop, flush=True)
+    sys.exit(128 + stop.signum)
 
 
 if __name__ == '__main__':

@@ -6,10 +6,9 @@ trainable ones (see `params.py`). Dropout keys derive from (seed, step) and
 batches from (seed, epoch), so a run is a pure function of its config.
 """
 import functools
-import json
+import itertools
 import logging
 import math
-import os
 import time
 from typing import Any
 
@@ -22,10 +21,13 @@ import numpy as np
 import optax
 from clu import metrics
 
+from cnnjax import checkpointing
 from cnnjax import datasets
 from cnnjax import input_pipeline
 from cnnjax import params as params_lib
+from cnnjax import preemption
 from cnnjax import sharding
+from cnnjax import workdir as workdir_lib
 from cnnjax import writers
 from cnnjax.models import build_model
 
@@ -164,17 +166,18 @@ def device_summary() -> dict[str, Any]:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains `config`'s experiment, evaluates it and writes its results to `workdir`."""
+  """Trains `config`'s experiment (resuming from `workdir`), evaluates it, writes results."""
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
+  workdir_lib.prepare(config, workdir)
   data = datasets.load_dataset(config.dataset, config.train_split, config.val_split,
                                config.test_split, config.local_data_dir, config.tfds_data_dir)
   mesh = sharding.create_mesh()
   model = create_model(config, data.num_classes)
   tx = create_optimizer(config)
-  state = jax.device_put(create_train_state(config, model, data.image_shape, tx),
-                         sharding.replicated(mesh))
-  trainer = Trainer(config, model, tx, mesh)
+  replicated = sharding.replicated(mesh)
+  state = jax.device_put(create_train_state(config, model, data.image_shape, tx), replicated)
+  running = jax.device_put(Metrics.empty(), replicated)
   pretrained = _describe_pretrained(config)
   counts = {'params_total': params_lib.count(state.variables),
             'params_trainable': params_lib.count(state.params)}
@@ -183,53 +186,116 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train), config.batch_size)
   total_steps = num_train_steps(config, steps_per_epoch)
-  num_epochs = math.ceil(total_steps / steps_per_epoch)
-  log = writers.RunWriter(workdir, num_epochs, steps_per_epoch)
-  log.write_config(config)
+  log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch)
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  timings = {'train_seconds': 0.0, 'epoch_seconds': 0.0}
+  try:
+    restored = checkpointer.restore_latest(state, running)
+    if restored is not None:
+      state, running = restored.state, restored.running_metrics
+      timings = {k: restored.meta[k] for k in timings}
+      saved_results = log.read_results()
+      if restored.step >= total_steps and saved_results is not None:
+        log.report_finished(saved_results)
+        return saved_results
+      log.truncate_metrics(restored.step, continues=restored.step < total_steps)
+      log.announce(f'Resumed from the checkpoint at step {restored.step} (epoch '
+                   f'{restored.step // steps_per_epoch + 1}, step '
+                   f'{restored.step % steps_per_epoch}/{steps_per_epoch} of it).')
+    log.write_config(config)
+    fit = _Fit(config, Trainer(config, model, tx, mesh), data, mesh, log, checkpointer,
+               steps_per_epoch, total_steps)
+    state = fit.run(state, running, timings)
+  finally:
+    checkpointer.wait()
+    checkpointer.close()
 
-  train_start = time.perf_counter()
+  eval_start = time.perf_counter()
+  test_metrics, predictions = fit.trainer.evaluate(state, data.test)
+  jax.block_until_ready(predictions)
+  eval_seconds = time.perf_counter() - eval_start
   step = int(state.step)
-  while step < total_steps:
-    epoch = step // steps_per_epoch
-    epoch_start = time.perf_counter()
-    epoch_end_step = min((epoch + 1) * steps_per_epoch, total_steps)
-    running = jax.device_put(Metrics.empty(), sharding.replicated(mesh))
-    batches = input_pipeline.train_batches(data.train, config.batch_size, config.seed, epoch,
-                                           first_step=step - epoch * steps_per_epoch)
-    with log.progress(epoch, epoch_end_step - step) as progress:
-      for images, labels in batches:
-        if step >= epoch_end_step:
-          break
-        state, running = trainer.train_step(
-            state, *sharding.put_global_batch(mesh, (images, labels)), running)
-        step += 1
-        progress.update(running)
+  results = {
+      'name': config.name, 'model': config.model, 'dataset': data.name,
+      'data_source': data.source, 'steps': step, 'epochs': step / steps_per_epoch,
+      'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy'],
+      'eval_seconds': eval_seconds, 'train_seconds': fit.train_seconds,
+      **counts, **device_summary(), **pretrained,
+  }
+  log.write_results(results)
+  return results
+
+
+class _Fit:
+  """The epoch loop: steps, per-epoch metrics and validation, checkpoints, signals.
+
+  Wall-clock totals survive a resume: a checkpoint records the seconds spent
+  so far in training and in the current epoch, and the clocks restart from them.
+  """
+
+  def __init__(self, config, trainer, data, mesh, log, checkpointer, steps_per_epoch,
+               total_steps):
+    self.config, self.trainer, self.data, self.mesh = config, trainer, data, mesh
+    self.log, self.checkpointer = log, checkpointer
+    self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+    self._train_start = self._epoch_start = time.perf_counter()
+
+  @property
+  def train_seconds(self) -> float:
+    return time.perf_counter() - self._train_start
+
+  def _save(self, step: int, state: TrainState, running: Metrics) -> None:
+    epoch_seconds = time.perf_counter() - self._epoch_start
+    self.checkpointer.save(step, state, running, {
+        'train_seconds': self.train_seconds,
+        'epoch_seconds': epoch_seconds if step % self.steps_per_epoch else 0.0})
+
+  def run(self, state: TrainState, running: Metrics, timings: dict[str, float]) -> TrainState:
+    config, spe = self.config, self.steps_per_epoch
+    now = time.perf_counter()
+    self._train_start, self._epoch_start = now - timings['train_seconds'], now - timings['epoch_seconds']
+    step = int(state.step)
+    with preemption.guard_signals() as guard:
+      while step < self.total_steps:
+        epoch = step // spe
+        epoch_end_step = min((epoch + 1) * spe, self.total_steps)
+        batches = input_pipeline.train_batches(self.data.train, config.batch_size, config.seed,
+                                               epoch, first_step=step - epoch * spe)
+        with self.log.progress(epoch, epoch_end_step - step) as progress:
+          for images, labels in itertools.islice(batches, epoch_end_step - step):
+            state, running = self.trainer.train_step(
+                state, *sharding.put_global_batch(self.mesh, (images, labels)), running)
+            step += 1
+            progress.update(running)
+            if guard.requested:
+              self._save(step, state, running)
+              self.checkpointer.wait()
+              raise preemption.StopRequested(guard.signum, step)
+            if (config.checkpoint_every_steps and step < epoch_end_step
+                and step % config.checkpoint_every_steps == 0):
+              self._save(step, state, running)
+        self.log.write_epoch(self._epoch_row(epoch, step, state, running))
+        if step % spe == 0:  # A run cut short mid-epoch keeps its running metrics to resume.
+          running = jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
+        self._save(step, state, running)
+        self._epoch_start = time.perf_counter()
+    return state
+
+  def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics
+                 ) -> dict[str, Any]:
+    """The epoch's metrics.jsonl row; stops the run on a NaN/Inf loss."""
     row = {'epoch': epoch + 1, 'step': step}
     row.update({f'train_{k}': v for k, v in _as_floats(running.compute()).items()})
     if not math.isfinite(row['train_loss']):
       raise NonFiniteLossError(
           f'Training loss became {row["train_loss"]} by step {step} (epoch {epoch + 1}). '
-          'Lower config.learning_rate or check the inputs; the run was stopped.')
-    if data.val is not None:
-      val_metrics, _ = trainer.evaluate(state, data.val)
+          'Lower config.learning_rate or check the inputs. The run was stopped; its last '
+          'good checkpoint is kept.')
+    if self.data.val is not None:
+      val_metrics, _ = self.trainer.evaluate(state, self.data.val)
       row.update({f'val_{k}': v for k, v in val_metrics.items()})
-    row['epoch_seconds'] = time.perf_counter() - epoch_start
-    log.write_epoch(row)
-  train_seconds = time.perf_counter() - train_start
-
-  eval_start = time.perf_counter()
-  test_metrics, predictions = trainer.evaluate(state, data.test)
-  jax.block_until_ready(predictions)
-  eval_seconds = time.perf_counter() - eval_start
-  results = {
-      'name': config.name, 'model': config.model, 'dataset': data.name,
-      'data_source': data.source, 'steps': step, 'epochs': step / steps_per_epoch,
-      'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy'],
-      'eval_seconds': eval_seconds, 'train_seconds': train_seconds,
-      **counts, **device_summary(), **pretrained,
-  }
-  log.write_results(results)
-  return results
+    row['epoch_seconds'] = time.perf_counter() - self._epoch_start
+    return row
 
 
 def _describe_pretrained(config: ml_collections.ConfigDict) -> dict[str, Any]:

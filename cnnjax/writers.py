@@ -74,6 +74,33 @@ class RunWriter:
   def path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
 
+  def read_results(self) -> dict[str, Any] | None:
+    if not os.path.exists(self.path(RESULTS_FILE)):
+      return None
+    with open(self.path(RESULTS_FILE)) as f:
+      return json.load(f)
+
+  def truncate_metrics(self, step: int, continues: bool) -> None:
+    """Keeps the rows that a run resumed at `step` will not write again.
+
+    Rows past the checkpoint (the run died between writing them and saving)
+    are dropped, and so is the row of a partial epoch ending at `step` (a run
+    cut short by num_train_steps) when training `continues` through it: the
+    resumed run writes them again, identically.
+    """
+    path = self.path(METRICS_FILE)
+    if not self.is_writer or not os.path.exists(path):
+      return
+    with open(path) as f:
+      rows = [json.loads(line) for line in f if line.strip()]
+    partial_epoch_end = step % self.steps_per_epoch != 0
+    kept = [r for r in rows
+            if r['step'] < step or (r['step'] == step and not (continues and partial_epoch_end))]
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+      f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
+    os.replace(tmp, path)
+
   def write_config(self, config: ml_collections.ConfigDict) -> None:
     if self.is_writer:
       write_json(self.path(CONFIG_FILE), config.to_dict())
@@ -101,6 +128,16 @@ class RunWriter:
       scalars = {k: v for k, v in row.items() if k not in ('epoch', 'step')}
       self._tensorboard.write_scalars(row['step'], scalars)
       self._tensorboard.flush()
+
+  def announce(self, message: str) -> None:
+    if self.is_writer:
+      print(message, flush=True)
+    logging.info(message)
+
+  def report_finished(self, results: dict[str, Any]) -> None:
+    self.announce(f'{self.workdir} holds a finished run ({results["steps"]} steps); not '
+                  f'retraining. Test loss {results["test_loss"]:.4f}, test accuracy '
+                  f'{results["test_accuracy"]:.4f}.')
 
   def write_results(self, results: dict[str, Any]) -> None:
     if not self.is_writer:

@@ -32,4 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.num_epochs = 10
   config.num_train_steps = -1          # > 0 cuts the run short (smoke tests).
   config.seed = 0
+
+  # Checkpoints (orbax, in <workdir>/checkpoints): every epoch end and every N steps.
+  config.checkpoint_every_steps = 0    # 0 = only at epoch ends (and on SIGTERM/SIGINT).
+  config.keep_checkpoints = 3
+  config.resume = True                 # False: move an existing run aside and start afresh.
   return config

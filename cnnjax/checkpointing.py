@@ -1,0 +1,116 @@
+"""Orbax checkpoints that let a stopped run continue as if it never stopped.
+
+A checkpoint holds the whole `TrainState` (step, trainable and frozen params,
+optimizer state, BatchNorm statistics, RNG), the running metrics of the
+epoch in progress, and a small JSON `meta` item (epoch timings, a shape
+fingerprint of the state). Data order is a function of (seed, epoch), so the
+step alone says where in the data to continue.
+
+Failure handling: orbax finalises a step atomically, so a save killed midway
+never shows up as a step. A finalised step that cannot be read is moved
+aside to `checkpoints_unreadable/` (never deleted) and the previous one is
+used. A checkpoint whose shapes do not fit the model is an error that
+leaves the workdir untouched.
+"""
+import logging
+import os
+import shutil
+import time
+from typing import Any, NamedTuple
+
+import jax
+import orbax.checkpoint as ocp
+
+CHECKPOINT_DIR = 'checkpoints'
+UNREADABLE_DIR = 'checkpoints_unreadable'
+
+
+class IncompatibleCheckpointError(ValueError):
+  """The workdir's checkpoint belongs to a different model or config."""
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  running_metrics: Any
+  meta: dict[str, Any]
+
+
+def shape_fingerprint(tree: Any) -> dict[str, str]:
+  """'path' -> 'dtype[shape]' for every leaf: what a checkpoint must match."""
+  flat, _ = jax.tree_util.tree_flatten_with_path(tree)
+  return {jax.tree_util.keystr(path): f'{leaf.dtype}{list(leaf.shape)}' for path, leaf in flat}
+
+
+def _abstract(tree: Any) -> Any:
+  return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
+
+
+class Checkpointer:
+  """Saves (asynchronously) and restores one run's checkpoints under `workdir`."""
+
+  def __init__(self, workdir: str, keep: int):
+    self.workdir = os.path.abspath(workdir)
+    self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=True))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
+    """Starts an asynchronous save; training goes on while it is written."""
+    meta = dict(meta, shapes=shape_fingerprint(state))
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        running_metrics=ocp.args.StandardSave(running_metrics),
+        meta=ocp.args.JsonSave(meta)), force=True)
+
+  def restore_latest(self, state_template: Any, metrics_template: Any) -> Restored | None:
+    """The newest readable checkpoint, placed like the templates; None if there is none."""
+    expected = shape_fingerprint(state_template)
+    for step in sorted(self.manager.all_steps(), reverse=True):
+      try:
+        meta = self.manager.restore(step, args=ocp.args.Composite(
+            meta=ocp.args.JsonRestore())).meta
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      mismatched = sorted(k for k in set(expected) | set(meta.get('shapes', {}))
+                          if expected.get(k) != meta.get('shapes', {}).get(k))
+      if mismatched:
+        details = '; '.join(f'{k}: checkpoint {meta.get("shapes", {}).get(k)}, model '
+                            f'{expected.get(k)}' for k in mismatched[:5])
+        raise IncompatibleCheckpointError(
+            f'The checkpoint at step {step} in {self.directory} does not fit this model '
+            f'({len(mismatched)} arrays differ: {details}). Nothing was changed. Use the '
+            'config that made it, or a new --workdir.')
+      try:
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(_abstract(state_template)),
+            running_metrics=ocp.args.StandardRestore(_abstract(metrics_template))))
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      return Restored(step, restored.state, restored.running_metrics, meta)
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    """Moves an unreadable step out of the manager's way, keeping it for inspection."""
+    target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
+    logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s and '
+                    'falling back to the previous checkpoint.', step, self.directory,
+                    type(error).__name__, str(error)[:300], target)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    self.manager.reload()
+
+  def wait(self) -> None:
+    """Blocks until every started save is on disk."""
+    self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()

@@ -1,0 +1,72 @@
+"""Decides what a run may do with an existing workdir, before anything is written.
+
+The same command resumes a stopped run. A workdir that holds a run of a
+different config is never written over: the run fails and names the fields
+that differ. `--config.resume=False` starts afresh and moves the old run
+aside (`DIR.previous-<time>`) instead of deleting anything.
+"""
+import json
+import logging
+import os
+import shutil
+import time
+from typing import Any
+
+import jax
+import ml_collections
+
+from cnnjax import checkpointing
+from cnnjax import writers
+
+# Fields that may change between a run and its resumption: how long to train,
+# how often to save, where the (same) data lives, the evaluation batch.
+RESUMABLE_CHANGES = frozenset({
+    'num_epochs', 'num_train_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'resume',
+    'eval_batch_size', 'local_data_dir', 'tfds_data_dir'})
+
+
+def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
+  flat = {}
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      flat.update(_flatten(value, f'{prefix}{key}.'))
+    else:
+      flat[f'{prefix}{key}'] = value
+  return flat
+
+
+def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+  """'field: saved -> now' for each field that differs and may not change on resume."""
+  current = _flatten(json.loads(json.dumps(config.to_dict())))
+  saved = _flatten(saved)
+  return [f'{k}: {saved.get(k, "<unset>")!r} -> {current.get(k, "<unset>")!r}'
+          for k in sorted(set(saved) | set(current))
+          if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
+
+
+def holds_run(workdir: str) -> bool:
+  return any(os.path.exists(os.path.join(workdir, name)) for name in (
+      writers.CONFIG_FILE, writers.METRICS_FILE, checkpointing.CHECKPOINT_DIR))
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Checks that `config` may run in `workdir`; moves an old run aside if asked to."""
+  if not holds_run(workdir):
+    return
+  if not config.resume:
+    target = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
+    if jax.process_index() == 0:
+      shutil.move(workdir, target)
+    logging.warning('config.resume=False: moved the previous run in %s to %s; starting afresh.',
+                    workdir, target)
+    return
+  config_path = os.path.join(workdir, writers.CONFIG_FILE)
+  if os.path.exists(config_path):
+    with open(config_path) as f:
+      differences = config_differences(json.load(f), config)
+    if differences:
+      raise checkpointing.IncompatibleCheckpointError(
+          f'{workdir} holds a run of a different config; these fields differ: '
+          f'{"; ".join(differences)}. Nothing was changed. Resume with the same config, '
+          'choose a new --workdir, or pass --config.resume=False to start afresh (the old '
+          'run is moved aside, not deleted).')

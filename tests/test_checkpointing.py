@@ -1,0 +1,209 @@
+"""A stopped run continues as if it never stopped; failures never cost saved work."""
+import glob
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import checkpointing
+from cnnjax import datasets
+from cnnjax import sharding
+from cnnjax import train
+from tests.conftest import REPO_ROOT, load_config, make_idx_dataset, read_jsonl, shrink
+
+TIMING_FIELDS = ('epoch_seconds',)
+
+
+def final_state(config, workdir):
+  """The latest checkpoint's TrainState, restored onto this process's devices."""
+  spec = datasets.DATASETS[config.dataset]
+  model = train.create_model(config, len(spec.class_names))
+  tx = train.create_optimizer(config)
+  template = jax.device_put(train.create_train_state(config, model, spec.image_shape, tx),
+                            sharding.replicated(sharding.create_mesh()))
+  checkpointer = checkpointing.Checkpointer(workdir, 3)
+  restored = checkpointer.restore_latest(template, train.Metrics.empty())
+  checkpointer.close()
+  return restored.state
+
+
+def assert_same_run(workdir_a, workdir_b, config):
+  state_a, state_b = final_state(config, workdir_a), final_state(config, workdir_b)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a), jax.device_get(state_b))
+  rows_a, rows_b = (read_jsonl(os.path.join(w, 'metrics.jsonl')) for w in (workdir_a, workdir_b))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+  assert strip(rows_a) == strip(rows_b)
+  results = [json.load(open(os.path.join(w, 'results.json'))) for w in (workdir_a, workdir_b)]
+  assert results[0]['test_loss'] == results[1]['test_loss']
+  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+
+
+def resumable_config(name, steps, **overrides):
+  # Mock data: 24 examples, batch 8 -> 3 steps per epoch.
+  return shrink(load_config(name), num_train_steps=steps, num_epochs=100, **overrides)
+
+
+@pytest.mark.parametrize('name,model_kwargs', [
+    ('cnn_deep', {}),                                      # Dropout.
+    pytest.param('cifar_mobilenet_transfer', {'image_size': 32},  # BatchNorm, training.
+                 marks=pytest.mark.slow),
+])
+@pytest.mark.parametrize('stop_at', [4, 3])                # Mid-epoch, epoch boundary.
+def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, model_kwargs, stop_at, tmp_path,
+                                                         mock_tfds):
+  overrides = {'trainable': '.*'} if name.startswith('cifar_mobilenet') else {}
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(resumable_config(name, 7, **overrides), straight)
+  train.train_and_evaluate(resumable_config(name, stop_at, **overrides), resumed)
+  train.train_and_evaluate(resumable_config(name, 7, **overrides), resumed)
+  assert [r['epoch'] for r in read_jsonl(os.path.join(resumed, 'metrics.jsonl'))] == [1, 2, 3]
+  assert_same_run(straight, resumed, resumable_config(name, 7, **overrides))
+
+
+def test_mid_epoch_checkpoints_hold_the_running_metrics(tmp_path, mock_tfds):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  config = resumable_config('cnn_deep', 6, checkpoint_every_steps=2)
+  train.train_and_evaluate(config, straight)
+  train.train_and_evaluate(config, resumed)
+  # Keep only the mid-epoch checkpoint at step 2, as if the run had died at step 3.
+  for step in ('3', '6'):
+    os.rename(os.path.join(resumed, 'checkpoints', step), os.path.join(tmp_path, step))
+  os.remove(os.path.join(resumed, 'results.json'))
+  train.train_and_evaluate(config, resumed)
+  assert_same_run(straight, resumed, config)
+
+
+def test_finished_run_is_not_retrained(tmp_path, mock_tfds, capsys):
+  config = resumable_config('cnn_simple', 3)
+  first = train.train_and_evaluate(config, str(tmp_path))
+  stamp = os.path.getmtime(tmp_path / 'metrics.jsonl')
+  assert train.train_and_evaluate(config, str(tmp_path)) == first
+  assert 'holds a finished run' in capsys.readouterr().out
+  assert os.path.getmtime(tmp_path / 'metrics.jsonl') == stamp
+
+
+def corrupt(step_dir):
+  for path in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True):
+    if os.path.isfile(path) and 'commit_success' not in path:
+      with open(path, 'wb') as f:
+        f.write(b'not a checkpoint')
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfds, caplog):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  train.train_and_evaluate(resumable_config('cnn_deep', 6), straight)
+  train.train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
+  corrupt(os.path.join(resumed, 'checkpoints', '6'))
+  os.remove(os.path.join(resumed, 'results.json'))
+  train.train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
+  assert 'Checkpoint step 6' in caplog.text and 'unreadable' in caplog.text
+  assert len(os.listdir(os.path.join(resumed, 'checkpoints_unreadable'))) == 1  # Kept, not deleted.
+  assert_same_run(straight, resumed, resumable_config('cnn_deep', 6))
+
+
+def tree_digest(directory):
+  digest = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**', '*'), recursive=True)):
+    if os.path.isfile(path):
+      digest[os.path.relpath(path, directory)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return digest
+
+
+@pytest.mark.parametrize('overrides,message', [
+    ({'model': 'cnn_deep'}, 'model'),
+    ({'batch_size': 4}, 'batch_size'),
+])
+def test_incompatible_run_fails_and_changes_nothing(overrides, message, tmp_path, mock_tfds):
+  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
+  before = tree_digest(tmp_path)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match=message):
+    train.train_and_evaluate(resumable_config('cnn_simple', 6, **overrides), str(tmp_path))
+  assert tree_digest(tmp_path) == before
+
+
+def test_mismatched_shapes_are_caught_without_a_config_file(tmp_path, mock_tfds):
+  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
+  os.remove(tmp_path / 'config.json')
+  before = tree_digest(tmp_path)
+  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='does not fit this model'):
+    train.train_and_evaluate(resumable_config('cnn_deep', 6), str(tmp_path))
+  assert tree_digest(tmp_path) == before
+
+
+def test_resume_false_moves_the_old_run_aside(tmp_path, mock_tfds):
+  workdir = tmp_path / 'run'
+  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
+  before = tree_digest(workdir)
+  train.train_and_evaluate(resumable_config('cnn_simple', 2, resume=False), str(workdir))
+  (moved,) = glob.glob(f'{workdir}.previous-*')
+  assert tree_digest(moved) == before
+  assert read_jsonl(workdir / 'metrics.jsonl')[-1]['step'] == 2
+
+
+# --- Killed processes --------------------------------------------------------------------------
+
+def main_command(data_dir, workdir, *extra):
+  return [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_simple.py',
+          f'--config.local_data_dir={data_dir}', '--config.batch_size=8', '--config.num_epochs=3',
+          f'--workdir={workdir}', *extra]
+
+
+def run_to_end(command):
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def start_and_signal(command, workdir, signum, log_path):
+  """Starts a run and sends `signum` once it is past its first epoch."""
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  # Output goes to a file: an undrained pipe would fill up and block the run.
+  with open(log_path, 'w') as log:
+    process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
+    metrics = os.path.join(workdir, 'metrics.jsonl')
+    deadline = time.time() + 300
+    while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+      assert process.poll() is None, open(log_path).read()[-3000:]
+      time.sleep(0.05)
+    time.sleep(0.3)
+    process.send_signal(signum)
+    returncode = process.wait(timeout=300)
+  return returncode, open(log_path).read()
+
+
+@pytest.fixture
+def bigger_idx_dir(tmp_path):
+  directory = tmp_path / 'data'
+  directory.mkdir()
+  make_idx_dataset(str(directory), num_train=4000, num_test=50)  # 500 steps per epoch.
+  return str(directory)
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM,
+                                    pytest.param(signal.SIGKILL, marks=pytest.mark.slow)])
+def test_killed_run_resumes_to_the_same_result(signum, tmp_path, bigger_idx_dir):
+  straight, killed = str(tmp_path / 'straight'), str(tmp_path / 'killed')
+  extra = ('--config.checkpoint_every_steps=50',)
+  run_to_end(main_command(bigger_idx_dir, straight, *extra))
+  returncode, out = start_and_signal(main_command(bigger_idx_dir, killed, *extra), killed,
+                                     signum, tmp_path / 'killed.log')
+  assert not os.path.exists(os.path.join(killed, 'results.json')), 'finished before the signal'
+  if signum == signal.SIGTERM:
+    assert returncode == 128 + signal.SIGTERM
+    assert 'a checkpoint was saved' in out
+    latest = max(int(s) for s in os.listdir(os.path.join(killed, 'checkpoints')) if s.isdigit())
+    assert latest % 50, 'SIGTERM should save at the step it arrived, not at a scheduled one'
+  else:
+    assert returncode == -signal.SIGKILL
+  resumed = run_to_end(main_command(bigger_idx_dir, killed, *extra))
+  assert 'Resumed from the checkpoint at step' in resumed.stdout
+  config = load_config('cnn_simple')
+  assert_same_run(straight, killed, config)
