@@ -21,6 +21,8 @@ from typing import Any, NamedTuple
 import jax
 import orbax.checkpoint as ocp
 
+from cnnjax import sharding
+
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
@@ -103,9 +105,11 @@ class Checkpointer:
     logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s and '
                     'falling back to the previous checkpoint.', step, self.directory,
                     type(error).__name__, str(error)[:300], target)
+    sharding.sync_processes(f'checkpoint {step} found unreadable')
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       shutil.move(os.path.join(self.directory, str(step)), target)
+    sharding.sync_processes(f'checkpoint {step} set aside')
     self.manager.reload()
 
   def wait(self) -> None:

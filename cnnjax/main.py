@@ -16,6 +16,13 @@ _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config fil
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
                                'Run directory (default: checkpoints/<config.name>).')
+_MULTIHOST = flags.DEFINE_bool(
+    'multihost', False, 'Join a multi-process run with jax.distributed.initialize() (TPU pod '
+    'slices find their peers themselves; elsewhere also pass the three flags below).')
+_COORDINATOR = flags.DEFINE_string('coordinator_address', None,
+                                   'host:port of process 0, e.g. 10.0.0.1:1234.')
+_NUM_PROCESSES = flags.DEFINE_integer('num_processes', None, 'Processes in the run.')
+_PROCESS_ID = flags.DEFINE_integer('process_id', None, "This process's index, 0-based.")
 flags.mark_flags_as_required(['config'])
 
 
@@ -24,7 +31,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   from cnnjax import config_validation  # Imported after flags: keeps --help fast.
   from cnnjax import preemption
+  from cnnjax import sharding
   from cnnjax import train
+  if _MULTIHOST.value:
+    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   config_validation.validate_config(config)
   workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)

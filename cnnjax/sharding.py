@@ -12,6 +12,26 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 DATA_AXIS = 'data'
 
 
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins a multi-process run (TPU pod slice, several GPU hosts, or CPU processes).
+
+  On TPU pods and SLURM/Open MPI clusters jax finds the arguments itself;
+  elsewhere pass all three. CPU processes talk through gloo collectives.
+  """
+  # Only the CPU backend reads this; GPUs and TPUs use their own collectives.
+  jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+
+
+def sync_processes(name: str) -> None:
+  """A barrier across processes (a no-op in a single-process run)."""
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
+
+
 def create_mesh() -> Mesh:
   # Auto axes: XLA propagates shardings (explicit axes, jax.make_mesh's newer
   # default, would require every op to declare them, which Flax layers do not).

@@ -133,8 +133,9 @@ class Trainer:
     replicated = sharding.replicated(mesh)
     self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx),
                               out_shardings=(replicated, replicated), donate_argnums=(0, 3))
+    # Predictions come back replicated: every process can read all of them.
     self.eval_step = jax.jit(functools.partial(eval_step, model=model),
-                             out_shardings=(replicated, sharding.batch_sharded(mesh)))
+                             out_shardings=(replicated, replicated))
 
   def evaluate(self, state: TrainState, split: datasets.Split
                ) -> tuple[dict[str, float], np.ndarray]:
@@ -169,7 +170,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   """Trains `config`'s experiment (resuming from `workdir`), evaluates it, writes results."""
   sharding.check_batch_size(config.batch_size)
   sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
+  sharding.sync_processes('before preparing the workdir')
   workdir_lib.prepare(config, workdir)
+  sharding.sync_processes('workdir prepared')
   data = datasets.load_dataset(config.dataset, config.train_split, config.val_split,
                                config.test_split, config.local_data_dir, config.tfds_data_dir)
   mesh = sharding.create_mesh()
@@ -186,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 
   steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train), config.batch_size)
   total_steps = num_train_steps(config, steps_per_epoch)
-  log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch)
+  log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch,
+                          devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}')
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   timings = {'train_seconds': 0.0, 'epoch_seconds': 0.0}
   try:

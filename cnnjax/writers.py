@@ -63,8 +63,9 @@ class _Progress:
 class RunWriter:
   """Writes one run's files in `workdir` and its console output."""
 
-  def __init__(self, workdir: str, num_epochs: int, steps_per_epoch: int):
+  def __init__(self, workdir: str, num_epochs: int, steps_per_epoch: int, devices: str = ''):
     self.workdir, self.num_epochs, self.steps_per_epoch = workdir, num_epochs, steps_per_epoch
+    self.devices = devices
     self.is_writer = jax.process_index() == 0
     self._tensorboard = None
     if self.is_writer:
@@ -123,7 +124,7 @@ class RunWriter:
       return
     with open(self.path(METRICS_FILE), 'a') as f:
       f.write(json.dumps(row, sort_keys=True) + '\n')
-    print(format_epoch_line(row, self.num_epochs), flush=True)
+    print(format_epoch_line(row, self.num_epochs, self.devices), flush=True)
     if self._tensorboard is not None:
       scalars = {k: v for k, v in row.items() if k not in ('epoch', 'step')}
       self._tensorboard.write_scalars(row['step'], scalars)
@@ -148,10 +149,12 @@ class RunWriter:
     logging.info('Results: %s', results)
 
 
-def format_epoch_line(row: dict[str, Any], num_epochs: int) -> str:
+def format_epoch_line(row: dict[str, Any], num_epochs: int, devices: str = '') -> str:
   """Keras' per-epoch line: `Epoch 3/10 - 12.1s - loss: 0.31 - accuracy: 0.89 - val_...`."""
   parts = [f'Epoch {row["epoch"]}/{num_epochs}', f'{row["epoch_seconds"]:.1f}s']
   for key in ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy'):
     if key in row:
       parts.append(f'{key.removeprefix("train_")}: {row[key]:.4f}')
+  if devices:
+    parts.append(devices)
   return ' - '.join(parts)

@@ -13,6 +13,8 @@ def get_config():
   config.name = 'cifar_cnn'
   config.dataset = 'cifar10'
   config.model = 'cifar_cnn'
+  config.model_kwargs.hidden = 128
+  config.model_kwargs.dropout = 0.3
   config.num_epochs = 20
   config.train_split = 'train[:80%]'
   config.val_split = 'train[80%:]'

@@ -13,6 +13,11 @@ def get_config():
   config = cifar_cnn.get_config()
   config.name = 'cifar_mobilenet_transfer'
   config.model = 'mobilenet_v2_classifier'
+  config.model_kwargs.image_size = 96           # Keras Resizing(96, 96), bilinear.
+  config.model_kwargs.input_adapter = 'none'    # CIFAR-10 is already RGB.
+  config.model_kwargs.preprocessing = 'none'    # The study fed [0, 1] pixels.
+  config.model_kwargs.hidden = 256
+  config.model_kwargs.dropout = 0.3
   config.num_epochs = 15
   config.eval_batch_size = 250
   config.pretrained = 'imagenet'

@@ -4,9 +4,12 @@ import importlib
 import json
 import os
 import struct
+import subprocess
+import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+import jax
 import numpy as np
 import pytest
 
@@ -69,3 +72,39 @@ def mock_tfds():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=24):
     yield
+
+
+TIMING_FIELDS = ('epoch_seconds',)
+
+
+def final_state(config, workdir):
+  """The latest checkpoint's TrainState, restored onto this process's devices."""
+  from cnnjax import checkpointing, datasets, sharding, train
+  spec = datasets.DATASETS[config.dataset]
+  model = train.create_model(config, len(spec.class_names))
+  tx = train.create_optimizer(config)
+  template = jax.device_put(train.create_train_state(config, model, spec.image_shape, tx),
+                            sharding.replicated(sharding.create_mesh()))
+  checkpointer = checkpointing.Checkpointer(workdir, 3)
+  restored = checkpointer.restore_latest(template, train.Metrics.empty())
+  checkpointer.close()
+  return restored.state
+
+
+def assert_same_run(workdir_a, workdir_b, config):
+  state_a, state_b = final_state(config, workdir_a), final_state(config, workdir_b)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a), jax.device_get(state_b))
+  rows_a, rows_b = (read_jsonl(os.path.join(w, 'metrics.jsonl')) for w in (workdir_a, workdir_b))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+  assert strip(rows_a) == strip(rows_b)
+  results = [json.load(open(os.path.join(w, 'results.json'))) for w in (workdir_a, workdir_b)]
+  assert results[0]['test_loss'] == results[1]['test_loss']
+  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+
+
+def run_cnnjax(args, cwd, devices=1, timeout=600):
+  """Runs `python -m cnnjax.main ARGS` with `devices` fake CPU devices; returns the result."""
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  return subprocess.run([sys.executable, '-m', 'cnnjax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)

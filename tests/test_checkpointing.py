@@ -1,48 +1,18 @@
 """A stopped run continues as if it never stopped; failures never cost saved work."""
 import glob
 import hashlib
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
 
-import jax
-import numpy as np
 import pytest
 
 from cnnjax import checkpointing
-from cnnjax import datasets
-from cnnjax import sharding
 from cnnjax import train
-from tests.conftest import REPO_ROOT, load_config, make_idx_dataset, read_jsonl, shrink
-
-TIMING_FIELDS = ('epoch_seconds',)
-
-
-def final_state(config, workdir):
-  """The latest checkpoint's TrainState, restored onto this process's devices."""
-  spec = datasets.DATASETS[config.dataset]
-  model = train.create_model(config, len(spec.class_names))
-  tx = train.create_optimizer(config)
-  template = jax.device_put(train.create_train_state(config, model, spec.image_shape, tx),
-                            sharding.replicated(sharding.create_mesh()))
-  checkpointer = checkpointing.Checkpointer(workdir, 3)
-  restored = checkpointer.restore_latest(template, train.Metrics.empty())
-  checkpointer.close()
-  return restored.state
-
-
-def assert_same_run(workdir_a, workdir_b, config):
-  state_a, state_b = final_state(config, workdir_a), final_state(config, workdir_b)
-  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a), jax.device_get(state_b))
-  rows_a, rows_b = (read_jsonl(os.path.join(w, 'metrics.jsonl')) for w in (workdir_a, workdir_b))
-  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
-  assert strip(rows_a) == strip(rows_b)
-  results = [json.load(open(os.path.join(w, 'results.json'))) for w in (workdir_a, workdir_b)]
-  assert results[0]['test_loss'] == results[1]['test_loss']
-  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+from tests.conftest import (REPO_ROOT, assert_same_run, load_config, make_idx_dataset,
+                            read_jsonl, shrink)
 
 
 def resumable_config(name, steps, **overrides):

@@ -59,6 +59,9 @@ class KerasBatchNorm(nn.BatchNorm):
   """
   epsilon: float = 1e-3
   momentum: float = 0.99
+  # Keras computes the variance as E[(x - mean)^2]; Flax's fast E[x^2] - mean^2
+  # cancels catastrophically when the variance is small next to the mean.
+  use_fast_variance: bool = False
   trainable_pattern: str = '.*'
 
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:  # pytype: disable=signature-mismatch

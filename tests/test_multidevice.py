@@ -1,0 +1,167 @@
+"""Data parallelism: 1, 2 and 8 devices, and 2 processes, train the same model.
+
+Fake CPU devices (XLA_FLAGS=--xla_force_host_platform_device_count=N, set per
+subprocess since it must precede jax's start) run the real mesh code path.
+
+Tolerance: on N devices the gradient is a sum of N partial sums, reduced in
+another order than on one device, so results agree to float32 rounding, not
+bitwise. After a few Adam steps that is ~1e-6 relative; we allow rtol 1e-4 /
+atol 1e-6. One exception needs care: Adam's early updates are ~lr * sign(g),
+and BatchNorm makes the kernels feeding it scale-invariant, so some of their
+gradient components are pure rounding noise whose sign (and so a whole lr
+step) can flip between device counts. And a deep BatchNorm net on random
+pixels at batch 16 is chaotic: rounding grows to ~1e-3 in the loss within a
+few steps. So the BatchNorm test compares one step (the loss and moving
+statistics of the same initial parameters: per-device statistics would be
+off by ~1e-1), with adam_epsilon=1 so Adam's update is ~lr * g, and params
+within atol 1e-4 (BatchNorm's backward pass at 2 examples per device
+amplifies rounding to ~1e-5), still 10x below one lr-sized update. Gradient
+summation across devices over many steps is the dropout test's job. The bugs this guards against are far larger: a gradient averaged
+per device instead of over the global batch scales updates by N, BatchNorm
+statistics taken per device shift activations by ~1e-1, and a dropout mask
+repeated across devices changes the loss at ~1e-2.
+"""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from tests.conftest import (REPO_ROOT, final_state, load_config, make_idx_dataset, read_jsonl,
+                            run_cnnjax)
+
+RTOL, ATOL = 1e-4, 1e-6
+
+
+@pytest.fixture(scope='module')
+def data_dir(tmp_path_factory):
+  directory = tmp_path_factory.mktemp('data')
+  make_idx_dataset(str(directory), num_train=128, num_test=50)
+  return str(directory)
+
+
+def train_on(devices, name, workdir, data_dir, *extra):
+  result = run_cnnjax([f'--config={REPO_ROOT}/configs/{name}.py',
+                       f'--config.local_data_dir={data_dir}', '--config.batch_size=16',
+                       '--config.eval_batch_size=16', '--config.num_train_steps=6',
+                       f'--workdir={workdir}', *extra], cwd=os.path.dirname(workdir),
+                      devices=devices)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return result
+
+
+def assert_close_runs(reference, other, config, atol=ATOL):
+  rows_a, rows_b = read_jsonl(f'{reference}/metrics.jsonl'), read_jsonl(f'{other}/metrics.jsonl')
+  for a, b in zip(rows_a, rows_b, strict=True):
+    np.testing.assert_allclose(a['train_loss'], b['train_loss'], rtol=RTOL)
+    assert a['train_accuracy'] == b['train_accuracy']
+  state_a, state_b = (jax.device_get(final_state(config, w)) for w in (reference, other))
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=RTOL, atol=atol),
+               state_a.params, state_b.params)
+  jax.tree.map(lambda x, y: np.testing.assert_allclose(x, y, rtol=RTOL, atol=atol),
+               state_a.batch_stats, state_b.batch_stats)
+
+
+@pytest.mark.parametrize('name,extra,atol', [
+    ('cnn_deep', (), ATOL),  # Dropout: masks must not repeat across devices.
+    pytest.param('cifar_mobilenet_transfer',  # BatchNorm: statistics over the global batch.
+                 ('--config.model_kwargs.image_size=32', '--config.trainable=.*',
+                  '--config.dataset=fashion_mnist', '--config.model_kwargs.input_adapter=repeat',
+                  '--config.train_split=train', '--config.val_split=',
+                  '--config.adam_epsilon=1.0', '--config.num_train_steps=1'),
+                 1e-4, marks=pytest.mark.slow),
+])
+def test_one_two_and_eight_devices_train_alike(name, extra, atol, tmp_path, data_dir):
+  for devices in (1, 2, 8):
+    result = train_on(devices, name, str(tmp_path / f'd{devices}'), data_dir, *extra)
+    assert f'{devices}x cpu' in result.stdout  # The epoch line names the devices.
+    results = json.loads((tmp_path / f'd{devices}' / 'results.json').read_text())
+    assert results['num_devices'] == devices and results['device_kind'] == 'cpu'
+  config = load_config(name)
+  for key, value in (e.removeprefix('--config.').split('=', 1) for e in extra):
+    if key.startswith('model_kwargs.'):
+      config.model_kwargs[key.split('.', 1)[1]] = int(value) if value.isdigit() else value
+    elif key not in ('adam_epsilon', 'num_train_steps'):
+      config[key] = value
+  for devices in (2, 8):
+    assert_close_runs(str(tmp_path / 'd1'), str(tmp_path / f'd{devices}'), config, atol)
+
+
+EVALUATE_ON_8_DEVICES = '''
+import jax, numpy as np
+from configs import cnn_simple
+from cnnjax import datasets, sharding, train
+assert jax.device_count() == 8
+config = cnn_simple.get_config()
+config.eval_batch_size = 16                       # 50 examples: 3 full batches + 2.
+mesh = sharding.create_mesh()
+model = train.create_model(config, 10)
+tx = train.create_optimizer(config)
+state = jax.device_put(train.create_train_state(config, model, (28, 28, 1), tx),
+                       sharding.replicated(mesh))
+rng = np.random.default_rng(0)
+split = datasets.Split(rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8),
+                       rng.integers(0, 10, 50).astype(np.int32))
+metrics, predicted = train.Trainer(config, model, tx, mesh).evaluate(state, split)
+logits = model.apply(state.variables, split.images / np.float32(255.0))
+assert predicted.shape == (50,)
+np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
+assert round(metrics['accuracy'] * 50) == np.sum(predicted == split.labels)
+log_probs = logits - jax.nn.logsumexp(logits, -1, keepdims=True)
+expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), split.labels[:, None], 1))
+np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
+print('ok')
+'''
+
+
+def test_evaluation_on_8_devices_counts_every_example_once():
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=8'}
+  result = subprocess.run([sys.executable, '-c', EVALUATE_ON_8_DEVICES], env=env,
+                          capture_output=True, text=True, timeout=300)
+  assert result.returncode == 0 and 'ok' in result.stdout, result.stderr[-3000:]
+
+
+def test_batch_size_that_does_not_divide_fails_early(tmp_path, data_dir):
+  result = run_cnnjax([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+                       f'--config.local_data_dir={data_dir}', '--config.batch_size=12',
+                       f'--workdir={tmp_path}/run'], cwd=tmp_path, devices=8)
+  assert result.returncode != 0
+  assert 'config.batch_size=12 does not divide over the 8 devices' in result.stderr
+  assert 'e.g. 8, 16' in result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tmp_path, data_dir):
+  train_on(1, 'cnn_deep', str(tmp_path / 'single'), data_dir)
+  workdir = tmp_path / 'multi'
+  port = free_port()
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  processes, logs = [], []
+  for process_id in range(2):
+    logs.append(open(tmp_path / f'process{process_id}.log', 'w'))
+    processes.append(subprocess.Popen(
+        [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_deep.py',
+         f'--config.local_data_dir={data_dir}', '--config.batch_size=16',
+         '--config.eval_batch_size=16', '--config.num_train_steps=6', f'--workdir={workdir}',
+         '--multihost', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         f'--process_id={process_id}'], cwd=tmp_path, env=env, stdout=logs[-1],
+        stderr=subprocess.STDOUT))
+  for process, log in zip(processes, logs):
+    assert process.wait(timeout=600) == 0, open(log.name).read()[-3000:]
+  results = json.loads((workdir / 'results.json').read_text())
+  assert results['num_devices'] == 2 and results['num_processes'] == 2
+  assert len(read_jsonl(workdir / 'metrics.jsonl')) == 1  # Only process 0 wrote.
+  assert_close_runs(str(tmp_path / 'single'), str(workdir), load_config('cnn_deep'))
