@@ -7,8 +7,6 @@ function of (seed, epoch), which exact resume relies on.
 """
 import dataclasses
 import logging
-from typing import Sequence
-
 import numpy as np
 
 from cnnjax import local_data
@@ -112,7 +110,7 @@ def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
   if name not in DATASETS:
     raise ValueError(f'Unknown dataset {name!r} (config.dataset); known: {sorted(DATASETS)}.')
   spec = DATASETS[name]
-  split_specs: Sequence[str] = [s for s in (train_split, val_split, test_split)]
+  split_specs = (train_split, val_split, test_split)
   loaded: list[Split | None] = []
   if local_data_dir:
     cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
