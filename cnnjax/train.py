@@ -243,21 +243,22 @@ class _Fit:
     self.log, self.checkpointer = log, checkpointer
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self._train_start = self._epoch_start = time.perf_counter()
+    self.train_seconds = 0.0  # Set when the loop ends; excludes the final test evaluation.
 
-  @property
-  def train_seconds(self) -> float:
+  def _training_seconds(self) -> float:
     return time.perf_counter() - self._train_start
 
   def _save(self, step: int, state: TrainState, running: Metrics) -> None:
     epoch_seconds = time.perf_counter() - self._epoch_start
     self.checkpointer.save(step, state, running, {
-        'train_seconds': self.train_seconds,
+        'train_seconds': self._training_seconds(),
         'epoch_seconds': epoch_seconds if step % self.steps_per_epoch else 0.0})
 
   def run(self, state: TrainState, running: Metrics, timings: dict[str, float]) -> TrainState:
     config, spe = self.config, self.steps_per_epoch
     now = time.perf_counter()
-    self._train_start, self._epoch_start = now - timings['train_seconds'], now - timings['epoch_seconds']
+    self._train_start = now - timings['train_seconds']
+    self._epoch_start = now - timings['epoch_seconds']
     step = int(state.step)
     with preemption.guard_signals() as guard:
       while step < self.total_steps:
@@ -283,6 +284,7 @@ class _Fit:
           running = jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
         self._save(step, state, running)
         self._epoch_start = time.perf_counter()
+    self.train_seconds = self._training_seconds()
     return state
 
   def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics

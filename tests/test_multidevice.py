@@ -16,8 +16,10 @@ statistics of the same initial parameters: per-device statistics would be
 off by ~1e-1), with adam_epsilon=1 so Adam's update is ~lr * g, and params
 within atol 1e-4 (BatchNorm's backward pass at 2 examples per device
 amplifies rounding to ~1e-5), still 10x below one lr-sized update. Gradient
-summation across devices over many steps is the dropout test's job. The bugs this guards against are far larger: a gradient averaged
-per device instead of over the global batch scales updates by N, BatchNorm
+summation across devices over many steps is the dropout test's job.
+
+The bugs these tests guard against are far larger than that: a gradient
+averaged per device instead of over the global batch scales updates by N, BatchNorm
 statistics taken per device shift activations by ~1e-1, and a dropout mask
 repeated across devices changes the loss at ~1e-2.
 """
