@@ -7,11 +7,12 @@ image folders), given as a directory or as a .tar.gz of that tree. Every
 reader returns uint8 NHWC images and int32 labels, like the TFDS path.
 """
 import gzip
+import hashlib
 import io
 import os
 import struct
 import tarfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -69,8 +70,9 @@ def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   return images, labels
 
 
-def _folder_entries(root: str, split: str) -> Iterator[tuple[str, str, bytes]]:
+def _folder_entries(root: str, split: str) -> list[tuple[str, str, bytes]]:
   """(class, file name, bytes) of each image of `split` in a tree or .tar.gz."""
+  entries = []
   if os.path.isdir(root):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
@@ -80,24 +82,34 @@ def _folder_entries(root: str, split: str) -> Iterator[tuple[str, str, bytes]]:
       for fname in sorted(os.listdir(cls_dir)) if os.path.isdir(cls_dir) else ():
         if fname.lower().endswith(IMAGE_SUFFIXES):
           with open(os.path.join(cls_dir, fname), 'rb') as f:
-            yield cls, fname, f.read()
-    return
-  with tarfile.open(root) as tar:
-    members = []
-    for member in tar.getmembers():
+            entries.append((cls, fname, f.read()))
+    return entries
+  # One sequential pass: seeking back and forth in a gzip stream decompresses it again each time.
+  with tarfile.open(root, 'r|*') as tar:
+    for member in tar:
       parts = member.name.lstrip('./').split('/')
       if (member.isfile() and len(parts) == 3 and parts[0] == split
           and parts[2].lower().endswith(IMAGE_SUFFIXES)):
-        members.append((parts[1], parts[2], member))
-    if not members:
-      raise LocalDataError(f'No {split}/<class>/<image> entries in {root}.')
-    for cls, fname, member in sorted(members, key=lambda m: m[:2]):
-      yield cls, fname, tar.extractfile(member).read()
+        entries.append((parts[1], parts[2], tar.extractfile(member).read()))
+  if not entries:
+    raise LocalDataError(f'No {split}/<class>/<image> entries in {root}.')
+  return entries
+
+
+def example_order_key(cls: str, fname: str) -> str:
+  """A fixed pseudo-random order of an image tree's files: a hash of their path.
+
+  Folders group images by class, but split slices (`train[80%:]`) must draw
+  from every class, as they do from TFDS' splits, which are stored shuffled.
+  A hash of the path gives such an order that is the same on every machine
+  and for every reading of the same tree, directory or archive alike.
+  """
+  return hashlib.sha256(f'{cls}/{fname}'.encode()).hexdigest()
 
 
 def read_image_folder_split(root: str, split: str, class_names: Sequence[str],
                             image_shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
-  """Reads `root/split/<class>/*`, ordered by class then file name.
+  """Reads `root/split/<class>/*` in `example_order_key` order.
 
   Class folders must be named as the dataset's classes; label = its index.
   Images are converted to the dataset's channels and must have its size.
@@ -108,7 +120,8 @@ def read_image_folder_split(root: str, split: str, class_names: Sequence[str],
   height, width, channels = image_shape
   mode = {1: 'L', 3: 'RGB'}[channels]
   images, labels = [], []
-  for cls, fname, payload in _folder_entries(root, split):
+  entries = sorted(_folder_entries(root, split), key=lambda e: example_order_key(e[0], e[1]))
+  for cls, fname, payload in entries:
     if cls not in index:
       raise LocalDataError(f'Folder {split}/{cls} in {root} is not a class of this dataset '
                            f'({", ".join(class_names)}).')

@@ -47,9 +47,11 @@ def write_image_tree(root, images, labels, class_names, split):
     Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'))
 
 
-def sort_by_class(images, labels):
-  order = np.argsort(labels, kind='stable')  # Files are named by index: the local order.
-  return images[order], labels[order]
+def local_order(labels, class_names):
+  """The order the reader gives files written by `write_image_tree` (named by index)."""
+  keys = [local_data.example_order_key(class_names[label], f'{i:05d}.png')
+          for i, label in enumerate(labels)]
+  return np.argsort(keys, kind='stable')
 
 
 def test_image_folder_equals_tfds_for_the_same_images(tmp_path, mock_tfds):
@@ -60,10 +62,10 @@ def test_image_folder_equals_tfds_for_the_same_images(tmp_path, mock_tfds):
     write_image_tree(str(tmp_path), arrays.images, arrays.labels, names, split)
   local = datasets.load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path))
   for split in ('train', 'test'):
-    expected_images, expected_labels = sort_by_class(getattr(tfds_data, split).images,
-                                                     getattr(tfds_data, split).labels)
-    np.testing.assert_array_equal(getattr(local, split).images, expected_images)
-    np.testing.assert_array_equal(getattr(local, split).labels, expected_labels)
+    arrays = getattr(tfds_data, split)
+    order = local_order(arrays.labels, names)
+    np.testing.assert_array_equal(getattr(local, split).images, arrays.images[order])
+    np.testing.assert_array_equal(getattr(local, split).labels, arrays.labels[order])
     assert getattr(local, split).images.dtype == getattr(tfds_data, split).images.dtype
 
 
@@ -84,7 +86,7 @@ def test_image_folder_tarball_and_slicing(tmp_path):
   from_tar = datasets.load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
                                    local_data_dir=str(archive))
   assert len(from_dir.train) == 15 and len(from_dir.val) == 5 and len(from_dir.test) == 10
-  np.testing.assert_array_equal(from_dir.train.images, images[:15])
+  np.testing.assert_array_equal(from_dir.train.images, images[local_order(labels, names)][:15])
   for split in ('train', 'val', 'test'):
     np.testing.assert_array_equal(getattr(from_dir, split).images, getattr(from_tar, split).images)
     np.testing.assert_array_equal(getattr(from_dir, split).labels, getattr(from_tar, split).labels)
@@ -104,3 +106,15 @@ def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch)
   monkeypatch.setattr(tfds, 'load', offline)
   with pytest.raises(datasets.DatasetUnavailableError, match='--config.local_data_dir'):
     datasets.load_dataset('fashion_mnist', 'train', '', 'test', tfds_data_dir=str(tmp_path))
+
+
+def test_image_folder_slices_draw_from_every_class(tmp_path):
+  """Class folders must not become class-sorted splits: train[80%:] is no 'last two classes'."""
+  names = datasets.DATASETS['cifar10'].class_names
+  labels = np.repeat(np.arange(10), 10)
+  write_image_tree(str(tmp_path), np.zeros((100, 32, 32, 3), np.uint8), labels, names, 'train')
+  write_image_tree(str(tmp_path), np.zeros((10, 32, 32, 3), np.uint8), labels[::10], names, 'test')
+  data = datasets.load_dataset('cifar10', 'train[:80%]', 'train[80%:]', 'test',
+                               local_data_dir=str(tmp_path))
+  assert len(np.unique(data.val.labels)) >= 8
+  assert len(np.unique(data.train.labels)) == 10
