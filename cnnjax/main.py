@@ -29,22 +29,35 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from cnnjax import config_validation  # Imported after flags: keeps --help fast.
+  # Imported after flags: keeps --help fast.
+  from cnnjax import checkpointing
+  from cnnjax import config_validation
+  from cnnjax import datasets
+  from cnnjax import local_data
   from cnnjax import preemption
   from cnnjax import sharding
   from cnnjax import train
+  # Errors in what the user gave us: one clear line, no traceback. Anything
+  # else is a bug and keeps its traceback.
+  user_errors = (config_validation.ConfigError, checkpointing.IncompatibleCheckpointError,
+                 datasets.DatasetUnavailableError, local_data.LocalDataError,
+                 train.NonFiniteLossError)
   if _MULTIHOST.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
-  config_validation.validate_config(config)
   workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
-  logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
   try:
+    config_validation.validate_config(config)
+    logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
     train.train_and_evaluate(config, workdir)
   except preemption.StopRequested as stop:
     logging.warning('%s', stop)
     print(stop, flush=True)
     sys.exit(128 + stop.signum)
+  except user_errors as error:
+    logging.error('%s', error)
+    print(f'cnnjax: error: {error}', file=sys.stderr, flush=True)
+    sys.exit(2)
 
 
 if __name__ == '__main__':

@@ -110,6 +110,15 @@ def test_command_line_rejects_unknown_field_before_compute(tmp_path):
 
 # What an environment without TensorFlow looks like to Python: `import tensorflow`
 # raises ModuleNotFoundError and importlib.util.find_spec('tensorflow') is None.
+def test_command_line_reports_bad_input_in_one_line(tmp_path):
+  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+                     '--config.local_data_dir=/no/such/dir', f'--workdir={tmp_path}/run'], tmp_path)
+  assert result.returncode == 2
+  assert "cnnjax: error: config.local_data_dir='/no/such/dir' does not exist" in result.stderr
+  assert 'Traceback' not in result.stderr
+  assert not os.path.exists(tmp_path / 'run')
+
+
 BLOCK_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
 
 
