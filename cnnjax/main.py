@@ -47,9 +47,8 @@ def main(argv):
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
   try:
-    config_validation.validate_config(config)
     logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-    train.train_and_evaluate(config, workdir)
+    train.train_and_evaluate(config, workdir)  # Validates the config first.
   except preemption.StopRequested as stop:
     logging.warning('%s', stop)
     print(stop, flush=True)

@@ -22,6 +22,7 @@ import optax
 from clu import metrics
 
 from cnnjax import checkpointing
+from cnnjax import config_validation
 from cnnjax import datasets
 from cnnjax import input_pipeline
 from cnnjax import params as params_lib
@@ -168,8 +169,7 @@ def device_summary() -> dict[str, Any]:
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config`'s experiment (resuming from `workdir`), evaluates it, writes results."""
-  sharding.check_batch_size(config.batch_size)
-  sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
+  config_validation.validate_config(config)  # Before any data is read or step compiled.
   sharding.sync_processes('before preparing the workdir')
   workdir_lib.prepare(config, workdir)
   sharding.sync_processes('workdir prepared')
