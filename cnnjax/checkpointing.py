@@ -59,9 +59,6 @@ class Checkpointer:
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
                                              enable_async_checkpointing=True))
 
-  def latest_step(self) -> int | None:
-    return self.manager.latest_step()
-
   def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; training goes on while it is written."""
     meta = dict(meta, shapes=shape_fingerprint(state))
@@ -80,11 +77,11 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
-      mismatched = sorted(k for k in set(expected) | set(meta.get('shapes', {}))
-                          if expected.get(k) != meta.get('shapes', {}).get(k))
+      saved = meta.get('shapes', {})
+      mismatched = sorted(k for k in set(expected) | set(saved) if expected.get(k) != saved.get(k))
       if mismatched:
-        details = '; '.join(f'{k}: checkpoint {meta.get("shapes", {}).get(k)}, model '
-                            f'{expected.get(k)}' for k in mismatched[:5])
+        details = '; '.join(f'{k}: checkpoint {saved.get(k)}, model {expected.get(k)}'
+                            for k in mismatched[:5])
         raise IncompatibleCheckpointError(
             f'The checkpoint at step {step} in {self.directory} does not fit this model '
             f'({len(mismatched)} arrays differ: {details}). Nothing was changed. Use the '

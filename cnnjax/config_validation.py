@@ -30,19 +30,19 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   unknown = sorted(set(config.keys()) - _default_fields())
   if unknown:
     raise ConfigError(f'Unknown config field(s) {unknown}: not defined in configs/default.py. '
-                     'Check the spelling, or add the field to configs/default.py.')
+                      'Check the spelling, or add the field to configs/default.py.')
   for field in POSITIVE_INT_FIELDS:
     value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
   if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
     raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
-                     f'got {config.checkpoint_every_steps!r}.')
+                      f'got {config.checkpoint_every_steps!r}.')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   if config.dataset not in datasets.DATASETS:
     raise ConfigError(f'Unknown dataset {config.dataset!r} (config.dataset); '
-                     f'known: {sorted(datasets.DATASETS)}.')
+                      f'known: {sorted(datasets.DATASETS)}.')
   for field in ('train_split', 'val_split', 'test_split'):
     if config[field] or field != 'val_split':
       try:
@@ -51,7 +51,7 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
         raise ConfigError(f'config.{field}: {e}') from e
   if config.local_data_dir and not os.path.exists(config.local_data_dir):
     raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} does not exist. '
-                     'Point it at the folder (or .tar.gz) that holds the dataset files.')
+                      'Point it at the folder (or .tar.gz) that holds the dataset files.')
   try:
     re.compile(config.trainable)
   except re.error as e:
