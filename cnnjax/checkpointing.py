@@ -16,7 +16,7 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import orbax.checkpoint as ocp
@@ -44,6 +44,12 @@ def shape_fingerprint(tree: Any) -> dict[str, str]:
   return {jax.tree_util.keystr(path): f'{leaf.dtype}{list(leaf.shape)}' for path, leaf in flat}
 
 
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds any checkpoint step (readable or not)."""
+  directory = os.path.join(workdir, CHECKPOINT_DIR)
+  return os.path.isdir(directory) and any(s.isdigit() for s in os.listdir(directory))
+
+
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -67,9 +73,13 @@ class Checkpointer:
         running_metrics=ocp.args.StandardSave(running_metrics),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, state_template: Any, metrics_template: Any) -> Restored | None:
-    """The newest readable checkpoint, placed like the templates; None if there is none."""
-    expected = shape_fingerprint(state_template)
+  def restore_latest(self, state_template: Callable[[int], Any], metrics_template: Any
+                     ) -> Restored | None:
+    """The newest readable checkpoint, placed like the templates; None if there is none.
+
+    `state_template(stage)` gives the state of training stage `meta['stage']`
+    (0 if unset): which parameters a state holds as trainable depends on it.
+    """
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
@@ -77,6 +87,8 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
+      template = state_template(meta.get('stage', 0))
+      expected = shape_fingerprint(template)
       saved = meta.get('shapes', {})
       mismatched = sorted(k for k in set(expected) | set(saved) if expected.get(k) != saved.get(k))
       if mismatched:
@@ -88,7 +100,7 @@ class Checkpointer:
             'config that made it, or a new --workdir.')
       try:
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(_abstract(state_template)),
+            state=ocp.args.StandardRestore(_abstract(template)),
             running_metrics=ocp.args.StandardRestore(_abstract(metrics_template))))
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)

@@ -11,7 +11,9 @@ import ml_collections
 from cnnjax import datasets
 from cnnjax import sharding
 from cnnjax import splits
+from cnnjax import stages
 from cnnjax.models import build_model
+from cnnjax.models import transfer
 
 class ConfigError(ValueError):
   """A config field is unknown or invalid; the message names it."""
@@ -20,14 +22,61 @@ class ConfigError(ValueError):
 POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
 
 
-def _default_fields() -> set[str]:
-  from configs import default  # The single list of fields.
-  return set(default.get_config().keys())
+# Sub-configs whose fields belong to someone else: model_kwargs are checked by the model.
+OPEN_FIELDS = ('model_kwargs',)
+
+
+def _unknown_fields(config: ml_collections.ConfigDict, default: ml_collections.ConfigDict,
+                    prefix: str = '') -> list[str]:
+  unknown = []
+  for key in config.keys():
+    if key not in default:
+      unknown.append(prefix + key)
+    elif (isinstance(default[key], ml_collections.ConfigDict) and key not in OPEN_FIELDS
+          and isinstance(config[key], ml_collections.ConfigDict)):
+      unknown += _unknown_fields(config[key], default[key], f'{prefix}{key}.')
+  return sorted(unknown)
+
+
+def _check_fine_tune(config: ml_collections.ConfigDict, backbone: str | None) -> None:
+  fine_tune = config.fine_tune
+  if not isinstance(fine_tune.num_epochs, int) or fine_tune.num_epochs < 0:
+    raise ConfigError('config.fine_tune.num_epochs must be 0 (no fine-tuning) or a positive '
+                      f'integer, got {fine_tune.num_epochs!r}.')
+  if not fine_tune.num_epochs:
+    return
+  if backbone is None:
+    raise ConfigError(f'config.fine_tune.num_epochs={fine_tune.num_epochs} needs a model with a '
+                      f'pretrained backbone; {config.model!r} has none.')
+  blocks = len(transfer.backbone_blocks(backbone))
+  if not isinstance(fine_tune.unfreeze_blocks, int) or not 1 <= fine_tune.unfreeze_blocks <= blocks:
+    raise ConfigError(f'config.fine_tune.unfreeze_blocks must be between 1 and {blocks} (the '
+                      f'{backbone} backbone has {blocks} blocks), got '
+                      f'{fine_tune.unfreeze_blocks!r}.')
+  if not fine_tune.learning_rate > 0:
+    raise ConfigError('config.fine_tune.learning_rate must be positive, got '
+                      f'{fine_tune.learning_rate!r}.')
+  if fine_tune.batchnorm not in stages.BATCHNORM_MODES:
+    raise ConfigError(f'config.fine_tune.batchnorm must be one of {stages.BATCHNORM_MODES}, got '
+                      f'{fine_tune.batchnorm!r}.')
+
+
+def _check_pretrained(config: ml_collections.ConfigDict, backbone: str | None) -> None:
+  if config.pretrained not in ('', 'imagenet'):
+    raise ConfigError(f"config.pretrained must be '' or 'imagenet', got {config.pretrained!r}.")
+  if config.pretrained and backbone is None:
+    raise ConfigError(f'config.pretrained={config.pretrained!r}, but model {config.model!r} has '
+                      'no pretrained backbone (use vgg16_classifier or mobilenet_v2_classifier).')
+  if config.pretrained_path and not os.path.exists(config.pretrained_path):
+    raise ConfigError(f'config.pretrained_path={config.pretrained_path!r} does not exist. Point '
+                      'it at the Keras .h5 weights file, or a directory made by '
+                      'python -m cnnjax.pretrained convert.')
 
 
 def validate_config(config: ml_collections.ConfigDict) -> None:
   """Raises ValueError naming the first field that is unknown or out of range."""
-  unknown = sorted(set(config.keys()) - _default_fields())
+  from configs import default  # The single list of fields.
+  unknown = _unknown_fields(config, default.get_config())
   if unknown:
     raise ConfigError(f'Unknown config field(s) {unknown}: not defined in configs/default.py. '
                       'Check the spelling, or add the field to configs/default.py.')
@@ -52,18 +101,20 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if config.local_data_dir and not os.path.exists(config.local_data_dir):
     raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} does not exist. '
                       'Point it at the folder (or .tar.gz) that holds the dataset files.')
-  try:
-    re.compile(config.trainable)
-  except re.error as e:
-    raise ConfigError(f'config.trainable={config.trainable!r} is not a valid regex: {e}') from e
-  if config.pretrained not in ('', 'imagenet'):
-    raise ConfigError(f"config.pretrained must be '' or 'imagenet', got {config.pretrained!r}.")
+  for field in ('trainable', 'pretrained_load'):
+    try:
+      re.compile(config[field])
+    except re.error as e:
+      raise ConfigError(f'config.{field}={config[field]!r} is not a valid regex: {e}') from e
   try:
     # Unknown model names and model options fail here, with the valid ones listed;
     # so does a batch size that does not divide over the devices.
-    build_model(config.model, len(datasets.DATASETS[config.dataset].class_names),
-                config.trainable, config.model_kwargs)
+    model = build_model(config.model, len(datasets.DATASETS[config.dataset].class_names),
+                        config.trainable, config.model_kwargs)
     sharding.check_batch_size(config.batch_size)
     sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
   except ValueError as e:
     raise ConfigError(str(e)) from e
+  backbone = getattr(model, 'backbone', None)
+  _check_pretrained(config, backbone)
+  _check_fine_tune(config, backbone)

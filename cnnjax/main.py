@@ -35,13 +35,14 @@ def main(argv):
   from cnnjax import datasets
   from cnnjax import local_data
   from cnnjax import preemption
+  from cnnjax import pretrained
   from cnnjax import sharding
   from cnnjax import train
   # Errors in what the user gave us: one clear line, no traceback. Anything
   # else is a bug and keeps its traceback.
   user_errors = (config_validation.ConfigError, checkpointing.IncompatibleCheckpointError,
                  datasets.DatasetUnavailableError, local_data.LocalDataError,
-                 train.NonFiniteLossError)
+                 pretrained.WeightsFileError, train.NonFiniteLossError)
   if _MULTIHOST.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value

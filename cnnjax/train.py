@@ -9,6 +9,7 @@ import functools
 import itertools
 import logging
 import math
+import os
 import time
 from typing import Any
 
@@ -27,7 +28,9 @@ from cnnjax import datasets
 from cnnjax import input_pipeline
 from cnnjax import params as params_lib
 from cnnjax import preemption
+from cnnjax import pretrained
 from cnnjax import sharding
+from cnnjax import stages
 from cnnjax import workdir as workdir_lib
 from cnnjax import writers
 from cnnjax.models import build_model
@@ -61,29 +64,57 @@ class NonFiniteLossError(FloatingPointError):
   """The training loss became NaN or infinite."""
 
 
-def create_model(config: ml_collections.ConfigDict, num_classes: int) -> nn.Module:
-  return build_model(config.model, num_classes, config.trainable, config.model_kwargs)
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 batchnorm_trainable: str | None = None) -> nn.Module:
+  """The config's model; `batchnorm_trainable` (default `config.trainable`) says which
+  BatchNorm layers use batch statistics in training."""
+  pattern = config.trainable if batchnorm_trainable is None else batchnorm_trainable
+  return build_model(config.model, num_classes, pattern, config.model_kwargs)
 
 
-def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+def create_optimizer(config: ml_collections.ConfigDict,
+                     learning_rate: float | None = None) -> optax.GradientTransformation:
   """Adam as Keras configures it (epsilon 1e-7 unless the config says otherwise)."""
-  return optax.adam(config.learning_rate, eps=config.adam_epsilon)
+  return optax.adam(config.learning_rate if learning_rate is None else learning_rate,
+                    eps=config.adam_epsilon)
 
 
-def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
-                       image_shape: tuple[int, ...], tx: optax.GradientTransformation
-                       ) -> TrainState:
-  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                         train=False)
-  trainable, frozen = params_lib.partition(variables['params'], config.trainable)
+def init_variables(config: ml_collections.ConfigDict, model: nn.Module,
+                   image_shape: tuple[int, ...]) -> dict[str, Any]:
+  """The model's random initialisation (Keras' initialisers), from `config.seed`."""
+  init_rng, _ = jax.random.split(jax.random.PRNGKey(config.seed))
+  return model.init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32), train=False)
+
+
+def state_from_variables(config: ml_collections.ConfigDict, variables: dict[str, Any],
+                         trainable_pattern: str, tx: optax.GradientTransformation
+                         ) -> TrainState:
+  """A step-0 state: `variables` split into trainable and frozen, a fresh optimizer."""
+  _, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  trainable, frozen = params_lib.partition(variables['params'], trainable_pattern)
   if not jax.tree.leaves(trainable):
-    raise ValueError(f'config.trainable={config.trainable!r} matches no parameter of '
+    raise ValueError(f'config.trainable={trainable_pattern!r} matches no parameter of '
                      f'model {config.model!r}; nothing would train.')
   return TrainState(
       step=jnp.zeros((), jnp.int32), params=trainable, frozen_params=frozen,
       batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(trainable),
       rng=dropout_rng)
+
+
+def create_train_state(config: ml_collections.ConfigDict, model: nn.Module,
+                       image_shape: tuple[int, ...], tx: optax.GradientTransformation
+                       ) -> TrainState:
+  """The first stage's state from a random initialisation."""
+  return state_from_variables(config, init_variables(config, model, image_shape),
+                              config.trainable, tx)
+
+
+def begin_stage(state: TrainState, trainable_pattern: str, tx: optax.GradientTransformation
+                ) -> TrainState:
+  """`state` re-split for a new stage: same weights and statistics, a fresh optimizer."""
+  trainable, frozen = params_lib.partition(
+      params_lib.merge(state.params, state.frozen_params), trainable_pattern)
+  return state.replace(params=trainable, frozen_params=frozen, opt_state=tx.init(trainable))
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
@@ -126,11 +157,11 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax
 
 
 class Trainer:
-  """Holds the jitted steps of one run, compiled for one mesh."""
+  """Holds the jitted steps of one training stage, compiled for one mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
-    self.config, self.mesh = config, mesh
+    self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
     replicated = sharding.replicated(mesh)
     self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx),
                               out_shardings=(replicated, replicated), donate_argnums=(0, 3))
@@ -157,7 +188,8 @@ def _as_floats(computed: dict[str, Any]) -> dict[str, float]:
 
 
 def num_train_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
-  total = config.num_epochs * steps_per_epoch
+  """Steps of all stages (transfer and fine-tuning), cut at `config.num_train_steps`."""
+  total = (config.num_epochs + config.fine_tune.num_epochs) * steps_per_epoch
   return min(total, config.num_train_steps) if config.num_train_steps > 0 else total
 
 
@@ -167,37 +199,88 @@ def device_summary() -> dict[str, Any]:
           'backend': jax.default_backend(), 'device_kind': devices[0].device_kind}
 
 
+def _stage_templates(plan: list[stages.Stage], txs: list[optax.GradientTransformation],
+                     initial: TrainState, replicated: jax.sharding.Sharding):
+  """state_template(stage) for `Checkpointer.restore_latest`: that stage's state structure."""
+  def template(stage: int) -> TrainState:
+    if not 0 <= stage < len(plan):
+      raise checkpointing.IncompatibleCheckpointError(
+          f'A checkpoint was saved in training stage {stage}; this config has {len(plan)}.')
+    state = initial if stage == 0 else begin_stage(initial, plan[stage].trainable, txs[stage])
+    return jax.device_put(state, replicated)
+  return template
+
+
+def restore_latest_state(config: ml_collections.ConfigDict, workdir: str
+                         ) -> checkpointing.Restored:
+  """The latest checkpoint of the run of `config` in `workdir`, on this process's devices."""
+  if not checkpointing.has_checkpoints(workdir):
+    raise checkpointing.IncompatibleCheckpointError(
+        f'{workdir} holds no checkpoint: train it first (python -m cnnjax.main '
+        f'--config=... --workdir={workdir}).')
+  spec = datasets.DATASETS[config.dataset]
+  model = create_model(config, len(spec.class_names))
+  plan = stages.plan(config, getattr(model, 'backbone', None), 1, num_train_steps(config, 1))
+  txs = [create_optimizer(config, stage.learning_rate) for stage in plan]
+  initial = state_from_variables(config, init_variables(config, model, spec.image_shape),
+                                 plan[0].trainable, txs[0])
+  replicated = sharding.replicated(sharding.create_mesh())
+  checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
+  try:
+    restored = checkpointer.restore_latest(
+        _stage_templates(plan, txs, initial, replicated),
+        jax.device_put(Metrics.empty(), replicated))
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise checkpointing.IncompatibleCheckpointError(f'{workdir} holds no readable checkpoint.')
+  return restored
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains `config`'s experiment (resuming from `workdir`), evaluates it, writes results."""
   config_validation.validate_config(config)  # Before any data is read or step compiled.
   sharding.sync_processes('before preparing the workdir')
   workdir_lib.prepare(config, workdir)
   sharding.sync_processes('workdir prepared')
+  backbone = getattr(create_model(config, len(datasets.DATASETS[config.dataset].class_names)),
+                     'backbone', None)
+  weights = None
+  if config.pretrained and not checkpointing.has_checkpoints(workdir):
+    # A fresh start: find (or download) the weights before reading data or writing anything.
+    weights = pretrained.weights_path(config, backbone)
   data = datasets.load_dataset(config.dataset, config.train_split, config.val_split,
                                config.test_split, config.local_data_dir, config.tfds_data_dir)
   mesh = sharding.create_mesh()
-  model = create_model(config, data.num_classes)
-  tx = create_optimizer(config)
   replicated = sharding.replicated(mesh)
-  state = jax.device_put(create_train_state(config, model, data.image_shape, tx), replicated)
-  running = jax.device_put(Metrics.empty(), replicated)
-  pretrained = _describe_pretrained(config)
-  counts = {'params_total': params_lib.count(state.variables),
-            'params_trainable': params_lib.count(state.params)}
-  logging.info('Model %s: %d parameters, %d trainable. %s', config.model,
-               counts['params_total'], counts['params_trainable'], device_summary())
-
   steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train), config.batch_size)
   total_steps = num_train_steps(config, steps_per_epoch)
+  model = create_model(config, data.num_classes)
+  plan = stages.plan(config, backbone, steps_per_epoch, total_steps)
+  trainers = [Trainer(config, create_model(config, data.num_classes, stage.batchnorm_trainable),
+                      create_optimizer(config, stage.learning_rate), mesh) for stage in plan]
+  variables = init_variables(config, model, data.image_shape)
+  initial = state_from_variables(config, variables, plan[0].trainable, trainers[0].tx)
+  running = jax.device_put(Metrics.empty(), replicated)
+  counts = {'params_total': params_lib.count(initial.variables),
+            'params_trainable': params_lib.count(initial.params)}
+  if len(plan) > 1:
+    counts['params_trainable_fine_tune'] = params_lib.count(
+        params_lib.partition(variables['params'], plan[1].trainable)[0])
+  logging.info('Model %s: %s. %s', config.model, counts, device_summary())
+
   log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch,
                           devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}')
   checkpointer = checkpointing.Checkpointer(workdir, config.keep_checkpoints)
   timings = {'train_seconds': 0.0, 'epoch_seconds': 0.0}
   try:
-    restored = checkpointer.restore_latest(state, running)
+    restored = checkpointer.restore_latest(
+        _stage_templates(plan, [t.tx for t in trainers], initial, replicated), running)
     if restored is not None:
       state, running = restored.state, restored.running_metrics
       timings = {k: restored.meta[k] for k in timings}
+      pretrained_info = restored.meta.get('pretrained', {'pretrained': False})
+      state_stage = _check_stage(plan, restored)
       saved_results = log.read_results()
       if restored.step >= total_steps and saved_results is not None:
         log.report_finished(saved_results)
@@ -206,16 +289,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       log.announce(f'Resumed from the checkpoint at step {restored.step} (epoch '
                    f'{restored.step // steps_per_epoch + 1}, step '
                    f'{restored.step % steps_per_epoch}/{steps_per_epoch} of it).')
+    else:
+      pretrained_info = {'pretrained': False}
+      if config.pretrained:  # Only a fresh start reads the weights file.
+        variables, pretrained_info = pretrained.load_into(
+            variables, config, backbone, weights or pretrained.weights_path(config, backbone))
+        initial = state_from_variables(config, variables, plan[0].trainable, trainers[0].tx)
+      state, state_stage = jax.device_put(initial, replicated), 0
     log.write_config(config)
-    fit = _Fit(config, Trainer(config, model, tx, mesh), data, mesh, log, checkpointer,
-               steps_per_epoch, total_steps)
-    state = fit.run(state, running, timings)
+    fit = _Fit(config, plan, trainers, data, mesh, log, checkpointer, steps_per_epoch,
+               total_steps, pretrained_info)
+    state = fit.run(state, running, timings, state_stage)
   finally:
     checkpointer.wait()
     checkpointer.close()
 
   eval_start = time.perf_counter()
-  test_metrics, predictions = fit.trainer.evaluate(state, data.test)
+  test_metrics, predictions = trainers[-1].evaluate(state, data.test)
   jax.block_until_ready(predictions)
   eval_seconds = time.perf_counter() - eval_start
   step = int(state.step)
@@ -224,10 +314,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'data_source': data.source, 'steps': step, 'epochs': step / steps_per_epoch,
       'test_loss': test_metrics['loss'], 'test_accuracy': test_metrics['accuracy'],
       'eval_seconds': eval_seconds, 'train_seconds': fit.train_seconds,
-      **counts, **device_summary(), **pretrained,
+      **counts, **device_summary(), **pretrained_info,
   }
   log.write_results(results)
   return results
+
+
+def _check_stage(plan: list[stages.Stage], restored: checkpointing.Restored) -> int:
+  """The restored state's stage; an error if the config moved a stage boundary past it."""
+  expected = stages.stage_of_checkpoint(plan, restored.step).index
+  saved = restored.meta.get('stage', 0)
+  if saved != expected:
+    raise checkpointing.IncompatibleCheckpointError(
+        f'The checkpoint at step {restored.step} was saved in training stage {saved}, but this '
+        f'config puts that step in stage {expected}: config.num_epochs changed across the '
+        'start of fine-tuning. Resume with the config that made the run, or a new --workdir.')
+  return saved
 
 
 class _Fit:
@@ -237,58 +339,79 @@ class _Fit:
   so far in training and in the current epoch, and the clocks restart from them.
   """
 
-  def __init__(self, config, trainer, data, mesh, log, checkpointer, steps_per_epoch,
-               total_steps):
-    self.config, self.trainer, self.data, self.mesh = config, trainer, data, mesh
+  def __init__(self, config, plan, trainers, data, mesh, log, checkpointer, steps_per_epoch,
+               total_steps, pretrained_info):
+    self.config, self.plan, self.trainers, self.data, self.mesh = (
+        config, plan, trainers, data, mesh)
     self.log, self.checkpointer = log, checkpointer
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
+    self.pretrained_info = pretrained_info
     self._train_start = self._epoch_start = time.perf_counter()
     self.train_seconds = 0.0  # Set when the loop ends; excludes the final test evaluation.
 
   def _training_seconds(self) -> float:
     return time.perf_counter() - self._train_start
 
-  def _save(self, step: int, state: TrainState, running: Metrics) -> None:
+  def _save(self, step: int, state: TrainState, running: Metrics, stage: stages.Stage) -> None:
     epoch_seconds = time.perf_counter() - self._epoch_start
     self.checkpointer.save(step, state, running, {
         'train_seconds': self._training_seconds(),
-        'epoch_seconds': epoch_seconds if step % self.steps_per_epoch else 0.0})
+        'epoch_seconds': epoch_seconds if step % self.steps_per_epoch else 0.0,
+        'stage': stage.index, 'pretrained': self.pretrained_info})
 
-  def run(self, state: TrainState, running: Metrics, timings: dict[str, float]) -> TrainState:
-    config, spe = self.config, self.steps_per_epoch
+  def run(self, state: TrainState, running: Metrics, timings: dict[str, float],
+          state_stage: int) -> TrainState:
     now = time.perf_counter()
     self._train_start = now - timings['train_seconds']
     self._epoch_start = now - timings['epoch_seconds']
     step = int(state.step)
     with preemption.guard_signals() as guard:
-      while step < self.total_steps:
-        epoch = step // spe
-        epoch_end_step = min((epoch + 1) * spe, self.total_steps)
-        batches = input_pipeline.train_batches(self.data.train, config.batch_size, config.seed,
-                                               epoch, first_step=step - epoch * spe)
-        with self.log.progress(epoch, epoch_end_step - step) as progress:
-          for images, labels in itertools.islice(batches, epoch_end_step - step):
-            state, running = self.trainer.train_step(
-                state, *sharding.put_global_batch(self.mesh, (images, labels)), running)
-            step += 1
-            progress.update(running)
-            if guard.requested:
-              self._save(step, state, running)
-              self.checkpointer.wait()
-              raise preemption.StopRequested(guard.signum, step)
-            if (config.checkpoint_every_steps and step < epoch_end_step
-                and step % config.checkpoint_every_steps == 0):
-              self._save(step, state, running)
-        self.log.write_epoch(self._epoch_row(epoch, step, state, running))
-        if step % spe == 0:  # A run cut short mid-epoch keeps its running metrics to resume.
-          running = jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
-        self._save(step, state, running)
-        self._epoch_start = time.perf_counter()
+      for stage, trainer in zip(self.plan, self.trainers):
+        if step >= stage.end_step:
+          continue
+        if state_stage != stage.index:
+          state = jax.device_put(begin_stage(state, stage.trainable, trainer.tx),
+                                 sharding.replicated(self.mesh))
+          state_stage = stage.index
+          self.log.announce(f'Stage {stage.name} from step {step}: '
+                            f'{params_lib.count(state.params)} parameters train, '
+                            f'learning rate {stage.learning_rate}.')
+        state, running, step = self._run_stage(stage, trainer, state, running, step, guard)
     self.train_seconds = self._training_seconds()
     return state
 
-  def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics
-                 ) -> dict[str, Any]:
+  def _run_stage(self, stage, trainer, state, running, step, guard):
+    config, spe = self.config, self.steps_per_epoch
+    while step < stage.end_step:
+      epoch = step // spe
+      epoch_end_step = min((epoch + 1) * spe, stage.end_step)
+      batches = input_pipeline.train_batches(self.data.train, config.batch_size, config.seed,
+                                             epoch, first_step=step - epoch * spe)
+      with self.log.progress(epoch, epoch_end_step - step) as progress:
+        for images, labels in itertools.islice(batches, epoch_end_step - step):
+          state, running = trainer.train_step(
+              state, *sharding.put_global_batch(self.mesh, (images, labels)), running)
+          step += 1
+          progress.update(running)
+          if guard.requested:
+            self._save(step, state, running, stage)
+            self.checkpointer.wait()
+            raise preemption.StopRequested(guard.signum, step)
+          if (config.checkpoint_every_steps and step < epoch_end_step
+              and step % config.checkpoint_every_steps == 0):
+            self._save(step, state, running, stage)
+      row = self._epoch_row(epoch, step, state, running, trainer)
+      if len(self.plan) > 1:
+        row['stage'] = stage.name
+      self.log.write_epoch(row)
+      if step % spe == 0:  # A run cut short mid-epoch keeps its running metrics to resume.
+        running = jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
+      self._save(step, state, running, stage)
+      self._epoch_start = time.perf_counter()
+    return state, running, step
+
+  def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics,
+                 trainer: Trainer) -> dict[str, Any]:
     """The epoch's metrics.jsonl row; stops the run on a NaN/Inf loss."""
     row = {'epoch': epoch + 1, 'step': step}
     row.update({f'train_{k}': v for k, v in _as_floats(running.compute()).items()})
@@ -298,18 +421,7 @@ class _Fit:
           'Lower config.learning_rate or check the inputs. The run was stopped; its last '
           'good checkpoint is kept.')
     if self.data.val is not None:
-      val_metrics, _ = self.trainer.evaluate(state, self.data.val)
+      val_metrics, _ = trainer.evaluate(state, self.data.val)
       row.update({f'val_{k}': v for k, v in val_metrics.items()})
     row['epoch_seconds'] = time.perf_counter() - self._epoch_start
     return row
-
-
-def _describe_pretrained(config: ml_collections.ConfigDict) -> dict[str, Any]:
-  """What the run starts from. Loading ImageNet weights is not built yet: say so loudly."""
-  if not config.pretrained:
-    return {'pretrained': False}
-  logging.warning(
-      '*** config.pretrained=%r asks for ImageNet weights, but cnnjax cannot load them yet: '
-      'the backbone starts from RANDOM weights and stays frozen. Results will not match the '
-      "study's transfer learning. ***", config.pretrained)
-  return {'pretrained': False, 'pretrained_requested': config.pretrained}

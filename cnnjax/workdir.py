@@ -19,10 +19,11 @@ from cnnjax import checkpointing
 from cnnjax import writers
 
 # Fields that may change between a run and its resumption: how long to train,
-# how often to save, where the (same) data lives, the evaluation batch.
+# how often to save, where the (same) data and weights live, the evaluation batch.
 RESUMABLE_CHANGES = frozenset({
     'num_epochs', 'num_train_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'resume',
-    'eval_batch_size', 'local_data_dir', 'tfds_data_dir'})
+    'eval_batch_size', 'local_data_dir', 'tfds_data_dir', 'pretrained_path',
+    'fine_tune.num_epochs'})
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -22,7 +22,18 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'mlp'
   config.model_kwargs = ml_collections.ConfigDict()
   config.trainable = '.*'              # Regex over 'a/b/kernel' param paths; others frozen.
+
+  # Pretrained backbone (VGG16/MobileNetV2 classifiers): Keras' ImageNet weights.
   config.pretrained = ''               # '' = random init; 'imagenet' for the backbone.
+  config.pretrained_path = ''          # Keras .h5 or a converted dir; '' = cache/download.
+  config.pretrained_load = '^backbone/'  # Regex over variable paths taken from the weights.
+
+  # Fine-tuning stage after num_epochs of transfer learning (0 epochs = none).
+  config.fine_tune = ml_collections.ConfigDict()
+  config.fine_tune.num_epochs = 0
+  config.fine_tune.learning_rate = 1e-5
+  config.fine_tune.unfreeze_blocks = 0  # Top blocks of the backbone that also train.
+  config.fine_tune.batchnorm = 'inference'  # Unfrozen BatchNorms: 'inference' or 'train'.
 
   # Optimisation: the studies' Adam 1e-3 (Keras' epsilon 1e-7).
   config.learning_rate = 1e-3

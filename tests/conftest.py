@@ -6,6 +6,7 @@ import os
 import struct
 import subprocess
 import sys
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
@@ -16,6 +17,8 @@ import pytest
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STUDY_CONFIGS = ('mlp_256_128', 'mlp_128_64', 'mlp_512_256_128', 'cnn_simple', 'cnn_deep',
                  'vgg_scratch', 'vgg_transfer', 'cifar_cnn', 'cifar_mobilenet_transfer')
+ALL_CONFIGS = tuple(sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, 'configs'))
+                           if f.endswith('.py') and f not in ('__init__.py', 'default.py')))
 
 
 def load_config(name: str):
@@ -23,15 +26,89 @@ def load_config(name: str):
 
 
 def shrink(config, **overrides):
-  """A config that runs in seconds on CPU: a few small batches, small images for VGG/MobileNet."""
+  """A config that runs in seconds on CPU: a few small batches, small images for VGG/MobileNet,
+  and ImageNet weights from a Keras-format file written locally (no download)."""
   config.batch_size = 8
   config.eval_batch_size = 16
   config.num_train_steps = 3
   if config.model in ('vgg16_classifier', 'mobilenet_v2_classifier'):
     config.model_kwargs.image_size = 32
+  if config.pretrained:
+    backbone = 'vgg16' if config.model == 'vgg16_classifier' else 'mobilenet_v2'
+    config.pretrained_path = shared_weights_file(backbone)
   for key, value in overrides.items():
     config[key] = value
   return config
+
+
+def backbone_variables(backbone: str, seed: int = 0):
+  """A backbone's Flax variables with random weights and random BatchNorm statistics."""
+  import jax.numpy as jnp
+  from flax import traverse_util
+  from cnnjax.models import transfer
+  variables = transfer.make_backbone(backbone).init(jax.random.PRNGKey(seed),
+                                                    jnp.zeros((1, 32, 32, 3)))
+  rng = np.random.default_rng(seed)
+  stats = traverse_util.flatten_dict(variables.get('batch_stats', {}))
+  for path, value in stats.items():
+    low, high = (-0.5, 0.5) if path[-1] == 'mean' else (0.5, 2.0)
+    stats[path] = rng.uniform(low, high, value.shape).astype(np.float32)
+  return {'params': jax.tree.map(np.asarray, variables['params']),
+          'batch_stats': traverse_util.unflatten_dict(stats)}
+
+
+def keras_weight_names(backbone: str, layer: str, targets) -> list[str]:
+  """Weight names as the real files spell them: VGG16 notop's Keras-1 style
+  (`block1_conv1_W_1:0`), MobileNetV2's `Conv1/kernel:0`."""
+  if backbone == 'vgg16':
+    return [f'{layer}_W_1:0', f'{layer}_b_1:0']
+  if len(targets) == 4:
+    suffixes = ['gamma', 'beta', 'moving_mean', 'moving_variance']
+  elif targets[0].transform is not None:
+    suffixes = ['depthwise_kernel']
+  else:
+    suffixes = ['kernel', 'bias'][:len(targets)]
+  return [f'{layer}/{suffix}:0' for suffix in suffixes]
+
+
+def write_keras_weights(path: str, backbone: str, variables) -> None:
+  """Writes `variables` as a Keras application .h5 in the legacy layout, without Keras."""
+  import h5py
+  from cnnjax.pretrained import ports
+  table = ports.PORT_TABLES[backbone]()
+  with h5py.File(path, 'w') as f:
+    f.attrs['layer_names'] = [n.encode() for n in ['input_1', *table, 'last_pool']]
+    for name in ('input_1', 'last_pool'):  # Layers without weights, as Keras lists them.
+      f.create_group(name).attrs['weight_names'] = []
+    for layer, targets in table.items():
+      group = f.create_group(layer)
+      names = keras_weight_names(backbone, layer, targets)
+      for name, target in zip(names, targets):
+        value = variables[target.collection]
+        for key in target.path:
+          value = value[key]
+        value = np.asarray(value)
+        # The only transform (depthwise HWC1 <-> HW1C) is its own inverse.
+        group.create_dataset(name, data=target.transform(value) if target.transform else value)
+      group.attrs['weight_names'] = [n.encode() for n in names]
+
+
+_SHARED_WEIGHTS: dict[str, str] = {}
+
+
+def shared_weights_file(backbone: str) -> str:
+  """A Keras-format weights file for `backbone`, written once per test process."""
+  if backbone not in _SHARED_WEIGHTS:
+    path = os.path.join(tempfile.mkdtemp(prefix='cnnjax-weights-'), f'{backbone}.h5')
+    write_keras_weights(path, backbone, backbone_variables(backbone))
+    _SHARED_WEIGHTS[backbone] = path
+  return _SHARED_WEIGHTS[backbone]
+
+
+@pytest.fixture(autouse=True)
+def private_weights_cache(tmp_path_factory, monkeypatch):
+  """No test reads or fills the user's ~/.cache/cnnjax."""
+  monkeypatch.setenv('CNNJAX_CACHE', str(tmp_path_factory.mktemp('cache')))
 
 
 def write_idx(path: str, array: np.ndarray) -> None:
@@ -79,16 +156,8 @@ TIMING_FIELDS = ('epoch_seconds',)
 
 def final_state(config, workdir):
   """The latest checkpoint's TrainState, restored onto this process's devices."""
-  from cnnjax import checkpointing, datasets, sharding, train
-  spec = datasets.DATASETS[config.dataset]
-  model = train.create_model(config, len(spec.class_names))
-  tx = train.create_optimizer(config)
-  template = jax.device_put(train.create_train_state(config, model, spec.image_shape, tx),
-                            sharding.replicated(sharding.create_mesh()))
-  checkpointer = checkpointing.Checkpointer(workdir, 3)
-  restored = checkpointer.restore_latest(template, train.Metrics.empty())
-  checkpointer.close()
-  return restored.state
+  from cnnjax import train
+  return train.restore_latest_state(config, workdir).state
 
 
 def assert_same_run(workdir_a, workdir_b, config):

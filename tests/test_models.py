@@ -9,7 +9,7 @@ from cnnjax import params as params_lib
 from cnnjax import train
 from cnnjax.models import build_model
 from cnnjax.models import mobilenet_v2
-from tests.conftest import STUDY_CONFIGS, load_config
+from tests.conftest import ALL_CONFIGS, STUDY_CONFIGS, load_config
 
 # DESIGN.md's tables: (total, trainable), totals counting BatchNorm statistics as Keras does.
 STUDY_PARAMS = {
@@ -23,6 +23,12 @@ STUDY_PARAMS = {
     'cifar_cnn': (315_722, 315_722),
     'cifar_mobilenet_transfer': (5_209_930, 2_951_946),
 }
+# Configs beyond the studies: what they change is visible in their counts.
+VARIANT_PARAMS = {
+    'vgg_transfer_preprocessed': (15_897_162, 1_182_474),  # No learned 1x1 adapter (6 params).
+    'cifar_mobilenet_transfer_preprocessed': (5_209_930, 2_951_946),
+}
+CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 
 
 def abstract_state(config):
@@ -32,14 +38,15 @@ def abstract_state(config):
   return jax.eval_shape(lambda: train.create_train_state(config, model, spec.image_shape, tx))
 
 
-def test_every_study_config_has_a_param_count():
+def test_every_config_has_a_param_count():
   assert set(STUDY_PARAMS) == set(STUDY_CONFIGS)
+  assert set(CONFIG_PARAMS) == set(ALL_CONFIGS)
 
 
-@pytest.mark.parametrize('name', STUDY_CONFIGS)
+@pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_parameter_counts_match_study(name):
   state = abstract_state(load_config(name))
-  total, trainable = STUDY_PARAMS[name]
+  total, trainable = CONFIG_PARAMS[name]
   assert params_lib.count(state.variables) == total
   assert params_lib.count(state.params) == trainable
 

@@ -72,6 +72,7 @@ def assert_close_runs(reference, other, config, atol=ATOL):
     ('cnn_deep', (), ATOL),  # Dropout: masks must not repeat across devices.
     pytest.param('cifar_mobilenet_transfer',  # BatchNorm: statistics over the global batch.
                  ('--config.model_kwargs.image_size=32', '--config.trainable=.*',
+                  '--config.pretrained=', '--config.fine_tune.num_epochs=0',
                   '--config.dataset=fashion_mnist', '--config.model_kwargs.input_adapter=repeat',
                   '--config.train_split=train', '--config.val_split=',
                   '--config.adam_epsilon=1.0', '--config.num_train_steps=1'),
@@ -87,6 +88,8 @@ def test_one_two_and_eight_devices_train_alike(name, extra, atol, tmp_path, data
   for key, value in (e.removeprefix('--config.').split('=', 1) for e in extra):
     if key.startswith('model_kwargs.'):
       config.model_kwargs[key.split('.', 1)[1]] = int(value) if value.isdigit() else value
+    elif key == 'fine_tune.num_epochs':
+      config.fine_tune.num_epochs = int(value)
     elif key not in ('adam_epsilon', 'num_train_steps'):
       config[key] = value
   for devices in (2, 8):

@@ -10,14 +10,14 @@ import pytest
 
 from cnnjax import config_validation
 from cnnjax import train
-from tests.conftest import REPO_ROOT, STUDY_CONFIGS, load_config, read_jsonl, shrink
+from tests.conftest import ALL_CONFIGS, REPO_ROOT, load_config, read_jsonl, shrink
 
 EPOCH_FIELDS = {'epoch', 'step', 'train_loss', 'train_accuracy', 'epoch_seconds'}
 RESULT_FIELDS = {'test_loss', 'test_accuracy', 'eval_seconds', 'train_seconds', 'params_total',
                  'params_trainable', 'num_devices', 'backend', 'pretrained'}
 
 
-@pytest.mark.parametrize('name', STUDY_CONFIGS)
+@pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_config_trains_on_mock_tfds_and_writes_results(name, tmp_path, mock_tfds):
   config = shrink(load_config(name))
   config_validation.validate_config(config)
@@ -25,11 +25,16 @@ def test_config_trains_on_mock_tfds_and_writes_results(name, tmp_path, mock_tfds
   rows = read_jsonl(tmp_path / 'metrics.jsonl')
   assert len(rows) == 1 and rows[0]['step'] == 3
   expected = EPOCH_FIELDS | ({'val_loss', 'val_accuracy'} if config.val_split else set())
+  if config.fine_tune.num_epochs:
+    expected |= {'stage'}
+    assert rows[0]['stage'] == 'transfer'
   assert set(rows[0]) == expected
   on_disk = json.loads((tmp_path / 'results.json').read_text())
   assert RESULT_FIELDS <= set(on_disk) and on_disk == results
   assert 0.0 <= results['test_accuracy'] <= 1.0 and np.isfinite(results['test_loss'])
-  assert results['pretrained'] is False
+  assert results['pretrained'] is bool(config.pretrained)
+  if config.pretrained:
+    assert results['pretrained_file'].endswith('.h5') and len(results['pretrained_md5']) == 32
   assert json.loads((tmp_path / 'config.json').read_text())['name'] == name
 
 

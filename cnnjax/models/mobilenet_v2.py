@@ -33,6 +33,13 @@ def block_prefix(block_id: int) -> str:
   return f'block_{block_id}_' if block_id else 'expanded_conv_'
 
 
+def block_patterns() -> list[str]:
+  """Regexes over parameter paths, one per block, bottom to top: the stem (`Conv1`), the 17
+  inverted residual blocks and the top 1x1 conv (`Conv_1`). Fine-tuning unfreezes the top."""
+  return (['(Conv1|bn_Conv1)/'] + [block_prefix(b) for b in range(len(BLOCKS))]
+          + ['(Conv_1|Conv_1_bn)/'])
+
+
 def correct_pad(height: int, width: int, kernel: int = 3) -> tuple[tuple[int, int], ...]:
   """`keras.applications.imagenet_utils.correct_pad` for a stride-2 conv."""
   adjust = (1 - height % 2, 1 - width % 2)

@@ -31,6 +31,28 @@ def imagenet_preprocess(x: jax.Array, mode: str) -> jax.Array:
   raise ValueError(f'Unknown preprocessing {mode!r}; expected one of {PREPROCESSING}.')
 
 
+BACKBONES = ('vgg16', 'mobilenet_v2')
+
+
+def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None = None
+                  ) -> nn.Module:
+  """The feature extractor `backbone`; `trainable_pattern` decides which BatchNorms train."""
+  if backbone == 'vgg16':
+    return vgg.VGG16(name=name)
+  if backbone == 'mobilenet_v2':
+    return mobilenet_v2.MobileNetV2(trainable_pattern=trainable_pattern, name=name)
+  raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+
+
+def backbone_blocks(backbone: str) -> list[str]:
+  """Regexes matching each block of `backbone`'s parameter paths, bottom to top."""
+  if backbone == 'vgg16':
+    return vgg.block_patterns()
+  if backbone == 'mobilenet_v2':
+    return mobilenet_v2.block_patterns()
+  raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+
+
 class TransferClassifier(nn.Module):
   """Resize -> input adapter -> backbone -> Flatten-Dense-Dropout-Dense head."""
   num_classes: int
@@ -56,14 +78,7 @@ class TransferClassifier(nn.Module):
     elif self.input_adapter == 'repeat' and x.shape[-1] == 1:
       x = jnp.repeat(x, 3, axis=-1)
     x = imagenet_preprocess(x, self.preprocessing)
-    x = self._backbone()(x, train)
+    x = make_backbone(self.backbone, self.trainable_pattern, name='backbone')(x, train)
     x = nn.relu(layers.Dense(self.hidden, name='head_hidden')(layers.flatten(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, name='head_logits')(x)
-
-  def _backbone(self) -> nn.Module:
-    if self.backbone == 'vgg16':
-      return vgg.VGG16(name='backbone')
-    if self.backbone == 'mobilenet_v2':
-      return mobilenet_v2.MobileNetV2(trainable_pattern=self.trainable_pattern, name='backbone')
-    raise ValueError(f"Unknown backbone {self.backbone!r}; expected 'vgg16' or 'mobilenet_v2'.")

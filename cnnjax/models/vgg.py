@@ -12,6 +12,17 @@ from cnnjax.models import layers
 VGG16_BLOCKS = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 512, 512))
 
 
+def conv_names() -> list[str]:
+  """Keras' names of the 13 convolutions, bottom to top: `block1_conv1` ... `block5_conv3`."""
+  return [f'block{b}_conv{c}' for b, block in enumerate(VGG16_BLOCKS, start=1)
+          for c in range(1, len(block) + 1)]
+
+
+def block_patterns() -> list[str]:
+  """Regexes over parameter paths, one per block, bottom to top (fine-tuning unfreezes the top)."""
+  return [f'block{b}_' for b in range(1, len(VGG16_BLOCKS) + 1)]
+
+
 class VGG16(nn.Module):
   """The 13 convolutions and 5 max pools of VGG16; returns the last feature map."""
 

@@ -1,0 +1,58 @@
+"""Command line for ImageNet weights.
+
+    python -m cnnjax.pretrained convert IN.h5 OUT_DIR
+        Ports a Keras application .h5 file (VGG16 or MobileNetV2, found from its
+        layers) and stores the Flax variables as an orbax checkpoint in OUT_DIR,
+        so that GPU/TPU machines without h5py, TensorFlow or network can use it:
+        --config.pretrained_path=OUT_DIR.
+    python -m cnnjax.pretrained download {vgg16,mobilenet_v2} [--image_size=96]
+        Fills the cache ($CNNJAX_CACHE, default ~/.cache/cnnjax) ahead of a run.
+"""
+import argparse
+import os
+import sys
+
+from cnnjax import pretrained
+from cnnjax.pretrained import files
+from cnnjax.pretrained import h5
+from cnnjax.pretrained.h5 import WeightsFileError
+
+
+def convert(source: str, directory: str) -> str:
+  variables, backbone = pretrained.port_h5(source)
+  pretrained.save_converted(variables, directory, {
+      'backbone': backbone, 'file': os.path.basename(source), 'md5': h5.md5sum(source)})
+  return (f'Converted {source} ({backbone}) to {directory}; use it with '
+          f'--config.pretrained_path={directory}')
+
+
+def download(backbone: str, image_size: int) -> str:
+  file = files.imagenet_weights_file(backbone, image_size)
+  path = files.ensure_cached(file, lambda p: pretrained.port_h5(p, backbone))
+  return f'{file.name} is in the cache: {path}'
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(prog='python -m cnnjax.pretrained', description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  commands = parser.add_subparsers(dest='command', required=True)
+  convert_parser = commands.add_parser('convert', help='Keras .h5 -> orbax checkpoint.')
+  convert_parser.add_argument('source', metavar='IN.h5')
+  convert_parser.add_argument('directory', metavar='OUT_DIR')
+  download_parser = commands.add_parser('download', help='Fill the weights cache.')
+  download_parser.add_argument('backbone', choices=('vgg16', 'mobilenet_v2'))
+  download_parser.add_argument('--image_size', type=int, default=96)
+  args = parser.parse_args(argv)
+  try:
+    if args.command == 'convert':
+      print(convert(args.source, args.directory))
+    else:
+      print(download(args.backbone, args.image_size))
+  except (WeightsFileError, FileExistsError) as e:
+    print(f'cnnjax.pretrained: error: {e}', file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,119 @@
+"""Where ImageNet weight files come from: a cache, filled once from Keras' URLs.
+
+The files are Keras' own application weights. Online, the first run
+downloads the one it needs into `$CNNJAX_CACHE` (default `~/.cache/cnnjax`);
+offline, `config.pretrained_path` names a file the user has. A download
+lands under a temporary name and becomes the cached file only after it is
+verified: its size is what the server announced, its MD5 the published one
+where Keras publishes one (VGG16), and its HDF5 structure that of the
+backbone. So a cut-off download never passes for the cache.
+"""
+import dataclasses
+import http.client
+import logging
+import os
+import socket
+import urllib.request
+from typing import Callable
+
+from cnnjax.pretrained import h5
+from cnnjax.pretrained.h5 import WeightsFileError
+
+KERAS_URL = 'https://storage.googleapis.com/tensorflow/keras-applications/'
+# Keras publishes MobileNetV2 weights for these input sizes; others get 224's, as in Keras.
+MOBILENET_V2_SIZES = (96, 128, 160, 192, 224)
+
+
+@dataclasses.dataclass(frozen=True)
+class WeightsFile:
+  name: str
+  url: str
+  md5: str | None  # Published checksum; None where Keras publishes none.
+
+
+def imagenet_weights_file(backbone: str, image_size: int) -> WeightsFile:
+  """The Keras application file (include_top=False) for `backbone` at `image_size`."""
+  if backbone == 'vgg16':
+    name = 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
+    return WeightsFile(name, KERAS_URL + 'vgg16/' + name, '6d6bbae143d832006294945121d1f1fc')
+  if backbone == 'mobilenet_v2':
+    size = image_size if image_size in MOBILENET_V2_SIZES else 224
+    name = f'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{size}_no_top.h5'
+    return WeightsFile(name, KERAS_URL + 'mobilenet_v2/' + name, None)
+  raise ValueError(f'No ImageNet weights are known for backbone {backbone!r}.')
+
+
+def published_md5(file_name: str) -> str | None:
+  """The published MD5 of a Keras weights file of that name, if Keras publishes one."""
+  for backbone in ('vgg16', 'mobilenet_v2'):
+    for size in MOBILENET_V2_SIZES:
+      file = imagenet_weights_file(backbone, size)
+      if file.name == file_name:
+        return file.md5
+  return None
+
+
+def cache_dir() -> str:
+  return os.environ.get('CNNJAX_CACHE') or os.path.join(os.path.expanduser('~'), '.cache',
+                                                        'cnnjax')
+
+
+def check_md5(path: str, expected: str | None) -> str:
+  """The file's MD5; an error naming both sums when it is not the published one."""
+  actual = h5.md5sum(path)
+  if expected and actual != expected:
+    raise WeightsFileError(
+        f'{path} has MD5 {actual}, but the published file has {expected}: it is corrupt, '
+        'truncated or another file. Delete it and download it again.')
+  return actual
+
+
+def _offline_help(file: WeightsFile, target: str) -> str:
+  return (f'Without network, download {file.url} on another machine and either put it at '
+          f'{target} or pass --config.pretrained_path=/path/to/{file.name}.')
+
+
+def _fetch(file: WeightsFile, partial: str, target: str) -> None:
+  """Streams `file.url` into `partial` with a progress bar; checks the announced size."""
+  import tqdm
+  try:
+    with urllib.request.urlopen(file.url, timeout=60) as response:
+      announced = response.headers.get('Content-Length')
+      announced = int(announced) if announced else None
+      received = 0
+      with open(partial, 'wb') as out, tqdm.tqdm(total=announced, unit='B', unit_scale=True,
+                                                 desc=file.name, leave=False) as bar:
+        while chunk := response.read(1 << 20):
+          out.write(chunk)
+          received += len(chunk)
+          bar.update(len(chunk))
+  except (OSError, http.client.HTTPException) as e:  # URLError is an OSError.
+    raise WeightsFileError(f'Could not download ImageNet weights from {file.url} '
+                           f'({type(e).__name__}: {e}). ' + _offline_help(file, target)) from e
+  if announced is not None and received != announced:
+    raise WeightsFileError(f'The download of {file.url} stopped after {received} of '
+                           f'{announced} bytes. Run again to retry. '
+                           + _offline_help(file, target))
+
+
+def download(file: WeightsFile, target: str, check_structure: Callable[[str], None]) -> None:
+  """Fetches `file` to `target` through a temporary file that must pass every check."""
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  partial = f'{target}.part-{socket.gethostname()}-{os.getpid()}'
+  logging.info('Downloading %s to %s', file.url, target)
+  try:
+    _fetch(file, partial, target)
+    check_md5(partial, file.md5)
+    check_structure(partial)
+    os.replace(partial, target)  # Atomic: the cache holds a whole, verified file or none.
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
+def ensure_cached(file: WeightsFile, check_structure: Callable[[str], None]) -> str:
+  """Path of the verified cached `file`, downloading it first if it is not there."""
+  target = os.path.join(cache_dir(), file.name)
+  if not os.path.exists(target):
+    download(file, target, check_structure)
+  return target

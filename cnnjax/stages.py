@@ -1,0 +1,69 @@
+"""Training stages: transfer learning with a frozen backbone, then fine-tuning.
+
+A run is one stage (everything `config.trainable` matches trains, Adam at
+`config.learning_rate`) unless `config.fine_tune.num_epochs > 0`: then, as in
+the study of MobileNetV2 on CIFAR-10, `config.num_epochs` of transfer
+learning are followed by a fine-tuning stage that also unfreezes the top
+`config.fine_tune.unfreeze_blocks` blocks of the backbone, with a fresh
+optimizer at `config.fine_tune.learning_rate`. Stage boundaries are epoch
+boundaries and steps count on across stages, so the data order, checkpoints
+and resume work as in a one-stage run.
+
+Which BatchNorm layers train follows Keras' advice for fine-tuning
+(`fine_tune.batchnorm='inference'`): unfrozen BatchNorms keep using their
+ImageNet moving statistics while their scale and offset train;
+`'train'` lets them switch to batch statistics.
+"""
+import dataclasses
+
+import ml_collections
+
+from cnnjax.models import transfer
+
+BATCHNORM_MODES = ('inference', 'train')
+
+
+@dataclasses.dataclass(frozen=True)
+class Stage:
+  index: int
+  name: str                 # 'train' (one-stage runs), 'transfer' or 'fine_tune'.
+  first_step: int
+  end_step: int             # Exclusive; the run's last stage may end early (num_train_steps).
+  trainable: str            # Regex: the parameters the optimizer updates.
+  batchnorm_trainable: str  # Regex: the BatchNorm layers that use batch statistics.
+  learning_rate: float
+
+
+def fine_tune_pattern(config: ml_collections.ConfigDict, backbone: str) -> str:
+  """`config.trainable` plus the top `fine_tune.unfreeze_blocks` blocks of the backbone."""
+  top = transfer.backbone_blocks(backbone)[-config.fine_tune.unfreeze_blocks:]
+  return f'(?:{config.trainable})|^backbone/(?:{"|".join(top)})'
+
+
+def plan(config: ml_collections.ConfigDict, backbone: str | None, steps_per_epoch: int,
+         total_steps: int) -> list[Stage]:
+  """The run's stages, their step ranges cut at `total_steps`."""
+  first_end = min(config.num_epochs * steps_per_epoch, total_steps)
+  if config.fine_tune.num_epochs <= 0:
+    return [Stage(0, 'train', 0, first_end, config.trainable, config.trainable,
+                  config.learning_rate)]
+  tuned = fine_tune_pattern(config, backbone)
+  return [
+      Stage(0, 'transfer', 0, first_end, config.trainable, config.trainable,
+            config.learning_rate),
+      Stage(1, 'fine_tune', first_end, total_steps, tuned,
+            tuned if config.fine_tune.batchnorm == 'train' else config.trainable,
+            config.fine_tune.learning_rate),
+  ]
+
+
+def stage_of_checkpoint(stages: list[Stage], step: int) -> Stage:
+  """The stage whose state a checkpoint saved after `step` steps holds.
+
+  A checkpoint at a stage's last step is saved before the next stage begins,
+  so it belongs to the stage that ends there.
+  """
+  for stage in stages:
+    if step <= stage.end_step:
+      return stage
+  return stages[-1]

@@ -1,0 +1,306 @@
+"""ImageNet weight files: the port equals Keras, bad files fail clearly, the cache is safe."""
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from cnnjax import params as params_lib
+from cnnjax import pretrained
+from cnnjax import stages
+from cnnjax import train
+from cnnjax.models import transfer
+from cnnjax.pretrained import __main__ as cli
+from cnnjax.pretrained import files
+from cnnjax.pretrained import ports
+from cnnjax.pretrained.h5 import WeightsFileError
+from tests.conftest import (REPO_ROOT, backbone_variables, load_config, shared_weights_file,
+                            shrink, write_keras_weights)
+
+VGG16_NOTOP = 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
+
+
+def assert_trees_equal(a, b):
+  flat_a, flat_b = traverse_util.flatten_dict(a), traverse_util.flatten_dict(b)
+  assert set(flat_a) == set(flat_b)
+  for key in flat_a:
+    np.testing.assert_array_equal(np.asarray(flat_a[key]), np.asarray(flat_b[key]), str(key))
+
+
+# --- Equivalence with Keras ---------------------------------------------------------------------
+
+def keras_backbone(backbone, size, seed):
+  """A Keras application model (weights=None) with random BatchNorm moving statistics."""
+  keras = pytest.importorskip('keras', reason='the Keras comparison needs the test extra')
+  ctor = {'vgg16': keras.applications.VGG16, 'mobilenet_v2': keras.applications.MobileNetV2}
+  model = ctor[backbone](weights=None, include_top=False, input_shape=(size, size, 3))
+  rng = np.random.default_rng(seed)
+  for layer in model.layers:
+    if isinstance(layer, keras.layers.BatchNormalization):
+      gamma, beta, mean, var = layer.get_weights()
+      layer.set_weights([rng.uniform(0.5, 1.5, gamma.shape), rng.normal(0, 0.1, beta.shape),
+                         rng.normal(0, 0.5, mean.shape), rng.uniform(0.5, 2.0, var.shape)])
+  return model
+
+
+def save_legacy_h5(model, path):
+  import h5py
+  from keras.src.legacy.saving import legacy_h5_format
+  with h5py.File(path, 'w') as f:
+    legacy_h5_format.save_weights_to_hdf5_group(f, model)
+
+
+@pytest.mark.parametrize('backbone', ['vgg16', 'mobilenet_v2'])
+@pytest.mark.parametrize('size', [96, 32])
+def test_ported_backbone_equals_keras(backbone, size, tmp_path):
+  model = keras_backbone(backbone, size, seed=size)
+  path = str(tmp_path / 'weights.h5')
+  save_legacy_h5(model, path)
+  variables, detected = pretrained.port_h5(path)
+  assert detected == backbone
+  x = np.random.default_rng(1).uniform(0, 1, (3, size, size, 3)).astype(np.float32)
+  expected = np.asarray(model(x, training=False))
+  got = np.asarray(transfer.make_backbone(backbone).apply(variables, x))
+  assert got.shape == expected.shape
+  assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
+
+
+def test_fine_tune_unfreezes_what_keras_fine_tune_at_would(tmp_path):
+  """Top 7 MobileNetV2 blocks = Keras layers from block_11 up (the tutorial's fine_tune_at)."""
+  model = keras_backbone('mobilenet_v2', 96, seed=0)
+  top_names = tuple(f'block_{b}_' for b in range(11, 17)) + ('Conv_1',)
+  keras_count = sum(int(np.prod(w.shape)) for layer in model.layers
+                    if layer.name.startswith(top_names) for w in layer.trainable_weights)
+  config = load_config('cifar_mobilenet_transfer')
+  state = jax.eval_shape(lambda: train.create_train_state(
+      config, train.create_model(config, 10), (32, 32, 3), train.create_optimizer(config)))
+  pattern = stages.fine_tune_pattern(config, 'mobilenet_v2')
+  tuned = params_lib.partition(params_lib.merge(state.params, state.frozen_params),
+                                     pattern)[0]
+  assert params_lib.count(tuned) == 2_951_946 + keras_count
+
+
+# --- The port maps by layer name and order; wrong files fail with everything listed -------------
+
+@pytest.mark.parametrize('backbone', ['vgg16', 'mobilenet_v2'])
+def test_port_reads_real_weight_name_spellings(backbone, tmp_path):
+  variables = backbone_variables(backbone, seed=3)
+  path = str(tmp_path / 'w.h5')
+  write_keras_weights(path, backbone, variables)  # Keras-1 names for VGG16, as the real file.
+  ported, detected = pretrained.port_h5(path)
+  assert detected == backbone
+  assert_trees_equal(ported, variables)
+
+
+def test_truncated_file_is_named_corrupt(tmp_path):
+  source = shared_weights_file('mobilenet_v2')
+  path = tmp_path / 'truncated.h5'
+  path.write_bytes(open(source, 'rb').read()[:200_000])
+  with pytest.raises(WeightsFileError, match='truncated or corrupt'):
+    pretrained.port_h5(str(path), 'mobilenet_v2')
+
+
+def test_not_an_h5_file(tmp_path):
+  path = tmp_path / 'page.h5'
+  path.write_text('<html>404</html>')
+  with pytest.raises(WeightsFileError, match='not a readable HDF5 file'):
+    pretrained.port_h5(str(path))
+
+
+def test_wrong_model_file_lists_missing_and_unexpected_layers():
+  with pytest.raises(WeightsFileError) as error:
+    pretrained.port_h5(shared_weights_file('mobilenet_v2'), 'vgg16')
+  message = str(error.value)
+  assert 'does not fit the vgg16 backbone' in message
+  assert '13 missing layer(s): block1_conv1, block1_conv2' in message
+  assert 'unexpected layer(s): Conv1, Conv_1' in message
+
+
+def test_mis_shaped_array_is_named(tmp_path):
+  variables = backbone_variables('vgg16')
+  variables['params']['block3_conv2']['bias'] = np.zeros(7, np.float32)
+  path = str(tmp_path / 'w.h5')
+  write_keras_weights(path, 'vgg16', variables)
+  with pytest.raises(WeightsFileError, match=r'1 mis-shaped: block3_conv2 -> params/block3_conv2'
+                                             r'/bias: file \(7,\), model \(256,\)'):
+    pretrained.port_h5(path, 'vgg16')
+
+
+def test_wrong_checksum_of_a_published_file(tmp_path):
+  path = tmp_path / VGG16_NOTOP
+  path.write_bytes(open(shared_weights_file('vgg16'), 'rb').read())
+  with pytest.raises(WeightsFileError, match='has MD5 .* but the published file has '
+                                             '6d6bbae143d832006294945121d1f1fc'):
+    pretrained.read_weights(str(path), 'vgg16')
+
+
+# --- Cache and download ----------------------------------------------------------------------
+
+@pytest.fixture
+def served_mobilenet(tmp_path, monkeypatch):
+  """MobileNetV2's Keras URL answered from a local file (file:// URLs send Content-Length)."""
+  source = shared_weights_file('mobilenet_v2')
+  real = files.imagenet_weights_file
+
+  def local(backbone, image_size):
+    return files.WeightsFile(real(backbone, image_size).name, f'file://{source}', None)
+  monkeypatch.setattr(files, 'imagenet_weights_file', local)
+  return source
+
+
+def transfer_config(name, **overrides):
+  config = shrink(load_config(name), **overrides)
+  config.pretrained_path = ''
+  return config
+
+
+def test_download_fills_the_cache_once(served_mobilenet, monkeypatch):
+  config = transfer_config('cifar_mobilenet_transfer')
+  path = pretrained.weights_path(config, 'mobilenet_v2')
+  assert path == os.path.join(os.environ['CNNJAX_CACHE'],
+                              'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5')
+  assert open(path, 'rb').read() == open(served_mobilenet, 'rb').read()
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('downloaded again'))
+  assert pretrained.weights_path(config, 'mobilenet_v2') == path
+
+
+class _CutOffResponse:
+  """A response that announces the whole file and breaks off after the first chunk."""
+
+  def __init__(self, size):
+    self.headers, self._size, self._sent = {'Content-Length': str(size)}, size, False
+
+  def read(self, n):
+    if self._sent:
+      raise ConnectionResetError('connection reset by peer')
+    self._sent = True
+    return b'\0' * min(n, self._size // 2)
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    return False
+
+
+def test_a_cut_off_download_never_becomes_the_cache(served_mobilenet, monkeypatch):
+  monkeypatch.setattr(urllib.request, 'urlopen',
+                      lambda *a, **k: _CutOffResponse(os.path.getsize(served_mobilenet)))
+  config = transfer_config('cifar_mobilenet_transfer')
+  with pytest.raises(WeightsFileError, match='Could not download .*ConnectionResetError'):
+    pretrained.weights_path(config, 'mobilenet_v2')
+  assert os.listdir(os.environ['CNNJAX_CACHE']) == []  # No file, no leftover .part.
+
+
+def test_a_download_of_the_wrong_file_is_rejected(tmp_path, monkeypatch):
+  served = tmp_path / 'served.h5'
+  served.write_bytes(open(shared_weights_file('vgg16'), 'rb').read())  # Not the published bytes.
+  monkeypatch.setattr(files, 'imagenet_weights_file', lambda backbone, size: files.WeightsFile(
+      VGG16_NOTOP, f'file://{served}', '6d6bbae143d832006294945121d1f1fc'))
+  with pytest.raises(WeightsFileError, match='has MD5'):
+    pretrained.weights_path(transfer_config('vgg_transfer'), 'vgg16')
+  assert os.listdir(os.environ['CNNJAX_CACHE']) == []
+
+
+def test_offline_without_a_file_says_where_to_put_it(monkeypatch):
+  def offline(*args, **kwargs):
+    raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+  monkeypatch.setattr(urllib.request, 'urlopen', offline)
+  with pytest.raises(WeightsFileError) as error:
+    pretrained.weights_path(transfer_config('vgg_transfer'), 'vgg16')
+  message = str(error.value)
+  assert 'Could not download' in message and 'Without network' in message
+  assert os.path.join(os.environ['CNNJAX_CACHE'], VGG16_NOTOP) in message
+  assert '--config.pretrained_path=' in message
+
+
+# --- Converted checkpoints and loading into a model -------------------------------------------
+
+def test_converter_round_trip(tmp_path, capsys):
+  out = tmp_path / 'converted'
+  assert cli.main(['convert', shared_weights_file('mobilenet_v2'), str(out)]) == 0
+  assert f'--config.pretrained_path={out}' in capsys.readouterr().out
+  from_h5, info_h5 = pretrained.read_weights(shared_weights_file('mobilenet_v2'), 'mobilenet_v2')
+  from_dir, info_dir = pretrained.read_weights(str(out), 'mobilenet_v2')
+  assert_trees_equal(from_h5, from_dir)
+  assert info_h5 == info_dir  # The source file's name and MD5 travel with the conversion.
+  with pytest.raises(WeightsFileError, match='holds mobilenet_v2 weights'):
+    pretrained.read_weights(str(out), 'vgg16')
+  assert cli.main(['convert', shared_weights_file('mobilenet_v2'), str(out)]) == 2  # No overwrite.
+  assert 'not empty' in capsys.readouterr().err
+
+
+def test_run_starts_from_the_file_and_records_it(tmp_path, mock_tfds):
+  config = shrink(load_config('vgg_transfer'))
+  results = train.train_and_evaluate(config, str(tmp_path))
+  assert results['pretrained'] is True and results['pretrained_arrays'] == 26
+  state = train.restore_latest_state(config, str(tmp_path)).state
+  file_variables, info = pretrained.read_weights(config.pretrained_path, 'vgg16')
+  assert results['pretrained_md5'] == info['pretrained_md5']
+  assert_trees_equal(jax.device_get(state.frozen_params['backbone']), file_variables['params'])
+
+
+def test_pretrained_load_selects_what_comes_from_the_file(tmp_path, mock_tfds):
+  config = shrink(load_config('vgg_transfer'), pretrained_load='^backbone/block1_')
+  model = train.create_model(config, 10)
+  variables = train.init_variables(config, model, (28, 28, 1))
+  loaded, info = pretrained.load_into(variables, config, 'vgg16', config.pretrained_path)
+  file_variables, _ = pretrained.read_weights(config.pretrained_path, 'vgg16')
+  assert info['pretrained_arrays'] == 4
+  np.testing.assert_array_equal(loaded['params']['backbone']['block1_conv2']['kernel'],
+                                file_variables['params']['block1_conv2']['kernel'])
+  np.testing.assert_array_equal(loaded['params']['backbone']['block2_conv1']['kernel'],
+                                variables['params']['backbone']['block2_conv1']['kernel'])
+  config.pretrained_load = '^head'
+  with pytest.raises(WeightsFileError, match='does not hold: head_'):
+    pretrained.load_into(variables, config, 'vgg16', config.pretrained_path)
+
+
+def test_frozen_backbone_gets_no_optimizer_state_and_stays_bitwise_unchanged():
+  config = shrink(load_config('cifar_mobilenet_transfer'))
+  model = train.create_model(config, 10)
+  tx = train.create_optimizer(config)
+  variables, _ = pretrained.load_into(train.init_variables(config, model, (32, 32, 3)), config,
+                                      'mobilenet_v2', config.pretrained_path)
+  state = train.state_from_variables(config, variables, config.trainable, tx)
+  before = jax.device_get(state)
+  assert set(state.params) == {'head_hidden', 'head_logits'}
+  assert set(state.opt_state[0].mu) == {'head_hidden', 'head_logits'}  # Adam's moments.
+  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, 8).astype(np.int32)
+  for _ in range(3):
+    state, _ = step(state, images, labels, train.Metrics.empty())
+  after = jax.device_get(state)
+  assert_trees_equal(before.frozen_params, after.frozen_params)
+  assert_trees_equal(before.batch_stats, after.batch_stats)  # Frozen BatchNorm: inference mode.
+  for layer in ('head_hidden', 'head_logits'):
+    assert not np.array_equal(before.params[layer]['kernel'], after.params[layer]['kernel'])
+
+
+NO_NETWORK = '''
+import urllib.error, urllib.request
+def _offline(*args, **kwargs):
+  raise urllib.error.URLError('network unreachable')
+urllib.request.urlopen = _offline
+'''
+
+
+def test_command_line_offline_without_weights_fails_before_reading_data(tmp_path, idx_dir):
+  (tmp_path / 'sitecustomize.py').write_text(NO_NETWORK)
+  env = {**os.environ, 'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO_ROOT}'}
+  result = subprocess.run(
+      [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/vgg_transfer.py',
+       f'--config.local_data_dir={idx_dir}', f'--workdir={tmp_path}/run'],
+      cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+  assert result.returncode == 2
+  assert 'cnnjax: error: Could not download ImageNet weights' in result.stderr
+  assert '--config.pretrained_path=' in result.stderr and 'Traceback' not in result.stderr
+  assert 'Loaded fashion_mnist' not in result.stderr  # Failed before reading any data.
+  assert not os.path.exists(tmp_path / 'run')
