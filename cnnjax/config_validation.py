@@ -9,6 +9,7 @@ import re
 import ml_collections
 
 from cnnjax import datasets
+from cnnjax import features
 from cnnjax import sharding
 from cnnjax import splits
 from cnnjax import stages
@@ -118,3 +119,9 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   backbone = getattr(model, 'backbone', None)
   _check_pretrained(config, backbone)
   _check_fine_tune(config, backbone)
+  if config.cache_features:
+    try:
+      features.check_cacheable(model, datasets.DATASETS[config.dataset].image_shape,
+                               config.trainable)
+    except ValueError as e:
+      raise ConfigError(str(e)) from e

@@ -7,10 +7,17 @@ batch is padded and the padding masked out of the metrics.
 """
 from typing import Iterator
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import datasets
 from cnnjax import sharding
+
+
+def to_inputs(images: jax.Array) -> jax.Array:
+  """uint8 pixels -> float32 in [0, 1], as the studies fed them. Runs on device."""
+  return images.astype(jnp.float32) / 255.0
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:

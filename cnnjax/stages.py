@@ -32,6 +32,7 @@ class Stage:
   trainable: str            # Regex: the parameters the optimizer updates.
   batchnorm_trainable: str  # Regex: the BatchNorm layers that use batch statistics.
   learning_rate: float
+  cache_features: bool = False  # Train the head on cached backbone features (see `features`).
 
 
 def fine_tune_pattern(config: ml_collections.ConfigDict, backbone: str) -> str:
@@ -46,14 +47,14 @@ def plan(config: ml_collections.ConfigDict, backbone: str | None, steps_per_epoc
   first_end = min(config.num_epochs * steps_per_epoch, total_steps)
   if config.fine_tune.num_epochs <= 0:
     return [Stage(0, 'train', 0, first_end, config.trainable, config.trainable,
-                  config.learning_rate)]
+                  config.learning_rate, config.cache_features)]
   tuned = fine_tune_pattern(config, backbone)
   return [
       Stage(0, 'transfer', 0, first_end, config.trainable, config.trainable,
-            config.learning_rate),
+            config.learning_rate, config.cache_features),
       Stage(1, 'fine_tune', first_end, total_steps, tuned,
             tuned if config.fine_tune.batchnorm == 'train' else config.trainable,
-            config.fine_tune.learning_rate),
+            config.fine_tune.learning_rate),  # The backbone trains: no cached features.
   ]
 
 

@@ -25,6 +25,7 @@ from clu import metrics
 from cnnjax import checkpointing
 from cnnjax import config_validation
 from cnnjax import datasets
+from cnnjax import features
 from cnnjax import input_pipeline
 from cnnjax import params as params_lib
 from cnnjax import preemption
@@ -69,7 +70,8 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
   """The config's model; `batchnorm_trainable` (default `config.trainable`) says which
   BatchNorm layers use batch statistics in training."""
   pattern = config.trainable if batchnorm_trainable is None else batchnorm_trainable
-  return build_model(config.model, num_classes, pattern, config.model_kwargs)
+  return build_model(config.model, num_classes, pattern, config.model_kwargs,
+                     config.half_precision)
 
 
 def create_optimizer(config: ml_collections.ConfigDict,
@@ -117,24 +119,30 @@ def begin_stage(state: TrainState, trainable_pattern: str, tx: optax.GradientTra
   return state.replace(params=trainable, frozen_params=frozen, opt_state=tx.init(trainable))
 
 
-def to_inputs(images: jax.Array) -> jax.Array:
-  """uint8 pixels -> float32 in [0, 1], as the studies fed them. Runs on device."""
-  return images.astype(jnp.float32) / 255.0
+def _model_inputs(images: jax.Array, part: str) -> tuple[jax.Array, dict[str, str]]:
+  """What the model gets: [0, 1] pixels, or cached backbone features for its head."""
+  if part == 'all':
+    return input_pipeline.to_inputs(images), {}
+  return images, {'part': part}
 
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running: Metrics,
-               *, model: nn.Module, tx: optax.GradientTransformation
+               *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all'
                ) -> tuple[TrainState, Metrics]:
-  """One Adam step on a global batch; folds the batch's metrics into `running`."""
+  """One Adam step on a global batch; folds the batch's metrics into `running`.
+
+  `part='head'`: `images` are cached backbone features (see `features`).
+  """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
-  inputs = to_inputs(images)
+  inputs, part_kwargs = _model_inputs(images, part)
 
   def loss_fn(trainable):
     variables = {'params': params_lib.merge(trainable, state.frozen_params)}
     if state.batch_stats:
       variables['batch_stats'] = state.batch_stats
-    logits, updates = model.apply(variables, inputs, train=True,
-                                  rngs={'dropout': dropout_rng}, mutable=['batch_stats'])
+    logits, updates = model.apply(variables, inputs, train=True, rngs={'dropout': dropout_rng},
+                                  mutable=['batch_stats'], **part_kwargs)
+    logits = logits.astype(jnp.float32)  # Loss and metrics in float32 under half precision.
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
     return loss.mean(), (loss, logits, updates.get('batch_stats', {}))
 
@@ -147,9 +155,10 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
-              *, model: nn.Module) -> tuple[Metrics, jax.Array]:
+              *, model: nn.Module, part: str = 'all') -> tuple[Metrics, jax.Array]:
   """Metrics of a (padded) batch, counting only `mask`ed examples, and predictions."""
-  logits = model.apply(state.variables, to_inputs(images), train=False)
+  inputs, part_kwargs = _model_inputs(images, part)
+  logits = model.apply(state.variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
@@ -160,13 +169,13 @@ class Trainer:
   """Holds the jitted steps of one training stage, compiled for one mesh."""
 
   def __init__(self, config: ml_collections.ConfigDict, model: nn.Module,
-               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh):
-    self.config, self.model, self.tx, self.mesh = config, model, tx, mesh
+               tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, part: str = 'all'):
+    self.config, self.model, self.tx, self.mesh, self.part = config, model, tx, mesh, part
     replicated = sharding.replicated(mesh)
-    self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx),
+    self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, part=part),
                               out_shardings=(replicated, replicated), donate_argnums=(0, 3))
     # Predictions come back replicated: every process can read all of them.
-    self.eval_step = jax.jit(functools.partial(eval_step, model=model),
+    self.eval_step = jax.jit(functools.partial(eval_step, model=model, part=part),
                              out_shardings=(replicated, replicated))
 
   def evaluate(self, state: TrainState, split: datasets.Split
@@ -258,7 +267,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   model = create_model(config, data.num_classes)
   plan = stages.plan(config, backbone, steps_per_epoch, total_steps)
   trainers = [Trainer(config, create_model(config, data.num_classes, stage.batchnorm_trainable),
-                      create_optimizer(config, stage.learning_rate), mesh) for stage in plan]
+                      create_optimizer(config, stage.learning_rate), mesh,
+                      'head' if stage.cache_features else 'all') for stage in plan]
   variables = init_variables(config, model, data.image_shape)
   initial = state_from_variables(config, variables, plan[0].trainable, trainers[0].tx)
   running = jax.device_put(Metrics.empty(), replicated)
@@ -305,7 +315,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
   eval_start = time.perf_counter()
-  test_metrics, predictions = trainers[-1].evaluate(state, data.test)
+  test_metrics, predictions = trainers[-1].evaluate(state, fit.stage_data(plan[-1], state).test)
   jax.block_until_ready(predictions)
   eval_seconds = time.perf_counter() - eval_start
   step = int(state.step)
@@ -316,6 +326,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
       'eval_seconds': eval_seconds, 'train_seconds': fit.train_seconds,
       **counts, **device_summary(), **pretrained_info,
   }
+  if fit.feature_cache_seconds is not None:
+    results['feature_cache_seconds'] = fit.feature_cache_seconds
   log.write_results(results)
   return results
 
@@ -346,6 +358,20 @@ class _Fit:
     self.log, self.checkpointer = log, checkpointer
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self.pretrained_info = pretrained_info
+    self._features = None
+    self.feature_cache_seconds = None  # Time spent computing cached features, if any.
+
+  def stage_data(self, stage: stages.Stage, state: TrainState) -> datasets.Dataset:
+    """What `stage` trains on: the images, or its frozen backbone's cached features."""
+    if not stage.cache_features:
+      return self.data
+    if self._features is None:  # Once per run: the backbone is frozen while caching applies.
+      start = time.perf_counter()
+      self._features = features.extract_dataset(
+          self.trainers[stage.index].model, state.variables, self.data,
+          self.config.eval_batch_size, self.mesh)
+      self.feature_cache_seconds = time.perf_counter() - start
+    return self._features
     self._train_start = self._epoch_start = time.perf_counter()
     self.train_seconds = 0.0  # Set when the loop ends; excludes the final test evaluation.
 
@@ -382,10 +408,11 @@ class _Fit:
 
   def _run_stage(self, stage, trainer, state, running, step, guard):
     config, spe = self.config, self.steps_per_epoch
+    data = self.stage_data(stage, state)
     while step < stage.end_step:
       epoch = step // spe
       epoch_end_step = min((epoch + 1) * spe, stage.end_step)
-      batches = input_pipeline.train_batches(self.data.train, config.batch_size, config.seed,
+      batches = input_pipeline.train_batches(data.train, config.batch_size, config.seed,
                                              epoch, first_step=step - epoch * spe)
       with self.log.progress(epoch, epoch_end_step - step) as progress:
         for images, labels in itertools.islice(batches, epoch_end_step - step):
@@ -400,7 +427,7 @@ class _Fit:
           if (config.checkpoint_every_steps and step < epoch_end_step
               and step % config.checkpoint_every_steps == 0):
             self._save(step, state, running, stage)
-      row = self._epoch_row(epoch, step, state, running, trainer)
+      row = self._epoch_row(epoch, step, state, running, trainer, data)
       if len(self.plan) > 1:
         row['stage'] = stage.name
       self.log.write_epoch(row)
@@ -411,7 +438,7 @@ class _Fit:
     return state, running, step
 
   def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics,
-                 trainer: Trainer) -> dict[str, Any]:
+                 trainer: Trainer, data: datasets.Dataset) -> dict[str, Any]:
     """The epoch's metrics.jsonl row; stops the run on a NaN/Inf loss."""
     row = {'epoch': epoch + 1, 'step': step}
     row.update({f'train_{k}': v for k, v in _as_floats(running.compute()).items()})
@@ -420,8 +447,8 @@ class _Fit:
           f'Training loss became {row["train_loss"]} by step {step} (epoch {epoch + 1}). '
           'Lower config.learning_rate or check the inputs. The run was stopped; its last '
           'good checkpoint is kept.')
-    if self.data.val is not None:
-      val_metrics, _ = trainer.evaluate(state, self.data.val)
+    if data.val is not None:
+      val_metrics, _ = trainer.evaluate(state, data.val)
       row.update({f'val_{k}': v for k, v in val_metrics.items()})
     row['epoch_seconds'] = time.perf_counter() - self._epoch_start
     return row

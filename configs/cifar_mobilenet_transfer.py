@@ -25,7 +25,6 @@ def get_config():
   config.model_kwargs.hidden = 256
   config.model_kwargs.dropout = 0.3
   config.num_epochs = 15
-  config.eval_batch_size = 250
   config.pretrained = 'imagenet'
   config.trainable = r'^(head_hidden|head_logits)/'
   config.fine_tune.num_epochs = 10

@@ -22,6 +22,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.model = 'mlp'
   config.model_kwargs = ml_collections.ConfigDict()
   config.trainable = '.*'              # Regex over 'a/b/kernel' param paths; others frozen.
+  config.cache_features = False        # Frozen backbone: compute its features once, train the head.
 
   # Pretrained backbone (VGG16/MobileNetV2 classifiers): Keras' ImageNet weights.
   config.pretrained = ''               # '' = random init; 'imagenet' for the backbone.
@@ -39,9 +40,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.learning_rate = 1e-3
   config.adam_epsilon = 1e-7
   config.batch_size = 64               # Global batch, over all devices.
-  config.eval_batch_size = 500
+  config.eval_batch_size = 250        # Any size gives the same metrics; 250 suits CPU caches.
   config.num_epochs = 10
   config.num_train_steps = -1          # > 0 cuts the run short (smoke tests).
+  config.half_precision = False        # bfloat16 compute, float32 params (GPU/TPU; slow on CPU).
   config.seed = 0
 
   # Checkpoints (orbax, in <workdir>/checkpoints): every epoch end and every N steps.

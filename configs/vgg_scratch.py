@@ -19,5 +19,4 @@ def get_config():
   config.model_kwargs.dropout = 0.5
   config.num_epochs = 30
   config.batch_size = 32
-  config.eval_batch_size = 250
   return config

@@ -27,6 +27,8 @@ STUDY_PARAMS = {
 VARIANT_PARAMS = {
     'vgg_transfer_preprocessed': (15_897_162, 1_182_474),  # No learned 1x1 adapter (6 params).
     'cifar_mobilenet_transfer_preprocessed': (5_209_930, 2_951_946),
+    'vgg_transfer_fast': (15_897_162, 1_182_474),  # vgg_transfer_preprocessed, cached.
+    'cifar_mobilenet_transfer_fast': (5_209_930, 2_951_946),
 }
 CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 
@@ -106,3 +108,21 @@ def test_unknown_model_and_option_are_named():
     build_model('resnet', 10)
   with pytest.raises(ValueError, match=r"no option\(s\) \['hidden'\].*hidden_sizes"):
     build_model('mlp', 10, kwargs={'hidden': 3})
+
+
+@pytest.mark.parametrize('name', ['mlp_256_128', 'cnn_simple', 'cnn_deep', 'cifar_cnn'])
+def test_study_model_equals_its_keras_original(name):
+  """The same weights in the study's Keras model give the same predictions."""
+  pytest.importorskip('keras', reason='the Keras comparison needs the test extra')
+  from cnnjax import keras_reference
+  config = load_config(name)
+  spec = datasets.DATASETS[config.dataset]
+  model = train.create_model(config, len(spec.class_names))
+  variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1,) + spec.image_shape))
+  keras_model = keras_reference.build(config)
+  assert keras_model.count_params() == STUDY_PARAMS[name][0]
+  keras_reference.copy_params(variables['params'], keras_model)
+  x = np.random.default_rng(0).uniform(0, 1, (16,) + spec.image_shape).astype(np.float32)
+  expected = np.asarray(keras_model(x, training=False))
+  got = np.asarray(jax.nn.softmax(model.apply(variables, x)))
+  np.testing.assert_allclose(got, expected, atol=1e-5)

@@ -138,3 +138,26 @@ def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
   probe = subprocess.run([sys.executable, '-c', 'import tensorflow'], env={**os.environ, **env},
                          capture_output=True, text=True)
   assert 'ModuleNotFoundError' in probe.stderr  # The block really was in force.
+
+
+def test_half_precision_computes_in_bfloat16_and_keeps_float32_params():
+  config = load_config('cnn_simple')
+  config.half_precision = True
+  model = train.create_model(config, 10)
+  tx = train.create_optimizer(config)
+  state = train.create_train_state(config, model, (28, 28, 1), tx)
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  images, labels = structured_batch()
+  full = train.create_model(load_config('cnn_simple'), 10)
+  half_logits = model.apply(state.variables, images / np.float32(255))
+  assert half_logits.dtype == jax.numpy.bfloat16
+  np.testing.assert_allclose(np.asarray(half_logits, np.float32),
+                             full.apply(state.variables, images / np.float32(255)),
+                             rtol=0.05, atol=0.05)
+  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
+  losses = []
+  for _ in range(20):
+    state, metrics = step(state, images, labels, train.Metrics.empty())
+    losses.append(float(metrics.compute()['loss']))
+  assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
+  assert losses[-1] < 0.5 * losses[0]

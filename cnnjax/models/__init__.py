@@ -9,6 +9,7 @@ import functools
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from cnnjax.models import mlp
 from cnnjax.models import small_cnns
@@ -37,17 +38,22 @@ def model_fields(name: str) -> set[str]:
 
 
 def build_model(name: str, num_classes: int, trainable_pattern: str = '.*',
-                kwargs: Mapping[str, Any] | None = None) -> nn.Module:
-  """Instantiates registered model `name` with `num_classes` outputs."""
+                kwargs: Mapping[str, Any] | None = None, half_precision: bool = False
+                ) -> nn.Module:
+  """Instantiates registered model `name` with `num_classes` outputs.
+
+  `half_precision`: compute in bfloat16 (GPU/TPU), parameters kept in float32.
+  """
   if name not in MODELS:
     raise ValueError(f'Unknown model {name!r} (config.model). '
                      f'Registered models: {", ".join(sorted(MODELS))}.')
   kwargs = dict(kwargs or {})
   fields = model_fields(name)
-  unknown = sorted(set(kwargs) - fields)
+  unknown = sorted(set(kwargs) - (fields - {'dtype'}))
   if unknown:
-    raise ValueError(f'Model {name!r} has no option(s) {unknown} (config.model_kwargs). '
-                     f'Valid options: {sorted(fields - {"num_classes", "trainable_pattern"})}.')
+    raise ValueError(f'Model {name!r} has no option(s) {unknown} (config.model_kwargs). Valid '
+                     f'options: {sorted(fields - {"num_classes", "trainable_pattern", "dtype"})}.')
   if 'trainable_pattern' in fields:
     kwargs['trainable_pattern'] = trainable_pattern
-  return MODELS[name](num_classes=num_classes, **kwargs)
+  dtype = jnp.bfloat16 if half_precision else jnp.float32
+  return MODELS[name](num_classes=num_classes, dtype=dtype, **kwargs)

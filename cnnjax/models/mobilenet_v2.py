@@ -7,6 +7,7 @@ numbers: BatchNorm epsilon 1e-3 / momentum 0.999, ReLU6, no conv biases, and
 stride-2 depthwise convs that pad explicitly (`correct_pad`) then run 'valid'.
 """
 import functools
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,12 +51,14 @@ def correct_pad(height: int, width: int, kernel: int = 3) -> tuple[tuple[int, in
 class MobileNetV2(nn.Module):
   """The MobileNetV2 feature extractor; returns the 1280-channel feature map."""
   trainable_pattern: str = '.*'
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=layers.keras_kernel_init)
+    conv = functools.partial(nn.Conv, use_bias=False, kernel_init=layers.keras_kernel_init,
+                             dtype=self.dtype)
     bn = functools.partial(layers.KerasBatchNorm, momentum=0.999, epsilon=1e-3,
-                           trainable_pattern=self.trainable_pattern)
+                           trainable_pattern=self.trainable_pattern, dtype=self.dtype)
 
     x = conv(STEM_FEATURES, (3, 3), strides=(2, 2), padding='SAME', name='Conv1')(x)
     x = layers.relu6(bn(name='bn_Conv1')(x, train))
@@ -70,8 +73,9 @@ class MobileNetV2(nn.Module):
       channels = x.shape[-1]
       if stride == 2:
         x = jnp.pad(x, ((0, 0),) + correct_pad(x.shape[1], x.shape[2]) + ((0, 0),))
-      x = conv(channels, (3, 3), strides=(stride, stride), feature_group_count=channels,
-               padding='SAME' if stride == 1 else 'VALID', name=prefix + 'depthwise')(x)
+      x = layers.DepthwiseConv((3, 3), strides=(stride, stride), dtype=self.dtype,
+                               padding='SAME' if stride == 1 else 'VALID',
+                               name=prefix + 'depthwise')(x)
       x = layers.relu6(bn(name=prefix + 'depthwise_BN')(x, train))
       x = conv(features, (1, 1), name=prefix + 'project')(x)
       x = bn(name=prefix + 'project_BN')(x, train)

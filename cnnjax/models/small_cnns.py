@@ -1,6 +1,13 @@
-"""The small CNNs of both studies, layer for layer as the Keras models."""
+"""The small CNNs of both studies, layer for layer as the Keras models.
+
+`dtype` is the computation dtype (bfloat16 with config.half_precision);
+parameters stay float32.
+"""
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnnjax.models import layers
 
@@ -8,14 +15,16 @@ from cnnjax.models import layers
 class FashionCNNSimple(nn.Module):
   """Study A `cnn_simple`: Conv32-Pool-Conv64-Pool-Flatten-Dense (50,186 params)."""
   num_classes: int
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for i, features in enumerate((32, 64)):
-      x = nn.relu(layers.Conv(features, (3, 3), padding='SAME', name=f'conv_{i}')(x))
+      x = nn.relu(layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                              name=f'conv_{i}')(x))
       x = layers.max_pool_2x2(x)
-    return layers.Dense(self.num_classes, name='logits')(layers.flatten(x))
+    return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(layers.flatten(x))
 
 
 class FashionCNNDeep(nn.Module):
@@ -25,18 +34,20 @@ class FashionCNNDeep(nn.Module):
   block_dropout: float = 0.25
   hidden: int = 256
   head_dropout: float = 0.5
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for b, block in enumerate(self.block_features):
       for c, features in enumerate(block):
-        x = layers.Conv(features, (3, 3), padding='SAME', name=f'block{b}_conv{c}')(x)
+        x = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                        name=f'block{b}_conv{c}')(x)
         x = nn.relu(x)
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
-    x = nn.relu(layers.Dense(self.hidden, name='hidden')(layers.flatten(x)))
+    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x)))
     x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
-    return layers.Dense(self.num_classes, name='logits')(x)
+    return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
 
 
 class CifarCNN(nn.Module):
@@ -44,12 +55,14 @@ class CifarCNN(nn.Module):
   num_classes: int
   hidden: int = 128
   dropout: float = 0.3
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, features in enumerate((32, 64)):
-      x = nn.relu(layers.Conv(features, (3, 3), padding='VALID', name=f'conv_{i}')(x))
+      x = nn.relu(layers.Conv(features, (3, 3), padding='VALID', dtype=self.dtype,
+                              name=f'conv_{i}')(x))
       x = layers.max_pool_2x2(x)
-    x = nn.relu(layers.Dense(self.hidden, name='hidden')(layers.flatten(x)))
+    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return layers.Dense(self.num_classes, name='logits')(x)
+    return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)

@@ -6,6 +6,8 @@ to three channels, the backbone without its top, then Flatten, Dense256+ReLU,
 Dropout and the class layer. Which parts train is not decided here but by
 `config.trainable`; the name of each part below is what that pattern matches.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -18,6 +20,9 @@ from cnnjax.models import vgg
 CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 INPUT_ADAPTERS = ('conv1x1', 'repeat', 'none')
 PREPROCESSING = ('none', 'caffe', 'tf')
+# What `TransferClassifier` computes: the whole model, the backbone's features of an image,
+# or the head on such features (how a frozen backbone's features are cached and reused).
+PARTS = ('all', 'features', 'head')
 
 
 def imagenet_preprocess(x: jax.Array, mode: str) -> jax.Array:
@@ -34,13 +39,13 @@ def imagenet_preprocess(x: jax.Array, mode: str) -> jax.Array:
 BACKBONES = ('vgg16', 'mobilenet_v2')
 
 
-def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None = None
-                  ) -> nn.Module:
+def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None = None,
+                  dtype: Any = jnp.float32) -> nn.Module:
   """The feature extractor `backbone`; `trainable_pattern` decides which BatchNorms train."""
   if backbone == 'vgg16':
-    return vgg.VGG16(name=name)
+    return vgg.VGG16(dtype=dtype, name=name)
   if backbone == 'mobilenet_v2':
-    return mobilenet_v2.MobileNetV2(trainable_pattern=trainable_pattern, name=name)
+    return mobilenet_v2.MobileNetV2(trainable_pattern=trainable_pattern, dtype=dtype, name=name)
   raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
 
 
@@ -63,22 +68,31 @@ class TransferClassifier(nn.Module):
   hidden: int = 256
   dropout: float = 0.5
   trainable_pattern: str = '.*'
+  dtype: Any = jnp.float32  # Computation dtype; parameters stay float32.
 
   @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __call__(self, x: jax.Array, train: bool = False, part: str = 'all') -> jax.Array:
+    """Logits of images (`part='all'`), backbone features of images (`'features'`) or
+    logits of such features (`'head'`); the parameters are the same in every case."""
     if self.input_adapter not in INPUT_ADAPTERS:
       raise ValueError(f'Unknown input_adapter {self.input_adapter!r}; '
                        f'expected one of {INPUT_ADAPTERS}.')
-    size = self.image_size
-    # Bilinear with half-pixel centres, as Keras' Resizing layer (upsampling,
-    # so jax's antialiasing does not apply).
-    x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), method='bilinear')
-    if self.input_adapter == 'conv1x1':
-      x = layers.Conv(3, (1, 1), name='input_adapter')(x)
-    elif self.input_adapter == 'repeat' and x.shape[-1] == 1:
-      x = jnp.repeat(x, 3, axis=-1)
-    x = imagenet_preprocess(x, self.preprocessing)
-    x = make_backbone(self.backbone, self.trainable_pattern, name='backbone')(x, train)
-    x = nn.relu(layers.Dense(self.hidden, name='head_hidden')(layers.flatten(x)))
+    if part not in PARTS:
+      raise ValueError(f'Unknown part {part!r}; expected one of {PARTS}.')
+    if part != 'head':
+      size = self.image_size
+      # Bilinear with half-pixel centres, as Keras' Resizing layer (upsampling,
+      # so jax's antialiasing does not apply).
+      x = jax.image.resize(x, (x.shape[0], size, size, x.shape[-1]), method='bilinear')
+      if self.input_adapter == 'conv1x1':
+        x = layers.Conv(3, (1, 1), dtype=self.dtype, name='input_adapter')(x)
+      elif self.input_adapter == 'repeat' and x.shape[-1] == 1:
+        x = jnp.repeat(x, 3, axis=-1)
+      x = imagenet_preprocess(x, self.preprocessing)
+      x = make_backbone(self.backbone, self.trainable_pattern, 'backbone', self.dtype)(x, train)
+      if part == 'features':
+        return x
+    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='head_hidden')(
+        layers.flatten(x)))
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
-    return layers.Dense(self.num_classes, name='head_logits')(x)
+    return layers.Dense(self.num_classes, dtype=self.dtype, name='head_logits')(x)

@@ -3,8 +3,11 @@
 Submodules carry Keras' layer names (`block1_conv1` ...) so ImageNet weights
 port by name.
 """
+from typing import Any
+
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 from cnnjax.models import layers
 
@@ -25,13 +28,15 @@ def block_patterns() -> list[str]:
 
 class VGG16(nn.Module):
   """The 13 convolutions and 5 max pools of VGG16; returns the last feature map."""
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for b, block in enumerate(VGG16_BLOCKS, start=1):
       for c, features in enumerate(block, start=1):
-        conv = layers.Conv(features, (3, 3), padding='SAME', name=f'block{b}_conv{c}')
+        conv = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                           name=f'block{b}_conv{c}')
         x = nn.relu(conv(x))
       x = layers.max_pool_2x2(x)
     return x

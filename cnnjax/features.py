@@ -1,0 +1,75 @@
+"""Caching a frozen backbone's features, so that each epoch trains only the head.
+
+When nothing before or in the backbone trains (an input adapter that repeats
+the grey channel or none, a frozen backbone whose BatchNorms stay in
+inference mode, no dropout before the head), the backbone maps an image to
+the same features in every epoch. `config.cache_features` computes them once
+per split and trains the head on them: the same updates, up to float
+rounding, for a fraction of the work. A fine-tuning stage, in which the
+backbone trains, runs on the images again.
+"""
+import logging
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import traverse_util
+
+from cnnjax import datasets
+from cnnjax import input_pipeline
+from cnnjax import sharding
+from cnnjax.models.layers import is_trainable
+
+
+def head_parameters(model, image_shape: tuple[int, ...]) -> set[tuple[str, ...]]:
+  """Paths of the parameters the model's head uses (those a cached run can train)."""
+  images = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))
+  features = jax.eval_shape(lambda v: model.apply(v, images, part='features'), variables)
+  head = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                           jnp.zeros(features.shape, features.dtype), part='head'))
+  return set(traverse_util.flatten_dict(head['params']))
+
+
+def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str) -> None:
+  """Raises ValueError naming what trains before the head, if anything does."""
+  if getattr(model, 'backbone', None) is None:
+    raise ValueError('config.cache_features needs a model with a backbone '
+                     '(vgg16_classifier, mobilenet_v2_classifier).')
+  images = jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+  params = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), images))['params']
+  head = head_parameters(model, image_shape)
+  before_head = sorted('/'.join(path) for path in traverse_util.flatten_dict(params)
+                       if is_trainable(path, trainable_pattern) and path not in head)
+  if before_head:
+    raise ValueError(
+        f'config.cache_features needs everything before the head frozen, but '
+        f'config.trainable={trainable_pattern!r} trains {", ".join(before_head[:4])}. Use '
+        "model_kwargs.input_adapter='repeat' (or 'none') and a head-only config.trainable.")
+
+
+def extract(model, variables, split: datasets.Split, batch_size: int, mesh) -> datasets.Split:
+  """`split` with each image replaced by the backbone's features of it (float32, host)."""
+  extract_batch = jax.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x),
+                                                       part='features'),
+                          out_shardings=sharding.replicated(mesh))
+  features = []
+  for images, _, _ in input_pipeline.eval_batches(split, batch_size):
+    features.append(np.asarray(jax.device_get(
+        extract_batch(variables, *sharding.put_global_batch(mesh, (images,))))))
+  return datasets.Split(np.concatenate(features)[:len(split)], split.labels)
+
+
+def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, mesh
+                    ) -> datasets.Dataset:
+  """Every split of `data` as backbone features."""
+  start = time.perf_counter()
+  splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh)
+            if getattr(data, name) is not None else None for name in ('train', 'val', 'test')}
+  logging.info('Cached backbone features %s of %d train, %s val and %d test examples in %.1fs.',
+               splits['train'].images.shape[1:], len(data.train),
+               len(data.val) if data.val is not None else 'no', len(data.test),
+               time.perf_counter() - start)
+  return datasets.Dataset(data.name, splits['train'], splits['val'], splits['test'],
+                          data.class_names, data.source)

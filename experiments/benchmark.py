@@ -1,0 +1,288 @@
+"""cnnjax against the studies' Keras models: same data, batch, machine, measured alternately.
+
+    python experiments/benchmark.py --config=configs/cnn_simple.py \
+        --local_data_dir=../shared/data/fashion_mnist [--epochs=3] [--json]
+    python experiments/benchmark.py --ops      # The op rewrites against the ops they replace.
+
+Each side runs in its own worker process (so TensorFlow's idle threads cannot
+steal cores from XLA, nor the other way round); the parent asks them for one
+training epoch at a time, alternating, then for test evaluations. Reported:
+compile time (first steps, separately), median per-step time (Keras: between
+`fit`'s batch callbacks; cnnjax: 100 steps timed one by one after each epoch),
+median epoch time (cnnjax: its training loop, which does not wait for each
+step), median evaluation time of the test split and images per second, and
+the ratio cnnjax / Keras of each. Keras is optional (`pip install keras`);
+without it only cnnjax is measured. Machines are noisy: read medians.
+"""
+import argparse
+import json
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
+sys.path.insert(0, REPO_ROOT)
+
+
+def load_config(path: str, overrides: list[str]):
+  """The config file with `--config.field=value` overrides, parsed as cnnjax.main does."""
+  from absl import flags
+  from ml_collections import config_flags
+  argv = [sys.argv[0], f'--config={path}', *overrides]
+  flag_values = flags.FlagValues()
+  holder = config_flags.DEFINE_config_file('config', path, flag_values=flag_values)
+  saved, sys.argv = sys.argv, argv  # config_flags reads the overrides from sys.argv.
+  try:
+    flag_values(argv)
+  finally:
+    sys.argv = saved
+  return holder.value
+
+
+class CnnjaxSide:
+  """The library's jitted train/eval steps over its own input pipeline."""
+  name = 'cnnjax'
+
+  def __init__(self, config, data):
+    import jax
+    from cnnjax import sharding, train
+    self.jax, self.config, self.data = jax, config, data
+    self.mesh = sharding.create_mesh()
+    model = train.create_model(config, data.num_classes)
+    tx = train.create_optimizer(config)
+    replicated = sharding.replicated(self.mesh)
+    self.state = jax.device_put(train.create_train_state(config, model, data.image_shape, tx),
+                                replicated)
+    self.empty_metrics = lambda: jax.device_put(train.Metrics.empty(), replicated)
+    self.trainer = train.Trainer(config, model, tx, self.mesh)
+    self.epoch = 0
+
+  def _batches(self):
+    from cnnjax import input_pipeline, sharding
+    for batch in input_pipeline.train_batches(self.data.train, self.config.batch_size,
+                                              self.config.seed, self.epoch):
+      yield sharding.put_global_batch(self.mesh, batch)
+
+  def warm_up(self, steps: int) -> float:
+    start = time.perf_counter()
+    running = self.empty_metrics()
+    for _, batch in zip(range(steps), self._batches()):
+      self.state, running = self.trainer.train_step(self.state, *batch, running)
+    self.jax.block_until_ready(self.state)
+    self.trainer.evaluate(self.state, self.data.test)  # Compiles the eval step.
+    return time.perf_counter() - start
+
+  def train_epoch(self) -> dict:
+    """One epoch as `train.py` runs it (no per-step sync), then per-step times apart."""
+    from cnnjax import input_pipeline
+    running = self.empty_metrics()
+    start = time.perf_counter()
+    for batch in self._batches():
+      self.state, running = self.trainer.train_step(self.state, *batch, running)
+    self.jax.block_until_ready((self.state, running))
+    epoch_seconds = time.perf_counter() - start
+    accuracy = float(running.compute()['accuracy'])
+    step_seconds = []
+    for _, batch in zip(range(STEP_WINDOW), self._batches()):  # Synced: one step's latency.
+      start = time.perf_counter()
+      self.state, running = self.trainer.train_step(self.state, *batch, running)
+      self.jax.block_until_ready(running)
+      step_seconds.append(time.perf_counter() - start)
+    self.epoch += 1
+    return {'epoch_seconds': epoch_seconds, 'step_seconds': step_seconds,
+            'steps': input_pipeline.steps_per_epoch(len(self.data.train), self.config.batch_size),
+            'accuracy': accuracy}
+
+  def evaluate(self) -> float:
+    start = time.perf_counter()
+    metrics, _ = self.trainer.evaluate(self.state, self.data.test)
+    return time.perf_counter() - start
+
+
+class KerasSide:
+  """The study's Keras model, `fit` one epoch at a time, as the studies trained."""
+  name = 'keras'
+
+  def __init__(self, config, data):
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    import keras
+    from cnnjax import keras_reference
+    self.keras, self.config = keras, config
+    self.x_train = data.train.images.astype('float32') / 255.0
+    self.y_train = data.train.labels
+    self.x_test = data.test.images.astype('float32') / 255.0
+    self.y_test = data.test.labels
+    self.model = keras_reference.build(config)
+    keras_reference.compile_like_study(self.model, config)
+
+  def _fit(self, x, y) -> dict:
+    times = {'batch_ends': []}
+
+    class Timer(self.keras.callbacks.Callback):
+      def on_epoch_begin(self, epoch, logs=None):
+        times['start'] = time.perf_counter()
+
+      def on_train_batch_end(self, batch, logs=None):
+        times['batch_ends'].append(time.perf_counter())
+
+      def on_epoch_end(self, epoch, logs=None):
+        times['end'], times['accuracy'] = time.perf_counter(), float(logs['accuracy'])
+    self.model.fit(x, y, batch_size=self.config.batch_size, epochs=1, shuffle=True, verbose=0,
+                   callbacks=[Timer()])
+    ends = [times['start']] + times['batch_ends']
+    return {'epoch_seconds': times['end'] - times['start'],
+            'step_seconds': [b - a for a, b in zip(ends, ends[1:])],
+            'steps': len(times['batch_ends']), 'accuracy': times['accuracy']}
+
+  def warm_up(self, steps: int) -> float:
+    start = time.perf_counter()
+    n = steps * self.config.batch_size
+    self._fit(self.x_train[:n], self.y_train[:n])
+    self.model.evaluate(self.x_test[:self.config.eval_batch_size],
+                        self.y_test[:self.config.eval_batch_size],
+                        batch_size=self.config.eval_batch_size, verbose=0)
+    return time.perf_counter() - start
+
+  def train_epoch(self) -> dict:
+    return self._fit(self.x_train, self.y_train)
+
+  def evaluate(self) -> float:
+    start = time.perf_counter()
+    self.model.evaluate(self.x_test, self.y_test, batch_size=self.config.eval_batch_size,
+                        verbose=0)
+    return time.perf_counter() - start
+
+
+def worker(side_name, config_path, overrides, connection):
+  """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`."""
+  from cnnjax import datasets
+  config = load_config(config_path, overrides)
+  data = datasets.load_dataset(config.dataset, config.train_split, '', config.test_split,
+                               config.local_data_dir, config.tfds_data_dir)
+  side = {'cnnjax': CnnjaxSide, 'keras': KerasSide}[side_name](config, data)
+  connection.send({'train_examples': len(data.train), 'test_examples': len(data.test)})
+  handlers = {'warm_up': lambda: side.warm_up(3), 'epoch': side.train_epoch,
+              'eval': side.evaluate}
+  while (command := connection.recv()) != 'stop':
+    connection.send(handlers[command]())
+
+
+def start_worker(side, args):
+  parent, child = multiprocessing.get_context('spawn').Pipe()
+  process = multiprocessing.get_context('spawn').Process(
+      target=worker, args=(side, args.config, args.overrides, child), daemon=True)
+  process.start()
+  return process, parent, parent.recv()
+
+
+def summarise(side: str, sizes: dict, compile_seconds: float, epochs: list, evals: list,
+              batch_size: int) -> dict:
+  steps = [s for e in epochs for s in e['step_seconds']]
+  epoch_seconds = statistics.median(e['epoch_seconds'] for e in epochs)
+  return {
+      'side': side, 'compile_seconds': compile_seconds,
+      'steps_per_epoch': epochs[0]['steps'],
+      'median_step_ms': 1000 * statistics.median(steps),
+      'median_epoch_seconds': epoch_seconds,
+      'epoch_seconds': [e['epoch_seconds'] for e in epochs],
+      'median_eval_seconds': statistics.median(evals), 'eval_seconds': evals,
+      'train_images_per_second': epochs[0]['steps'] * batch_size / epoch_seconds,
+      'eval_images_per_second': sizes['test_examples'] / statistics.median(evals),
+      'last_epoch_train_accuracy': epochs[-1]['accuracy'],
+  }
+
+
+def device_description() -> str:
+  import jax
+  import platform
+  device = jax.devices()[0]
+  cpu = platform.processor() or platform.machine()
+  return (f'{jax.device_count()}x {device.device_kind} ({jax.default_backend()}), '
+          f'{os.cpu_count()} CPU cores {cpu}, jax {jax.__version__}')
+
+
+def compare(args) -> dict:
+  import importlib.util
+  sides = ['cnnjax'] + (['keras'] if args.keras and importlib.util.find_spec('keras') else [])
+  workers = {side: start_worker(side, args) for side in sides}
+  compile_seconds = {}
+  for side, (_, connection, _) in workers.items():
+    connection.send('warm_up')
+    compile_seconds[side] = connection.recv()
+  epochs = {side: [] for side in sides}
+  evals = {side: [] for side in sides}
+  for _ in range(args.epochs):  # Alternating: noise from the machine hits both sides alike.
+    for side, (_, connection, _) in workers.items():
+      connection.send('epoch')
+      epochs[side].append(connection.recv())
+  for _ in range(args.evals):
+    for side, (_, connection, _) in workers.items():
+      connection.send('eval')
+      evals[side].append(connection.recv())
+  for process, connection, _ in workers.values():
+    connection.send('stop')
+    process.join()
+  config = load_config(args.config, args.overrides)
+  rows = [summarise(side, workers[side][2], compile_seconds[side], epochs[side], evals[side],
+                    config.batch_size) for side in sides]
+  report = {'config': config.name, 'batch_size': config.batch_size,
+            'eval_batch_size': config.eval_batch_size, 'device': device_description(),
+            'epochs_measured': args.epochs, 'rows': rows}
+  if len(rows) == 2:
+    ours, theirs = rows
+    report['ratio_cnnjax_over_keras'] = {
+        key: ours[key] / theirs[key] for key in
+        ('median_step_ms', 'median_epoch_seconds', 'median_eval_seconds')}
+  return report
+
+
+def print_table(report: dict) -> None:
+  print(f"{report['config']}, batch {report['batch_size']} (eval {report['eval_batch_size']}), "
+        f"{report['epochs_measured']} epochs each, alternating; {report['device']}")
+  header = ('side', 'compile s', 'steps/epoch', 'median step ms', 'median epoch s',
+            'median eval s', 'train img/s', 'eval img/s')
+  print(' | '.join(header))
+  for row in report['rows']:
+    print(' | '.join([row['side'], f"{row['compile_seconds']:.1f}", str(row['steps_per_epoch']),
+                      f"{row['median_step_ms']:.2f}", f"{row['median_epoch_seconds']:.2f}",
+                      f"{row['median_eval_seconds']:.3f}", f"{row['train_images_per_second']:.0f}",
+                      f"{row['eval_images_per_second']:.0f}"]))
+  if 'ratio_cnnjax_over_keras' in report:
+    ratio = report['ratio_cnnjax_over_keras']
+    print(f"ratio cnnjax/keras: step {ratio['median_step_ms']:.2f}, epoch "
+          f"{ratio['median_epoch_seconds']:.2f}, eval {ratio['median_eval_seconds']:.2f} "
+          '(< 1: cnnjax is faster)')
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__,
+                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser.add_argument('--config', default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
+  parser.add_argument('--local_data_dir', default='')
+  parser.add_argument('--epochs', type=int, default=3, help='Epochs measured per side.')
+  parser.add_argument('--evals', type=int, default=5, help='Test evaluations per side.')
+  parser.add_argument('--keras', action=argparse.BooleanOptionalAction, default=True)
+  parser.add_argument('--ops', action='store_true', help='Benchmark the op rewrites instead.')
+  parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
+  parser.add_argument('overrides', nargs='*', help='--config.field=value overrides.')
+  args, unknown = parser.parse_known_args()
+  args.overrides = [o for o in args.overrides + unknown if o.startswith('--config.')]
+  if args.local_data_dir:
+    args.overrides.append(f'--config.local_data_dir={args.local_data_dir}')
+  if args.ops:
+    from experiments import op_benchmarks
+    report = op_benchmarks.run()
+    print(json.dumps(report, indent=2) if args.json else op_benchmarks.format_report(report))
+    return
+  report = compare(args)
+  if args.json:
+    print(json.dumps(report, indent=2))
+  else:
+    print_table(report)
+
+
+if __name__ == '__main__':
+  main()

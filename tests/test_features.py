@@ -1,0 +1,58 @@
+"""Cached backbone features: the same training as without them, refused where it would differ."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from cnnjax import config_validation
+from cnnjax import train
+from tests.conftest import assert_same_run, final_state, load_config, read_jsonl, shrink
+
+
+def test_cached_features_train_like_the_images(tmp_path, mock_tfds):
+  plain, cached = str(tmp_path / 'plain'), str(tmp_path / 'cached')
+  results_plain = train.train_and_evaluate(shrink(load_config('vgg_transfer_preprocessed')), plain)
+  config = shrink(load_config('vgg_transfer_fast'))
+  results_cached = train.train_and_evaluate(config, cached)
+  assert results_cached['feature_cache_seconds'] > 0
+  assert 'feature_cache_seconds' not in results_plain
+  np.testing.assert_allclose(results_cached['test_loss'], results_plain['test_loss'], rtol=1e-5)
+  rows_plain, rows_cached = (read_jsonl(os.path.join(w, 'metrics.jsonl')) for w in (plain, cached))
+  np.testing.assert_allclose(rows_cached[0]['train_loss'], rows_plain[0]['train_loss'], rtol=1e-5)
+  state_plain, state_cached = (jax.device_get(final_state(config, w)) for w in (plain, cached))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               state_cached.params, state_plain.params)
+  jax.tree.map(np.testing.assert_array_equal, state_cached.frozen_params,
+               state_plain.frozen_params)
+
+
+def two_stage_fast_config(steps):
+  config = shrink(load_config('cifar_mobilenet_transfer_fast'),
+                  **{'num_train_steps': steps, 'num_epochs': 1})
+  config.fine_tune.num_epochs = 1
+  return config
+
+
+def test_fine_tuning_after_a_cached_stage_runs_on_images_and_resumes_exactly(tmp_path, mock_tfds):
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  results = train.train_and_evaluate(two_stage_fast_config(6), straight)
+  assert [r['stage'] for r in read_jsonl(os.path.join(straight, 'metrics.jsonl'))] == [
+      'transfer', 'fine_tune']
+  assert results['feature_cache_seconds'] > 0
+  train.train_and_evaluate(two_stage_fast_config(3), resumed)
+  train.train_and_evaluate(two_stage_fast_config(6), resumed)
+  assert_same_run(straight, resumed, two_stage_fast_config(6))
+  assert json.loads(open(os.path.join(resumed, 'results.json')).read())['steps'] == 6
+
+
+@pytest.mark.parametrize('name,message', [
+    ('vgg_transfer', 'trains input_adapter/bias, input_adapter/kernel'),  # Learned 1x1 adapter.
+    ('cnn_simple', 'needs a model with a backbone'),
+])
+def test_cache_features_is_refused_where_features_would_change(name, message):
+  config = load_config(name)
+  config.cache_features = True
+  with pytest.raises(config_validation.ConfigError, match=message):
+    config_validation.validate_config(config)
