@@ -104,6 +104,16 @@ def _load_local(root: str, split_spec: str, spec: DatasetSpec,
   return Split(np.concatenate(images), np.concatenate(labels))
 
 
+def load_split(name: str, split_spec: str, local_data_dir: str = '',
+               tfds_data_dir: str = '') -> Split:
+  """One split (TFDS syntax, e.g. 'test' or 'train[80%:]') from local files or TFDS."""
+  if name not in DATASETS:
+    raise ValueError(f'Unknown dataset {name!r} (config.dataset); known: {sorted(DATASETS)}.')
+  if local_data_dir:
+    return _load_local(local_data_dir, split_spec, DATASETS[name], {})
+  return _load_tfds(name, split_spec, tfds_data_dir)[0]
+
+
 def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
                  local_data_dir: str = '', tfds_data_dir: str = '') -> Dataset:
   """Loads the three splits (`val_split=''` for none) from local files or TFDS."""

@@ -30,34 +30,23 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported after flags: keeps --help fast.
-  from cnnjax import checkpointing
-  from cnnjax import config_validation
-  from cnnjax import datasets
-  from cnnjax import local_data
+  from cnnjax import cli
   from cnnjax import preemption
-  from cnnjax import pretrained
   from cnnjax import sharding
   from cnnjax import train
-  # Errors in what the user gave us: one clear line, no traceback. Anything
-  # else is a bug and keeps its traceback.
-  user_errors = (config_validation.ConfigError, checkpointing.IncompatibleCheckpointError,
-                 datasets.DatasetUnavailableError, local_data.LocalDataError,
-                 pretrained.WeightsFileError, train.NonFiniteLossError)
   if _MULTIHOST.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
   workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
-  try:
-    logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-    train.train_and_evaluate(config, workdir)  # Validates the config first.
-  except preemption.StopRequested as stop:
-    logging.warning('%s', stop)
-    print(stop, flush=True)
-    sys.exit(128 + stop.signum)
-  except user_errors as error:
-    logging.error('%s', error)
-    print(f'cnnjax: error: {error}', file=sys.stderr, flush=True)
-    sys.exit(2)
+  # Errors in what the user gave us: one clear line, no traceback (see cnnjax.cli).
+  with cli.reporting_user_errors('cnnjax'):
+    try:
+      logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
+      train.train_and_evaluate(config, workdir)  # Validates the config first.
+    except preemption.StopRequested as stop:
+      logging.warning('%s', stop)
+      print(stop, flush=True)
+      sys.exit(128 + stop.signum)
 
 
 if __name__ == '__main__':

@@ -30,6 +30,7 @@ from cnnjax import input_pipeline
 from cnnjax import params as params_lib
 from cnnjax import preemption
 from cnnjax import pretrained
+from cnnjax import report
 from cnnjax import sharding
 from cnnjax import stages
 from cnnjax import workdir as workdir_lib
@@ -315,8 +316,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     checkpointer.close()
 
   eval_start = time.perf_counter()
-  test_metrics, predictions = trainers[-1].evaluate(state, fit.stage_data(plan[-1], state).test)
-  jax.block_until_ready(predictions)
+  test_split = fit.stage_data(plan[-1], state).test
+  test_metrics, predictions = trainers[-1].evaluate(state, test_split)
   eval_seconds = time.perf_counter() - eval_start
   step = int(state.step)
   results = {
@@ -329,6 +330,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
   if fit.feature_cache_seconds is not None:
     results['feature_cache_seconds'] = fit.feature_cache_seconds
   log.write_results(results)
+  if log.is_writer:
+    confusions = report.write_report(workdir, test_split.labels, predictions, data.class_names,
+                                     writers.read_metrics(workdir), config.name)
+    log.announce(report.format_confusions(confusions))
   return results
 
 

@@ -32,6 +32,15 @@ def write_json(path: str, payload: Any) -> None:
   os.replace(tmp, path)
 
 
+def read_metrics(workdir: str) -> list[dict[str, Any]]:
+  """The rows of a run's metrics.jsonl, one per epoch ([] if there is none)."""
+  path = os.path.join(workdir, METRICS_FILE)
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
 def _tensorboard_writer(logdir: str):
   """clu's SummaryWriter when TensorBoard is installed; it imports TensorFlow."""
   if importlib.util.find_spec('tensorboard') is None:
@@ -92,8 +101,7 @@ class RunWriter:
     path = self.path(METRICS_FILE)
     if not self.is_writer or not os.path.exists(path):
       return
-    with open(path) as f:
-      rows = [json.loads(line) for line in f if line.strip()]
+    rows = read_metrics(self.workdir)
     partial_epoch_end = step % self.steps_per_epoch != 0
     kept = [r for r in rows
             if r['step'] < step or (r['step'] == step and not (continues and partial_epoch_end))]

@@ -3,6 +3,9 @@
     python experiments/benchmark.py --config=configs/cnn_simple.py \
         --local_data_dir=../shared/data/fashion_mnist [--epochs=3] [--json]
     python experiments/benchmark.py --ops      # The op rewrites against the ops they replace.
+    python experiments/benchmark.py --config=configs/vgg_transfer.py \
+        --vs=configs/vgg_transfer_fast.py [--config.field=value ...]
+        # Two cnnjax configs run end to end (python -m cnnjax.main), same overrides.
 
 Each side runs in its own worker process (so TensorFlow's idle threads cannot
 steal cores from XLA, nor the other way round); the parent asks them for one
@@ -239,6 +242,52 @@ def compare(args) -> dict:
   return report
 
 
+def run_config(config_path: str, overrides: list[str], workdir: str) -> dict:
+  """Runs `python -m cnnjax.main` to the end; its results and per-epoch times."""
+  import subprocess
+  command = [sys.executable, '-m', 'cnnjax.main', f'--config={config_path}',
+             f'--workdir={workdir}', *overrides]
+  result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+  if result.returncode:
+    raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+  with open(os.path.join(workdir, 'results.json')) as f:
+    results = json.load(f)
+  with open(os.path.join(workdir, 'metrics.jsonl')) as f:
+    results['epoch_seconds'] = [json.loads(line)['epoch_seconds'] for line in f]
+  return results
+
+
+def compare_configs(args) -> dict:
+  """Two configs trained end to end on the same data and overrides, one after the other."""
+  import tempfile
+  rows = []
+  with tempfile.TemporaryDirectory() as tmp:
+    for i, path in enumerate((args.config, args.vs)):
+      results = run_config(path, args.overrides, os.path.join(tmp, str(i)))
+      rows.append({'config': results['name'], 'train_seconds': results['train_seconds'],
+                   'median_epoch_seconds': statistics.median(results['epoch_seconds']),
+                   'first_epoch_seconds': results['epoch_seconds'][0],
+                   'feature_cache_seconds': results.get('feature_cache_seconds', 0.0),
+                   'eval_seconds': results['eval_seconds'], 'steps': results['steps'],
+                   'test_accuracy': results['test_accuracy'],
+                   'params_trainable': results['params_trainable']})
+  return {'device': device_description(), 'overrides': args.overrides, 'rows': rows,
+          'train_seconds_ratio': rows[1]['train_seconds'] / rows[0]['train_seconds']}
+
+
+def print_configs_table(report: dict) -> None:
+  print(f"End-to-end runs, overrides {' '.join(report['overrides'])}; {report['device']}")
+  print('config | steps | train s | first epoch s | median epoch s | feature cache s | eval s | '
+        'test accuracy')
+  for row in report['rows']:
+    print(f"{row['config']} | {row['steps']} | {row['train_seconds']:.1f} | "
+          f"{row['first_epoch_seconds']:.1f} | {row['median_epoch_seconds']:.1f} | "
+          f"{row['feature_cache_seconds']:.1f} | {row['eval_seconds']:.1f} | "
+          f"{row['test_accuracy']:.4f}")
+  print(f"train time ratio {report['rows'][1]['config']} / {report['rows'][0]['config']}: "
+        f"{report['train_seconds_ratio']:.3f}")
+
+
 def print_table(report: dict) -> None:
   print(f"{report['config']}, batch {report['batch_size']} (eval {report['eval_batch_size']}), "
         f"{report['epochs_measured']} epochs each, alternating; {report['device']}")
@@ -266,6 +315,7 @@ def main() -> None:
   parser.add_argument('--evals', type=int, default=5, help='Test evaluations per side.')
   parser.add_argument('--keras', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--ops', action='store_true', help='Benchmark the op rewrites instead.')
+  parser.add_argument('--vs', default='', help='A second cnnjax config to run end to end.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
   parser.add_argument('overrides', nargs='*', help='--config.field=value overrides.')
   args, unknown = parser.parse_known_args()
@@ -277,11 +327,11 @@ def main() -> None:
     report = op_benchmarks.run()
     print(json.dumps(report, indent=2) if args.json else op_benchmarks.format_report(report))
     return
-  report = compare(args)
+  report = compare_configs(args) if args.vs else compare(args)
   if args.json:
     print(json.dumps(report, indent=2))
   else:
-    print_table(report)
+    (print_configs_table if args.vs else print_table)(report)
 
 
 if __name__ == '__main__':

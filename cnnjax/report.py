@@ -1,0 +1,135 @@
+"""The figures and tables the studies made by hand, made for every run.
+
+At the end of a run (and with `python -m cnnjax.evaluate` for any run with a
+checkpoint) the workdir gets:
+- `curves.png`: training and validation loss and accuracy per epoch;
+- `confusion_matrix.png` (counts, class names on both axes) and `.csv`;
+- `classification_report.txt` / `.json`: scikit-learn's per-class precision,
+  recall, F1 and support, with their averages;
+and the console lists the most confused pairs of classes.
+"""
+import csv
+import json
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+CURVES_FILE = 'curves.png'
+CONFUSION_PNG = 'confusion_matrix.png'
+CONFUSION_CSV = 'confusion_matrix.csv'
+REPORT_TXT = 'classification_report.txt'
+REPORT_JSON = 'classification_report.json'
+
+
+def _pyplot():
+  import matplotlib
+  matplotlib.use('Agg')  # Files only: no display needed.
+  from matplotlib import pyplot
+  return pyplot
+
+
+def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
+  """Counts: row = true class, column = predicted class (scikit-learn's convention)."""
+  from sklearn import metrics
+  return metrics.confusion_matrix(labels, predictions, labels=list(range(num_classes)))
+
+
+def worst_confusions(matrix: np.ndarray, class_names: Sequence[str], top: int = 5
+                     ) -> list[dict[str, Any]]:
+  """The `top` largest off-diagonal counts: which true class was taken for which."""
+  off_diagonal = matrix * (1 - np.eye(len(matrix), dtype=matrix.dtype))
+  order = np.argsort(off_diagonal, axis=None)[::-1][:top]
+  pairs = []
+  for true, predicted in zip(*np.unravel_index(order, matrix.shape)):
+    count = int(off_diagonal[true, predicted])
+    if count:
+      pairs.append({'true': class_names[true], 'predicted': class_names[predicted],
+                    'count': count, 'fraction_of_true': count / max(int(matrix[true].sum()), 1)})
+  return pairs
+
+
+def plot_curves(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
+  """Loss and accuracy per epoch, training and (where there is one) validation."""
+  pyplot = _pyplot()
+  figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
+  epochs = [row['epoch'] for row in rows]
+  for ax, metric in zip(axes, ('loss', 'accuracy')):
+    for split, style in (('train', '-o'), ('val', '--s')):
+      key = f'{split}_{metric}'
+      if any(key in row for row in rows):
+        ax.plot(epochs, [row.get(key, np.nan) for row in rows], style, markersize=3,
+                label='training' if split == 'train' else 'validation')
+    stage_starts = [r['epoch'] for p, r in zip(rows, rows[1:]) if p.get('stage') != r.get('stage')]
+    for epoch in stage_starts:
+      ax.axvline(epoch - 0.5, color='grey', linestyle=':', label='fine-tuning starts')
+    ax.set_xlabel('epoch')
+    ax.set_ylabel(metric)
+    ax.grid(alpha=0.3)
+    ax.legend()
+  figure.suptitle(title)
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
+                          title: str) -> None:
+  """Counts in every cell, darker for more, class names on both axes."""
+  pyplot = _pyplot()
+  size = max(6.0, 0.65 * len(class_names) + 2)
+  figure, ax = pyplot.subplots(figsize=(size + 1, size))
+  image = ax.imshow(matrix, cmap='Blues')
+  figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+  ticks = np.arange(len(class_names))
+  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
+  ax.set_yticks(ticks, class_names)
+  ax.set_xlabel('predicted class')
+  ax.set_ylabel('true class')
+  threshold = matrix.max() / 2 if matrix.size else 0
+  for i in range(matrix.shape[0]):
+    for j in range(matrix.shape[1]):
+      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+              color='white' if matrix[i, j] > threshold else 'black')
+  ax.set_title(f'{title}: {int(np.trace(matrix))} of {int(matrix.sum())} correct')
+  figure.tight_layout()
+  figure.savefig(path, dpi=120)
+  pyplot.close(figure)
+
+
+def classification_report(labels: np.ndarray, predictions: np.ndarray,
+                          class_names: Sequence[str]) -> tuple[str, dict[str, Any]]:
+  """scikit-learn's report as text and as a dict."""
+  from sklearn import metrics
+  kwargs = dict(labels=list(range(len(class_names))), target_names=list(class_names),
+                digits=4, zero_division=0)
+  return (metrics.classification_report(labels, predictions, **kwargs),
+          metrics.classification_report(labels, predictions, output_dict=True, **kwargs))
+
+
+def write_report(workdir: str, labels: np.ndarray, predictions: np.ndarray,
+                 class_names: Sequence[str], rows: Sequence[dict[str, Any]], title: str
+                 ) -> list[dict[str, Any]]:
+  """Writes every report file into `workdir`; returns the worst confusions."""
+  matrix = confusion_matrix(labels, predictions, len(class_names))
+  with open(os.path.join(workdir, CONFUSION_CSV), 'w', newline='') as f:
+    writer = csv.writer(f)
+    writer.writerow(['true \\ predicted', *class_names])
+    for name, counts in zip(class_names, matrix):
+      writer.writerow([name, *counts.tolist()])
+  plot_confusion_matrix(matrix, class_names, os.path.join(workdir, CONFUSION_PNG), title)
+  text, as_dict = classification_report(labels, predictions, class_names)
+  with open(os.path.join(workdir, REPORT_TXT), 'w') as f:
+    f.write(text)
+  with open(os.path.join(workdir, REPORT_JSON), 'w') as f:
+    json.dump(as_dict, f, indent=2)
+  if rows:
+    plot_curves(rows, os.path.join(workdir, CURVES_FILE), title)
+  return worst_confusions(matrix, class_names)
+
+
+def format_confusions(pairs: Sequence[dict[str, Any]]) -> str:
+  lines = ['Most confused (true -> predicted):']
+  lines += [f"  {p['true']} -> {p['predicted']}: {p['count']} ({100 * p['fraction_of_true']:.1f}% "
+            f"of {p['true']})" for p in pairs]
+  return '\n'.join(lines) if pairs else 'No confusions: every test example was classified right.'

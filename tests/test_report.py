@@ -1,0 +1,181 @@
+"""Reports, evaluation, prediction, suite tables and the notebook: what a user reads."""
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax import datasets
+from cnnjax import evaluate as evaluate_lib
+from cnnjax import input_pipeline
+from cnnjax import predict as predict_lib
+from cnnjax import report
+from cnnjax import train
+from tests.conftest import REPO_ROOT, final_state, load_config, make_idx_dataset, shrink
+
+PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture
+def trained(tmp_path, idx_dir):
+  """A tiny cnn_simple run on local IDX files (40 train, 20 test examples)."""
+  workdir = str(tmp_path / 'run')
+  config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=-1,
+                  num_epochs=2)
+  train.train_and_evaluate(config, workdir)
+  return config, workdir
+
+
+def test_report_files_match_scikit_learn_on_the_runs_predictions(trained):
+  from sklearn import metrics
+  config, workdir = trained
+  test = datasets.load_dataset('fashion_mnist', 'train', '', 'test',
+                               local_data_dir=config.local_data_dir).test
+  state = final_state(config, workdir)
+  logits = train.create_model(config, 10).apply(state.variables,
+                                                input_pipeline.to_inputs(test.images))
+  predictions = np.asarray(jax.numpy.argmax(logits, -1))
+  with open(os.path.join(workdir, report.CONFUSION_CSV)) as f:
+    table = list(csv.reader(f))
+  assert table[0][1:] == list(datasets.DATASETS['fashion_mnist'].class_names)
+  matrix = np.array([[int(v) for v in row[1:]] for row in table[1:]])
+  assert matrix.shape == (10, 10) and matrix.sum() == len(test) == 20
+  np.testing.assert_array_equal(matrix, metrics.confusion_matrix(test.labels, predictions,
+                                                                 labels=range(10)))
+  saved = json.load(open(os.path.join(workdir, report.REPORT_JSON)))
+  expected = metrics.classification_report(
+      test.labels, predictions, labels=range(10), output_dict=True, zero_division=0,
+      target_names=list(datasets.DATASETS['fashion_mnist'].class_names))
+  assert saved.keys() == expected.keys()
+  for name in ('Ankle boot', 'macro avg', 'weighted avg'):
+    for key in ('precision', 'recall', 'f1-score', 'support'):
+      assert saved[name][key] == pytest.approx(expected[name][key])
+  assert saved['accuracy'] == pytest.approx(
+      json.load(open(os.path.join(workdir, 'results.json')))['test_accuracy'])
+  for name in (report.CURVES_FILE, report.CONFUSION_PNG):
+    assert open(os.path.join(workdir, name), 'rb').read(8) == PNG_MAGIC
+  assert 'precision' in open(os.path.join(workdir, report.REPORT_TXT)).read()
+
+
+def test_worst_confusions_are_the_largest_off_diagonal_counts():
+  matrix = np.array([[5, 3, 0], [1, 4, 0], [0, 7, 2]])
+  pairs = report.worst_confusions(matrix, ['a', 'b', 'c'], top=2)
+  assert [(p['true'], p['predicted'], p['count']) for p in pairs] == [('c', 'b', 7), ('a', 'b', 3)]
+  assert pairs[0]['fraction_of_true'] == pytest.approx(7 / 9)
+
+
+def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, capsys):
+  workdir = str(tmp_path / 'stopped')
+  config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=4,
+                  num_epochs=3)
+  train.train_and_evaluate(config, workdir)
+  for name in ('results.json', report.CONFUSION_PNG):  # As if it had been stopped.
+    os.remove(os.path.join(workdir, name))
+  evaluation = evaluate_lib.evaluate(workdir)
+  assert evaluation['step'] == 4 and evaluation['examples'] == 20
+  assert os.path.exists(os.path.join(workdir, report.CONFUSION_PNG))
+  assert json.load(open(os.path.join(workdir, 'evaluation.json')))['step'] == 4
+  assert 'at step 4 on test (20 examples)' in capsys.readouterr().out
+
+
+def run_module(module, *args):
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  return subprocess.run([sys.executable, '-m', module, *args], env=env, capture_output=True,
+                        text=True, timeout=300)
+
+
+def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path):
+  result = run_module('cnnjax.evaluate', f'--workdir={tmp_path}')
+  assert result.returncode == 2
+  assert 'cnnjax.evaluate: error:' in result.stderr and 'holds no cnnjax run' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+def test_predict_classifies_an_image_of_any_size_and_colour(trained, tmp_path):
+  _, workdir = trained
+  path = str(tmp_path / 'photo.png')
+  Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), np.uint8)).save(path)
+  (prediction,) = predict_lib.predict(workdir, [path])
+  top = prediction['top']
+  assert len(top) == 3 and top[0]['class'] in datasets.DATASETS['fashion_mnist'].class_names
+  assert top[0]['probability'] >= top[1]['probability'] >= top[2]['probability']
+  everything = predict_lib.predict(workdir, [path], top=10)[0]['top']
+  assert sum(p['probability'] for p in everything) == pytest.approx(1.0, abs=1e-5)
+  result = run_module('cnnjax.predict', f'--workdir={workdir}', '--json', path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert json.loads(result.stdout)[0]['top'][0]['class'] == top[0]['class']
+
+
+def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_path):
+  _, workdir = trained
+  text = tmp_path / 'notes.png'
+  text.write_text('not a picture')
+  result = run_module('cnnjax.predict', f'--workdir={workdir}', str(text))
+  assert result.returncode == 2
+  assert f'cnnjax.predict: error: {text} is not an image that can be read' in result.stderr
+  empty = tmp_path / 'empty_run'
+  empty.mkdir()
+  (empty / 'config.json').write_text(open(os.path.join(workdir, 'config.json')).read())
+  image = tmp_path / 'ok.png'
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  result = run_module('cnnjax.predict', f'--workdir={empty}', str(image))
+  assert result.returncode == 2 and 'holds no checkpoint' in result.stderr
+  assert 'Traceback' not in result.stderr
+
+
+@pytest.fixture
+def mock_tfds_64():
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=64):
+    yield
+
+
+@pytest.mark.slow
+def test_reproduce_quick_writes_a_row_per_config(tmp_path, mock_tfds_64, monkeypatch):
+  from cnnjax.pretrained import files
+  from experiments import reproduce
+  from tests.conftest import shared_weights_file
+  source = shared_weights_file('vgg16')  # Served as if from Keras' URL: no network.
+  monkeypatch.setattr(files, 'imagenet_weights_file', lambda backbone, size: files.WeightsFile(
+      f'{backbone}.h5', f'file://{source}', None))
+  path = reproduce.main(['--suite=fashion_mnist', '--quick', f'--workdir_root={tmp_path}/runs',
+                         f'--results_dir={tmp_path}/results'])
+  table = open(path).read()
+  rows = [line for line in table.splitlines() if line.startswith('| `')]
+  assert [row.split('`')[1] for row in rows] == list(reproduce.SUITES['fashion_mnist'])
+  assert 'Quick smoke check' in table and '0.9287 (test accuracy)' in table
+  assert os.path.exists(tmp_path / 'results' / 'fashion_mnist_quick_curves.png')
+  assert os.path.exists(tmp_path / 'results' / 'fashion_mnist_quick' /
+                        'cnn_deep_confusion_matrix.png')
+
+
+@pytest.mark.slow
+def test_colab_notebook_runs_headless_on_cpu(tmp_path):
+  nbformat = pytest.importorskip('nbformat')
+  nbclient = pytest.importorskip('nbclient')
+  data = tmp_path / 'data'
+  data.mkdir()
+  make_idx_dataset(str(data))
+  os.environ.update({  # The kernel inherits them; restored below.
+      'CNNJAX_REPO_DIR': REPO_ROOT, 'CNNJAX_NOTEBOOK_RUNS_DIR': str(tmp_path / 'runs'),
+      'CNNJAX_NOTEBOOK_CONFIG': 'cnn_simple', 'CNNJAX_NOTEBOOK_EXTRA': json.dumps([
+          f'--config.local_data_dir={data}', '--config.batch_size=8',
+          '--config.eval_batch_size=10', '--config.num_train_steps=4'])})
+  try:
+    notebook = nbformat.read(os.path.join(REPO_ROOT, 'experiments', 'colab.ipynb'), as_version=4)
+    nbclient.NotebookClient(notebook, timeout=600, kernel_name='python3',
+                            resources={'metadata': {'path': str(tmp_path)}}).execute()
+  finally:
+    for key in ('CNNJAX_REPO_DIR', 'CNNJAX_NOTEBOOK_RUNS_DIR', 'CNNJAX_NOTEBOOK_CONFIG',
+                'CNNJAX_NOTEBOOK_EXTRA'):
+      os.environ.pop(key, None)
+  outputs = [o for cell in notebook.cells if cell.cell_type == 'code' for o in cell.outputs]
+  images = [o for o in outputs if 'image/png' in o.get('data', {})]
+  assert len(images) == 2  # Curves and confusion matrix, inline.
+  text = ''.join(o.get('text', '') for o in outputs)
+  assert 'Epoch 1/1' in text and 'precision' in text
