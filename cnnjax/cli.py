@@ -14,15 +14,15 @@ def user_errors() -> tuple[type[BaseException], ...]:
   from cnnjax import checkpointing
   from cnnjax import config_validation
   from cnnjax import datasets
+  from cnnjax import diagnostics
   from cnnjax import local_data
   from cnnjax import images
   from cnnjax import pretrained
   from cnnjax import runs
-  from cnnjax import train
   return (config_validation.ConfigError, checkpointing.IncompatibleCheckpointError,
           datasets.DatasetUnavailableError, local_data.LocalDataError,
-          pretrained.WeightsFileError, train.NonFiniteLossError, runs.RunNotFoundError,
-          images.ImageInputError)
+          pretrained.WeightsFileError, diagnostics.NonFiniteLossError,
+          diagnostics.TrainingCollapsedError, runs.RunNotFoundError, images.ImageInputError)
 
 
 @contextlib.contextmanager

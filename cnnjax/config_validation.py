@@ -88,6 +88,16 @@ def validate_config(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
     raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
                       f'got {config.checkpoint_every_steps!r}.')
+  for field in ('collapse_guard.every_steps', 'collapse_guard.patience_steps'):
+    value = config.collapse_guard[field.split('.')[1]]
+    if not isinstance(value, int) or value < 1:
+      raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
+  if not config.collapse_guard.loss_band > 0:
+    raise ConfigError('config.collapse_guard.loss_band must be positive, got '
+                      f'{config.collapse_guard.loss_band!r}.')
+  if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
+    raise ConfigError(f'config.warmup_steps must be 0 or a positive integer, got '
+                      f'{config.warmup_steps!r}.')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   if config.dataset not in datasets.DATASETS:

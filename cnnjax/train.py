@@ -25,6 +25,7 @@ from clu import metrics
 from cnnjax import checkpointing
 from cnnjax import config_validation
 from cnnjax import datasets
+from cnnjax import diagnostics
 from cnnjax import features
 from cnnjax import input_pipeline
 from cnnjax import params as params_lib
@@ -62,10 +63,6 @@ class TrainState:
     return variables
 
 
-class NonFiniteLossError(FloatingPointError):
-  """The training loss became NaN or infinite."""
-
-
 def create_model(config: ml_collections.ConfigDict, num_classes: int,
                  batchnorm_trainable: str | None = None) -> nn.Module:
   """The config's model; `batchnorm_trainable` (default `config.trainable`) says which
@@ -77,9 +74,12 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
 
 def create_optimizer(config: ml_collections.ConfigDict,
                      learning_rate: float | None = None) -> optax.GradientTransformation:
-  """Adam as Keras configures it (epsilon 1e-7 unless the config says otherwise)."""
-  return optax.adam(config.learning_rate if learning_rate is None else learning_rate,
-                    eps=config.adam_epsilon)
+  """Adam as Keras configures it (epsilon 1e-7 unless the config says otherwise), after
+  `config.warmup_steps` of linear warmup from 0 (none by default, as in the studies)."""
+  rate = config.learning_rate if learning_rate is None else learning_rate
+  if config.warmup_steps:
+    rate = optax.linear_schedule(0.0, rate, config.warmup_steps)
+  return optax.adam(rate, eps=config.adam_epsilon)
 
 
 def init_variables(config: ml_collections.ConfigDict, model: nn.Module,
@@ -129,10 +129,11 @@ def _model_inputs(images: jax.Array, part: str) -> tuple[jax.Array, dict[str, st
 
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running: Metrics,
                *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all'
-               ) -> tuple[TrainState, Metrics]:
+               ) -> tuple[TrainState, Metrics, jax.Array]:
   """One Adam step on a global batch; folds the batch's metrics into `running`.
 
-  `part='head'`: `images` are cached backbone features (see `features`).
+  Returns the new state, the running metrics and the batch's mean loss (for the
+  collapse guard). `part='head'`: `images` are cached backbone features.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   inputs, part_kwargs = _model_inputs(images, part)
@@ -152,7 +153,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, batch_stats=batch_stats)
   batch_metrics = Metrics.single_from_model_output(loss=loss, logits=logits, labels=labels)
-  return new_state, running.merge(batch_metrics)
+  return new_state, running.merge(batch_metrics), loss.mean()
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
@@ -166,6 +167,13 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax
   return batch_metrics, jnp.argmax(logits, -1)
 
 
+def activation_statistics(state: TrainState, images: jax.Array, *, model: nn.Module,
+                          part: str = 'all') -> dict[str, dict[str, jax.Array]]:
+  """Every ReLU layer's output statistics on a batch (see `diagnostics`)."""
+  inputs, part_kwargs = _model_inputs(images, part)
+  return diagnostics.activation_statistics(model, state.variables, inputs, **part_kwargs)
+
+
 class Trainer:
   """Holds the jitted steps of one training stage, compiled for one mesh."""
 
@@ -174,7 +182,11 @@ class Trainer:
     self.config, self.model, self.tx, self.mesh, self.part = config, model, tx, mesh, part
     replicated = sharding.replicated(mesh)
     self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, part=part),
-                              out_shardings=(replicated, replicated), donate_argnums=(0, 3))
+                              out_shardings=(replicated, replicated, replicated),
+                              donate_argnums=(0, 3))
+    self.activation_statistics = jax.jit(
+        functools.partial(activation_statistics, model=model, part=part),
+        out_shardings=replicated)
     # Predictions come back replicated: every process can read all of them.
     self.eval_step = jax.jit(functools.partial(eval_step, model=model, part=part),
                              out_shardings=(replicated, replicated))
@@ -363,6 +375,7 @@ class _Fit:
     self.log, self.checkpointer = log, checkpointer
     self.steps_per_epoch, self.total_steps = steps_per_epoch, total_steps
     self.pretrained_info = pretrained_info
+    self.guard = diagnostics.CollapseGuard(config, data.num_classes, log.announce)
     self._features = None
     self.feature_cache_seconds = None  # Time spent computing cached features, if any.
 
@@ -384,6 +397,7 @@ class _Fit:
     return time.perf_counter() - self._train_start
 
   def _save(self, step: int, state: TrainState, running: Metrics, stage: stages.Stage) -> None:
+    self.guard.check_losses()  # A non-finite loss never reaches a checkpoint.
     epoch_seconds = time.perf_counter() - self._epoch_start
     self.checkpointer.save(step, state, running, {
         'train_seconds': self._training_seconds(),
@@ -420,11 +434,14 @@ class _Fit:
       batches = input_pipeline.train_batches(data.train, config.batch_size, config.seed,
                                              epoch, first_step=step - epoch * spe)
       with self.log.progress(epoch, epoch_end_step - step) as progress:
-        for images, labels in itertools.islice(batches, epoch_end_step - step):
-          state, running = trainer.train_step(
-              state, *sharding.put_global_batch(self.mesh, (images, labels)), running)
+        for batch in itertools.islice(batches, epoch_end_step - step):
+          images, labels = sharding.put_global_batch(self.mesh, batch)
+          state, running, loss = trainer.train_step(state, images, labels, running)
           step += 1
           progress.update(running)
+          self.guard.record(step, loss)
+          if self.guard.due(step):
+            self._check_health(trainer, state, running, images, step, stage)
           if guard.requested:
             self._save(step, state, running, stage)
             self.checkpointer.wait()
@@ -432,6 +449,7 @@ class _Fit:
           if (config.checkpoint_every_steps and step < epoch_end_step
               and step % config.checkpoint_every_steps == 0):
             self._save(step, state, running, stage)
+      self.guard.check_losses()
       row = self._epoch_row(epoch, step, state, running, trainer, data)
       if len(self.plan) > 1:
         row['stage'] = stage.name
@@ -442,16 +460,22 @@ class _Fit:
       self._epoch_start = time.perf_counter()
     return state, running, step
 
+  def _check_health(self, trainer, state, running, images, step, stage) -> None:
+    """The guard's periodic check: losses so far, ReLUs on this batch. A collapse that stops
+    the run (config.stop_on_collapse) saves this step first, so it can be resumed."""
+    try:
+      self.guard.check_losses()
+      self.guard.check_activations(trainer.activation_statistics(state, images), step)
+    except diagnostics.TrainingCollapsedError:
+      self._save(step, state, running, stage)
+      self.checkpointer.wait()
+      raise
+
   def _epoch_row(self, epoch: int, step: int, state: TrainState, running: Metrics,
                  trainer: Trainer, data: datasets.Dataset) -> dict[str, Any]:
-    """The epoch's metrics.jsonl row; stops the run on a NaN/Inf loss."""
+    """The epoch's metrics.jsonl row (its losses were checked by the guard)."""
     row = {'epoch': epoch + 1, 'step': step}
     row.update({f'train_{k}': v for k, v in _as_floats(running.compute()).items()})
-    if not math.isfinite(row['train_loss']):
-      raise NonFiniteLossError(
-          f'Training loss became {row["train_loss"]} by step {step} (epoch {epoch + 1}). '
-          'Lower config.learning_rate or check the inputs. The run was stopped; its last '
-          'good checkpoint is kept.')
     if data.val is not None:
       val_metrics, _ = trainer.evaluate(state, data.val)
       row.update({f'val_{k}': v for k, v in val_metrics.items()})

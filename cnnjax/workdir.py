@@ -23,7 +23,8 @@ from cnnjax import writers
 RESUMABLE_CHANGES = frozenset({
     'num_epochs', 'num_train_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'resume',
     'eval_batch_size', 'local_data_dir', 'tfds_data_dir', 'pretrained_path',
-    'fine_tune.num_epochs'})
+    'fine_tune.num_epochs', 'collapse_guard.every_steps', 'collapse_guard.patience_steps',
+    'collapse_guard.loss_band', 'stop_on_collapse'})
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:

@@ -39,12 +39,20 @@ def get_config() -> ml_collections.ConfigDict:
   # Optimisation: the studies' Adam 1e-3 (Keras' epsilon 1e-7).
   config.learning_rate = 1e-3
   config.adam_epsilon = 1e-7
+  config.warmup_steps = 0              # Linear warmup of the learning rate from 0 (0 = none).
   config.batch_size = 64               # Global batch, over all devices.
   config.eval_batch_size = 250        # Any size gives the same metrics; 250 suits CPU caches.
   config.num_epochs = 10
   config.num_train_steps = -1          # > 0 cuts the run short (smoke tests).
   config.half_precision = False        # bfloat16 compute, float32 params (GPU/TPU; slow on CPU).
   config.seed = 0
+
+  # Collapse guard: warn (or stop) when the loss sits at ln(classes) or ReLU layers die.
+  config.collapse_guard = ml_collections.ConfigDict()
+  config.collapse_guard.every_steps = 100    # Check the losses and ReLUs this often.
+  config.collapse_guard.patience_steps = 1000  # Consecutive steps near ln(C) that count.
+  config.collapse_guard.loss_band = 0.01     # |loss - ln(C)| within this is "near".
+  config.stop_on_collapse = False      # True: save and stop instead of only warning.
 
   # Checkpoints (orbax, in <workdir>/checkpoints): every epoch end and every N steps.
   config.checkpoint_every_steps = 0    # 0 = only at epoch ends (and on SIGTERM/SIGINT).

@@ -73,7 +73,7 @@ class CnnjaxSide:
     start = time.perf_counter()
     running = self.empty_metrics()
     for _, batch in zip(range(steps), self._batches()):
-      self.state, running = self.trainer.train_step(self.state, *batch, running)
+      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
     self.jax.block_until_ready(self.state)
     self.trainer.evaluate(self.state, self.data.test)  # Compiles the eval step.
     return time.perf_counter() - start
@@ -84,14 +84,14 @@ class CnnjaxSide:
     running = self.empty_metrics()
     start = time.perf_counter()
     for batch in self._batches():
-      self.state, running = self.trainer.train_step(self.state, *batch, running)
+      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
     self.jax.block_until_ready((self.state, running))
     epoch_seconds = time.perf_counter() - start
     accuracy = float(running.compute()['accuracy'])
     step_seconds = []
     for _, batch in zip(range(STEP_WINDOW), self._batches()):  # Synced: one step's latency.
       start = time.perf_counter()
-      self.state, running = self.trainer.train_step(self.state, *batch, running)
+      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
       self.jax.block_until_ready(running)
       step_seconds.append(time.perf_counter() - start)
     self.epoch += 1

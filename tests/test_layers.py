@@ -30,7 +30,9 @@ def test_max_pool_equals_flax_values_and_gradients_bitwise(shape):
 @pytest.mark.parametrize('padding', ['SAME', 'VALID'])
 def test_chunked_kernel_grad_conv_equals_lax(padding):
   rng = np.random.default_rng(1)
-  x = jnp.asarray(rng.normal(size=(10, 9, 9, 3)), jnp.float32)  # 10 = two chunks of 4 + 2.
+  # 10 examples = two chunks of 4 + 2; 11x11 maps are large enough to be chunked.
+  x = jnp.asarray(rng.normal(size=(10, 11, 11, 3)), jnp.float32)
+  assert x.shape[1] * x.shape[2] >= layers.CPU_KERNEL_GRAD_MIN_POSITIONS
   w = jnp.asarray(rng.normal(size=(3, 3, 3, 5)), jnp.float32)
   dn = lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
 
@@ -39,6 +41,7 @@ def test_chunked_kernel_grad_conv_equals_lax(padding):
 
   def reference(x, w):
     return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
+  assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))  # The chunked path, not plain lax.
   y, vjp = jax.vjp(ours, x, w)
   y_ref, vjp_ref = jax.vjp(reference, x, w)
   np.testing.assert_array_equal(y, y_ref)

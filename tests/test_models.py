@@ -29,6 +29,10 @@ VARIANT_PARAMS = {
     'cifar_mobilenet_transfer_preprocessed': (5_209_930, 2_951_946),
     'vgg_transfer_fast': (15_897_162, 1_182_474),  # vgg_transfer_preprocessed, cached.
     'cifar_mobilenet_transfer_fast': (5_209_930, 2_951_946),
+    'vgg_scratch_he': (15_897_168, 15_897_168),
+    'vgg_scratch_lr1e4': (15_897_168, 15_897_168),
+    # 13 BatchNorms over 4,224 channels: scale and offset train, mean and variance do not.
+    'vgg_scratch_bn': (15_897_168 + 4 * 4_224, 15_897_168 + 2 * 4_224),
 }
 CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 

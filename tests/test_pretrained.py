@@ -276,7 +276,7 @@ def test_frozen_backbone_gets_no_optimizer_state_and_stays_bitwise_unchanged():
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 8).astype(np.int32)
   for _ in range(3):
-    state, _ = step(state, images, labels, train.Metrics.empty())
+    state, _, _ = step(state, images, labels, train.Metrics.empty())
   after = jax.device_get(state)
   assert_trees_equal(before.frozen_params, after.frozen_params)
   assert_trees_equal(before.batch_stats, after.batch_stats)  # Frozen BatchNorm: inference mode.

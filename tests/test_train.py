@@ -56,7 +56,7 @@ def test_cnn_simple_loss_goes_down():
   images, labels = structured_batch()
   losses = []
   for _ in range(30):
-    state, metrics = step(state, images, labels, train.Metrics.empty())
+    state, metrics, _ = step(state, images, labels, train.Metrics.empty())
     losses.append(float(metrics.compute()['loss']))
   assert losses[0] > 2.0  # ~ln(10) at Keras' initialisation.
   assert losses[-1] < 0.5 * losses[0]
@@ -71,7 +71,7 @@ def test_frozen_params_stay_bitwise_unchanged(tmp_path, mock_tfds):
   head_before = np.asarray(state.params['head_logits']['kernel'])
   images, labels = structured_batch(8)
   step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
-  state, _ = step(state, images, labels, train.Metrics.empty())
+  state, _, _ = step(state, images, labels, train.Metrics.empty())
   jax.tree.map(np.testing.assert_array_equal, frozen_before,
                jax.tree.map(np.asarray, state.frozen_params))
   assert not np.array_equal(head_before, state.params['head_logits']['kernel'])
@@ -157,7 +157,7 @@ def test_half_precision_computes_in_bfloat16_and_keeps_float32_params():
   step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
   losses = []
   for _ in range(20):
-    state, metrics = step(state, images, labels, train.Metrics.empty())
+    state, metrics, _ = step(state, images, labels, train.Metrics.empty())
     losses.append(float(metrics.compute()['loss']))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   assert losses[-1] < 0.5 * losses[0]

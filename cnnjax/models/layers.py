@@ -24,8 +24,10 @@ class Dense(nn.Dense):
   bias_init: Callable = keras_bias_init
 
 
-# Batch chunk of the kernel gradient on CPU (see `conv_with_chunked_kernel_grad`).
+# Batch chunk of the kernel gradient on CPU, and the smallest feature map (H * W) where the
+# chunks pay off: on 7x7 maps they were slower (see `conv_with_chunked_kernel_grad`).
 CPU_KERNEL_GRAD_CHUNK = 4
+CPU_KERNEL_GRAD_MIN_POSITIONS = 100
 
 
 def _conv(lhs, rhs, spec):
@@ -63,8 +65,9 @@ def conv_with_chunked_kernel_grad(lhs, rhs, window_strides, padding, lhs_dilatio
   Same values and gradients (up to float summation order) as the plain op. On
   XLA:CPU the kernel gradient of a whole batch runs at about half the speed
   of the forward conv; summed over chunks of 4 examples, whose working set
-  stays in cache, it takes ~30-45% less time (experiments/benchmark.py --ops).
-  Accelerators and multi-device runs keep the single large op.
+  stays in cache, it takes 15-50% less time on feature maps of 14x14 and more
+  (experiments/benchmark.py --ops). Smaller maps, accelerators and multi-device
+  runs keep the single large op.
   """
   spec = (('window_strides', tuple(window_strides)),
           ('padding', padding if isinstance(padding, str) else tuple(map(tuple, padding))),
@@ -74,7 +77,8 @@ def conv_with_chunked_kernel_grad(lhs, rhs, window_strides, padding, lhs_dilatio
   batch_first = dimension_numbers is None or dimension_numbers.lhs_spec[0] == 0
   # One CPU device only: slicing a batch sharded over devices would move data between them.
   single_cpu = jax.default_backend() == 'cpu' and jax.device_count() == 1
-  if not single_cpu or not batch_first or lhs.shape[0] <= CPU_KERNEL_GRAD_CHUNK:
+  large_maps = batch_first and lhs.shape[1] * lhs.shape[2] >= CPU_KERNEL_GRAD_MIN_POSITIONS
+  if not single_cpu or not large_maps or lhs.shape[0] <= CPU_KERNEL_GRAD_CHUNK:
     return _conv(lhs, rhs, spec)
   return _chunked_grad_conv(lhs, rhs, spec, CPU_KERNEL_GRAD_CHUNK)
 
@@ -212,6 +216,29 @@ class KerasBatchNorm(nn.BatchNorm):
     return super().__call__(x, use_running_average=not train or frozen)
 
 
-def relu6(x: jax.Array) -> jax.Array:
-  return jnp.minimum(jax.nn.relu(x), 6.0)
+DIAGNOSTICS = 'diagnostics'  # The collection ReLU statistics are sown into (see `ReLU`).
+KERNEL_INITS = {'glorot_uniform': keras_kernel_init, 'he_normal': nn.initializers.he_normal()}
+
+
+def activation_statistics(y: jax.Array) -> dict[str, jax.Array]:
+  """Mean, std, and the fraction of units (channels) that are zero for the whole batch."""
+  per_unit_max = y.reshape(-1, y.shape[-1]).max(axis=0)
+  return {'mean': y.mean(), 'std': y.std(), 'dead_fraction': jnp.mean(per_unit_max <= 0)}
+
+
+class ReLU(nn.Module):
+  """ReLU (or ReLU6) that reports its activation statistics when asked.
+
+  With the `diagnostics` collection mutable (`cnnjax.diagnose`, the collapse
+  guard) each ReLU sows `activation_statistics` of its output; otherwise
+  nothing is computed. No parameters: models keep their parameter paths.
+  """
+  max_value: float | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = jax.nn.relu(x) if self.max_value is None else jnp.clip(x, 0.0, self.max_value)
+    if self.is_mutable_collection(DIAGNOSTICS):
+      self.sow(DIAGNOSTICS, 'activations', activation_statistics(y))
+    return y
 

@@ -19,5 +19,6 @@ class MLP(nn.Module):
     del train  # No dropout or BatchNorm.
     x = layers.flatten(x)
     for i, size in enumerate(self.hidden_sizes):
-      x = nn.relu(layers.Dense(size, dtype=self.dtype, name=f'dense_{i}')(x))
+      x = layers.Dense(size, dtype=self.dtype, name=f'dense_{i}')(x)
+      x = layers.ReLU(name=f'dense_{i}_relu')(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)

@@ -61,7 +61,7 @@ class MobileNetV2(nn.Module):
                            trainable_pattern=self.trainable_pattern, dtype=self.dtype)
 
     x = conv(STEM_FEATURES, (3, 3), strides=(2, 2), padding='SAME', name='Conv1')(x)
-    x = layers.relu6(bn(name='bn_Conv1')(x, train))
+    x = layers.ReLU(6.0, name='Conv1_relu')(bn(name='bn_Conv1')(x, train))
 
     for block_id, (features, stride, expansion) in enumerate(BLOCKS):
       prefix = block_prefix(block_id)
@@ -69,18 +69,19 @@ class MobileNetV2(nn.Module):
       in_channels = x.shape[-1]
       if block_id:
         x = conv(expansion * in_channels, (1, 1), name=prefix + 'expand')(x)
-        x = layers.relu6(bn(name=prefix + 'expand_BN')(x, train))
+        x = layers.ReLU(6.0, name=prefix + 'expand_relu')(bn(name=prefix + 'expand_BN')(x, train))
       channels = x.shape[-1]
       if stride == 2:
         x = jnp.pad(x, ((0, 0),) + correct_pad(x.shape[1], x.shape[2]) + ((0, 0),))
       x = layers.DepthwiseConv((3, 3), strides=(stride, stride), dtype=self.dtype,
                                padding='SAME' if stride == 1 else 'VALID',
                                name=prefix + 'depthwise')(x)
-      x = layers.relu6(bn(name=prefix + 'depthwise_BN')(x, train))
+      x = layers.ReLU(6.0, name=prefix + 'depthwise_relu')(
+          bn(name=prefix + 'depthwise_BN')(x, train))
       x = conv(features, (1, 1), name=prefix + 'project')(x)
       x = bn(name=prefix + 'project_BN')(x, train)
       if in_channels == features and stride == 1:
         x = x + inputs
 
     x = conv(TOP_FEATURES, (1, 1), name='Conv_1')(x)
-    return layers.relu6(bn(name='Conv_1_bn')(x, train))
+    return layers.ReLU(6.0, name='out_relu')(bn(name='Conv_1_bn')(x, train))

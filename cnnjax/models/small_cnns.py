@@ -21,9 +21,8 @@ class FashionCNNSimple(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
     for i, features in enumerate((32, 64)):
-      x = nn.relu(layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
-                              name=f'conv_{i}')(x))
-      x = layers.max_pool_2x2(x)
+      x = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=f'conv_{i}')(x)
+      x = layers.max_pool_2x2(layers.ReLU(name=f'conv_{i}_relu')(x))
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(layers.flatten(x))
 
 
@@ -42,10 +41,11 @@ class FashionCNNDeep(nn.Module):
       for c, features in enumerate(block):
         x = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
                         name=f'block{b}_conv{c}')(x)
-        x = nn.relu(x)
+        x = layers.ReLU(name=f'block{b}_conv{c}_relu')(x)
       x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
-    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x)))
+    x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
+    x = layers.ReLU(name='hidden_relu')(x)
     x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
 
@@ -60,9 +60,9 @@ class CifarCNN(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for i, features in enumerate((32, 64)):
-      x = nn.relu(layers.Conv(features, (3, 3), padding='VALID', dtype=self.dtype,
-                              name=f'conv_{i}')(x))
-      x = layers.max_pool_2x2(x)
-    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x)))
+      x = layers.Conv(features, (3, 3), padding='VALID', dtype=self.dtype, name=f'conv_{i}')(x)
+      x = layers.max_pool_2x2(layers.ReLU(name=f'conv_{i}_relu')(x))
+    x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
+    x = layers.ReLU(name='hidden_relu')(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)

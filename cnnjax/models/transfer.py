@@ -40,10 +40,13 @@ BACKBONES = ('vgg16', 'mobilenet_v2')
 
 
 def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None = None,
-                  dtype: Any = jnp.float32) -> nn.Module:
-  """The feature extractor `backbone`; `trainable_pattern` decides which BatchNorms train."""
+                  dtype: Any = jnp.float32, **vgg_options) -> nn.Module:
+  """The feature extractor `backbone`; `trainable_pattern` decides which BatchNorms train;
+  `vgg_options` (batch_norm, kernel_init, width) change VGG16 (see `vgg.VGG16`)."""
   if backbone == 'vgg16':
-    return vgg.VGG16(dtype=dtype, name=name)
+    return vgg.VGG16(dtype=dtype, trainable_pattern=trainable_pattern, name=name, **vgg_options)
+  if vgg_options:
+    raise ValueError(f'Options {sorted(vgg_options)} only apply to the vgg16 backbone.')
   if backbone == 'mobilenet_v2':
     return mobilenet_v2.MobileNetV2(trainable_pattern=trainable_pattern, dtype=dtype, name=name)
   raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
@@ -69,6 +72,11 @@ class TransferClassifier(nn.Module):
   dropout: float = 0.5
   trainable_pattern: str = '.*'
   dtype: Any = jnp.float32  # Computation dtype; parameters stay float32.
+  # VGG16 only: BatchNorm after each conv (VGG16-BN), the initialiser of the layers followed
+  # by a ReLU ('glorot_uniform', Keras' default, or 'he_normal'), and a channel multiplier.
+  batch_norm: bool = False
+  kernel_init: str = 'glorot_uniform'
+  width: float = 1.0
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False, part: str = 'all') -> jax.Array:
@@ -79,6 +87,13 @@ class TransferClassifier(nn.Module):
                        f'expected one of {INPUT_ADAPTERS}.')
     if part not in PARTS:
       raise ValueError(f'Unknown part {part!r}; expected one of {PARTS}.')
+    if self.kernel_init not in layers.KERNEL_INITS:
+      raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; expected one of '
+                       f'{sorted(layers.KERNEL_INITS)}.')
+    if self.backbone != 'vgg16' and (self.batch_norm or self.width != 1.0
+                                     or self.kernel_init != 'glorot_uniform'):
+      raise ValueError('model_kwargs batch_norm, width and kernel_init apply to the vgg16 '
+                       f'backbone only, not {self.backbone}.')
     if part != 'head':
       size = self.image_size
       # Bilinear with half-pixel centres, as Keras' Resizing layer (upsampling,
@@ -89,10 +104,14 @@ class TransferClassifier(nn.Module):
       elif self.input_adapter == 'repeat' and x.shape[-1] == 1:
         x = jnp.repeat(x, 3, axis=-1)
       x = imagenet_preprocess(x, self.preprocessing)
-      x = make_backbone(self.backbone, self.trainable_pattern, 'backbone', self.dtype)(x, train)
+      vgg_options = ({'batch_norm': self.batch_norm, 'kernel_init': self.kernel_init,
+                      'width': self.width} if self.backbone == 'vgg16' else {})
+      x = make_backbone(self.backbone, self.trainable_pattern, 'backbone', self.dtype,
+                        **vgg_options)(x, train)
       if part == 'features':
         return x
-    x = nn.relu(layers.Dense(self.hidden, dtype=self.dtype, name='head_hidden')(
-        layers.flatten(x)))
+    x = layers.Dense(self.hidden, kernel_init=layers.KERNEL_INITS[self.kernel_init],
+                     dtype=self.dtype, name='head_hidden')(layers.flatten(x))
+    x = layers.ReLU(name='head_hidden_relu')(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='head_logits')(x)

@@ -27,16 +27,29 @@ def block_patterns() -> list[str]:
 
 
 class VGG16(nn.Module):
-  """The 13 convolutions and 5 max pools of VGG16; returns the last feature map."""
+  """The 13 convolutions and 5 max pools of VGG16; returns the last feature map.
+
+  `batch_norm` adds a BatchNorm after every conv (before its ReLU), as VGG16-BN;
+  `kernel_init` names the convs' initialiser (Keras' 'glorot_uniform' or 'he_normal');
+  `width` scales every conv's channels (1.0 = VGG16; smaller for quick experiments).
+  """
   dtype: Any = jnp.float32
+  batch_norm: bool = False
+  kernel_init: str = 'glorot_uniform'
+  width: float = 1.0
+  trainable_pattern: str = '.*'
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    del train
     for b, block in enumerate(VGG16_BLOCKS, start=1):
       for c, features in enumerate(block, start=1):
-        conv = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
-                           name=f'block{b}_conv{c}')
-        x = nn.relu(conv(x))
+        name = f'block{b}_conv{c}'
+        x = layers.Conv(max(1, round(features * self.width)), (3, 3), padding='SAME',
+                        kernel_init=layers.KERNEL_INITS[self.kernel_init], dtype=self.dtype,
+                        name=name)(x)
+        if self.batch_norm:
+          x = layers.KerasBatchNorm(trainable_pattern=self.trainable_pattern, dtype=self.dtype,
+                                    name=f'{name}_bn')(x, train)
+        x = layers.ReLU(name=f'{name}_relu')(x)
       x = layers.max_pool_2x2(x)
     return x
