@@ -22,11 +22,22 @@ REPORT_TXT = 'classification_report.txt'
 REPORT_JSON = 'classification_report.json'
 
 
-def _pyplot():
+def pyplot():
+  """matplotlib's pyplot, drawing to files (no display needed)."""
   import matplotlib
-  matplotlib.use('Agg')  # Files only: no display needed.
-  from matplotlib import pyplot
-  return pyplot
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt
+  return plt
+
+
+def style_epoch_axis(ax, ylabel: str) -> None:
+  """Whole epochs on the x axis, a light grid, a legend."""
+  from matplotlib.ticker import MaxNLocator
+  ax.set_xlabel('epoch')
+  ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+  ax.set_ylabel(ylabel)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
 
 
 def confusion_matrix(labels: np.ndarray, predictions: np.ndarray, num_classes: int) -> np.ndarray:
@@ -51,8 +62,8 @@ def worst_confusions(matrix: np.ndarray, class_names: Sequence[str], top: int = 
 
 def plot_curves(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
   """Loss and accuracy per epoch, training and (where there is one) validation."""
-  pyplot = _pyplot()
-  figure, axes = pyplot.subplots(1, 2, figsize=(11, 4))
+  plt = pyplot()
+  figure, axes = plt.subplots(1, 2, figsize=(11, 4))
   epochs = [row['epoch'] for row in rows]
   for ax, metric in zip(axes, ('loss', 'accuracy')):
     for split, style in (('train', '-o'), ('val', '--s')):
@@ -63,22 +74,19 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
     stage_starts = [r['epoch'] for p, r in zip(rows, rows[1:]) if p.get('stage') != r.get('stage')]
     for epoch in stage_starts:
       ax.axvline(epoch - 0.5, color='grey', linestyle=':', label='fine-tuning starts')
-    ax.set_xlabel('epoch')
-    ax.set_ylabel(metric)
-    ax.grid(alpha=0.3)
-    ax.legend()
+    style_epoch_axis(ax, metric)
   figure.suptitle(title)
   figure.tight_layout()
   figure.savefig(path, dpi=120)
-  pyplot.close(figure)
+  plt.close(figure)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
                           title: str) -> None:
   """Counts in every cell, darker for more, class names on both axes."""
-  pyplot = _pyplot()
+  plt = pyplot()
   size = max(6.0, 0.65 * len(class_names) + 2)
-  figure, ax = pyplot.subplots(figsize=(size + 1, size))
+  figure, ax = plt.subplots(figsize=(size + 1, size))
   image = ax.imshow(matrix, cmap='Blues')
   figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
   ticks = np.arange(len(class_names))
@@ -94,7 +102,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
   ax.set_title(f'{title}: {int(np.trace(matrix))} of {int(matrix.sum())} correct')
   figure.tight_layout()
   figure.savefig(path, dpi=120)
-  pyplot.close(figure)
+  plt.close(figure)
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,

@@ -24,8 +24,21 @@ def _as_tuples(value):
   return value
 
 
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      config[key] = value
+
+
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-  """The config a run in `workdir` was started with (its `config.json`)."""
+  """The config a run in `workdir` was started with (its `config.json`).
+
+  Read on top of configs/default.py, so fields added to cnnjax after the run
+  was started take their defaults.
+  """
+  from configs import default
   path = os.path.join(workdir, writers.CONFIG_FILE)
   if not os.path.exists(path):
     raise RunNotFoundError(
@@ -33,4 +46,6 @@ def load_config(workdir: str) -> ml_collections.ConfigDict:
         'of a run started with python -m cnnjax.main.')
   with open(path) as f:
     saved = json.load(f)
-  return ml_collections.ConfigDict(_as_tuples(saved))
+  config = default.get_config()
+  _merge(config, _as_tuples(saved))
+  return config

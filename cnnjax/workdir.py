@@ -38,9 +38,16 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
 
 
 def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
-  """'field: saved -> now' for each field that differs and may not change on resume."""
+  """'field: saved -> now' for each field that differs and may not change on resume.
+
+  A field the saved run does not have (added to cnnjax later) counts as
+  unchanged while the config keeps its default.
+  """
+  from configs import default
   current = _flatten(json.loads(json.dumps(config.to_dict())))
+  defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict())))
   saved = _flatten(saved)
+  saved.update({k: v for k, v in defaults.items() if k not in saved})
   return [f'{k}: {saved.get(k, "<unset>")!r} -> {current.get(k, "<unset>")!r}'
           for k in sorted(set(saved) | set(current))
           if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]

@@ -100,9 +100,9 @@ def median_epoch_seconds(rows: list[dict]) -> float | None:
 def plot_suite_curves(runs: list[dict], path: str, suite: str) -> None:
   """Every model's accuracy per epoch on one figure, as the studies plotted them."""
   from cnnjax import report
-  pyplot = report._pyplot()  # pylint: disable=protected-access
+  plt = report.pyplot()
   has_val = any('val_accuracy' in row for run in runs for row in run.get('rows', []))
-  figure, axes = pyplot.subplots(1, 2 if has_val else 1, figsize=(12 if has_val else 7, 4.5),
+  figure, axes = plt.subplots(1, 2 if has_val else 1, figsize=(12 if has_val else 7, 4.5),
                                  squeeze=False)
   for ax, key, label in zip(axes[0], ('train_accuracy', 'val_accuracy'),
                             ('training accuracy', 'validation accuracy')):
@@ -111,14 +111,11 @@ def plot_suite_curves(runs: list[dict], path: str, suite: str) -> None:
       if rows:
         ax.plot([r['epoch'] for r in rows], [r[key] for r in rows], '-o', markersize=3,
                 label=run['name'])
-    ax.set_xlabel('epoch')
-    ax.set_ylabel(label)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    report.style_epoch_axis(ax, label)
   figure.suptitle(f'{suite}: accuracy per epoch')
   figure.tight_layout()
   figure.savefig(path, dpi=120)
-  pyplot.close(figure)
+  plt.close(figure)
 
 
 def _fmt(value, spec: str) -> str:
@@ -134,7 +131,8 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
            f'- Data: {DATA_PROVENANCE[suite]}, from '
            f'`{args.local_data_dir or "TFDS"}`.',
            '- One run per config, seed 0. Train time includes validation; eval time is the test '
-           'split once; time per epoch is the median over epochs after the first.', '']
+           'split once; time per epoch is the median over epochs after the first.']
+  lines += [f'- {note}' for note in args.note] + ['']
   if args.quick:
     lines += [f'**Quick smoke check: {QUICK_STEPS} training steps per config. These numbers '
               'say the suite runs, nothing about accuracy.**', '']
@@ -196,6 +194,8 @@ def main(argv: list[str] | None = None) -> str:
   parser.add_argument('--only', default='', help='Comma-separated configs of the suite to run.')
   parser.add_argument('--workdir_root', default='', help='Default checkpoints/<suite>[_quick].')
   parser.add_argument('--results_dir', default=os.path.join(REPO_ROOT, 'experiments', 'results'))
+  parser.add_argument('--note', action='append', default=[],
+                      help='A line for the results page (data provenance, machine load...).')
   args = parser.parse_args(argv)
   name = f'{args.suite}_quick' if args.quick else args.suite
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', name)

@@ -1,5 +1,6 @@
 """A stopped run continues as if it never stopped; failures never cost saved work."""
 import glob
+import json
 import hashlib
 import os
 import signal
@@ -177,3 +178,18 @@ def test_killed_run_resumes_to_the_same_result(signum, tmp_path, bigger_idx_dir)
   assert 'Resumed from the checkpoint at step' in resumed.stdout
   config = load_config('cnn_simple')
   assert_same_run(straight, killed, config)
+
+
+def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, mock_tfds):
+  """Fields added to configs/default.py after a run started take their defaults."""
+  from cnnjax import evaluate, runs
+  workdir = tmp_path / 'old'
+  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
+  saved = json.loads((workdir / 'config.json').read_text())
+  for field in ('warmup_steps', 'collapse_guard', 'stop_on_collapse'):  # "Older" cnnjax.
+    del saved[field]
+  (workdir / 'config.json').write_text(json.dumps(saved))
+  assert runs.load_config(str(workdir)).collapse_guard.every_steps == 100
+  os.remove(workdir / 'results.json')
+  train.train_and_evaluate(resumable_config('cnn_simple', 6), str(workdir))  # Not refused.
+  assert evaluate.evaluate(str(workdir))['step'] == 6
