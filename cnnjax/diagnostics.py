@@ -129,7 +129,7 @@ class CollapseGuard:
 def diagnose(config: ml_collections.ConfigDict, steps: int, every: int):
   """Trains `config` for `steps` steps; yields a per-layer report at step 0 and every `every`."""
   import numpy as np
-  from cnnjax import config_validation, datasets, input_pipeline, sharding, train
+  from cnnjax import compilation, config_validation, datasets, input_pipeline, sharding, train
   config_validation.validate_config(config)
   data = datasets.load_dataset(config.dataset, config.train_split, '', config.test_split,
                                config.local_data_dir, config.tfds_data_dir)
@@ -140,7 +140,7 @@ def diagnose(config: ml_collections.ConfigDict, steps: int, every: int):
   state = jax.device_put(train.create_train_state(config, model, data.image_shape, tx),
                          replicated)
   trainer = train.Trainer(config, model, tx, mesh)
-  gradients = jax.jit(lambda variables, x, y, rng: loss_and_gradient_norms(
+  gradients = compilation.jit(lambda variables, x, y, rng: loss_and_gradient_norms(
       model, variables, input_pipeline.to_inputs(x), y, rng))
   running = jax.device_put(train.Metrics.empty(), replicated)
   steps_per_epoch = input_pipeline.steps_per_epoch(len(data.train), config.batch_size)

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from cnnjax import compilation
 from cnnjax import datasets
 from cnnjax import input_pipeline
 from cnnjax import sharding
@@ -51,7 +52,7 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
 
 def extract(model, variables, split: datasets.Split, batch_size: int, mesh) -> datasets.Split:
   """`split` with each image replaced by the backbone's features of it (float32, host)."""
-  extract_batch = jax.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x),
+  extract_batch = compilation.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x),
                                                        part='features'),
                           out_shardings=sharding.replicated(mesh))
   features = []

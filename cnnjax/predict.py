@@ -22,13 +22,13 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 def predict(workdir: str, paths: list[str], top: int = 3) -> list[dict]:
   """The `top` classes and probabilities for each image in `paths`."""
   import jax
-  from cnnjax import datasets, images, input_pipeline, runs, train
+  from cnnjax import compilation, datasets, images, input_pipeline, runs, train
   config = runs.load_config(workdir)
   spec = datasets.DATASETS[config.dataset]
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
   state = train.restore_latest_state(config, workdir).state
   model = train.create_model(config, len(spec.class_names))
-  logits = jax.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x)))(
+  logits = compilation.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x)))(
       state.variables, batch)
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
   predictions = []

@@ -23,6 +23,7 @@ import optax
 from clu import metrics
 
 from cnnjax import checkpointing
+from cnnjax import compilation
 from cnnjax import config_validation
 from cnnjax import datasets
 from cnnjax import diagnostics
@@ -181,15 +182,15 @@ class Trainer:
                tx: optax.GradientTransformation, mesh: jax.sharding.Mesh, part: str = 'all'):
     self.config, self.model, self.tx, self.mesh, self.part = config, model, tx, mesh, part
     replicated = sharding.replicated(mesh)
-    self.train_step = jax.jit(functools.partial(train_step, model=model, tx=tx, part=part),
-                              out_shardings=(replicated, replicated, replicated),
-                              donate_argnums=(0, 3))
-    self.activation_statistics = jax.jit(
+    self.train_step = compilation.jit(
+        functools.partial(train_step, model=model, tx=tx, part=part),
+        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+    self.activation_statistics = compilation.jit(
         functools.partial(activation_statistics, model=model, part=part),
         out_shardings=replicated)
     # Predictions come back replicated: every process can read all of them.
-    self.eval_step = jax.jit(functools.partial(eval_step, model=model, part=part),
-                             out_shardings=(replicated, replicated))
+    self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part),
+                                     out_shardings=(replicated, replicated))
 
   def evaluate(self, state: TrainState, split: datasets.Split
                ) -> tuple[dict[str, float], np.ndarray]:

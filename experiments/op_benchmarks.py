@@ -1,10 +1,12 @@
-"""The op rewrites of cnnjax.models.layers against the ops they replace, in one run.
+"""cnnjax's op rewrites and compiler options against what they replace, in one run.
 
-Max pooling, conv kernel gradients and depthwise convolutions, each against
-the XLA op it replaces on CPU.
+Max pooling, convolutions compiled with `cnnjax.compilation`'s options
+against XLA's defaults, pooling before the bias and ReLU, and depthwise
+convolutions, each against the XLA op it replaces on CPU.
 
 Each pair is checked for equal results first, then timed (jitted, median
-of repeated calls) on the shapes of the studies' CNNs at batch 64.
+of repeated calls) on the shapes of the studies' CNNs at batch 64. Both
+sides of a row compile with cnnjax's options unless the row compares them.
 """
 import statistics
 import time
@@ -15,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from cnnjax import compilation
 from cnnjax.models import layers
 
 POOL_SHAPES = ((64, 28, 28, 32), (64, 14, 14, 64), (64, 7, 7, 128))
@@ -24,8 +27,8 @@ CONV_SHAPES = ((64, 28, 28, 1, 32), (64, 28, 28, 32, 32), (64, 14, 14, 32, 64),
                (64, 14, 14, 64, 64), (64, 7, 7, 64, 128))
 
 
-def median_ms(fn, *args, repeats: int = 30) -> float:
-  fn = jax.jit(fn)
+def median_ms(fn, *args, repeats: int = 30, jit=compilation.jit) -> float:
+  fn = jit(fn)
   jax.block_until_ready(fn(*args))
   times = []
   for _ in range(repeats):
@@ -44,14 +47,18 @@ def _reference_conv(x, w):
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _cnnjax_conv(x, w):
-  return layers.conv_with_chunked_kernel_grad(x, w, (1, 1), 'SAME',
-                                              dimension_numbers=lax.conv_dimension_numbers(
-                                                  x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC')))
+def _conv_relu_pool(params, x):
+  return layers.max_pool_2x2(jax.nn.relu(_reference_conv(x, params['kernel']) + params['bias']))
 
 
-def _kernel_grad(conv):
-  return jax.grad(lambda w, x, g: jnp.vdot(conv(x, w), g))
+def _pooling_conv(params, x):
+  conv = layers.PoolingConv(params['bias'].shape[0], (3, 3))
+  return jax.nn.relu(conv.apply({'params': params}, x))
+
+
+def _gradients(fn):
+  """Gradients with respect to both arguments: what a train step needs of a layer."""
+  return jax.grad(lambda a, b, g: jnp.vdot(fn(a, b), g), argnums=(0, 1))
 
 
 def run() -> dict:
@@ -69,12 +76,21 @@ def run() -> dict:
     x = jnp.asarray(rng.normal(size=(n, h, w, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
     g = jnp.asarray(rng.normal(size=(n, h, w, cout)), jnp.float32)
-    ours, ref = _kernel_grad(_cnnjax_conv), _kernel_grad(_reference_conv)
-    got, expected = np.asarray(ours(kernel, x, g)), np.asarray(ref(kernel, x, g))
-    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()  # Summation order.
-    rows.append({'op': 'conv3x3 kernel gradient', 'shape': (n, h, w, cin, cout),
-                 'reference_ms': median_ms(ref, kernel, x, g),
-                 'cnnjax_ms': median_ms(ours, kernel, x, g)})
+    grads = _gradients(_reference_conv)
+    got, expected = compilation.jit(grads)(x, kernel, g), jax.jit(grads)(x, kernel, g)
+    for ours, reference in zip(got, expected):
+      assert np.abs(ours - reference).max() <= 1e-5 * np.abs(reference).max()  # Sum order.
+    rows.append({'op': 'conv3x3 forward+gradients, XLA default vs cnnjax options',
+                 'shape': (n, h, w, cin, cout),
+                 'reference_ms': median_ms(grads, x, kernel, g, jit=jax.jit),
+                 'cnnjax_ms': median_ms(grads, x, kernel, g)})
+    params = {'kernel': kernel, 'bias': jnp.asarray(rng.normal(size=cout), jnp.float32)}
+    g = jnp.asarray(rng.normal(size=(n, h // 2, w // 2, cout)), jnp.float32)
+    np.testing.assert_array_equal(_pooling_conv(params, x), _conv_relu_pool(params, x))
+    rows.append({'op': 'conv3x3-ReLU-pool forward+gradients, PoolingConv',
+                 'shape': (n, h, w, cin, cout),
+                 'reference_ms': median_ms(_gradients(_conv_relu_pool), params, x, g),
+                 'cnnjax_ms': median_ms(_gradients(_pooling_conv), params, x, g)})
   for n, h, w, c, stride in DEPTHWISE_SHAPES:
     x = jnp.asarray(rng.normal(size=(n, h, w, c)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, 1, c)), jnp.float32)
@@ -103,7 +119,7 @@ def run() -> dict:
 
 
 def format_report(report: dict) -> str:
-  lines = [f"Op rewrites vs the ops they replace; {report['device']}",
+  lines = [f"Op rewrites and compiler options vs what they replace; {report['device']}",
            'op | shape | reference ms | cnnjax ms | ratio']
   for row in report['rows']:
     lines.append(f"{row['op']} | {row['shape']} | {row['reference_ms']:.2f} | "

@@ -27,33 +27,53 @@ def test_max_pool_equals_flax_values_and_gradients_bitwise(shape):
                                 [[1.0, 0.0], [0.0, 0.0]])
 
 
-@pytest.mark.parametrize('padding', ['SAME', 'VALID'])
-def test_chunked_kernel_grad_conv_equals_lax(padding):
+@pytest.mark.parametrize('padding,shape', [('SAME', (4, 12, 12, 3)), ('VALID', (3, 13, 11, 2))])
+def test_pooling_conv_equals_conv_relu_pool(padding, shape):
+  """Bias and ReLU after the pool: same parameters, bitwise outputs and kernel gradients."""
+
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.max_pool_2x2(jax.nn.relu(layers.Conv(5, (3, 3), padding=padding,
+                                                         name='conv')(x)))
+
+  class Pooling(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.ReLU()(layers.PoolingConv(5, (3, 3), padding=padding, name='conv')(x))
+
   rng = np.random.default_rng(1)
-  # 10 examples = two chunks of 4 + 2; 11x11 maps are large enough to be chunked.
-  x = jnp.asarray(rng.normal(size=(10, 11, 11, 3)), jnp.float32)
-  assert x.shape[1] * x.shape[2] >= layers.CPU_KERNEL_GRAD_MIN_POSITIONS
-  w = jnp.asarray(rng.normal(size=(3, 3, 3, 5)), jnp.float32)
-  dn = lax.conv_dimension_numbers(x.shape, w.shape, ('NHWC', 'HWIO', 'NHWC'))
-
-  def ours(x, w):
-    return layers.conv_with_chunked_kernel_grad(x, w, (1, 1), padding, dimension_numbers=dn)
-
-  def reference(x, w):
-    return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=dn)
-  assert 'custom_vjp' in str(jax.make_jaxpr(ours)(x, w))  # The chunked path, not plain lax.
-  y, vjp = jax.vjp(ours, x, w)
-  y_ref, vjp_ref = jax.vjp(reference, x, w)
-  np.testing.assert_array_equal(y, y_ref)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  init = lambda model: model.init(jax.random.PRNGKey(0), x)['params']
+  params = init(Pooling())
+  assert_trees_equal = lambda a, b: jax.tree.map(np.testing.assert_array_equal, a, b)
+  assert_trees_equal(params, init(Reference()))  # Same names, shapes and initial values.
+  params = {'conv': {'kernel': params['conv']['kernel'],  # Biases that make dead units too.
+                     'bias': jnp.asarray(rng.normal(size=5), jnp.float32)}}
+  ours = lambda p: Pooling().apply({'params': p}, x)
+  reference = lambda p: Reference().apply({'params': p}, x)
+  y = ours(params)
+  np.testing.assert_array_equal(y, reference(params))
+  assert 0 < float(jnp.mean(y == 0)) < 1
   g = jnp.asarray(rng.normal(size=y.shape), jnp.float32)
-  (dx, dw), (dx_ref, dw_ref) = vjp(g), vjp_ref(g)
-  np.testing.assert_array_equal(dx, dx_ref)
-  assert np.abs(dw - dw_ref).max() <= 1e-5 * np.abs(dw_ref).max()  # Only the sum order differs.
-  assert not np.array_equal(jax.grad(lambda w: ours(x, w).sum())(w), 0)
+  grads, grads_ref = jax.vjp(ours, params)[1](g)[0], jax.vjp(reference, params)[1](g)[0]
+  np.testing.assert_array_equal(grads['conv']['kernel'], grads_ref['conv']['kernel'])
+  np.testing.assert_allclose(grads['conv']['bias'], grads_ref['conv']['bias'], rtol=1e-6)
 
 
-def test_layers_conv_uses_the_chunked_kernel_gradient():
-  assert layers.Conv(4, (3, 3)).conv_general_dilated is layers.conv_with_chunked_kernel_grad
+def test_cpu_steps_compile_convolutions_without_ynnpack():
+  """The option `compilation` sets is accepted by this XLA and changes what it compiles."""
+  from cnnjax import compilation
+  assert compilation.compiler_options('cpu') == compilation.CPU_OPTIONS
+  assert compilation.compiler_options('gpu') is None
+  x, w = jnp.ones((8, 14, 14, 32)), jnp.ones((3, 3, 32, 64))  # cnn_simple's second conv.
+  conv = lambda x, w: lax.conv_general_dilated(x, w, (1, 1), 'SAME',
+                                               dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  compiled = lambda jit: jit(conv).lower(x, w).compile().as_text()
+  if '__ynn_fusion' not in compiled(jax.jit):
+    pytest.skip("this XLA's CPU convolutions do not use YNNPACK")
+  assert '__ynn_fusion' not in compiled(compilation.jit)
+  np.testing.assert_array_equal(compilation.jit(conv)(x, w), jax.jit(conv)(x, w))
 
 
 @pytest.mark.parametrize('strides,padding', [((1, 1), 'SAME'), ((2, 2), 'VALID'),

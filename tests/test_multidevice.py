@@ -70,8 +70,8 @@ def assert_close_runs(reference, other, config, atol=ATOL):
 
 @pytest.mark.parametrize('name,extra,atol', [
     # Dropout: masks must not repeat across devices. Adam's epsilon 1: with Keras' 1e-7, Adam
-    # turns float rounding in near-zero gradients (which the single-device run sums in another
-    # order: layers.conv_with_chunked_kernel_grad) into ~1e-5 parameter differences.
+    # turns float rounding in near-zero gradients (summed per device, then across devices, in
+    # another order than on one device) into ~1e-5 parameter differences.
     ('cnn_deep', ('--config.adam_epsilon=1.0',), ATOL),
     pytest.param('cifar_mobilenet_transfer',  # BatchNorm: statistics over the global batch.
                  ('--config.model_kwargs.image_size=32', '--config.trainable=.*',

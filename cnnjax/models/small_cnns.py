@@ -20,9 +20,10 @@ class FashionCNNSimple(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     del train
-    for i, features in enumerate((32, 64)):
-      x = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=f'conv_{i}')(x)
-      x = layers.max_pool_2x2(layers.ReLU(name=f'conv_{i}_relu')(x))
+    for i, features in enumerate((32, 64)):  # Conv-ReLU-Pool, pooled before the bias.
+      x = layers.PoolingConv(features, (3, 3), padding='SAME', dtype=self.dtype,
+                             name=f'conv_{i}')(x)
+      x = layers.ReLU(name=f'conv_{i}_relu')(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(layers.flatten(x))
 
 
@@ -38,11 +39,10 @@ class FashionCNNDeep(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for b, block in enumerate(self.block_features):
-      for c, features in enumerate(block):
-        x = layers.Conv(features, (3, 3), padding='SAME', dtype=self.dtype,
-                        name=f'block{b}_conv{c}')(x)
+      for c, features in enumerate(block):  # The block's last conv pools before its bias.
+        conv = layers.PoolingConv if c == len(block) - 1 else layers.Conv
+        x = conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=f'block{b}_conv{c}')(x)
         x = layers.ReLU(name=f'block{b}_conv{c}_relu')(x)
-      x = layers.max_pool_2x2(x)
       x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)
@@ -59,9 +59,10 @@ class CifarCNN(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-    for i, features in enumerate((32, 64)):
-      x = layers.Conv(features, (3, 3), padding='VALID', dtype=self.dtype, name=f'conv_{i}')(x)
-      x = layers.max_pool_2x2(layers.ReLU(name=f'conv_{i}_relu')(x))
+    for i, features in enumerate((32, 64)):  # Conv-ReLU-Pool, pooled before the bias.
+      x = layers.PoolingConv(features, (3, 3), padding='VALID', dtype=self.dtype,
+                             name=f'conv_{i}')(x)
+      x = layers.ReLU(name=f'conv_{i}_relu')(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)
     x = nn.Dropout(self.dropout, deterministic=not train)(x)

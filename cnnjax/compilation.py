@@ -1,0 +1,43 @@
+"""`jax.jit` with the XLA options cnnjax's steps compile with on each backend.
+
+On CPU, jaxlib 0.10's XLA hands convolutions (and elementwise and reduce
+fusions) to YNNPACK by default. On the studies' 3x3 convolutions its kernels
+ran 1.3-3x slower than XLA's own Eigen convolutions, forward, input gradient
+and kernel gradient alike, and a `cnn_deep` train step took 63 ms instead of
+51 (`experiments/benchmark.py --ops` measures both sides). So on CPU the steps
+keep YNNPACK for matrix products only. GPU and TPU compile as XLA decides.
+
+The options go to each `jit`, not to the process's `XLA_FLAGS`: importing
+cnnjax changes nothing else a user compiles. A user's own
+`--xla_cpu_experimental_ynn_fusion_type` in `XLA_FLAGS` wins, and an XLA that
+no longer knows the option compiles with its defaults (with a warning).
+"""
+import functools
+import os
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from absl import logging
+
+YNN_OPTION = 'xla_cpu_experimental_ynn_fusion_type'
+CPU_OPTIONS = {YNN_OPTION: 'LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT'}
+
+
+@functools.cache
+def compiler_options(backend: str | None = None) -> dict[str, str] | None:
+  """The options for `backend` (default: JAX's), or None for XLA's defaults."""
+  if (backend or jax.default_backend()) != 'cpu' or YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
+    return None
+  try:  # An XLA without the option (or the enum value) refuses it at compile time.
+    jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
+  except Exception as error:  # pylint: disable=broad-except
+    logging.warning('XLA refused %s (%s); CPU convolutions use its defaults.', CPU_OPTIONS,
+                    str(error).splitlines()[0])
+    return None
+  return dict(CPU_OPTIONS)
+
+
+def jit(fun: Callable[..., Any], **kwargs) -> Callable[..., Any]:
+  """`jax.jit(fun, **kwargs)` compiled with `compiler_options()`."""
+  return jax.jit(fun, compiler_options=compiler_options(), **kwargs)
