@@ -34,7 +34,7 @@ def compiler_options(backend: str | None = None) -> dict[str, str] | None:
   """The options for `backend` (default: JAX's), or None for XLA's defaults."""
   if (backend or jax.default_backend()) != 'cpu' or YNN_OPTION in os.environ.get('XLA_FLAGS', ''):
     return None
-  if backend is None and jax.device_count() > 1 or os.environ.get('CNNJAX_XLA_DEFAULTS') == '1':
+  if (backend is None and jax.device_count() > 1) or os.environ.get('CNNJAX_XLA_DEFAULTS') == '1':
     return None  # Several (forced) CPU devices, or asked for: see the module docstring.
   try:  # An XLA without the option (or the enum value) refuses it at compile time.
     jax.jit(lambda x: x + 1, compiler_options=CPU_OPTIONS).lower(np.float32(0)).compile()
