@@ -2,15 +2,14 @@
 
 On CPU, jaxlib 0.10's XLA hands convolutions (and elementwise and reduce
 fusions) to YNNPACK by default. On the studies' 3x3 convolutions its kernels
-ran 1.3-3x slower than XLA's own Eigen convolutions, forward, input gradient
-and kernel gradient alike, and a `cnn_deep` train step took 63 ms instead of
-51 (`experiments/benchmark.py --ops` measures both sides). So on CPU the steps
-keep YNNPACK for matrix products only. GPU and TPU compile as XLA decides, and
-so do runs over several CPU devices (`--xla_force_host_platform_device_count`),
-which are for testing: there a MobileNetV2 step with the Eigen convolutions
-drifted from the one-device step by up to 6e-4 in Conv1's kernel, where XLA's
-defaults agree to 1e-4 (not yet understood). `CNNJAX_XLA_DEFAULTS=1` in the
-environment gives every step XLA's defaults.
+ran slower than XLA's own Eigen convolutions, forward, input gradient and
+kernel gradient alike (`experiments/benchmark.py --ops` measures both sides;
+figures in `experiments/results/`). So on CPU the steps keep YNNPACK for
+matrix products only. GPU and TPU compile as XLA decides, and so do runs over
+several CPU devices (`--xla_force_host_platform_device_count`), which are for
+testing: there a MobileNetV2 step with the Eigen convolutions drifted from
+the one-device step further than with XLA's defaults (not yet understood).
+`CNNJAX_XLA_DEFAULTS=1` in the environment gives every step XLA's defaults.
 
 The options go to each `jit`, not to the process's `XLA_FLAGS`: importing
 cnnjax changes nothing else a user compiles. A user's own

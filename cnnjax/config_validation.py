@@ -8,17 +8,14 @@ import re
 
 import ml_collections
 
-from cnnjax import datasets
-from cnnjax import features
 from cnnjax import sharding
-from cnnjax import splits
-from cnnjax import stages
+from cnnjax.data import datasets
+from cnnjax.data import splits
+from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
 from cnnjax.models import transfer
-
-class ConfigError(ValueError):
-  """A config field is unknown or invalid; the message names it."""
-
+from cnnjax.training import features
+from cnnjax.training import stages
 
 POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
 
@@ -74,10 +71,14 @@ def _check_pretrained(config: ml_collections.ConfigDict, backbone: str | None) -
                       'python -m cnnjax.pretrained convert.')
 
 
-def validate_config(config: ml_collections.ConfigDict) -> None:
-  """Raises ValueError naming the first field that is unknown or out of range."""
-  from configs import default  # The single list of fields.
-  unknown = _unknown_fields(config, default.get_config())
+def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
+                    ) -> None:
+  """Raises ConfigError naming the first field that is unknown or out of range.
+
+  `defaults` (configs/default.py, which the entry points pass) is the single
+  list of the fields a config may set.
+  """
+  unknown = _unknown_fields(config, defaults)
   if unknown:
     raise ConfigError(f'Unknown config field(s) {unknown}: not defined in configs/default.py. '
                       'Check the spelling, or add the field to configs/default.py.')

@@ -5,7 +5,7 @@
 Works on a finished run and on one that was stopped: the latest checkpoint
 is evaluated on the run's test split (or --split), and the workdir gets
 `evaluation.json`, the curves so far, the confusion matrix and the
-classification report (see cnnjax.report). The console lists the most
+classification report (see cnnjax.runs.report). The console lists the most
 confused classes.
 """
 import argparse
@@ -17,21 +17,27 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 EVALUATION_FILE = 'evaluation.json'
 
 
-def evaluate(workdir: str, local_data_dir: str | None = None, split: str | None = None) -> dict:
-  """Evaluates the latest checkpoint in `workdir`; writes the reports; returns the metrics."""
-  from cnnjax import datasets, report, runs, sharding, train, writers
-  config = runs.load_config(workdir)
+def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
+             split: str | None = None) -> dict:
+  """Evaluates the latest checkpoint in `workdir`; writes the reports; returns the metrics.
+
+  `defaults`: configs/default.py's config, under the run's saved one.
+  """
+  from cnnjax import sharding
+  from cnnjax.data import datasets
+  from cnnjax.runs import report, saved, writers
+  from cnnjax.training import setup
+  config = saved.load_config(workdir, defaults)
   if local_data_dir is not None:
     config.local_data_dir = local_data_dir
   split = split or config.test_split
-  restored = train.restore_latest_state(config, workdir)
+  spec = datasets.dataset_spec(config.dataset)
+  experiment = setup.build(config, spec.image_shape, len(spec.class_names))
+  restored = saved.restore_latest(experiment, workdir)
   data = datasets.load_split(config.dataset, split, config.local_data_dir, config.tfds_data_dir)
-  class_names = datasets.DATASETS[config.dataset].class_names
-  mesh = sharding.create_mesh()
-  trainer = train.Trainer(config, train.create_model(config, len(class_names)),
-                          train.create_optimizer(config), mesh)
+  trainer = experiment.trainer(0, sharding.create_mesh(), config.eval_batch_size)
   metrics, predictions = trainer.evaluate(restored.state, data)
-  confusions = report.write_report(workdir, data.labels, predictions, class_names,
+  confusions = report.write_report(workdir, data.labels, predictions, spec.class_names,
                                    writers.read_metrics(workdir), config.name)
   evaluation = {'step': restored.step, 'split': split, 'examples': len(data),
                 'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
@@ -53,8 +59,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="Split to evaluate (TFDS syntax); default the run's test split.")
   args = parser.parse_args(argv)
   from cnnjax import cli
+  from configs import default
   with cli.reporting_user_errors('cnnjax.evaluate'):
-    evaluate(args.workdir, args.local_data_dir, args.split)
+    evaluate(args.workdir, default.get_config(), args.local_data_dir, args.split)
 
 
 if __name__ == '__main__':

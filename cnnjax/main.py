@@ -31,9 +31,10 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported after flags: keeps --help fast.
   from cnnjax import cli
-  from cnnjax import preemption
   from cnnjax import sharding
   from cnnjax import train
+  from cnnjax.runs import preemption
+  from configs import default
   if _MULTIHOST.value:
     sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   config = _CONFIG.value
@@ -42,7 +43,7 @@ def main(argv):
   with cli.reporting_user_errors('cnnjax'):
     try:
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-      train.train_and_evaluate(config, workdir)  # Validates the config first.
+      train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
     except preemption.StopRequested as stop:
       logging.warning('%s', stop)
       print(stop, flush=True)

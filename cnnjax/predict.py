@@ -19,16 +19,22 @@ import numpy as np
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
-def predict(workdir: str, paths: list[str], top: int = 3) -> list[dict]:
-  """The `top` classes and probabilities for each image in `paths`."""
+def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict]:
+  """The `top` classes and probabilities for each image in `paths`.
+
+  `defaults`: configs/default.py's config, under the run's saved one.
+  """
   import jax
-  from cnnjax import compilation, datasets, images, input_pipeline, runs, train
-  config = runs.load_config(workdir)
-  spec = datasets.DATASETS[config.dataset]
+  from cnnjax import compilation
+  from cnnjax.data import datasets, images, pipeline
+  from cnnjax.runs import saved
+  from cnnjax.training import setup
+  config = saved.load_config(workdir, defaults)
+  spec = datasets.dataset_spec(config.dataset)
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
-  state = train.restore_latest_state(config, workdir).state
-  model = train.create_model(config, len(spec.class_names))
-  logits = compilation.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x)))(
+  experiment = setup.build(config, spec.image_shape, len(spec.class_names))
+  state = saved.restore_latest(experiment, workdir).state
+  logits = compilation.jit(lambda v, x: experiment.model.apply(v, pipeline.to_inputs(x)))(
       state.variables, batch)
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
   predictions = []
@@ -57,8 +63,9 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
   from cnnjax import cli
+  from configs import default
   with cli.reporting_user_errors('cnnjax.predict'):
-    predictions = predict(args.workdir, args.images, args.top)
+    predictions = predict(args.workdir, args.images, default.get_config(), args.top)
   print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
 
 

@@ -29,6 +29,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
 sys.path.insert(0, REPO_ROOT)
 
+import jax  # pylint: disable=wrong-import-position
+
+from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
+
 
 def load_config(path: str, overrides: list[str]):
   """The config file with `--config.field=value` overrides, parsed as cnnjax.main does."""
@@ -46,63 +50,68 @@ def load_config(path: str, overrides: list[str]):
 
 
 class CnnjaxSide:
-  """The library's jitted train/eval steps over its own input pipeline."""
+  """The library's training loop and evaluation, as `python -m cnnjax.main` runs them."""
   name = 'cnnjax'
 
   def __init__(self, config, data):
-    import jax
-    from cnnjax import sharding, train
-    self.jax, self.config, self.data = jax, config, data
-    self.mesh = sharding.create_mesh()
-    model = train.create_model(config, data.num_classes)
-    tx = train.create_optimizer(config)
-    replicated = sharding.replicated(self.mesh)
-    self.state = jax.device_put(train.create_train_state(config, model, data.image_shape, tx),
-                                replicated)
-    self.empty_metrics = lambda: jax.device_put(train.Metrics.empty(), replicated)
-    self.trainer = train.Trainer(config, model, tx, self.mesh)
+    from cnnjax import sharding
+    from cnnjax.data import pipeline
+    from cnnjax.training import setup
+    from cnnjax.training.loop import Loop
+    self.data = data
+    experiment = setup.build(config, data.image_shape, data.num_classes)
+    mesh = sharding.create_mesh()
+    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size)
+    self.steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
+    state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
+    self.loop = Loop(state, self.trainer.empty_metrics(), mesh=mesh,
+                     batch_size=config.batch_size, seed=config.seed,
+                     steps_per_epoch=self.steps_per_epoch)
     self.epoch = 0
 
-  def _batches(self):
-    from cnnjax import input_pipeline, sharding
-    for batch in input_pipeline.train_batches(self.data.train, self.config.batch_size,
-                                              self.config.seed, self.epoch):
-      yield sharding.put_global_batch(self.mesh, batch)
+  def _run(self, first_step: int, end_step: int, hooks=()) -> None:
+    """The loop from `first_step` to `end_step` (each measured epoch starts at its own)."""
+    self.loop.step, self.loop.hooks = first_step, list(hooks)
+    self.loop.run(self.trainer, self.data, end_step)
+    jax.block_until_ready((self.loop.state, self.loop.running))
 
   def warm_up(self, steps: int) -> float:
     start = time.perf_counter()
-    running = self.empty_metrics()
-    for _, batch in zip(range(steps), self._batches()):
-      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
-    self.jax.block_until_ready(self.state)
-    self.trainer.evaluate(self.state, self.data.test)  # Compiles the eval step.
+    self._run(0, steps)
+    self.trainer.evaluate(self.loop.state, self.data.test)  # Compiles the eval step.
     return time.perf_counter() - start
 
   def train_epoch(self) -> dict:
     """One epoch as `train.py` runs it (no per-step sync), then per-step times apart."""
-    from cnnjax import input_pipeline
-    running = self.empty_metrics()
+    first = self.epoch * self.steps_per_epoch
     start = time.perf_counter()
-    for batch in self._batches():
-      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
-    self.jax.block_until_ready((self.state, running))
+    self._run(first, first + self.steps_per_epoch)
     epoch_seconds = time.perf_counter() - start
-    accuracy = float(running.compute()['accuracy'])
-    step_seconds = []
-    for _, batch in zip(range(STEP_WINDOW), self._batches()):  # Synced: one step's latency.
-      start = time.perf_counter()
-      self.state, running, _ = self.trainer.train_step(self.state, *batch, running)
-      self.jax.block_until_ready(running)
-      step_seconds.append(time.perf_counter() - start)
+    accuracy = float(self.loop.running.compute()['accuracy'])
+    timer = StepTimer()  # Synced: one step's latency, over the epoch's first batches.
+    self._run(first, first + min(STEP_WINDOW, self.steps_per_epoch), [timer])
     self.epoch += 1
-    return {'epoch_seconds': epoch_seconds, 'step_seconds': step_seconds,
-            'steps': input_pipeline.steps_per_epoch(len(self.data.train), self.config.batch_size),
-            'accuracy': accuracy}
+    return {'epoch_seconds': epoch_seconds, 'step_seconds': timer.seconds,
+            'steps': self.steps_per_epoch, 'accuracy': accuracy}
 
   def evaluate(self) -> float:
     start = time.perf_counter()
-    metrics, _ = self.trainer.evaluate(self.state, self.data.test)
+    self.trainer.evaluate(self.loop.state, self.data.test)
     return time.perf_counter() - start
+
+
+class StepTimer(Hook):
+  """A loop hook timing each step to its end (it waits for the step's results)."""
+
+  def __init__(self):
+    self.seconds, self._start = [], 0.0
+
+  def before_step(self, loop, images, labels):
+    self._start = time.perf_counter()
+
+  def after_step(self, loop, images, loss):
+    jax.block_until_ready(loop.running)
+    self.seconds.append(time.perf_counter() - self._start)
 
 
 class KerasSide:
@@ -112,7 +121,7 @@ class KerasSide:
   def __init__(self, config, data):
     os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
     import keras
-    from cnnjax import keras_reference
+    from experiments import keras_reference
     self.keras, self.config = keras, config
     self.x_train = data.train.images.astype('float32') / 255.0
     self.y_train = data.train.labels
@@ -161,7 +170,7 @@ class KerasSide:
 
 def worker(side_name, config_path, overrides, connection):
   """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`."""
-  from cnnjax import datasets
+  from cnnjax.data import datasets
   config = load_config(config_path, overrides)
   data = datasets.load_dataset(config.dataset, config.train_split, '', config.test_split,
                                config.local_data_dir, config.tfds_data_dir)
@@ -199,7 +208,6 @@ def summarise(side: str, sizes: dict, compile_seconds: float, epochs: list, eval
 
 
 def device_description() -> str:
-  import jax
   import platform
   device = jax.devices()[0]
   cpu = platform.processor() or platform.machine()

@@ -27,7 +27,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-# The studies' own numbers (DESIGN.md): what each config reproduces.
+# The studies' own numbers: what each config reproduces.
 STUDY = {
     'mlp_256_128': {'metric': 'test accuracy', 'value': 0.8898},
     'mlp_128_64': {'metric': 'test accuracy', 'value': 0.8850},
@@ -74,18 +74,18 @@ def why_not_here(config, args) -> str | None:
 
 def run_config(name: str, args) -> dict:
   """Trains (or resumes) one config; its results, epochs, and where its reports are."""
-  from cnnjax import train, writers
+  from cnnjax import train
+  from cnnjax.errors import UserError
+  from cnnjax.runs import writers
+  from configs import default
   config = load_config(name, args)
   reason = why_not_here(config, args)
   if reason:
     return {'name': name, 'skipped': reason}
   workdir = os.path.join(args.workdir_root, name)
   try:
-    results = train.train_and_evaluate(config, workdir)
-  except Exception as error:  # pylint: disable=broad-except  # Listed, not hidden.
-    from cnnjax import cli
-    if not isinstance(error, cli.user_errors()):
-      raise
+    results = train.train_and_evaluate(config, workdir, default.get_config())
+  except UserError as error:  # Listed, not hidden.
     return {'name': name, 'skipped': f'could not run: {error}'}
   return {'name': name, 'results': results, 'rows': writers.read_metrics(workdir),
           'workdir': workdir}
@@ -99,7 +99,7 @@ def median_epoch_seconds(rows: list[dict]) -> float | None:
 
 def plot_suite_curves(runs: list[dict], path: str, suite: str) -> None:
   """Every model's accuracy per epoch on one figure, as the studies plotted them."""
-  from cnnjax import report
+  from cnnjax.runs import report
   plt = report.pyplot()
   has_val = any('val_accuracy' in row for run in runs for row in run.get('rows', []))
   figure, axes = plt.subplots(1, 2 if has_val else 1, figsize=(12 if has_val else 7, 4.5),
@@ -163,7 +163,7 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
 
 
 def write_suite(suite: str, runs: list[dict], args) -> str:
-  from cnnjax import report
+  from cnnjax.runs import report
   import jax
   name = f'{suite}_quick' if args.quick else suite
   os.makedirs(os.path.join(args.results_dir, name), exist_ok=True)

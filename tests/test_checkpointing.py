@@ -10,9 +10,9 @@ import time
 
 import pytest
 
-from cnnjax import checkpointing
-from cnnjax import train
-from tests.conftest import (REPO_ROOT, assert_same_run, load_config, make_idx_dataset,
+from cnnjax.runs import checkpoints
+from tests.helpers import (REPO_ROOT, assert_same_run, defaults, load_config, make_idx_dataset,
+                           train_and_evaluate,
                             read_jsonl, shrink)
 
 
@@ -31,9 +31,9 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, model_kwargs, sto
                                                          mock_tfds):
   overrides = {'trainable': '.*'} if name.startswith('cifar_mobilenet') else {}
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(resumable_config(name, 7, **overrides), straight)
-  train.train_and_evaluate(resumable_config(name, stop_at, **overrides), resumed)
-  train.train_and_evaluate(resumable_config(name, 7, **overrides), resumed)
+  train_and_evaluate(resumable_config(name, 7, **overrides), straight)
+  train_and_evaluate(resumable_config(name, stop_at, **overrides), resumed)
+  train_and_evaluate(resumable_config(name, 7, **overrides), resumed)
   assert [r['epoch'] for r in read_jsonl(os.path.join(resumed, 'metrics.jsonl'))] == [1, 2, 3]
   assert_same_run(straight, resumed, resumable_config(name, 7, **overrides))
 
@@ -41,21 +41,21 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, model_kwargs, sto
 def test_mid_epoch_checkpoints_hold_the_running_metrics(tmp_path, mock_tfds):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   config = resumable_config('cnn_deep', 6, checkpoint_every_steps=2)
-  train.train_and_evaluate(config, straight)
-  train.train_and_evaluate(config, resumed)
+  train_and_evaluate(config, straight)
+  train_and_evaluate(config, resumed)
   # Keep only the mid-epoch checkpoint at step 2, as if the run had died at step 3.
   for step in ('3', '6'):
     os.rename(os.path.join(resumed, 'checkpoints', step), os.path.join(tmp_path, step))
   os.remove(os.path.join(resumed, 'results.json'))
-  train.train_and_evaluate(config, resumed)
+  train_and_evaluate(config, resumed)
   assert_same_run(straight, resumed, config)
 
 
 def test_finished_run_is_not_retrained(tmp_path, mock_tfds, capsys):
   config = resumable_config('cnn_simple', 3)
-  first = train.train_and_evaluate(config, str(tmp_path))
+  first = train_and_evaluate(config, str(tmp_path))
   stamp = os.path.getmtime(tmp_path / 'metrics.jsonl')
-  assert train.train_and_evaluate(config, str(tmp_path)) == first
+  assert train_and_evaluate(config, str(tmp_path)) == first
   assert 'holds a finished run' in capsys.readouterr().out
   assert os.path.getmtime(tmp_path / 'metrics.jsonl') == stamp
 
@@ -69,11 +69,11 @@ def corrupt(step_dir):
 
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfds, caplog):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(resumable_config('cnn_deep', 6), straight)
-  train.train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
+  train_and_evaluate(resumable_config('cnn_deep', 6), straight)
+  train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
   corrupt(os.path.join(resumed, 'checkpoints', '6'))
   os.remove(os.path.join(resumed, 'results.json'))
-  train.train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
+  train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
   assert 'Checkpoint step 6' in caplog.text and 'unreadable' in caplog.text
   assert len(os.listdir(os.path.join(resumed, 'checkpoints_unreadable'))) == 1  # Kept, not deleted.
   assert_same_run(straight, resumed, resumable_config('cnn_deep', 6))
@@ -92,27 +92,27 @@ def tree_digest(directory):
     ({'batch_size': 4}, 'batch_size'),
 ])
 def test_incompatible_run_fails_and_changes_nothing(overrides, message, tmp_path, mock_tfds):
-  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
+  train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
   before = tree_digest(tmp_path)
-  with pytest.raises(checkpointing.IncompatibleCheckpointError, match=message):
-    train.train_and_evaluate(resumable_config('cnn_simple', 6, **overrides), str(tmp_path))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match=message):
+    train_and_evaluate(resumable_config('cnn_simple', 6, **overrides), str(tmp_path))
   assert tree_digest(tmp_path) == before
 
 
 def test_mismatched_shapes_are_caught_without_a_config_file(tmp_path, mock_tfds):
-  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
+  train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
   os.remove(tmp_path / 'config.json')
   before = tree_digest(tmp_path)
-  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='does not fit this model'):
-    train.train_and_evaluate(resumable_config('cnn_deep', 6), str(tmp_path))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not fit this model'):
+    train_and_evaluate(resumable_config('cnn_deep', 6), str(tmp_path))
   assert tree_digest(tmp_path) == before
 
 
 def test_resume_false_moves_the_old_run_aside(tmp_path, mock_tfds):
   workdir = tmp_path / 'run'
-  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
+  train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
   before = tree_digest(workdir)
-  train.train_and_evaluate(resumable_config('cnn_simple', 2, resume=False), str(workdir))
+  train_and_evaluate(resumable_config('cnn_simple', 2, resume=False), str(workdir))
   (moved,) = glob.glob(f'{workdir}.previous-*')
   assert tree_digest(moved) == before
   assert read_jsonl(workdir / 'metrics.jsonl')[-1]['step'] == 2
@@ -185,14 +185,15 @@ def test_killed_run_resumes_to_the_same_result(signum, tmp_path, bigger_idx_dir)
 
 def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, mock_tfds):
   """Fields added to configs/default.py after a run started take their defaults."""
-  from cnnjax import evaluate, runs
+  from cnnjax import evaluate
+  from cnnjax.runs import saved as saved_run
   workdir = tmp_path / 'old'
-  train.train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
+  train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
   saved = json.loads((workdir / 'config.json').read_text())
   for field in ('warmup_steps', 'collapse_guard', 'stop_on_collapse'):  # "Older" cnnjax.
     del saved[field]
   (workdir / 'config.json').write_text(json.dumps(saved))
-  assert runs.load_config(str(workdir)).collapse_guard.every_steps == 100
+  assert saved_run.load_config(str(workdir), defaults()).collapse_guard.every_steps == 100
   os.remove(workdir / 'results.json')
-  train.train_and_evaluate(resumable_config('cnn_simple', 6), str(workdir))  # Not refused.
-  assert evaluate.evaluate(str(workdir))['step'] == 6
+  train_and_evaluate(resumable_config('cnn_simple', 6), str(workdir))  # Not refused.
+  assert evaluate.evaluate(str(workdir), defaults())['step'] == 6

@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cnnjax import config_validation
-from cnnjax import diagnostics
-from cnnjax import train
-from tests.conftest import REPO_ROOT, load_config, read_jsonl, shrink, write_idx
+from cnnjax import diagnose
+from cnnjax.training import diagnostics
+from cnnjax.training import steps
+from tests.helpers import (REPO_ROOT, experiment, load_config, read_jsonl, restore_latest, shrink,
+                           train_and_evaluate, validate, write_idx)
 
 FIXES = {  # Config -> the one field it changes against vgg_scratch, and its value.
     'vgg_scratch_he': ('model_kwargs.kernel_init', 'he_normal'),
@@ -59,9 +60,9 @@ def collapsing_config(data_dir, **overrides):
 
 
 def test_guard_warns_on_a_collapsing_net_and_not_on_cnn_simple(structured_dir, tmp_path, capsys):
-  train.train_and_evaluate(guarded(load_config('cnn_simple'), structured_dir), str(tmp_path / 'a'))
+  train_and_evaluate(guarded(load_config('cnn_simple'), structured_dir), str(tmp_path / 'a'))
   assert 'Training looks collapsed' not in capsys.readouterr().out
-  train.train_and_evaluate(collapsing_config(structured_dir), str(tmp_path / 'b'))
+  train_and_evaluate(collapsing_config(structured_dir), str(tmp_path / 'b'))
   out = capsys.readouterr().out
   assert 'Training looks collapsed' in out
   assert 'configs/vgg_scratch_bn.py' in out and 'learning rate too high' in out
@@ -70,7 +71,7 @@ def test_guard_warns_on_a_collapsing_net_and_not_on_cnn_simple(structured_dir, t
 def test_stop_on_collapse_saves_and_stops(structured_dir, tmp_path):
   config = collapsing_config(structured_dir, stop_on_collapse=True)
   with pytest.raises(diagnostics.TrainingCollapsedError, match=r'Stopped at step (\d+)') as error:
-    train.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
   step = int(error.value.args[0].split('Stopped at step ')[1].split()[0].rstrip(';'))
   assert step < 4 * 10  # Before the 40 steps of the run.
   assert str(step) in os.listdir(tmp_path / 'checkpoints')
@@ -79,25 +80,25 @@ def test_stop_on_collapse_saves_and_stops(structured_dir, tmp_path):
 
 def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     structured_dir, tmp_path, monkeypatch):
-  real_step = train.train_step
+  real_step = steps.train_step
 
   def poisoned_step(state, *args, **kwargs):
     """From the 6th step on, the parameters hold NaN: the loss of step 6 is NaN."""
     params = jax.tree.map(lambda p: jnp.where(state.step >= 5, jnp.nan, p), state.params)
     return real_step(state.replace(params=params), *args, **kwargs)
-  monkeypatch.setattr(train, 'train_step', poisoned_step)
+  monkeypatch.setattr(steps, 'train_step', poisoned_step)
   config = guarded(load_config('cnn_simple'), structured_dir, checkpoint_every_steps=2)
   with pytest.raises(diagnostics.NonFiniteLossError, match='became nan at step 6.*last good'):
-    train.train_and_evaluate(config, str(tmp_path))
+    train_and_evaluate(config, str(tmp_path))
   assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == [2, 4]
-  restored = train.restore_latest_state(config, str(tmp_path))
+  restored = restore_latest(config, tmp_path)
   assert restored.step == 4
   assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.state.params)))
 
 
 def negative_bias_variables(name='cnn_deep', bias=-100.0):
   config = load_config(name)
-  model = train.create_model(config, 10)
+  model = experiment(config).model
   variables = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)))
   flat = traverse_util.flatten_dict(variables['params'])
   flat = {k: jnp.full_like(v, bias) if k[-1] == 'bias' else v for k, v in flat.items()}
@@ -115,7 +116,7 @@ def test_diagnostics_flag_dead_layers_when_biases_are_very_negative():
   loss, norms = diagnostics.loss_and_gradient_norms(
       model, dead, x, jnp.arange(8) % 10, jax.random.PRNGKey(2))
   assert float(norms['block0_conv0/kernel']) == 0.0  # Dead ReLUs pass no gradient back.
-  report = diagnostics.format_report({
+  report = diagnose.format_report({
       'step': 0, 'loss': float(loss), 'chance_loss': np.log(10),
       'activations': {k: {s: float(v) for s, v in d.items()} for k, d in stats.items()},
       'gradient_norms': {k: float(v) for k, v in norms.items()},
@@ -146,17 +147,17 @@ def test_each_fix_changes_one_thing_against_vgg_scratch(name, tmp_path, mock_tfd
   changed = {k for k in set(fixed) | set(faithful) if fixed.get(k) != faithful.get(k)}
   assert changed == {'name', field} and fixed[field] == value
   config = shrink(load_config(name))
-  config_validation.validate_config(config)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  validate(config)
+  results = train_and_evaluate(config, str(tmp_path))
   assert np.isfinite(results['test_loss']) and results['steps'] == 3
 
 
 def test_vgg16_bn_adds_a_batchnorm_after_every_conv():
-  from cnnjax import params as params_lib
+  from cnnjax.training import params as params_lib
   shapes = {}
   for name in ('vgg_scratch', 'vgg_scratch_bn'):
     config = load_config(name)
-    model = train.create_model(config, 10)
+    model = experiment(config).model
     shapes[name] = jax.eval_shape(lambda m=model: m.init(jax.random.PRNGKey(0),
                                                          jnp.zeros((1, 28, 28, 1))))
   assert (params_lib.count(shapes['vgg_scratch_bn']) - params_lib.count(shapes['vgg_scratch'])

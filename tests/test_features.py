@@ -6,16 +6,16 @@ import jax
 import numpy as np
 import pytest
 
-from cnnjax import config_validation
-from cnnjax import train
-from tests.conftest import assert_same_run, final_state, load_config, read_jsonl, shrink
+from cnnjax.errors import ConfigError
+from tests.helpers import (assert_same_run, final_state, load_config, read_jsonl, shrink,
+                           train_and_evaluate, validate)
 
 
 def test_cached_features_train_like_the_images(tmp_path, mock_tfds):
   plain, cached = str(tmp_path / 'plain'), str(tmp_path / 'cached')
-  results_plain = train.train_and_evaluate(shrink(load_config('vgg_transfer_preprocessed')), plain)
+  results_plain = train_and_evaluate(shrink(load_config('vgg_transfer_preprocessed')), plain)
   config = shrink(load_config('vgg_transfer_fast'))
-  results_cached = train.train_and_evaluate(config, cached)
+  results_cached = train_and_evaluate(config, cached)
   assert results_cached['feature_cache_seconds'] > 0
   assert 'feature_cache_seconds' not in results_plain
   np.testing.assert_allclose(results_cached['test_loss'], results_plain['test_loss'], rtol=1e-5)
@@ -37,12 +37,12 @@ def two_stage_fast_config(steps):
 
 def test_fine_tuning_after_a_cached_stage_runs_on_images_and_resumes_exactly(tmp_path, mock_tfds):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  results = train.train_and_evaluate(two_stage_fast_config(6), straight)
+  results = train_and_evaluate(two_stage_fast_config(6), straight)
   assert [r['stage'] for r in read_jsonl(os.path.join(straight, 'metrics.jsonl'))] == [
       'transfer', 'fine_tune']
   assert results['feature_cache_seconds'] > 0
-  train.train_and_evaluate(two_stage_fast_config(3), resumed)
-  train.train_and_evaluate(two_stage_fast_config(6), resumed)
+  train_and_evaluate(two_stage_fast_config(3), resumed)
+  train_and_evaluate(two_stage_fast_config(6), resumed)
   assert_same_run(straight, resumed, two_stage_fast_config(6))
   assert json.loads(open(os.path.join(resumed, 'results.json')).read())['steps'] == 6
 
@@ -54,5 +54,5 @@ def test_fine_tuning_after_a_cached_stage_runs_on_images_and_resumes_exactly(tmp
 def test_cache_features_is_refused_where_features_would_change(name, message):
   config = load_config(name)
   config.cache_features = True
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate_config(config)
+  with pytest.raises(ConfigError, match=message):
+    validate(config)

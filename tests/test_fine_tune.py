@@ -6,11 +6,11 @@ import jax
 import numpy as np
 import pytest
 
-from cnnjax import checkpointing
-from cnnjax import config_validation
-from cnnjax import params as params_lib
-from cnnjax import train
-from tests.conftest import assert_same_run, final_state, load_config, read_jsonl, shrink
+from cnnjax.errors import ConfigError
+from cnnjax.runs import checkpoints
+from cnnjax.training import params as params_lib
+from tests.helpers import (assert_same_run, final_state, load_config, read_jsonl, shrink,
+                           train_and_evaluate, validate)
 
 TOP_BLOCKS = tuple(f'block_{b}_' for b in range(11, 17)) + ('Conv_1',)
 
@@ -31,10 +31,10 @@ def backbone_arrays(state):
 @pytest.mark.parametrize('batchnorm', ['inference', 'train'])
 def test_second_stage_trains_the_top_blocks_only(batchnorm, tmp_path, mock_tfds):
   first, both = str(tmp_path / 'first'), str(tmp_path / 'both')
-  train.train_and_evaluate(two_stage_config(3), first)
+  train_and_evaluate(two_stage_config(3), first)
   config = two_stage_config(6)
   config.fine_tune.batchnorm = batchnorm
-  results = train.train_and_evaluate(config, both)
+  results = train_and_evaluate(config, both)
   assert [r['stage'] for r in read_jsonl(os.path.join(both, 'metrics.jsonl'))] == [
       'transfer', 'fine_tune']
   after_first, after_both = final_state(config, first), final_state(config, both)
@@ -59,15 +59,15 @@ def test_second_stage_trains_the_top_blocks_only(batchnorm, tmp_path, mock_tfds)
 @pytest.mark.parametrize('stop_at', [3, pytest.param(4, marks=pytest.mark.slow)])
 def test_resume_across_the_stage_boundary_is_bitwise_equal(stop_at, tmp_path, mock_tfds):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
-  train.train_and_evaluate(two_stage_config(6), straight)
-  train.train_and_evaluate(two_stage_config(stop_at), resumed)
-  train.train_and_evaluate(two_stage_config(6), resumed)
+  train_and_evaluate(two_stage_config(6), straight)
+  train_and_evaluate(two_stage_config(stop_at), resumed)
+  train_and_evaluate(two_stage_config(6), resumed)
   assert_same_run(straight, resumed, two_stage_config(6))
   # Moving the stage boundary under a saved fine-tuning checkpoint is refused.
   before = json.loads(open(os.path.join(resumed, 'results.json')).read())
   os.remove(os.path.join(resumed, 'results.json'))
-  with pytest.raises(checkpointing.IncompatibleCheckpointError, match='num_epochs changed'):
-    train.train_and_evaluate(two_stage_config(9, num_epochs=2), resumed)
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='num_epochs changed'):
+    train_and_evaluate(two_stage_config(9, num_epochs=2), resumed)
   assert before['steps'] == 6
 
 
@@ -79,23 +79,23 @@ def test_resume_across_the_stage_boundary_is_bitwise_equal(stop_at, tmp_path, mo
 def test_bad_fine_tune_settings_are_named(change, message):
   config = load_config('cifar_mobilenet_transfer')
   config.fine_tune.update(change)
-  with pytest.raises(config_validation.ConfigError, match=message):
-    config_validation.validate_config(config)
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
 
 
 def test_fine_tuning_and_weights_need_a_backbone():
   config = load_config('cnn_simple')
   config.fine_tune.num_epochs = 2
-  with pytest.raises(config_validation.ConfigError, match="'cnn_simple' has none"):
-    config_validation.validate_config(config)
+  with pytest.raises(ConfigError, match="'cnn_simple' has none"):
+    validate(config)
   config = load_config('cnn_simple')
   config.pretrained = 'imagenet'
-  with pytest.raises(config_validation.ConfigError, match='no pretrained backbone'):
-    config_validation.validate_config(config)
+  with pytest.raises(ConfigError, match='no pretrained backbone'):
+    validate(config)
 
 
 def test_unknown_nested_field_is_named():
   config = load_config('cifar_mobilenet_transfer')
   config.fine_tune.epochs = 3
-  with pytest.raises(config_validation.ConfigError, match=r"\['fine_tune.epochs'\]"):
-    config_validation.validate_config(config)
+  with pytest.raises(ConfigError, match=r"\['fine_tune.epochs'\]"):
+    validate(config)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import datasets
-from cnnjax import local_data
-from tests.conftest import make_idx_dataset, write_idx
+from cnnjax.data import datasets
+from cnnjax.data import local_files
+from tests.helpers import make_idx_dataset, write_idx
 
 
 def test_idx_reads_back_exactly_what_was_written(tmp_path):
@@ -29,14 +29,14 @@ def test_truncated_idx_file_is_named(tmp_path):
   path = tmp_path / 'train-images-idx3-ubyte.gz'
   payload = gzip.decompress(path.read_bytes())
   path.write_bytes(gzip.compress(payload[:-100]))
-  with pytest.raises(local_data.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
+  with pytest.raises(local_files.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
     datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
 def test_wrong_image_size_is_rejected(tmp_path):
   make_idx_dataset(str(tmp_path))
   write_idx(str(tmp_path / 'train-images-idx3-ubyte.gz'), np.zeros((40, 32, 32), np.uint8))
-  with pytest.raises(local_data.LocalDataError, match=r'shape \(32, 32, 1\)'):
+  with pytest.raises(local_files.LocalDataError, match=r'shape \(32, 32, 1\)'):
     datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
@@ -49,7 +49,7 @@ def write_image_tree(root, images, labels, class_names, split):
 
 def local_order(labels, class_names):
   """The order the reader gives files written by `write_image_tree` (named by index)."""
-  keys = [local_data.example_order_key(class_names[label], f'{i:05d}.png')
+  keys = [local_files.example_order_key(class_names[label], f'{i:05d}.png')
           for i, label in enumerate(labels)]
   return np.argsort(keys, kind='stable')
 
@@ -94,7 +94,7 @@ def test_image_folder_tarball_and_slicing(tmp_path):
 
 def test_unknown_class_folder_is_named(tmp_path):
   write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
-  with pytest.raises(local_data.LocalDataError, match='train/airplanes.*not a class'):
+  with pytest.raises(local_files.LocalDataError, match='train/airplanes.*not a class'):
     datasets.load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
 
 

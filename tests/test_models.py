@@ -4,14 +4,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cnnjax import datasets
-from cnnjax import params as params_lib
-from cnnjax import train
+from cnnjax.data import datasets
 from cnnjax.models import build_model
 from cnnjax.models import mobilenet_v2
-from tests.conftest import ALL_CONFIGS, STUDY_CONFIGS, load_config
+from cnnjax.training import params as params_lib
+from tests.helpers import ALL_CONFIGS, STUDY_CONFIGS, experiment, load_config
 
-# DESIGN.md's tables: (total, trainable), totals counting BatchNorm statistics as Keras does.
+# The studies' tables: (total, trainable), totals counting BatchNorm statistics as Keras does.
 STUDY_PARAMS = {
     'mlp_256_128': (235_146, 235_146),
     'mlp_128_64': (109_386, 109_386),
@@ -38,10 +37,8 @@ CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 
 
 def abstract_state(config):
-  spec = datasets.DATASETS[config.dataset]
-  model = train.create_model(config, len(spec.class_names))
-  tx = train.create_optimizer(config)
-  return jax.eval_shape(lambda: train.create_train_state(config, model, spec.image_shape, tx))
+  setup = experiment(config)
+  return jax.eval_shape(setup.initial_state)
 
 
 def test_every_config_has_a_param_count():
@@ -118,10 +115,10 @@ def test_unknown_model_and_option_are_named():
 def test_study_model_equals_its_keras_original(name):
   """The same weights in the study's Keras model give the same predictions."""
   pytest.importorskip('keras', reason='the Keras comparison needs the test extra')
-  from cnnjax import keras_reference
+  from experiments import keras_reference
   config = load_config(name)
-  spec = datasets.DATASETS[config.dataset]
-  model = train.create_model(config, len(spec.class_names))
+  spec = datasets.dataset_spec(config.dataset)
+  model = experiment(config).model
   variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1,) + spec.image_shape))
   keras_model = keras_reference.build(config)
   assert keras_model.count_params() == STUDY_PARAMS[name][0]

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 import pytest
 
-from tests.conftest import (REPO_ROOT, final_state, load_config, make_idx_dataset, read_jsonl,
+from tests.helpers import (REPO_ROOT, final_state, load_config, make_idx_dataset, read_jsonl,
                             run_cnnjax)
 
 RTOL, ATOL = 1e-4, 1e-6
@@ -105,19 +105,20 @@ def test_one_two_and_eight_devices_train_alike(name, extra, atol, tmp_path, data
 EVALUATE_ON_8_DEVICES = '''
 import jax, numpy as np
 from configs import cnn_simple
-from cnnjax import datasets, sharding, train
+from cnnjax import sharding
+from cnnjax.data import datasets
+from cnnjax.training import setup
 assert jax.device_count() == 8
 config = cnn_simple.get_config()
-config.eval_batch_size = 16                       # 50 examples: 3 full batches + 2.
 mesh = sharding.create_mesh()
-model = train.create_model(config, 10)
-tx = train.create_optimizer(config)
-state = jax.device_put(train.create_train_state(config, model, (28, 28, 1), tx),
-                       sharding.replicated(mesh))
+experiment = setup.build(config, (28, 28, 1), 10)
+model = experiment.model
+state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
 rng = np.random.default_rng(0)
 split = datasets.Split(rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8),
                        rng.integers(0, 10, 50).astype(np.int32))
-metrics, predicted = train.Trainer(config, model, tx, mesh).evaluate(state, split)
+# 50 examples in batches of 16: 3 full batches + 2.
+metrics, predicted = experiment.trainer(0, mesh, eval_batch_size=16).evaluate(state, split)
 logits = model.apply(state.variables, split.images / np.float32(255.0))
 assert predicted.shape == (50,)
 np.testing.assert_array_equal(predicted, np.argmax(logits, -1))

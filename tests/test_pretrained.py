@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cnnjax import params as params_lib
 from cnnjax import pretrained
-from cnnjax import stages
-from cnnjax import train
 from cnnjax.models import transfer
+from cnnjax.training import params as params_lib
+from cnnjax.training import stages
+from cnnjax.training.steps import Metrics
 from cnnjax.pretrained import __main__ as cli
 from cnnjax.pretrained import files
 from cnnjax.pretrained import ports
 from cnnjax.pretrained.h5 import WeightsFileError
-from tests.conftest import (REPO_ROOT, backbone_variables, load_config, shared_weights_file,
-                            shrink, write_keras_weights)
+from tests.helpers import (REPO_ROOT, backbone_variables, experiment, final_state,
+                           jitted_train_step, load_config, shared_weights_file, shrink,
+                           train_and_evaluate, write_keras_weights)
 
 VGG16_NOTOP = 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'
 
@@ -77,8 +78,7 @@ def test_fine_tune_unfreezes_what_keras_fine_tune_at_would(tmp_path):
   keras_count = sum(int(np.prod(w.shape)) for layer in model.layers
                     if layer.name.startswith(top_names) for w in layer.trainable_weights)
   config = load_config('cifar_mobilenet_transfer')
-  state = jax.eval_shape(lambda: train.create_train_state(
-      config, train.create_model(config, 10), (32, 32, 3), train.create_optimizer(config)))
+  state = jax.eval_shape(experiment(config).initial_state)
   pattern = stages.fine_tune_pattern(config, 'mobilenet_v2')
   tuned = params_lib.partition(params_lib.merge(state.params, state.frozen_params),
                                      pattern)[0]
@@ -159,14 +159,19 @@ def transfer_config(name, **overrides):
   return config
 
 
+def weights_path(config, backbone):
+  """Where a run of `config` takes its weights file from (the cache, downloading it once)."""
+  return pretrained.weights_path(config.pretrained_path, backbone, config.model_kwargs.image_size)
+
+
 def test_download_fills_the_cache_once(served_mobilenet, monkeypatch):
   config = transfer_config('cifar_mobilenet_transfer')
-  path = pretrained.weights_path(config, 'mobilenet_v2')
+  path = weights_path(config, 'mobilenet_v2')
   assert path == os.path.join(os.environ['CNNJAX_CACHE'],
                               'mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5')
   assert open(path, 'rb').read() == open(served_mobilenet, 'rb').read()
   monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('downloaded again'))
-  assert pretrained.weights_path(config, 'mobilenet_v2') == path
+  assert weights_path(config, 'mobilenet_v2') == path
 
 
 class _CutOffResponse:
@@ -193,7 +198,7 @@ def test_a_cut_off_download_never_becomes_the_cache(served_mobilenet, monkeypatc
                       lambda *a, **k: _CutOffResponse(os.path.getsize(served_mobilenet)))
   config = transfer_config('cifar_mobilenet_transfer')
   with pytest.raises(WeightsFileError, match='Could not download .*ConnectionResetError'):
-    pretrained.weights_path(config, 'mobilenet_v2')
+    weights_path(config, 'mobilenet_v2')
   assert os.listdir(os.environ['CNNJAX_CACHE']) == []  # No file, no leftover .part.
 
 
@@ -203,7 +208,7 @@ def test_a_download_of_the_wrong_file_is_rejected(tmp_path, monkeypatch):
   monkeypatch.setattr(files, 'imagenet_weights_file', lambda backbone, size: files.WeightsFile(
       VGG16_NOTOP, f'file://{served}', '6d6bbae143d832006294945121d1f1fc'))
   with pytest.raises(WeightsFileError, match='has MD5'):
-    pretrained.weights_path(transfer_config('vgg_transfer'), 'vgg16')
+    weights_path(transfer_config('vgg_transfer'), 'vgg16')
   assert os.listdir(os.environ['CNNJAX_CACHE']) == []
 
 
@@ -212,7 +217,7 @@ def test_offline_without_a_file_says_where_to_put_it(monkeypatch):
     raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
   monkeypatch.setattr(urllib.request, 'urlopen', offline)
   with pytest.raises(WeightsFileError) as error:
-    pretrained.weights_path(transfer_config('vgg_transfer'), 'vgg16')
+    weights_path(transfer_config('vgg_transfer'), 'vgg16')
   message = str(error.value)
   assert 'Could not download' in message and 'Without network' in message
   assert os.path.join(os.environ['CNNJAX_CACHE'], VGG16_NOTOP) in message
@@ -237,9 +242,9 @@ def test_converter_round_trip(tmp_path, capsys):
 
 def test_run_starts_from_the_file_and_records_it(tmp_path, mock_tfds):
   config = shrink(load_config('vgg_transfer'))
-  results = train.train_and_evaluate(config, str(tmp_path))
+  results = train_and_evaluate(config, str(tmp_path))
   assert results['pretrained'] is True and results['pretrained_arrays'] == 26
-  state = train.restore_latest_state(config, str(tmp_path)).state
+  state = final_state(config, tmp_path)
   file_variables, info = pretrained.read_weights(config.pretrained_path, 'vgg16')
   assert results['pretrained_md5'] == info['pretrained_md5']
   assert_trees_equal(jax.device_get(state.frozen_params['backbone']), file_variables['params'])
@@ -247,36 +252,34 @@ def test_run_starts_from_the_file_and_records_it(tmp_path, mock_tfds):
 
 def test_pretrained_load_selects_what_comes_from_the_file(tmp_path, mock_tfds):
   config = shrink(load_config('vgg_transfer'), pretrained_load='^backbone/block1_')
-  model = train.create_model(config, 10)
-  variables = train.init_variables(config, model, (28, 28, 1))
-  loaded, info = pretrained.load_into(variables, config, 'vgg16', config.pretrained_path)
+  variables = experiment(config).variables
+  loaded, info = pretrained.load_into(variables, config.pretrained_load, 'vgg16',
+                                      config.pretrained_path)
   file_variables, _ = pretrained.read_weights(config.pretrained_path, 'vgg16')
   assert info['pretrained_arrays'] == 4
   np.testing.assert_array_equal(loaded['params']['backbone']['block1_conv2']['kernel'],
                                 file_variables['params']['block1_conv2']['kernel'])
   np.testing.assert_array_equal(loaded['params']['backbone']['block2_conv1']['kernel'],
                                 variables['params']['backbone']['block2_conv1']['kernel'])
-  config.pretrained_load = '^head'
   with pytest.raises(WeightsFileError, match='does not hold: head_'):
-    pretrained.load_into(variables, config, 'vgg16', config.pretrained_path)
+    pretrained.load_into(variables, '^head', 'vgg16', config.pretrained_path)
 
 
 def test_frozen_backbone_gets_no_optimizer_state_and_stays_bitwise_unchanged():
   config = shrink(load_config('cifar_mobilenet_transfer'))
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config)
-  variables, _ = pretrained.load_into(train.init_variables(config, model, (32, 32, 3)), config,
-                                      'mobilenet_v2', config.pretrained_path)
-  state = train.state_from_variables(config, variables, config.trainable, tx)
+  setup = experiment(config)
+  variables, _ = pretrained.load_into(setup.variables, config.pretrained_load, 'mobilenet_v2',
+                                      config.pretrained_path)
+  state = setup.initial_state(variables)
   before = jax.device_get(state)
   assert set(state.params) == {'head_hidden', 'head_logits'}
   assert set(state.opt_state[0].mu) == {'head_hidden', 'head_logits'}  # Adam's moments.
-  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
+  step = jitted_train_step(setup)
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)
   labels = rng.integers(0, 10, 8).astype(np.int32)
   for _ in range(3):
-    state, _, _ = step(state, images, labels, train.Metrics.empty())
+    state, _, _ = step(state, images, labels, Metrics.empty())
   after = jax.device_get(state)
   assert_trees_equal(before.frozen_params, after.frozen_params)
   assert_trees_equal(before.batch_stats, after.batch_stats)  # Frozen BatchNorm: inference mode.

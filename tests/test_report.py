@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cnnjax import datasets
+from cnnjax.data import datasets
 from cnnjax import evaluate as evaluate_lib
-from cnnjax import input_pipeline
+from cnnjax.data import pipeline
 from cnnjax import predict as predict_lib
-from cnnjax import report
-from cnnjax import train
-from tests.conftest import REPO_ROOT, final_state, load_config, make_idx_dataset, shrink
+from cnnjax.runs import report
+from tests.helpers import (REPO_ROOT, defaults, experiment, final_state, load_config,
+                           make_idx_dataset, shrink, train_and_evaluate)
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -27,7 +27,7 @@ def trained(tmp_path, idx_dir):
   workdir = str(tmp_path / 'run')
   config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=-1,
                   num_epochs=2)
-  train.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   return config, workdir
 
 
@@ -37,8 +37,7 @@ def test_report_files_match_scikit_learn_on_the_runs_predictions(trained):
   test = datasets.load_dataset('fashion_mnist', 'train', '', 'test',
                                local_data_dir=config.local_data_dir).test
   state = final_state(config, workdir)
-  logits = train.create_model(config, 10).apply(state.variables,
-                                                input_pipeline.to_inputs(test.images))
+  logits = experiment(config).model.apply(state.variables, pipeline.to_inputs(test.images))
   predictions = np.asarray(jax.numpy.argmax(logits, -1))
   with open(os.path.join(workdir, report.CONFUSION_CSV)) as f:
     table = list(csv.reader(f))
@@ -73,10 +72,10 @@ def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, ca
   workdir = str(tmp_path / 'stopped')
   config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=4,
                   num_epochs=3)
-  train.train_and_evaluate(config, workdir)
+  train_and_evaluate(config, workdir)
   for name in ('results.json', report.CONFUSION_PNG):  # As if it had been stopped.
     os.remove(os.path.join(workdir, name))
-  evaluation = evaluate_lib.evaluate(workdir)
+  evaluation = evaluate_lib.evaluate(workdir, defaults())
   assert evaluation['step'] == 4 and evaluation['examples'] == 20
   assert os.path.exists(os.path.join(workdir, report.CONFUSION_PNG))
   assert json.load(open(os.path.join(workdir, 'evaluation.json')))['step'] == 4
@@ -100,11 +99,11 @@ def test_predict_classifies_an_image_of_any_size_and_colour(trained, tmp_path):
   _, workdir = trained
   path = str(tmp_path / 'photo.png')
   Image.fromarray(np.random.default_rng(0).integers(0, 256, (50, 40, 3), np.uint8)).save(path)
-  (prediction,) = predict_lib.predict(workdir, [path])
+  (prediction,) = predict_lib.predict(workdir, [path], defaults())
   top = prediction['top']
   assert len(top) == 3 and top[0]['class'] in datasets.DATASETS['fashion_mnist'].class_names
   assert top[0]['probability'] >= top[1]['probability'] >= top[2]['probability']
-  everything = predict_lib.predict(workdir, [path], top=10)[0]['top']
+  everything = predict_lib.predict(workdir, [path], defaults(), top=10)[0]['top']
   assert sum(p['probability'] for p in everything) == pytest.approx(1.0, abs=1e-5)
   result = run_module('cnnjax.predict', f'--workdir={workdir}', '--json', path)
   assert result.returncode == 0, result.stderr[-2000:]
@@ -139,7 +138,7 @@ def mock_tfds_64():
 def test_reproduce_quick_writes_a_row_per_config(tmp_path, mock_tfds_64, monkeypatch):
   from cnnjax.pretrained import files
   from experiments import reproduce
-  from tests.conftest import shared_weights_file
+  from tests.helpers import shared_weights_file
   source = shared_weights_file('vgg16')  # Served as if from Keras' URL: no network.
   monkeypatch.setattr(files, 'imagenet_weights_file', lambda backbone, size: files.WeightsFile(
       f'{backbone}.h5', f'file://{source}', None))

@@ -1,7 +1,7 @@
 """Local split slicing selects exactly the examples TFDS would."""
 import pytest
 
-from cnnjax import splits
+from cnnjax.data import splits
 
 
 @pytest.mark.parametrize('spec', ['train', 'train[:80%]', 'train[80%:]', 'train[33%:67%]',

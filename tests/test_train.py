@@ -8,9 +8,9 @@ import jax
 import numpy as np
 import pytest
 
-from cnnjax import config_validation
-from cnnjax import train
-from tests.conftest import ALL_CONFIGS, REPO_ROOT, load_config, read_jsonl, shrink
+from cnnjax.training.steps import Metrics
+from tests.helpers import (ALL_CONFIGS, REPO_ROOT, experiment, jitted_train_step, load_config,
+                           read_jsonl, shrink, train_and_evaluate, validate)
 
 EPOCH_FIELDS = {'epoch', 'step', 'train_loss', 'train_accuracy', 'epoch_seconds'}
 RESULT_FIELDS = {'test_loss', 'test_accuracy', 'eval_seconds', 'train_seconds', 'params_total',
@@ -20,8 +20,8 @@ RESULT_FIELDS = {'test_loss', 'test_accuracy', 'eval_seconds', 'train_seconds', 
 @pytest.mark.parametrize('name', ALL_CONFIGS)
 def test_config_trains_on_mock_tfds_and_writes_results(name, tmp_path, mock_tfds):
   config = shrink(load_config(name))
-  config_validation.validate_config(config)
-  results = train.train_and_evaluate(config, str(tmp_path))
+  validate(config)
+  results = train_and_evaluate(config, str(tmp_path))
   rows = read_jsonl(tmp_path / 'metrics.jsonl')
   assert len(rows) == 1 and rows[0]['step'] == 3
   expected = EPOCH_FIELDS | ({'val_loss', 'val_accuracy'} if config.val_split else set())
@@ -48,30 +48,25 @@ def structured_batch(num_examples=64, seed=0):
 
 
 def test_cnn_simple_loss_goes_down():
-  config = load_config('cnn_simple')
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config)
-  state = train.create_train_state(config, model, (28, 28, 1), tx)
-  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
+  setup = experiment(load_config('cnn_simple'))
+  state = setup.initial_state()
+  step = jitted_train_step(setup)
   images, labels = structured_batch()
   losses = []
   for _ in range(30):
-    state, metrics, _ = step(state, images, labels, train.Metrics.empty())
+    state, metrics, _ = step(state, images, labels, Metrics.empty())
     losses.append(float(metrics.compute()['loss']))
   assert losses[0] > 2.0  # ~ln(10) at Keras' initialisation.
   assert losses[-1] < 0.5 * losses[0]
 
 
 def test_frozen_params_stay_bitwise_unchanged(tmp_path, mock_tfds):
-  config = shrink(load_config('vgg_transfer'))
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config)
-  state = train.create_train_state(config, model, (28, 28, 1), tx)
+  setup = experiment(shrink(load_config('vgg_transfer')))
+  state = setup.initial_state()
   frozen_before = jax.tree.map(np.asarray, state.frozen_params)
   head_before = np.asarray(state.params['head_logits']['kernel'])
   images, labels = structured_batch(8)
-  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
-  state, _, _ = step(state, images, labels, train.Metrics.empty())
+  state, _, _ = jitted_train_step(setup)(state, images, labels, Metrics.empty())
   jax.tree.map(np.testing.assert_array_equal, frozen_before,
                jax.tree.map(np.asarray, state.frozen_params))
   assert not np.array_equal(head_before, state.params['head_logits']['kernel'])
@@ -89,14 +84,14 @@ def test_bad_config_is_rejected_with_the_field_named(overrides, message):
   config = load_config('cnn_simple')
   config.update(overrides)
   with pytest.raises(ValueError, match=message.replace('(', r'\(').replace('[', r'\[')):
-    config_validation.validate_config(config)
+    validate(config)
 
 
 def test_unknown_field_is_rejected():
   config = load_config('cnn_simple')
   config.lerning_rate = 0.1
   with pytest.raises(ValueError, match=r"Unknown config field\(s\) \['lerning_rate'\]"):
-    config_validation.validate_config(config)
+    validate(config)
 
 
 def run_main(args, tmp_path, env_extra=None):
@@ -143,21 +138,20 @@ def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_params():
   config = load_config('cnn_simple')
   config.half_precision = True
-  model = train.create_model(config, 10)
-  tx = train.create_optimizer(config)
-  state = train.create_train_state(config, model, (28, 28, 1), tx)
+  setup = experiment(config)
+  model, state = setup.model, setup.initial_state()
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   images, labels = structured_batch()
-  full = train.create_model(load_config('cnn_simple'), 10)
+  full = experiment(load_config('cnn_simple')).model
   half_logits = model.apply(state.variables, images / np.float32(255))
   assert half_logits.dtype == jax.numpy.bfloat16
   np.testing.assert_allclose(np.asarray(half_logits, np.float32),
                              full.apply(state.variables, images / np.float32(255)),
                              rtol=0.05, atol=0.05)
-  step = jax.jit(lambda s, x, y, m: train.train_step(s, x, y, m, model=model, tx=tx))
+  step = jitted_train_step(setup)
   losses = []
   for _ in range(20):
-    state, metrics, _ = step(state, images, labels, train.Metrics.empty())
+    state, metrics, _ = step(state, images, labels, Metrics.empty())
     losses.append(float(metrics.compute()['loss']))
   assert {x.dtype for x in jax.tree.leaves(state.params)} == {np.dtype('float32')}
   assert losses[-1] < 0.5 * losses[0]

@@ -42,8 +42,8 @@ def max_pool_2x2(x: jax.Array) -> jax.Array:
 
   Same values and gradients as `nn.max_pool`, whose gradient goes to the
   first maximum of each window (row-major), computed as a reshape and a max:
-  XLA:CPU's select-and-scatter, the gradient of `nn.max_pool`, takes ~10x
-  longer and was half of a `cnn_simple` training step.
+  XLA:CPU's select-and-scatter, the gradient of `nn.max_pool`, is many times
+  slower (`experiments/benchmark.py --ops`; figures in `experiments/results/`).
   """
   return _windows_2x2(x).max(axis=(2, 4))
 
@@ -79,8 +79,7 @@ class PoolingConv(nn.Module):
   bitwise, values and gradients: adding a channel's bias and ReLU are both
   monotone, also in float rounding, so they commute with a max, and the first
   maximum of a window is the same element. Pooling first runs the bias, the
-  ReLU and their gradients on a quarter of the elements: 4-8% of a `cnn_deep`
-  CPU train step. Parameters and their initial values are `Conv`'s, under the
+  ReLU and their gradients on a quarter of the elements. Parameters and their initial values are `Conv`'s, under the
   same name. A ReLU after it sees (and reports statistics of) pooled activations.
   """
   features: int
@@ -121,8 +120,8 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
 
   Same values and gradients (up to float summation order) as
   `lax.conv_general_dilated(..., feature_group_count=C)`, which XLA:CPU runs
-  7-100x slower for MobileNetV2's layers (experiments/benchmark.py --ops).
-  Other backends keep the grouped convolution.
+  far slower for MobileNetV2's layers (`experiments/benchmark.py --ops`;
+  figures in `experiments/results/`). Other backends keep the grouped convolution.
   """
   channels = x.shape[-1]
   if jax.default_backend() != 'cpu':

@@ -20,8 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import ml_collections
-import numpy as np
 from flax import traverse_util
 
 from cnnjax.models import transfer
@@ -115,30 +113,30 @@ def read_weights(path: str, backbone: str) -> tuple[dict[str, Any], dict[str, An
   return variables, {'pretrained_file': os.path.basename(path), 'pretrained_md5': md5}
 
 
-def weights_path(config: ml_collections.ConfigDict, backbone: str) -> str:
-  """`config.pretrained_path`, else the cached Keras file (downloaded if need be)."""
-  if config.pretrained_path:
-    return config.pretrained_path
-  image_size = config.model_kwargs.get('image_size', 96)
+def weights_path(pretrained_path: str, backbone: str, image_size: int) -> str:
+  """`pretrained_path` (config.pretrained_path), else the cached Keras file for `backbone` at
+  `image_size` (downloaded if need be)."""
+  if pretrained_path:
+    return pretrained_path
   return files.ensure_cached(files.imagenet_weights_file(backbone, image_size),
                              lambda path: port_h5(path, backbone))
 
 
-def load_into(variables: dict[str, Any], config: ml_collections.ConfigDict, backbone: str,
-              path: str) -> tuple[dict[str, Any], dict[str, Any]]:
-  """`variables` with the arrays `config.pretrained_load` selects taken from the weights
-  at `path` (see `weights_path`)."""
+def load_into(variables: dict[str, Any], load_pattern: str, backbone: str, path: str
+              ) -> tuple[dict[str, Any], dict[str, Any]]:
+  """`variables` with the arrays `load_pattern` (config.pretrained_load) selects taken from
+  the weights at `path` (see `weights_path`)."""
   loaded, info = read_weights(path, backbone)
   from_file = {(k[0], BACKBONE_SCOPE) + k[1:]: v for k, v in _flat(loaded).items()}
   flat = _flat(variables)
-  selected = [k for k in flat if re.search(config.pretrained_load, '/'.join(k[1:]))]
+  selected = [k for k in flat if re.search(load_pattern, '/'.join(k[1:]))]
   if not selected:
-    raise WeightsFileError(f'config.pretrained_load={config.pretrained_load!r} selects no '
+    raise WeightsFileError(f'config.pretrained_load={load_pattern!r} selects no '
                            "variable of this model; the backbone's start with 'backbone/'.")
   outside = [k for k in selected if k not in from_file]
   if outside:
     raise WeightsFileError(
-        f'config.pretrained_load={config.pretrained_load!r} selects variables the weights file '
+        f'config.pretrained_load={load_pattern!r} selects variables the weights file '
         f'does not hold: {", ".join("/".join(k[1:]) for k in outside[:5])}.')
   for key in selected:
     flat[key] = jnp.asarray(from_file[key], flat[key].dtype)

@@ -11,8 +11,10 @@ import hashlib
 
 import numpy as np
 
+from cnnjax.errors import UserError
 
-class WeightsFileError(ValueError):
+
+class WeightsFileError(UserError, ValueError):
   """A weights file is missing, corrupt, or does not fit the model."""
 
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from cnnjax import datasets
 from cnnjax import sharding
+from cnnjax.data import datasets
 
 
 def to_inputs(images: jax.Array) -> jax.Array:

@@ -27,12 +27,15 @@ BATCHNORM_MODES = ('inference', 'train')
 class Stage:
   index: int
   name: str                 # 'train' (one-stage runs), 'transfer' or 'fine_tune'.
-  first_step: int
-  end_step: int             # Exclusive; the run's last stage may end early (num_train_steps).
+  end_epoch: int            # Exclusive; the last stage may be cut short (num_train_steps).
   trainable: str            # Regex: the parameters the optimizer updates.
   batchnorm_trainable: str  # Regex: the BatchNorm layers that use batch statistics.
   learning_rate: float
   cache_features: bool = False  # Train the head on cached backbone features (see `features`).
+
+  def end_step(self, steps_per_epoch: int, total_steps: int) -> int:
+    """The step this stage ends at (exclusive), in a run of `total_steps` steps."""
+    return min(self.end_epoch * steps_per_epoch, total_steps)
 
 
 def fine_tune_pattern(config: ml_collections.ConfigDict, backbone: str) -> str:
@@ -41,30 +44,29 @@ def fine_tune_pattern(config: ml_collections.ConfigDict, backbone: str) -> str:
   return f'(?:{config.trainable})|^backbone/(?:{"|".join(top)})'
 
 
-def plan(config: ml_collections.ConfigDict, backbone: str | None, steps_per_epoch: int,
-         total_steps: int) -> list[Stage]:
-  """The run's stages, their step ranges cut at `total_steps`."""
-  first_end = min(config.num_epochs * steps_per_epoch, total_steps)
+def plan(config: ml_collections.ConfigDict, backbone: str | None) -> list[Stage]:
+  """The run's stages, in epochs."""
   if config.fine_tune.num_epochs <= 0:
-    return [Stage(0, 'train', 0, first_end, config.trainable, config.trainable,
+    return [Stage(0, 'train', config.num_epochs, config.trainable, config.trainable,
                   config.learning_rate, config.cache_features)]
   tuned = fine_tune_pattern(config, backbone)
   return [
-      Stage(0, 'transfer', 0, first_end, config.trainable, config.trainable,
+      Stage(0, 'transfer', config.num_epochs, config.trainable, config.trainable,
             config.learning_rate, config.cache_features),
-      Stage(1, 'fine_tune', first_end, total_steps, tuned,
+      Stage(1, 'fine_tune', config.num_epochs + config.fine_tune.num_epochs, tuned,
             tuned if config.fine_tune.batchnorm == 'train' else config.trainable,
             config.fine_tune.learning_rate),  # The backbone trains: no cached features.
   ]
 
 
-def stage_of_checkpoint(stages: list[Stage], step: int) -> Stage:
+def stage_of_checkpoint(stages: list[Stage], step: int, steps_per_epoch: int,
+                        total_steps: int) -> Stage:
   """The stage whose state a checkpoint saved after `step` steps holds.
 
   A checkpoint at a stage's last step is saved before the next stage begins,
   so it belongs to the stage that ends there.
   """
   for stage in stages:
-    if step <= stage.end_step:
+    if step <= stage.end_step(steps_per_epoch, total_steps):
       return stage
   return stages[-1]

@@ -17,9 +17,9 @@ import numpy as np
 from flax import traverse_util
 
 from cnnjax import compilation
-from cnnjax import datasets
-from cnnjax import input_pipeline
 from cnnjax import sharding
+from cnnjax.data import datasets
+from cnnjax.data import pipeline
 from cnnjax.models.layers import is_trainable
 
 
@@ -52,11 +52,11 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
 
 def extract(model, variables, split: datasets.Split, batch_size: int, mesh) -> datasets.Split:
   """`split` with each image replaced by the backbone's features of it (float32, host)."""
-  extract_batch = compilation.jit(lambda v, x: model.apply(v, input_pipeline.to_inputs(x),
-                                                       part='features'),
-                          out_shardings=sharding.replicated(mesh))
+  extract_batch = compilation.jit(
+      lambda v, x: model.apply(v, pipeline.to_inputs(x), part='features'),
+      out_shardings=sharding.replicated(mesh))
   features = []
-  for images, _, _ in input_pipeline.eval_batches(split, batch_size):
+  for images, _, _ in pipeline.eval_batches(split, batch_size):
     features.append(np.asarray(jax.device_get(
         extract_batch(variables, *sharding.put_global_batch(mesh, (images,))))))
   return datasets.Split(np.concatenate(features)[:len(split)], split.labels)
@@ -74,3 +74,22 @@ def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, m
                time.perf_counter() - start)
   return datasets.Dataset(data.name, splits['train'], splits['val'], splits['test'],
                           data.class_names, data.source)
+
+
+class FeatureCache:
+  """What each stage trains on: the images, or its frozen backbone's features, computed the
+  first time a stage asks (the backbone stays frozen while caching applies: once per run)."""
+
+  def __init__(self, data: datasets.Dataset, batch_size: int, mesh):
+    self.data, self.batch_size, self.mesh = data, batch_size, mesh
+    self.features: datasets.Dataset | None = None
+    self.seconds: float | None = None  # Time spent computing the features, once computed.
+
+  def stage_data(self, cache_features: bool, model, variables) -> datasets.Dataset:
+    if not cache_features:
+      return self.data
+    if self.features is None:
+      start = time.perf_counter()
+      self.features = extract_dataset(model, variables, self.data, self.batch_size, self.mesh)
+      self.seconds = time.perf_counter() - start
+    return self.features

@@ -16,13 +16,15 @@ from typing import Sequence
 
 import numpy as np
 
+from cnnjax.errors import UserError
+
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp')
 # IDX file name prefix of each split, as distributed.
 IDX_PREFIX = {'train': 'train', 'test': 't10k'}
 _IDX_UBYTE = 0x08
 
 
-class LocalDataError(ValueError):
+class LocalDataError(UserError, ValueError):
   """A local dataset file or tree is missing or malformed."""
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import jax
 import ml_collections
 
-from cnnjax import checkpointing
-from cnnjax import writers
+from cnnjax.runs import checkpoints
+from cnnjax.runs import writers
 
 # Fields that may change between a run and its resumption: how long to train,
 # how often to save, where the (same) data and weights live, the evaluation batch.
@@ -37,15 +37,15 @@ def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   return flat
 
 
-def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict) -> list[str]:
+def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
+                       defaults: ml_collections.ConfigDict) -> list[str]:
   """'field: saved -> now' for each field that differs and may not change on resume.
 
   A field the saved run does not have (added to cnnjax later) counts as
-  unchanged while the config keeps its default.
+  unchanged while the config keeps its default (`defaults`: configs/default.py).
   """
-  from configs import default
   current = _flatten(json.loads(json.dumps(config.to_dict())))
-  defaults = _flatten(json.loads(json.dumps(default.get_config().to_dict())))
+  defaults = _flatten(json.loads(json.dumps(defaults.to_dict())))
   saved = _flatten(saved)
   saved.update({k: v for k, v in defaults.items() if k not in saved})
   return [f'{k}: {saved.get(k, "<unset>")!r} -> {current.get(k, "<unset>")!r}'
@@ -55,10 +55,11 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict)
 
 def holds_run(workdir: str) -> bool:
   return any(os.path.exists(os.path.join(workdir, name)) for name in (
-      writers.CONFIG_FILE, writers.METRICS_FILE, checkpointing.CHECKPOINT_DIR))
+      writers.CONFIG_FILE, writers.METRICS_FILE, checkpoints.CHECKPOINT_DIR))
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
+def prepare(config: ml_collections.ConfigDict, workdir: str,
+            defaults: ml_collections.ConfigDict) -> None:
   """Checks that `config` may run in `workdir`; moves an old run aside if asked to."""
   if not holds_run(workdir):
     return
@@ -72,9 +73,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> None:
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
     with open(config_path) as f:
-      differences = config_differences(json.load(f), config)
+      differences = config_differences(json.load(f), config, defaults)
     if differences:
-      raise checkpointing.IncompatibleCheckpointError(
+      raise checkpoints.IncompatibleCheckpointError(
           f'{workdir} holds a run of a different config; these fields differ: '
           f'{"; ".join(differences)}. Nothing was changed. Resume with the same config, '
           'choose a new --workdir, or pass --config.resume=False to start afresh (the old '

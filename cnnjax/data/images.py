@@ -1,8 +1,10 @@
 """The user's own image files, converted as the training data was."""
 import numpy as np
 
+from cnnjax.errors import UserError
 
-class ImageInputError(ValueError):
+
+class ImageInputError(UserError, ValueError):
   """An input file is missing or is not an image that can be read."""
 
 

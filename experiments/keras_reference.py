@@ -15,10 +15,10 @@ def build(config) -> Any:
   """The Keras model of `config` (one of the studies' architectures), uncompiled."""
   import keras
   from keras import layers
-  from cnnjax import datasets
+  from cnnjax.data import datasets
 
-  shape = datasets.DATASETS[config.dataset].image_shape
-  classes = len(datasets.DATASETS[config.dataset].class_names)
+  spec = datasets.dataset_spec(config.dataset)
+  shape, classes = spec.image_shape, len(spec.class_names)
   kwargs = config.model_kwargs
   inputs = keras.Input(shape)
   x = inputs

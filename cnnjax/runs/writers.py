@@ -6,21 +6,18 @@ live progress bar. TensorBoard event files are written when TensorBoard and
 TensorFlow are installed (clu's writer needs both); nothing else needs them.
 Only process 0 writes, so multi-host runs produce one set of files.
 """
-import contextlib
 import importlib.util
 import json
 import logging
 import os
 import sys
-from typing import Any, Iterator
+from typing import Any
 
 import jax
-import ml_collections
 
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
-PROGRESS_REFRESH_STEPS = 25
 
 
 def write_json(path: str, payload: Any) -> None:
@@ -50,23 +47,6 @@ def _tensorboard_writer(logdir: str):
   except ImportError:
     return None
   return SummaryWriter(logdir)
-
-
-class _Progress:
-  """A tqdm bar with a running loss/accuracy; a no-op when stdout is not a terminal."""
-
-  def __init__(self, bar):
-    self._bar, self._steps = bar, 0
-
-  def update(self, running) -> None:
-    if self._bar is None:
-      return
-    self._steps += 1
-    self._bar.update(1)
-    if self._steps % PROGRESS_REFRESH_STEPS == 0:
-      computed = running.compute()
-      self._bar.set_postfix(loss=f'{float(computed["loss"]):.4f}',
-                            accuracy=f'{float(computed["accuracy"]):.4f}')
 
 
 class RunWriter:
@@ -110,22 +90,17 @@ class RunWriter:
       f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
     os.replace(tmp, path)
 
-  def write_config(self, config: ml_collections.ConfigDict) -> None:
+  def write_config(self, config: dict[str, Any]) -> None:
     if self.is_writer:
-      write_json(self.path(CONFIG_FILE), config.to_dict())
+      write_json(self.path(CONFIG_FILE), config)
 
-  @contextlib.contextmanager
-  def progress(self, epoch: int, steps: int) -> Iterator[_Progress]:
-    bar = None
-    if self.is_writer and sys.stdout.isatty():
-      import tqdm
-      bar = tqdm.tqdm(total=steps, desc=f'Epoch {epoch + 1}/{self.num_epochs}',
-                      unit='step', leave=False, dynamic_ncols=True)
-    try:
-      yield _Progress(bar)
-    finally:
-      if bar is not None:
-        bar.close()
+  def progress_bar(self, epoch: int, steps: int):
+    """A tqdm bar over the epoch's `steps` on a terminal; None elsewhere (logs, other hosts)."""
+    if not (self.is_writer and sys.stdout.isatty()):
+      return None
+    import tqdm
+    return tqdm.tqdm(total=steps, desc=f'Epoch {epoch + 1}/{self.num_epochs}', unit='step',
+                     leave=False, dynamic_ncols=True)
 
   def write_epoch(self, row: dict[str, Any]) -> None:
     if not self.is_writer:

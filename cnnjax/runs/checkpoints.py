@@ -16,18 +16,19 @@ import logging
 import os
 import shutil
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import orbax.checkpoint as ocp
 
 from cnnjax import sharding
+from cnnjax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'
 
 
-class IncompatibleCheckpointError(ValueError):
+class IncompatibleCheckpointError(UserError, ValueError):
   """The workdir's checkpoint belongs to a different model or config."""
 
 
@@ -57,7 +58,7 @@ def _abstract(tree: Any) -> Any:
 class Checkpointer:
   """Saves (asynchronously) and restores one run's checkpoints under `workdir`."""
 
-  def __init__(self, workdir: str, keep: int):
+  def __init__(self, workdir: str, keep: int | None):
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
     self.manager = ocp.CheckpointManager(
@@ -73,12 +74,13 @@ class Checkpointer:
         running_metrics=ocp.args.StandardSave(running_metrics),
         meta=ocp.args.JsonSave(meta)), force=True)
 
-  def restore_latest(self, state_template: Callable[[int], Any], metrics_template: Any
+  def restore_latest(self, state_templates: Sequence[Any], metrics_template: Any
                      ) -> Restored | None:
     """The newest readable checkpoint, placed like the templates; None if there is none.
 
-    `state_template(stage)` gives the state of training stage `meta['stage']`
-    (0 if unset): which parameters a state holds as trainable depends on it.
+    `state_templates[stage]` is the (abstract) state of training stage
+    `meta['stage']` (0 if unset): which parameters a state holds as
+    trainable depends on the stage.
     """
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
@@ -87,7 +89,13 @@ class Checkpointer:
       except Exception as e:  # pylint: disable=broad-except
         self._set_aside(step, e)
         continue
-      template = state_template(meta.get('stage', 0))
+      stage = meta.get('stage', 0)
+      if not 0 <= stage < len(state_templates):
+        raise IncompatibleCheckpointError(
+            f'The checkpoint at step {step} in {self.directory} was saved in training stage '
+            f'{stage}; this config has {len(state_templates)}. Use the config that made it, '
+            'or a new --workdir.')
+      template = state_templates[stage]
       expected = shape_fingerprint(template)
       saved = meta.get('shapes', {})
       mismatched = sorted(k for k in set(expected) | set(saved) if expected.get(k) != saved.get(k))

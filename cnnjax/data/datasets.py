@@ -7,10 +7,12 @@ function of (seed, epoch), which exact resume relies on.
 """
 import dataclasses
 import logging
+
 import numpy as np
 
-from cnnjax import local_data
-from cnnjax import splits
+from cnnjax.data import local_files
+from cnnjax.data import splits
+from cnnjax.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -30,8 +32,24 @@ DATASETS = {
 }
 
 
-class DatasetUnavailableError(RuntimeError):
+class DatasetUnavailableError(UserError, RuntimeError):
   """The dataset can be neither loaded from TFDS nor read from local files."""
+
+
+class EmptySplitError(UserError, ValueError):
+  """A split the run needs selects no example."""
+
+
+class UnknownDatasetError(UserError, ValueError):
+  """`config.dataset` names no dataset cnnjax knows."""
+
+
+def dataset_spec(name: str) -> DatasetSpec:
+  """The image shape and class names of dataset `name`."""
+  if name not in DATASETS:
+    raise UnknownDatasetError(f'Unknown dataset {name!r} (config.dataset); '
+                              f'known: {sorted(DATASETS)}.')
+  return DATASETS[name]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,7 +113,7 @@ def _load_local(root: str, split_spec: str, spec: DatasetSpec,
   images, labels = [], []
   for part in splits.parse_split(split_spec):
     if part.name not in cache:
-      cache[part.name] = local_data.read_local_split(
+      cache[part.name] = local_files.read_local_split(
           root, part.name, spec.class_names, spec.image_shape)
     whole_images, whole_labels = cache[part.name]
     index = np.asarray(splits.slice_indices(part, len(whole_labels)), np.int64)
@@ -107,19 +125,15 @@ def _load_local(root: str, split_spec: str, spec: DatasetSpec,
 def load_split(name: str, split_spec: str, local_data_dir: str = '',
                tfds_data_dir: str = '') -> Split:
   """One split (TFDS syntax, e.g. 'test' or 'train[80%:]') from local files or TFDS."""
-  if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r} (config.dataset); known: {sorted(DATASETS)}.')
   if local_data_dir:
-    return _load_local(local_data_dir, split_spec, DATASETS[name], {})
+    return _load_local(local_data_dir, split_spec, dataset_spec(name), {})
   return _load_tfds(name, split_spec, tfds_data_dir)[0]
 
 
 def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
                  local_data_dir: str = '', tfds_data_dir: str = '') -> Dataset:
   """Loads the three splits (`val_split=''` for none) from local files or TFDS."""
-  if name not in DATASETS:
-    raise ValueError(f'Unknown dataset {name!r} (config.dataset); known: {sorted(DATASETS)}.')
-  spec = DATASETS[name]
+  spec = dataset_spec(name)
   split_specs = (train_split, val_split, test_split)
   loaded: list[Split | None] = []
   if local_data_dir:
@@ -139,7 +153,7 @@ def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
   train, val, test = loaded
   for split_name, split in (('train', train), ('test', test)):
     if split is None or not len(split):
-      raise ValueError(f'The {split_name} split ({split_name}_split) is empty.')
+      raise EmptySplitError(f'The {split_name} split (config.{split_name}_split) is empty.')
   logging.info('Loaded %s from %s: train %d, val %s, test %d examples.', name, source,
                len(train), len(val) if val is not None else 'none', len(test))
   return Dataset(name, train, val, test, tuple(class_names), source)

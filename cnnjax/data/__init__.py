@@ -1,0 +1,1 @@
+"""The data path: datasets from TFDS or local files, split syntax, images, batches."""

@@ -1,0 +1,74 @@
+"""A run found again from its workdir: the config it ran with and its latest state.
+
+`cnnjax.evaluate` and `cnnjax.predict` work on any run that has a checkpoint,
+finished or stopped, with nothing but its workdir.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+
+from cnnjax import sharding
+from cnnjax.errors import UserError
+from cnnjax.runs import checkpoints
+from cnnjax.runs import writers
+from cnnjax.training import setup
+from cnnjax.training.steps import Metrics
+
+
+class RunNotFoundError(UserError, ValueError):
+  """The directory holds no run (no config.json) or no checkpoint to use."""
+
+
+def _as_tuples(value):
+  """JSON turned tuples into lists; model options such as hidden_sizes want tuples back."""
+  if isinstance(value, list):
+    return tuple(_as_tuples(v) for v in value)
+  if isinstance(value, dict):
+    return {k: _as_tuples(v) for k, v in value.items()}
+  return value
+
+
+def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
+  for key, value in saved.items():
+    if isinstance(value, dict) and isinstance(config.get(key), ml_collections.ConfigDict):
+      _merge(config[key], value)
+    else:
+      config[key] = value
+
+
+def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The config a run in `workdir` was started with (its `config.json`).
+
+  Read on top of `defaults` (configs/default.py), so fields added to cnnjax
+  after the run was started take their defaults.
+  """
+  path = os.path.join(workdir, writers.CONFIG_FILE)
+  if not os.path.exists(path):
+    raise RunNotFoundError(
+        f'{workdir} holds no cnnjax run ({writers.CONFIG_FILE} is missing). Pass the --workdir '
+        'of a run started with python -m cnnjax.main.')
+  with open(path) as f:
+    saved = json.load(f)
+  config = ml_collections.ConfigDict(defaults.to_dict())
+  _merge(config, _as_tuples(saved))
+  return config
+
+
+def restore_latest(experiment: setup.Experiment, workdir: str) -> checkpoints.Restored:
+  """The latest checkpoint of `experiment`'s run in `workdir`, on this process's devices."""
+  if not checkpoints.has_checkpoints(workdir):
+    raise RunNotFoundError(
+        f'{workdir} holds no checkpoint: train it first (python -m cnnjax.main '
+        f'--config=... --workdir={workdir}).')
+  replicated = sharding.replicated(sharding.create_mesh())
+  checkpointer = checkpoints.Checkpointer(workdir, keep=None)
+  try:
+    restored = checkpointer.restore_latest(experiment.state_templates(replicated),
+                                           jax.device_put(Metrics.empty(), replicated))
+  finally:
+    checkpointer.close()
+  if restored is None:
+    raise RunNotFoundError(f'{workdir} holds no readable checkpoint.')
+  return restored

@@ -1,0 +1,126 @@
+"""The one training loop; everything periodic plugs into it as a hook.
+
+`Loop.run` trains from the current step to an end step: the batches of each
+epoch come in the order of (seed, epoch), each step is one jitted call, and
+an epoch's running metrics start afresh at its first step. What else happens
+(the epoch's metrics row, checkpoints, the collapse guard, signals, a
+progress bar, `cnnjax.diagnose`'s per-layer reports, the benchmark's timers)
+is done by hooks, in the spirit of clu's periodic actions:
+
+- `epoch_start(loop, epoch, steps)` before an epoch's first step of this run;
+- `before_step(loop, images, labels)` with the batch about to be trained;
+- `after_step(loop, images, loss)` after it (`loop.step` counts it);
+- `epoch_end(loop, epoch)` when an epoch ends, or the run ends inside one;
+- `stopping(loop)` when a stop was requested, before the loop raises it.
+
+A hook that finds a reason to stop (a signal, a collapse) calls
+`loop.request_stop(error)`. The loop finishes the step, and the epoch's end
+if that step ended it, so no epoch is left without its row, then runs the
+`stopping` hooks (which save) and raises the error.
+"""
+import itertools
+import time
+from typing import Any, Sequence
+
+import jax
+
+from cnnjax import sharding
+from cnnjax.data import datasets
+from cnnjax.data import pipeline
+from cnnjax.training.steps import Metrics
+from cnnjax.training.steps import Trainer
+from cnnjax.training.steps import TrainState
+
+
+class Hook:
+  """Work done around the loop's steps; every method does nothing unless overridden."""
+
+  def epoch_start(self, loop: 'Loop', epoch: int, steps: int) -> None:
+    pass
+
+  def before_step(self, loop: 'Loop', images: jax.Array, labels: jax.Array) -> None:
+    pass
+
+  def after_step(self, loop: 'Loop', images: jax.Array, loss: jax.Array) -> None:
+    pass
+
+  def epoch_end(self, loop: 'Loop', epoch: int) -> None:
+    pass
+
+  def stopping(self, loop: 'Loop') -> None:
+    pass
+
+
+class Loop:
+  """Steps a state through epochs of a split; holds what the hooks read and change.
+
+  Wall-clock totals can start from a resumed run's: `train_seconds` and
+  `epoch_seconds` continue from the values given.
+  """
+
+  def __init__(self, state: TrainState, running: Metrics, *, mesh: jax.sharding.Mesh,
+               batch_size: int, seed: int, steps_per_epoch: int, hooks: Sequence[Hook] = (),
+               train_seconds: float = 0.0, epoch_seconds: float = 0.0):
+    self.state, self.running, self.step = state, running, int(state.step)
+    self.mesh, self.batch_size, self.seed = mesh, batch_size, seed
+    self.steps_per_epoch = steps_per_epoch
+    self.hooks = list(hooks)
+    self.trainer: Trainer | None = None  # The stage being trained, and its data.
+    self.data: datasets.Dataset | None = None
+    self.stage: Any = None
+    now = time.perf_counter()
+    self._train_start, self._epoch_start = now - train_seconds, now - epoch_seconds
+    self._stop: Exception | None = None
+
+  def train_seconds(self) -> float:
+    return time.perf_counter() - self._train_start
+
+  def epoch_seconds(self) -> float:
+    """Seconds spent in the epoch in progress (0 at an epoch boundary)."""
+    return time.perf_counter() - self._epoch_start if self.step % self.steps_per_epoch else 0.0
+
+  def seconds_since_epoch_start(self) -> float:
+    return time.perf_counter() - self._epoch_start
+
+  def request_stop(self, reason: Exception) -> None:
+    """Stops the loop after this step (and its epoch's end); `reason` is then raised."""
+    if self._stop is None:
+      self._stop = reason
+
+  @property
+  def stop_requested(self) -> bool:
+    return self._stop is not None
+
+  def run(self, trainer: Trainer, data: datasets.Dataset, end_step: int, stage: Any = None
+          ) -> None:
+    """Trains on `data.train` with `trainer` until step `end_step`."""
+    self.trainer, self.data, self.stage = trainer, data, stage
+    spe = self.steps_per_epoch
+    while self.step < end_step:
+      epoch = self.step // spe
+      epoch_end_step = min((epoch + 1) * spe, end_step)
+      if self.step % spe == 0:
+        self.running = trainer.empty_metrics()
+      for hook in self.hooks:
+        hook.epoch_start(self, epoch, epoch_end_step - self.step)
+      batches = pipeline.train_batches(data.train, self.batch_size, self.seed, epoch,
+                                       first_step=self.step - epoch * spe)
+      for batch in itertools.islice(batches, epoch_end_step - self.step):
+        images, labels = sharding.put_global_batch(self.mesh, batch)
+        for hook in self.hooks:
+          hook.before_step(self, images, labels)
+        self.state, self.running, loss = trainer.train_step(self.state, images, labels,
+                                                            self.running)
+        self.step += 1
+        for hook in self.hooks:
+          hook.after_step(self, images, loss)
+        if self._stop is not None:
+          break
+      if self.step == epoch_end_step:
+        for hook in self.hooks:
+          hook.epoch_end(self, epoch)
+        self._epoch_start = time.perf_counter()
+      if self._stop is not None:
+        for hook in self.hooks:
+          hook.stopping(self)
+        raise self._stop

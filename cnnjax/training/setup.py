@@ -1,0 +1,130 @@
+"""The one setup of a run: everything a config's training is made of, built once.
+
+From the config and the dataset's image shape and class count, `build` makes
+the stage plan, the model and the optimizer of each stage, the random
+initialisation, and the state templates a checkpoint is restored into.
+Training, resuming, `cnnjax.evaluate`, `cnnjax.predict`, `cnnjax.diagnose`
+and `experiments/benchmark.py` all start from it; none of them re-derives it.
+"""
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from cnnjax.errors import ConfigError
+from cnnjax.models import build_model
+from cnnjax.training import params as params_lib
+from cnnjax.training import stages as stages_lib
+from cnnjax.training.steps import TrainState
+from cnnjax.training.steps import Trainer
+
+
+def create_optimizer(learning_rate: float, epsilon: float, warmup_steps: int = 0
+                     ) -> optax.GradientTransformation:
+  """Adam as Keras configures it (the studies: epsilon 1e-7), after `warmup_steps` of linear
+  warmup from 0 (none by default, as in the studies)."""
+  rate = learning_rate
+  if warmup_steps:
+    rate = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+  return optax.adam(rate, eps=epsilon)
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+  """A config's stages, with the model and optimizer of each, and its initial variables."""
+  stages: tuple[stages_lib.Stage, ...]
+  models: tuple[nn.Module, ...]   # Per stage: which BatchNorms train differs between stages.
+  optimizers: tuple[optax.GradientTransformation, ...]
+  variables: dict[str, Any]       # The random initialisation (Keras' initialisers).
+  dropout_rng: jax.Array
+  backbone: str | None            # The pretrained backbone's name, if the model has one.
+  num_epochs: int                 # All stages together.
+  max_steps: int                  # config.num_train_steps: > 0 cuts the run short.
+
+  @property
+  def model(self) -> nn.Module:
+    """The model that evaluates and predicts (inference mode ignores which BatchNorms train)."""
+    return self.models[-1]
+
+  def total_steps(self, steps_per_epoch: int) -> int:
+    """Steps of all stages, cut at `config.num_train_steps`."""
+    total = self.num_epochs * steps_per_epoch
+    return min(total, self.max_steps) if self.max_steps > 0 else total
+
+  def initial_state(self, variables: dict[str, Any] | None = None) -> TrainState:
+    """The step-0 state of the first stage, from `variables` (default: the random init)."""
+    variables = self.variables if variables is None else variables
+    pattern = self.stages[0].trainable
+    trainable, frozen = params_lib.partition(variables['params'], pattern)
+    if not jax.tree.leaves(trainable):
+      raise ConfigError(f'config.trainable={pattern!r} matches no parameter of the model; '
+                        'nothing would train.')
+    return TrainState(
+        step=jnp.zeros((), jnp.int32), params=trainable, frozen_params=frozen,
+        batch_stats=variables.get('batch_stats', {}), opt_state=self.optimizers[0].init(trainable),
+        rng=self.dropout_rng)
+
+  def begin_stage(self, state: TrainState, index: int) -> TrainState:
+    """`state` re-split for stage `index`: same weights and statistics, a fresh optimizer."""
+    if index == 0:
+      return state
+    trainable, frozen = params_lib.partition(
+        params_lib.merge(state.params, state.frozen_params), self.stages[index].trainable)
+    return state.replace(params=trainable, frozen_params=frozen,
+                         opt_state=self.optimizers[index].init(trainable))
+
+  def state_templates(self, sharding: jax.sharding.Sharding) -> list[Any]:
+    """Per stage, the structure, shapes and placement of its state: what a checkpoint of that
+    stage is restored into."""
+    def template(index):
+      abstract = jax.eval_shape(lambda: self.begin_stage(self.initial_state(), index))
+      return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding),
+                          abstract)
+    return [template(index) for index in range(len(self.stages))]
+
+  def trainer(self, index: int, mesh: jax.sharding.Mesh, eval_batch_size: int) -> Trainer:
+    """Stage `index`'s jitted steps; a stage on cached features trains its model's head."""
+    stage = self.stages[index]
+    return Trainer(self.models[index], self.optimizers[index], mesh, eval_batch_size,
+                   'head' if stage.cache_features else 'all')
+
+  def param_counts(self) -> dict[str, int]:
+    """Parameters in all (BatchNorm statistics included, as Keras counts) and that train."""
+    counts = {'params_total': params_lib.count(self.variables),
+              'params_trainable': params_lib.count(
+                  params_lib.partition(self.variables['params'], self.stages[0].trainable)[0])}
+    if len(self.stages) > 1:
+      counts['params_trainable_fine_tune'] = params_lib.count(
+          params_lib.partition(self.variables['params'], self.stages[1].trainable)[0])
+    return counts
+
+
+def create_model(config: ml_collections.ConfigDict, num_classes: int,
+                 batchnorm_trainable: str | None = None) -> nn.Module:
+  """The config's model; `batchnorm_trainable` (default `config.trainable`) says which
+  BatchNorm layers use batch statistics in training."""
+  pattern = config.trainable if batchnorm_trainable is None else batchnorm_trainable
+  return build_model(config.model, num_classes, pattern, config.model_kwargs,
+                     config.half_precision)
+
+
+def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int
+          ) -> Experiment:
+  """The experiment of `config` on images of `image_shape` in `num_classes` classes."""
+  first = create_model(config, num_classes)  # The first stage's BatchNorms follow config.trainable.
+  backbone = getattr(first, 'backbone', None)
+  plan = stages_lib.plan(config, backbone)
+  models = (first,) + tuple(create_model(config, num_classes, stage.batchnorm_trainable)
+                            for stage in plan[1:])
+  optimizers = tuple(create_optimizer(stage.learning_rate, config.adam_epsilon,
+                                      config.warmup_steps) for stage in plan)
+  init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  variables = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                             train=False)
+  return Experiment(tuple(plan), models, optimizers, variables, dropout_rng, backbone,
+                    config.num_epochs + config.fine_tune.num_epochs,
+                    config.num_train_steps)

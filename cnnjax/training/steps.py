@@ -1,0 +1,142 @@
+"""The state of training and the pure functions that advance and measure it.
+
+`train_step` and `eval_step` are pure: a state and a global batch in, a new
+state (or metrics) out. `Trainer` jit-compiles them for one mesh, with the
+state replicated and batches sharded over the 'data' axis. Frozen parameters
+are kept apart from the trainable ones (see `params`). Dropout keys derive
+from (seed, step), so a step is a pure function of its inputs.
+"""
+import functools
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from clu import metrics
+
+from cnnjax import compilation
+from cnnjax import sharding
+from cnnjax.data import datasets
+from cnnjax.data import pipeline
+from cnnjax.training import diagnostics
+from cnnjax.training import params as params_lib
+
+
+@flax.struct.dataclass
+class Metrics(metrics.Collection):
+  loss: metrics.Average.from_output('loss')
+  accuracy: metrics.Accuracy
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training; a pytree, so it jits and checkpoints."""
+  step: jax.Array
+  params: Any          # Trainable parameters: the optimizer's subtree.
+  frozen_params: Any   # Parameters the stage's trainable pattern does not match.
+  batch_stats: Any     # BatchNorm moving statistics ({} for models without).
+  opt_state: Any
+  rng: jax.Array       # Base key; step keys are fold_in(rng, step).
+
+  @property
+  def variables(self) -> dict[str, Any]:
+    variables = {'params': params_lib.merge(self.params, self.frozen_params)}
+    if self.batch_stats:
+      variables['batch_stats'] = self.batch_stats
+    return variables
+
+
+def _model_inputs(images: jax.Array, part: str) -> tuple[jax.Array, dict[str, str]]:
+  """What the model gets: [0, 1] pixels, or cached backbone features for its head."""
+  if part == 'all':
+    return pipeline.to_inputs(images), {}
+  return images, {'part': part}
+
+
+def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running: Metrics,
+               *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all'
+               ) -> tuple[TrainState, Metrics, jax.Array]:
+  """One optimizer step on a global batch; folds the batch's metrics into `running`.
+
+  Returns the new state, the running metrics and the batch's mean loss (for the
+  collapse guard). `part='head'`: `images` are cached backbone features.
+  """
+  dropout_rng = jax.random.fold_in(state.rng, state.step)
+  inputs, part_kwargs = _model_inputs(images, part)
+
+  def loss_fn(trainable):
+    variables = {'params': params_lib.merge(trainable, state.frozen_params)}
+    if state.batch_stats:
+      variables['batch_stats'] = state.batch_stats
+    logits, updates = model.apply(variables, inputs, train=True, rngs={'dropout': dropout_rng},
+                                  mutable=['batch_stats'], **part_kwargs)
+    logits = logits.astype(jnp.float32)  # Loss and metrics in float32 under half precision.
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    return loss.mean(), (loss, logits, updates.get('batch_stats', {}))
+
+  grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
+                            opt_state=opt_state, batch_stats=batch_stats)
+  batch_metrics = Metrics.single_from_model_output(loss=loss, logits=logits, labels=labels)
+  return new_state, running.merge(batch_metrics), loss.mean()
+
+
+def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
+              *, model: nn.Module, part: str = 'all') -> tuple[Metrics, jax.Array]:
+  """Metrics of a (padded) batch, counting only `mask`ed examples, and predictions."""
+  inputs, part_kwargs = _model_inputs(images, part)
+  logits = model.apply(state.variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  batch_metrics = Metrics.single_from_model_output(
+      loss=loss, logits=logits, labels=labels, mask=mask)
+  return batch_metrics, jnp.argmax(logits, -1)
+
+
+def activation_statistics(state: TrainState, images: jax.Array, *, model: nn.Module,
+                          part: str = 'all') -> dict[str, dict[str, jax.Array]]:
+  """Every ReLU layer's output statistics on a batch (see `diagnostics`)."""
+  inputs, part_kwargs = _model_inputs(images, part)
+  return diagnostics.activation_statistics(model, state.variables, inputs, **part_kwargs)
+
+
+def as_floats(computed: dict[str, Any]) -> dict[str, float]:
+  return {k: float(v) for k, v in computed.items()}
+
+
+class Trainer:
+  """The jitted steps of one training stage, compiled for one mesh."""
+
+  def __init__(self, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
+               eval_batch_size: int, part: str = 'all'):
+    self.model, self.tx, self.mesh, self.part = model, tx, mesh, part
+    self.eval_batch_size = eval_batch_size
+    replicated = sharding.replicated(mesh)
+    self.train_step = compilation.jit(
+        functools.partial(train_step, model=model, tx=tx, part=part),
+        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+    self.activation_statistics = compilation.jit(
+        functools.partial(activation_statistics, model=model, part=part),
+        out_shardings=replicated)
+    # Predictions come back replicated: every process can read all of them.
+    self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part),
+                                     out_shardings=(replicated, replicated))
+
+  def empty_metrics(self) -> Metrics:
+    return jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
+
+  def evaluate(self, state: TrainState, split: datasets.Split
+               ) -> tuple[dict[str, float], np.ndarray]:
+    """Loss/accuracy over every example of `split` once, and the predicted classes."""
+    total = Metrics.empty()
+    predictions = []
+    for batch in pipeline.eval_batches(split, self.eval_batch_size):
+      batch_metrics, predicted = self.eval_step(
+          state, *sharding.put_global_batch(self.mesh, batch))
+      total = total.merge(batch_metrics)
+      predictions.append(predicted)
+    predicted = np.concatenate([np.asarray(jax.device_get(p)) for p in predictions])
+    return as_floats(total.compute()), predicted[:len(split)]

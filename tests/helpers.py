@@ -1,0 +1,190 @@
+"""Helpers the tests share: shrunken configs, tiny local datasets, weight files, run checks."""
+import gzip
+import importlib
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import jax
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+STUDY_CONFIGS = ('mlp_256_128', 'mlp_128_64', 'mlp_512_256_128', 'cnn_simple', 'cnn_deep',
+                 'vgg_scratch', 'vgg_transfer', 'cifar_cnn', 'cifar_mobilenet_transfer')
+ALL_CONFIGS = tuple(sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, 'configs'))
+                           if f.endswith('.py') and f not in ('__init__.py', 'default.py')))
+TIMING_FIELDS = ('epoch_seconds',)
+
+
+def load_config(name: str):
+  return importlib.import_module(f'configs.{name}').get_config()
+
+
+def defaults():
+  """configs/default.py's config: what the entry points hand the library."""
+  from configs import default
+  return default.get_config()
+
+
+def train_and_evaluate(config, workdir):
+  """`cnnjax.train.train_and_evaluate` as `python -m cnnjax.main` calls it."""
+  from cnnjax import train
+  return train.train_and_evaluate(config, str(workdir), defaults())
+
+
+def validate(config):
+  from cnnjax import config_validation
+  config_validation.validate_config(config, defaults())
+
+
+def experiment(config):
+  """The config's `training.setup.Experiment` on its dataset's image shape and classes."""
+  from cnnjax.data import datasets
+  from cnnjax.training import setup
+  spec = datasets.dataset_spec(config.dataset)
+  return setup.build(config, spec.image_shape, len(spec.class_names))
+
+
+def jitted_train_step(experiment_, stage: int = 0):
+  """`steps.train_step` of a stage, jitted for one device: (state, images, labels, metrics)."""
+  from cnnjax.training import steps
+  model, tx = experiment_.models[stage], experiment_.optimizers[stage]
+  return jax.jit(lambda s, x, y, m: steps.train_step(s, x, y, m, model=model, tx=tx))
+
+
+def shrink(config, **overrides):
+  """A config that runs in seconds on CPU: a few small batches, small images for VGG/MobileNet,
+  and ImageNet weights from a Keras-format file written locally (no download)."""
+  config.batch_size = 8
+  config.eval_batch_size = 16
+  config.num_train_steps = 3
+  if config.model in ('vgg16_classifier', 'mobilenet_v2_classifier'):
+    config.model_kwargs.image_size = 32
+  if config.pretrained:
+    backbone = 'vgg16' if config.model == 'vgg16_classifier' else 'mobilenet_v2'
+    config.pretrained_path = shared_weights_file(backbone)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def backbone_variables(backbone: str, seed: int = 0):
+  """A backbone's Flax variables with random weights and random BatchNorm statistics."""
+  import jax.numpy as jnp
+  from flax import traverse_util
+  from cnnjax.models import transfer
+  variables = transfer.make_backbone(backbone).init(jax.random.PRNGKey(seed),
+                                                    jnp.zeros((1, 32, 32, 3)))
+  rng = np.random.default_rng(seed)
+  stats = traverse_util.flatten_dict(variables.get('batch_stats', {}))
+  for path, value in stats.items():
+    low, high = (-0.5, 0.5) if path[-1] == 'mean' else (0.5, 2.0)
+    stats[path] = rng.uniform(low, high, value.shape).astype(np.float32)
+  return {'params': jax.tree.map(np.asarray, variables['params']),
+          'batch_stats': traverse_util.unflatten_dict(stats)}
+
+
+def keras_weight_names(backbone: str, layer: str, targets) -> list[str]:
+  """Weight names as the real files spell them: VGG16 notop's Keras-1 style
+  (`block1_conv1_W_1:0`), MobileNetV2's `Conv1/kernel:0`."""
+  if backbone == 'vgg16':
+    return [f'{layer}_W_1:0', f'{layer}_b_1:0']
+  if len(targets) == 4:
+    suffixes = ['gamma', 'beta', 'moving_mean', 'moving_variance']
+  elif targets[0].transform is not None:
+    suffixes = ['depthwise_kernel']
+  else:
+    suffixes = ['kernel', 'bias'][:len(targets)]
+  return [f'{layer}/{suffix}:0' for suffix in suffixes]
+
+
+def write_keras_weights(path: str, backbone: str, variables) -> None:
+  """Writes `variables` as a Keras application .h5 in the legacy layout, without Keras."""
+  import h5py
+  from cnnjax.pretrained import ports
+  table = ports.PORT_TABLES[backbone]()
+  with h5py.File(path, 'w') as f:
+    f.attrs['layer_names'] = [n.encode() for n in ['input_1', *table, 'last_pool']]
+    for name in ('input_1', 'last_pool'):  # Layers without weights, as Keras lists them.
+      f.create_group(name).attrs['weight_names'] = []
+    for layer, targets in table.items():
+      group = f.create_group(layer)
+      names = keras_weight_names(backbone, layer, targets)
+      for name, target in zip(names, targets):
+        value = variables[target.collection]
+        for key in target.path:
+          value = value[key]
+        value = np.asarray(value)
+        # The only transform (depthwise HWC1 <-> HW1C) is its own inverse.
+        group.create_dataset(name, data=target.transform(value) if target.transform else value)
+      group.attrs['weight_names'] = [n.encode() for n in names]
+
+
+_SHARED_WEIGHTS: dict[str, str] = {}
+
+
+def shared_weights_file(backbone: str) -> str:
+  """A Keras-format weights file for `backbone`, written once per test process."""
+  if backbone not in _SHARED_WEIGHTS:
+    path = os.path.join(tempfile.mkdtemp(prefix='cnnjax-weights-'), f'{backbone}.h5')
+    write_keras_weights(path, backbone, backbone_variables(backbone))
+    _SHARED_WEIGHTS[backbone] = path
+  return _SHARED_WEIGHTS[backbone]
+
+
+def write_idx(path: str, array: np.ndarray) -> None:
+  """Writes `array` (uint8) as a gzipped IDX file, the MNIST distribution format."""
+  header = b'\0\0\x08' + bytes([array.ndim]) + struct.pack(f'>{array.ndim}I', *array.shape)
+  with gzip.open(path, 'wb') as f:
+    f.write(header + array.astype(np.uint8).tobytes())
+
+
+def make_idx_dataset(directory, num_train=40, num_test=20, seed=0):
+  """Writes a tiny Fashion-MNIST-shaped IDX dataset; returns its arrays."""
+  rng = np.random.default_rng(seed)
+  arrays = {}
+  for prefix, n in (('train', num_train), ('t10k', num_test)):
+    images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, (n,), dtype=np.uint8)
+    write_idx(os.path.join(directory, f'{prefix}-images-idx3-ubyte.gz'), images)
+    write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'), labels)
+    arrays[prefix] = (images, labels)
+  return arrays
+
+
+def read_jsonl(path):
+  with open(path) as f:
+    return [json.loads(line) for line in f]
+
+
+def restore_latest(config, workdir):
+  """The latest checkpoint of `config`'s run in `workdir`, restored onto this process's devices."""
+  from cnnjax.runs import saved
+  return saved.restore_latest(experiment(config), str(workdir))
+
+
+def final_state(config, workdir):
+  """The latest checkpoint's TrainState."""
+  return restore_latest(config, workdir).state
+
+
+def assert_same_run(workdir_a, workdir_b, config):
+  state_a, state_b = final_state(config, workdir_a), final_state(config, workdir_b)
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(state_a), jax.device_get(state_b))
+  rows_a, rows_b = (read_jsonl(os.path.join(w, 'metrics.jsonl')) for w in (workdir_a, workdir_b))
+  strip = lambda rows: [{k: v for k, v in r.items() if k not in TIMING_FIELDS} for r in rows]
+  assert strip(rows_a) == strip(rows_b)
+  results = [json.load(open(os.path.join(w, 'results.json'))) for w in (workdir_a, workdir_b)]
+  assert results[0]['test_loss'] == results[1]['test_loss']
+  assert results[0]['test_accuracy'] == results[1]['test_accuracy']
+
+
+def run_cnnjax(args, cwd, devices=1, timeout=600):
+  """Runs `python -m cnnjax.main ARGS` with `devices` fake CPU devices; returns the result."""
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  return subprocess.run([sys.executable, '-m', 'cnnjax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=timeout)
