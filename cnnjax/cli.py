@@ -20,3 +20,13 @@ def reporting_user_errors(tool: str) -> Iterator[None]:
   except UserError as error:
     print(f'{tool}: error: {error}', file=sys.stderr, flush=True)
     sys.exit(2)
+
+
+def quiet_console_by_default() -> None:
+  """Library logging (orbax's per-save lines, jax's backend probing, TensorFlow's C++ logs)
+  stays off unless asked for: without --verbosity, absl logs warnings only; --verbosity=0
+  (or 1) brings the INFO (and debug) lines back. The run's own lines are printed, not logged.
+  Call it from an absl `main`, once the flags are parsed."""
+  from absl import flags
+  if not flags.FLAGS['verbosity'].present:
+    flags.FLAGS.verbosity = -1  # absl's WARNING.

@@ -120,11 +120,11 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
       raise ConfigError(f'config.{field}={config[field]!r} is not a valid regex: {e}') from e
   try:
     # Unknown model names and model options fail here, with the valid ones listed;
-    # so does a batch size that does not divide over the devices.
+    # so does a training batch that does not divide over the devices (evaluation rounds its
+    # batch up to a multiple of the devices instead: see steps.Trainer).
     model = build_model(config.model, len(datasets.DATASETS[config.dataset].class_names),
                         config.trainable, config.model_kwargs)
     sharding.check_batch_size(config.batch_size)
-    sharding.check_batch_size(config.eval_batch_size, 'config.eval_batch_size')
   except ValueError as e:
     raise ConfigError(str(e)) from e
   backbone = getattr(model, 'backbone', None)

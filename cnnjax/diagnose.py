@@ -15,7 +15,7 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+from cnnjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -93,7 +93,7 @@ def format_report(report: dict[str, Any]) -> str:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from cnnjax import cli
+  cli.quiet_console_by_default()
   from configs import default
   with cli.reporting_user_errors('cnnjax.diagnose'):
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,
@@ -101,4 +101,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
   app.run(main)

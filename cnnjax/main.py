@@ -12,6 +12,8 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cnnjax import cli
+
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None,
@@ -29,8 +31,8 @@ flags.mark_flags_as_required(['config'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  cli.quiet_console_by_default()
   # Imported after flags: keeps --help fast.
-  from cnnjax import cli
   from cnnjax import sharding
   from cnnjax import train
   from cnnjax.runs import preemption
@@ -45,10 +47,10 @@ def main(argv):
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
       train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
     except preemption.StopRequested as stop:
-      logging.warning('%s', stop)
       print(stop, flush=True)
       sys.exit(128 + stop.signum)
 
 
 if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
   app.run(main)

@@ -47,15 +47,22 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
-def check_batch_size(batch_size: int, field: str = 'config.batch_size') -> None:
-  """Fails early, with valid alternatives, when a global batch does not split evenly."""
+def check_batch_size(batch_size: int) -> None:
+  """Fails early, with valid alternatives, when the global training batch does not split
+  evenly over the devices (and so over the processes, each of which feeds its own)."""
   devices = jax.device_count()
   if batch_size % devices:
     lower = batch_size - batch_size % devices
-    options = ', '.join(str(b) for b in (lower, lower + devices) if b > 0)
-    raise ValueError(f'{field}={batch_size} does not divide over the {devices} devices '
-                     f'({jax.devices()[0].platform}); use a multiple of {devices}, '
-                     f'e.g. {options}.')
+    options = ' or '.join(f'--config.batch_size={b}' for b in (lower, lower + devices) if b > 0)
+    raise ValueError(f'config.batch_size={batch_size} does not divide over the {devices} '
+                     f'devices ({jax.devices()[0].platform}); use a multiple of {devices}: '
+                     f'pass {options}.')
+
+
+def round_up_to_devices(size: int) -> int:
+  """`size` rounded up to a multiple of the device count (the smallest batch that splits)."""
+  devices = jax.device_count()
+  return -(-size // devices) * devices
 
 
 def host_local_slice(global_size: int) -> slice:

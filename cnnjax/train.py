@@ -8,7 +8,6 @@ the per-epoch metrics row, checkpoints, signals and the progress bar. A run
 is a pure function of its config: batches come from (seed, epoch), dropout
 keys from (seed, step).
 """
-import logging
 import math
 import time
 from typing import Any
@@ -36,6 +35,10 @@ from cnnjax.training.loop import Loop
 from cnnjax.training.steps import as_floats
 
 PROGRESS_REFRESH_STEPS = 25  # Steps between updates of the progress bar's running metrics.
+# Away from a terminal (log files), an epoch gets a plain progress line at these fractions of
+# its steps, once it has run PROGRESS_LINE_SECONDS: long epochs say how they go, short ones don't.
+PROGRESS_LINE_FRACTIONS = (0.25, 0.5, 0.75)
+PROGRESS_LINE_SECONDS = 20.0
 
 
 def device_summary() -> dict[str, Any]:
@@ -69,7 +72,6 @@ class GuardHook(Hook):
     if symptom is None:
       return
     message = diagnostics.collapse_message(symptom)
-    logging.warning('%s', message)
     self.log.announce(f'WARNING: {message}')
     if self.stop:
       loop.request_stop(diagnostics.TrainingCollapsedError(
@@ -140,22 +142,32 @@ class SignalHook(Hook):
 
 
 class ProgressHook(Hook):
-  """A progress bar per epoch, with the running loss and accuracy, on a terminal."""
+  """Within an epoch: a progress bar with the running loss and accuracy on a terminal, a few
+  plain lines elsewhere."""
 
   def __init__(self, log: writers.RunWriter):
     self.log, self.bar = log, None
+    self.epoch, self.done, self.steps, self.start, self.marks = 0, 0, 0, 0.0, []
 
   def epoch_start(self, loop, epoch, steps):
     self.bar = self.log.progress_bar(epoch, steps)
+    self.epoch, self.done, self.steps, self.start = epoch, 0, steps, time.perf_counter()
+    self.marks = [round(f * steps) for f in PROGRESS_LINE_FRACTIONS]
 
   def after_step(self, loop, images, loss):
-    if self.bar is None:
-      return
-    self.bar.update(1)
-    if self.bar.n % PROGRESS_REFRESH_STEPS == 0:
-      computed = loop.running.compute()
-      self.bar.set_postfix(loss=f'{float(computed["loss"]):.4f}',
-                           accuracy=f'{float(computed["accuracy"]):.4f}')
+    self.done += 1
+    if self.bar is not None:
+      self.bar.update(1)
+      if self.done % PROGRESS_REFRESH_STEPS == 0:
+        self.bar.set_postfix({k: f'{v:.4f}' for k, v in self._metrics(loop).items()})
+    elif (self.log.is_writer and self.done in self.marks
+          and time.perf_counter() - self.start >= PROGRESS_LINE_SECONDS):
+      self.log.progress_line(self.epoch, self.done, self.steps,
+                             time.perf_counter() - self.start, self._metrics(loop))
+
+  @staticmethod
+  def _metrics(loop: Loop) -> dict[str, float]:
+    return as_floats(loop.running.compute())
 
   def epoch_end(self, loop, epoch):
     self.stopping(loop)
@@ -209,9 +221,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   trainers = [experiment.trainer(i, mesh, config.eval_batch_size)
               for i in range(len(experiment.stages))]
   counts = experiment.param_counts()
-  logging.info('Model %s: %s. %s', config.model, counts, device_summary())
+  devices = f'{jax.device_count()}x {jax.devices()[0].device_kind}'
   log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch,
-                          devices=f'{jax.device_count()}x {jax.devices()[0].device_kind}')
+                          devices=devices)
+  eval_batch = trainers[0].eval_batch_size
+  log.announce(
+      f'{config.name}: model {config.model}, {counts["params_total"]:,} parameters '
+      f'({counts["params_trainable"]:,} trainable), on {devices}. Data {data.name} from '
+      f'{data.source}: {len(data.train):,} train, '
+      + (f'{len(data.val):,} validation, ' if data.val is not None else '')
+      + f'{len(data.test):,} test. {log.num_epochs} epoch(s) of {steps_per_epoch} steps at '
+      f'batch {config.batch_size}; evaluation batch {eval_batch}'
+      + (f' ({config.eval_batch_size} rounded up to split over {jax.device_count()} devices)'
+         if eval_batch != config.eval_batch_size else '')
+      + f'. Workdir {workdir}.')
 
   # --- Restore the latest checkpoint, or start from the initialisation (and the weights file).
   checkpointer = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
@@ -241,7 +264,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log.write_config(config.to_dict())
 
     # --- Train loop, stage by stage.
-    inputs = features.FeatureCache(data, config.eval_batch_size, mesh)
+    inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh)
     guard = GuardHook(diagnostics.CollapseGuard(
         len(spec.class_names), config.collapse_guard.every_steps,
         config.collapse_guard.patience_steps, config.collapse_guard.loss_band),

@@ -33,8 +33,8 @@ import jax
 import numpy as np
 import pytest
 
-from tests.helpers import (REPO_ROOT, final_state, load_config, make_idx_dataset, read_jsonl,
-                            run_cnnjax)
+from tests.helpers import (ALL_CONFIGS, REPO_ROOT, final_state, load_config, make_idx_dataset,
+                           read_jsonl, run_cnnjax)
 
 RTOL, ATOL = 1e-4, 1e-6
 
@@ -115,19 +115,58 @@ experiment = setup.build(config, (28, 28, 1), 10)
 model = experiment.model
 state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
 rng = np.random.default_rng(0)
-split = datasets.Split(rng.integers(0, 256, (50, 28, 28, 1), dtype=np.uint8),
-                       rng.integers(0, 10, 50).astype(np.int32))
-# 50 examples in batches of 16: 3 full batches + 2.
-metrics, predicted = experiment.trainer(0, mesh, eval_batch_size=16).evaluate(state, split)
+n = 263  # A prime number of examples.
+split = datasets.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                       rng.integers(0, 10, n).astype(np.int32))
+# The config's evaluation batch, 250, becomes 256 on 8 devices: a full batch, then 7 + padding.
+trainer = experiment.trainer(0, mesh, config.eval_batch_size)
+assert trainer.eval_batch_size == 256
+metrics, predicted = trainer.evaluate(state, split)
 logits = model.apply(state.variables, split.images / np.float32(255.0))
-assert predicted.shape == (50,)
+assert predicted.shape == (n,)
 np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
-assert round(metrics['accuracy'] * 50) == np.sum(predicted == split.labels)
+assert round(metrics['accuracy'] * n) == np.sum(predicted == split.labels)
 log_probs = logits - jax.nn.logsumexp(logits, -1, keepdims=True)
 expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), split.labels[:, None], 1))
 np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
 print('ok')
 '''
+
+EVERY_CONFIG = '''
+import json, sys
+import tensorflow_datasets as tfds
+from tests.helpers import ALL_CONFIGS, load_config, shared_weights_file, train_and_evaluate
+results = {}
+with tfds.testing.mock_data(num_examples=EXAMPLES):
+  for name in ALL_CONFIGS:
+    config = load_config(name)  # Its own batch sizes: only the splits and images shrink.
+    config.num_train_steps = 2
+    if config.model in ('vgg16_classifier', 'mobilenet_v2_classifier'):
+      config.model_kwargs.image_size = 32
+    if config.pretrained:
+      config.pretrained_path = shared_weights_file(
+          'vgg16' if config.model == 'vgg16_classifier' else 'mobilenet_v2')
+    results[name] = train_and_evaluate(config, f'{sys.argv[1]}/{name}')
+print(json.dumps(results))
+'''
+MOCK_EXAMPLES = 170  # Per split: two steps at batch 64 from train[:80%]; 170 = 2 * 5 * 17.
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('devices', [1, 2, 8])
+def test_every_config_trains_and_evaluates_with_its_own_batch_sizes(devices, tmp_path):
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
+  result = subprocess.run(
+      [sys.executable, '-c', EVERY_CONFIG.replace('EXAMPLES', str(MOCK_EXAMPLES)), str(tmp_path)],
+      env=env, capture_output=True, text=True, timeout=1500)
+  assert result.returncode == 0, result.stderr[-3000:]
+  results = json.loads(result.stdout.splitlines()[-1])
+  assert sorted(results) == sorted(ALL_CONFIGS)
+  for name, run in results.items():
+    assert run['steps'] == 2 and run['num_devices'] == devices, name
+    correct = run['test_accuracy'] * MOCK_EXAMPLES  # Every test example counted once.
+    assert abs(correct - round(correct)) < 1e-3, (name, correct)
 
 
 def test_evaluation_on_8_devices_counts_every_example_once():
@@ -144,7 +183,7 @@ def test_batch_size_that_does_not_divide_fails_early(tmp_path, data_dir):
                        f'--workdir={tmp_path}/run'], cwd=tmp_path, devices=8)
   assert result.returncode != 0
   assert 'config.batch_size=12 does not divide over the 8 devices' in result.stderr
-  assert 'e.g. 8, 16' in result.stderr
+  assert 'pass --config.batch_size=8 or --config.batch_size=16' in result.stderr
   assert not os.path.exists(tmp_path / 'run')
 
 

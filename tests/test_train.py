@@ -108,8 +108,6 @@ def test_command_line_rejects_unknown_field_before_compute(tmp_path):
   assert not os.path.exists(tmp_path / 'run')
 
 
-# What an environment without TensorFlow looks like to Python: `import tensorflow`
-# raises ModuleNotFoundError and importlib.util.find_spec('tensorflow') is None.
 def test_command_line_reports_bad_input_in_one_line(tmp_path):
   result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
                      '--config.local_data_dir=/no/such/dir', f'--workdir={tmp_path}/run'], tmp_path)
@@ -117,22 +115,6 @@ def test_command_line_reports_bad_input_in_one_line(tmp_path):
   assert "cnnjax: error: config.local_data_dir='/no/such/dir' does not exist" in result.stderr
   assert 'Traceback' not in result.stderr
   assert not os.path.exists(tmp_path / 'run')
-
-
-BLOCK_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
-
-
-def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
-  (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
-  env = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO_ROOT}'}
-  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
-                     f'--config.local_data_dir={idx_dir}', '--config.num_train_steps=2',
-                     '--config.batch_size=8', f'--workdir={tmp_path}/run'], tmp_path, env)
-  assert result.returncode == 0, result.stderr[-3000:]
-  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['steps'] == 2
-  probe = subprocess.run([sys.executable, '-c', 'import tensorflow'], env={**os.environ, **env},
-                         capture_output=True, text=True)
-  assert 'ModuleNotFoundError' in probe.stderr  # The block really was in force.
 
 
 def test_half_precision_computes_in_bfloat16_and_keeps_float32_params():

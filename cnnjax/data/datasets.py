@@ -81,20 +81,38 @@ class Dataset:
 
 
 def _offline_help(name: str) -> str:
-  return (f'To train without network, point the run at the files you have: '
+  return (f'To train from files you have instead (no network, no TensorFlow): '
           f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
           f'(MNIST/Fashion-MNIST) or train/<class>/*.png|jpg and test/<class>/* '
-          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=../shared/data/'
+          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=data/'
           f'{"cifar10_jpg.tar.gz" if name == "cifar10" else name}.')
 
 
-def _load_tfds(name: str, split_spec: str, data_dir: str) -> tuple[Split, tuple[str, ...]]:
+def hide_accelerators_from_tensorflow(tf) -> None:
+  """Keeps TensorFlow off the GPUs and TPUs: TFDS only reads files with it, and TensorFlow
+  would otherwise reserve accelerator memory that JAX needs."""
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError as e:  # TensorFlow had already started on its devices.
+      logging.warning('Could not hide the %ss from TensorFlow (%s).', kind, e)
+
+
+def _import_tfds(name: str):
+  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators."""
   try:
-    import tensorflow_datasets as tfds  # Needs TensorFlow; only this path imports it.
+    import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
   except ImportError as e:
     raise DatasetUnavailableError(
-        f'Loading {name!r} from TFDS needs tensorflow and tensorflow-datasets ({e}). '
-        + _offline_help(name)) from e
+        f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
+        f'default ({e}). Add it with: pip install -e ".[tfds]". ' + _offline_help(name)) from e
+  hide_accelerators_from_tensorflow(tf)
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def _load_tfds(name: str, split_spec: str, data_dir: str) -> tuple[Split, tuple[str, ...]]:
+  tfds = _import_tfds(name)
   try:
     ds, info = tfds.load(name, split=split_spec, as_supervised=True, with_info=True,
                          data_dir=data_dir or None, download=True)

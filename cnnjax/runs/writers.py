@@ -94,9 +94,13 @@ class RunWriter:
     if self.is_writer:
       write_json(self.path(CONFIG_FILE), config)
 
+  @property
+  def on_terminal(self) -> bool:
+    return sys.stdout.isatty()
+
   def progress_bar(self, epoch: int, steps: int):
-    """A tqdm bar over the epoch's `steps` on a terminal; None elsewhere (logs, other hosts)."""
-    if not (self.is_writer and sys.stdout.isatty()):
+    """A tqdm bar over the epoch's `steps` (steps/s and ETA included), on a terminal."""
+    if not (self.is_writer and self.on_terminal):
       return None
     import tqdm
     return tqdm.tqdm(total=steps, desc=f'Epoch {epoch + 1}/{self.num_epochs}', unit='step',
@@ -114,9 +118,18 @@ class RunWriter:
       self._tensorboard.flush()
 
   def announce(self, message: str) -> None:
+    """Prints one of the run's own lines (process 0 only; printed, not logged, so once)."""
     if self.is_writer:
       print(message, flush=True)
-    logging.info(message)
+
+  def progress_line(self, epoch: int, done: int, steps: int, seconds: float,
+                    metrics: dict[str, float]) -> None:
+    """A plain progress line, for consoles that are not terminals (log files)."""
+    rate = done / seconds if seconds > 0 else 0.0
+    eta = (steps - done) / rate if rate else 0.0
+    self.announce(f'  Epoch {epoch + 1}/{self.num_epochs}: {done}/{steps} steps, '
+                  f'{rate:.1f} steps/s, ETA {eta:.0f}s - loss: {metrics["loss"]:.4f} - '
+                  f'accuracy: {metrics["accuracy"]:.4f}')
 
   def report_finished(self, results: dict[str, Any]) -> None:
     self.announce(f'{self.workdir} holds a finished run ({results["steps"]} steps); not '

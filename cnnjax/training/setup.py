@@ -123,8 +123,10 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   optimizers = tuple(create_optimizer(stage.learning_rate, config.adam_epsilon,
                                       config.warmup_steps) for stage in plan)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  variables = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                             train=False)
+  initialised = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
+                               train=False)
+  # What a model carries (init also returns the ReLU statistics it was free to sow).
+  variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
   return Experiment(tuple(plan), models, optimizers, variables, dropout_rng, backbone,
                     config.num_epochs + config.fine_tune.num_epochs,
                     config.num_train_steps)

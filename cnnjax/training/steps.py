@@ -113,7 +113,9 @@ class Trainer:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                eval_batch_size: int, part: str = 'all'):
     self.model, self.tx, self.mesh, self.part = model, tx, mesh, part
-    self.eval_batch_size = eval_batch_size
+    # Evaluation pads its last batch, so any batch size counts every example once: the one
+    # asked for is rounded up to split over the devices (and never exceeds what a split needs).
+    self.eval_batch_size = sharding.round_up_to_devices(eval_batch_size)
     replicated = sharding.replicated(mesh)
     self.train_step = compilation.jit(
         functools.partial(train_step, model=model, tx=tx, part=part),
@@ -133,7 +135,8 @@ class Trainer:
     """Loss/accuracy over every example of `split` once, and the predicted classes."""
     total = Metrics.empty()
     predictions = []
-    for batch in pipeline.eval_batches(split, self.eval_batch_size):
+    batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
+    for batch in pipeline.eval_batches(split, batch_size):
       batch_metrics, predicted = self.eval_step(
           state, *sharding.put_global_batch(self.mesh, batch))
       total = total.merge(batch_metrics)

@@ -1,0 +1,129 @@
+"""What a user sees and installs: a quiet console, and no TensorFlow unless TFDS needs it."""
+import configparser
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from cnnjax import train
+from tests.helpers import REPO_ROOT, load_config
+
+# absl's log line prefix: severity letter, month and day, time (I1124 05:08:03.759101 ...).
+LIBRARY_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ')
+OWN_LINE = re.compile(r'^(cnn_simple: model |Epoch \d+/\d+ - |Test loss |Most confused|  )')
+
+
+def run_main(args, cwd, env_extra=None):
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, **(env_extra or {})}
+  return subprocess.run([sys.executable, '-m', 'cnnjax.main', *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def two_epoch_run(idx_dir, tmp_path, *extra):
+  return run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+                   f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
+                   '--config.num_epochs=2', '--config.checkpoint_every_steps=2',
+                   f'--workdir={tmp_path}/run', *extra], tmp_path)
+
+
+def test_default_console_prints_only_the_runs_own_lines_once(idx_dir, tmp_path):
+  result = two_epoch_run(idx_dir, tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  lines = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+  assert not [line for line in lines if LIBRARY_LOG_LINE.match(line)]
+  assert [line for line in lines if not OWN_LINE.match(line)] == []
+  assert len(lines) == len(set(lines)), 'a line was printed twice'
+  assert [line.split(' - ')[0] for line in lines if line.startswith('Epoch')] == [
+      'Epoch 1/2', 'Epoch 2/2']
+  assert lines[0].startswith('cnn_simple: model cnn_simple, 50,186 parameters')
+  assert len(lines) <= 1 + 2 * 4 + 1 + 6  # Summary, <= 4 per epoch, results, confusions.
+
+
+def test_verbosity_brings_the_library_logs_back(idx_dir, tmp_path):
+  result = two_epoch_run(idx_dir, tmp_path, '--verbosity=1')
+  assert result.returncode == 0, result.stderr[-3000:]
+  logged = [line for line in result.stderr.splitlines() if LIBRARY_LOG_LINE.match(line)]
+  assert any('checkpoint' in line for line in logged)  # orbax's own INFO lines.
+
+
+class _Running:
+  def compute(self):
+    return {'loss': 0.5, 'accuracy': 0.75}
+
+
+class _Log:
+  is_writer, num_epochs = True, 3
+
+  def __init__(self):
+    self.lines = []
+
+  def progress_bar(self, epoch, steps):
+    return None  # Not a terminal.
+
+  def progress_line(self, epoch, done, steps, seconds, metrics):
+    self.lines.append((epoch, done, steps, metrics['loss']))
+
+
+def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch):
+  log, loop = _Log(), type('Loop', (), {'running': _Running()})()
+  hook = train.ProgressHook(log)
+  monkeypatch.setattr(train, 'PROGRESS_LINE_SECONDS', 0.0)  # Every epoch counts as long.
+  hook.epoch_start(loop, 1, 8)
+  for _ in range(8):
+    hook.after_step(loop, None, None)
+  assert log.lines == [(1, 2, 8, 0.5), (1, 4, 8, 0.5), (1, 6, 8, 0.5)]
+  monkeypatch.setattr(train, 'PROGRESS_LINE_SECONDS', 3600.0)  # A short epoch says nothing.
+  hook.epoch_start(loop, 2, 8)
+  for _ in range(8):
+    hook.after_step(loop, None, None)
+  assert len(log.lines) == 3
+
+
+def test_tensorflow_is_not_an_install_requirement():
+  parser = configparser.ConfigParser()
+  parser.read(os.path.join(REPO_ROOT, 'setup.cfg'))
+  required = [r.strip() for r in parser['options']['install_requires'].splitlines() if r.strip()]
+  assert not [r for r in required if re.match(r'tensorflow(?!-datasets)', r)], required
+  assert any(r.startswith('tensorflow-datasets') for r in required)
+  extras = parser['options.extras_require']
+  assert 'tensorflow' in extras['tfds'] and 'tensorflow' in extras['test']
+
+
+# What an environment without TensorFlow looks like to Python: `import tensorflow`
+# raises ModuleNotFoundError and importlib.util.find_spec('tensorflow') is None.
+BLOCK_TENSORFLOW = "import sys\nsys.modules['tensorflow'] = None\n"
+
+
+def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
+  (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
+  env = {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO_ROOT}'}
+  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+                     f'--config.local_data_dir={idx_dir}', '--config.num_train_steps=2',
+                     '--config.batch_size=8', f'--workdir={tmp_path}/run'], tmp_path, env)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert json.loads((tmp_path / 'run' / 'results.json').read_text())['steps'] == 2
+  probe = subprocess.run([sys.executable, '-c', 'import tensorflow'], env={**os.environ, **env},
+                         capture_output=True, text=True)
+  assert 'ModuleNotFoundError' in probe.stderr  # The block really was in force.
+
+
+def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
+  (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
+  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--workdir={tmp_path}/run'],
+                    tmp_path, {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO_ROOT}'})
+  assert result.returncode == 2
+  assert result.stderr.count('cnnjax: error:') == 1 and 'Traceback' not in result.stderr
+  assert 'pip install -e ".[tfds]"' in result.stderr and '--config.local_data_dir' in result.stderr
+
+
+def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mock_tfds):
+  import tensorflow as tf
+  from cnnjax.data import datasets
+  hidden = []
+  monkeypatch.setattr(tf.config, 'set_visible_devices',
+                      lambda devices, kind: hidden.append((list(devices), kind)))
+  datasets.load_split('fashion_mnist', 'test')
+  assert ([], 'GPU') in hidden and ([], 'TPU') in hidden
