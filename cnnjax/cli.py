@@ -6,8 +6,9 @@ image; every `cnnjax.errors.UserError`) are printed as
 and keeps its traceback.
 """
 import contextlib
+import re
 import sys
-from typing import Iterator
+from typing import Callable, Iterator
 
 from cnnjax.errors import UserError
 
@@ -30,3 +31,40 @@ def quiet_console_by_default() -> None:
   from absl import flags
   if not flags.FLAGS['verbosity'].present:
     flags.FLAGS.verbosity = -1  # absl's WARNING.
+
+
+def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
+  """An absl flags parser (`app.run(main, flags_parser=...)`) that reports what is wrong with
+  the command line (a flag value, a config file that is missing or does not run, a config
+  field that does not exist) in one line, exit status 2, instead of a traceback."""
+  from absl import flags
+
+  def parse(argv: list[str]) -> list[str]:
+    try:
+      remaining = flags.FLAGS(argv)
+      if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
+        flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
+      return remaining
+    except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
+      print(f'{tool}: error: {_flag_error_message(error)}', file=sys.stderr, flush=True)
+      sys.exit(2)
+  return parse
+
+
+def _flag_error_message(error: Exception) -> str:
+  text = str(error)
+  if isinstance(error, AttributeError):  # ml_collections: --config.<field> names no field.
+    match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
+    field = match[2] if match else text.strip('\'"').split('\'')[0].strip('\\')
+    hint = f' (did you mean {match[1]}?)' if match else ''
+    return (f'config field {field!r} does not exist{hint}; every field is defined in '
+            'configs/default.py.')
+  if isinstance(error, SyntaxError):
+    return f'the config file does not parse: {error}.'
+  if isinstance(error, OSError) and 'config file' in text:
+    reason = text.strip().splitlines()[-1].strip()
+    return f'cannot load the config file: {reason}'
+  from absl import flags
+  if isinstance(error, flags.Error):
+    return ' '.join(text.split())
+  return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())

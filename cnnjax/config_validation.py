@@ -15,6 +15,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
 from cnnjax.models import transfer
 from cnnjax.training import features
+from cnnjax.training import optimizers
 from cnnjax.training import stages
 
 POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
@@ -46,11 +47,22 @@ def _check_fine_tune(config: ml_collections.ConfigDict, backbone: str | None) ->
   if backbone is None:
     raise ConfigError(f'config.fine_tune.num_epochs={fine_tune.num_epochs} needs a model with a '
                       f'pretrained backbone; {config.model!r} has none.')
-  blocks = len(transfer.backbone_blocks(backbone))
-  if not isinstance(fine_tune.unfreeze_blocks, int) or not 1 <= fine_tune.unfreeze_blocks <= blocks:
-    raise ConfigError(f'config.fine_tune.unfreeze_blocks must be between 1 and {blocks} (the '
-                      f'{backbone} backbone has {blocks} blocks), got '
-                      f'{fine_tune.unfreeze_blocks!r}.')
+  if fine_tune.unfreeze_from:
+    names = transfer.keras_layer_names(backbone)
+    if fine_tune.unfreeze_from not in names:
+      raise ConfigError(f'config.fine_tune.unfreeze_from={fine_tune.unfreeze_from!r} is not a '
+                        f'layer of the {backbone} backbone (Keras names, e.g. {names[-3]!r}).')
+    if fine_tune.unfreeze_blocks:
+      raise ConfigError('Set config.fine_tune.unfreeze_from or config.fine_tune.unfreeze_blocks, '
+                        'not both.')
+  else:
+    blocks = len(transfer.backbone_blocks(backbone))
+    if (not isinstance(fine_tune.unfreeze_blocks, int)
+        or not 1 <= fine_tune.unfreeze_blocks <= blocks):
+      raise ConfigError(f'config.fine_tune.unfreeze_blocks must be between 1 and {blocks} (the '
+                        f'{backbone} backbone has {blocks} blocks), got '
+                        f'{fine_tune.unfreeze_blocks!r}; or name a layer in '
+                        'config.fine_tune.unfreeze_from.')
   if not fine_tune.learning_rate > 0:
     raise ConfigError('config.fine_tune.learning_rate must be positive, got '
                       f'{fine_tune.learning_rate!r}.')
@@ -86,6 +98,10 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     value = config[field]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
+  if (not isinstance(config.num_train_steps, int) or config.num_train_steps == 0
+      or config.num_train_steps < -1):
+    raise ConfigError('config.num_train_steps must be -1 (the whole run) or a positive integer, '
+                      f'got {config.num_train_steps!r}.')
   if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
     raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
                       f'got {config.checkpoint_every_steps!r}.')
@@ -99,6 +115,9 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
     raise ConfigError(f'config.warmup_steps must be 0 or a positive integer, got '
                       f'{config.warmup_steps!r}.')
+  if config.adam_update not in optimizers.UPDATES:
+    raise ConfigError(f'config.adam_update must be one of {optimizers.UPDATES}, got '
+                      f'{config.adam_update!r}.')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   if config.dataset not in datasets.DATASETS:

@@ -19,8 +19,8 @@ from cnnjax import cli
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
-_STEPS = flags.DEFINE_integer('steps', 300, 'Training steps to run.')
-_EVERY = flags.DEFINE_integer('every', 100, 'Report every this many steps.')
+_STEPS = flags.DEFINE_integer('steps', 300, 'Training steps to run.', lower_bound=0)
+_EVERY = flags.DEFINE_integer('every', 100, 'Report every this many steps.', lower_bound=1)
 flags.mark_flags_as_required(['config'])
 
 
@@ -44,7 +44,7 @@ def diagnose(config, defaults, steps: int, every: int,
                                config.local_data_dir, config.tfds_data_dir)
   experiment = setup.build(config, data.image_shape, data.num_classes)
   mesh = sharding.create_mesh()
-  trainer = experiment.trainer(0, mesh, config.eval_batch_size)
+  trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False)
   gradients = compilation.jit(lambda variables, x, y, rng: diagnostics.loss_and_gradient_norms(
       trainer.model, variables, pipeline.to_inputs(x), y, rng))
 
@@ -86,7 +86,8 @@ def format_report(report: dict[str, Any]) -> str:
   lines.append(f"  {'parameter':44s} {'gradient norm':>14s}")
   lines += [f'  {name:44s} {norm:14.3g}' for name, norm in report['gradient_norms'].items()]
   if report['dead_layers']:
-    lines.append(f"  Dead ReLU layers: {', '.join(report['dead_layers'])}. Fixes: {COLLAPSE_FIXES}.")
+    lines.append(f"  Dead ReLU layers: {', '.join(report['dead_layers'])}. "
+                 f'Fixes: {COLLAPSE_FIXES}.')
   return '\n'.join(lines)
 
 
@@ -102,4 +103,4 @@ def main(argv):
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('cnnjax.diagnose'))

@@ -35,7 +35,8 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   restored = saved.restore_latest(experiment, workdir)
   data = datasets.load_split(config.dataset, split, config.local_data_dir, config.tfds_data_dir)
-  trainer = experiment.trainer(0, sharding.create_mesh(), config.eval_batch_size)
+  trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
+                               config.eval_batch_size, on_features=False)
   metrics, predictions = trainer.evaluate(restored.state, data)
   confusions = report.write_report(workdir, data.labels, predictions, spec.class_names,
                                    writers.read_metrics(workdir), config.name)

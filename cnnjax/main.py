@@ -53,4 +53,4 @@ def main(argv):
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
-  app.run(main)
+  app.run(main, flags_parser=cli.flags_parser('cnnjax'))

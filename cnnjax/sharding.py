@@ -65,11 +65,17 @@ def round_up_to_devices(size: int) -> int:
   return -(-size // devices) * devices
 
 
-def host_local_slice(global_size: int) -> slice:
-  """This process's part of a global batch (the whole batch on one host)."""
-  per_process = global_size // jax.process_count()
-  start = jax.process_index() * per_process
-  return slice(start, start + per_process)
+def host_local_rows(mesh: Mesh, global_size: int) -> np.ndarray:
+  """The rows of a global batch that this process feeds (all of them on one host).
+
+  They are its devices' shards, in the order `jax.make_array_from_process_local_data`
+  expects them (by where they start), read from the sharding's own index map: nothing
+  assumes that a process's devices are contiguous in the mesh.
+  """
+  index_map = batch_sharded(mesh).addressable_devices_indices_map((global_size,))
+  shards = sorted({(index[0].start or 0, global_size if index[0].stop is None else index[0].stop)
+                   for index in index_map.values()})
+  return np.concatenate([np.arange(start, stop) for start, stop in shards])
 
 
 def put_global_batch(mesh: Mesh, arrays: tuple[np.ndarray, ...]) -> tuple[jax.Array, ...]:

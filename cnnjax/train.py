@@ -21,6 +21,7 @@ from cnnjax import pretrained
 from cnnjax.data import datasets
 from cnnjax.data import pipeline
 from cnnjax.runs import checkpoints
+from cnnjax.runs import lock
 from cnnjax.runs import preemption
 from cnnjax.runs import report
 from cnnjax.runs import workdir as workdir_lib
@@ -104,9 +105,9 @@ class CheckpointHook(Hook):
   """
 
   def __init__(self, checkpointer: checkpoints.Checkpointer, every_steps: int,
-               guard: GuardHook, pretrained_info: dict[str, Any]):
+               guard: GuardHook, run_meta: dict[str, Any]):
     self.checkpointer, self.every_steps, self.guard = checkpointer, every_steps, guard
-    self.pretrained_info = pretrained_info
+    self.run_meta = run_meta  # What the run started from: weights file, data fingerprints.
     self.saved_step: int | None = None
 
   def after_step(self, loop, images, loss):
@@ -126,7 +127,7 @@ class CheckpointHook(Hook):
     self.guard.check_losses(loop)
     self.checkpointer.save(loop.step, loop.state, loop.running, {
         'train_seconds': loop.train_seconds(), 'epoch_seconds': loop.epoch_seconds(),
-        'stage': loop.stage.index, 'pretrained': self.pretrained_info})
+        'stage': loop.stage.index, **self.run_meta})
     self.saved_step = loop.step
 
 
@@ -178,6 +179,23 @@ class ProgressHook(Hook):
       self.bar = None
 
 
+def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str],
+                     workdir: str) -> None:
+  """Refuses to resume on other examples than the run started with (another data source
+  orders them differently, so a validation slice would take other examples)."""
+  saved = restored.meta.get('data')
+  if saved is None:  # A checkpoint from before fingerprints were recorded.
+    return
+  differ = [split for split in sorted(set(saved) | set(fingerprints))
+            if saved.get(split) != fingerprints.get(split)]
+  if differ:
+    raise checkpoints.IncompatibleCheckpointError(
+        f'The run in {workdir} was trained on other examples than config.local_data_dir / '
+        f'config.tfds_data_dir now give (split(s) {", ".join(differ)} differ: other files, or '
+        'another source that orders them differently). Nothing was changed. Resume with the '
+        'data it started with, or choose a new --workdir.')
+
+
 def _check_stage(plan: list[stages_lib.Stage], restored: checkpoints.Restored,
                  steps_per_epoch: int, total_steps: int) -> int:
   """The restored state's stage; an error if the config moved a stage boundary past it."""
@@ -196,24 +214,39 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                        defaults: ml_collections.ConfigDict) -> dict[str, Any]:
   """Trains `config`'s experiment (resuming from `workdir`), evaluates it, writes results.
 
-  `defaults` is configs/default.py's config: the fields a config may have.
+  `defaults` is configs/default.py's config: the fields a config may have. One run at a time
+  holds the workdir (see `runs.lock`).
   """
-  # --- Check the config and the workdir before reading data or compiling anything.
-  config_validation.validate_config(config, defaults)
+  config_validation.validate_config(config, defaults)  # Before anything is read or written.
+  with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
+    return _train_and_evaluate(config, workdir, defaults)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        defaults: ml_collections.ConfigDict) -> dict[str, Any]:
+  # --- Check the workdir, build the experiment, read the weights file of a fresh start.
   sharding.sync_processes('before preparing the workdir')
   workdir_lib.prepare(config, workdir, defaults)
   sharding.sync_processes('workdir prepared')
   spec = datasets.dataset_spec(config.dataset)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  fresh_start = not checkpoints.has_checkpoints(workdir)
-  weights = None
-  if config.pretrained and fresh_start:  # Find (or download) the weights before the data.
-    weights = pretrained.weights_path(config.pretrained_path, experiment.backbone,
-                                      config.model_kwargs.get('image_size', 96))
+
+  def initial_variables() -> tuple[dict[str, Any], dict[str, Any]]:
+    """The random initialisation, with the backbone from the weights file if there is one."""
+    if not config.pretrained:
+      return experiment.variables, {'pretrained': False}
+    path = pretrained.weights_path(config.pretrained_path, experiment.backbone,
+                                   config.model_kwargs.get('image_size', 96))
+    return pretrained.load_into(experiment.variables, config.pretrained_load,
+                                experiment.backbone, path)
+
+  # A fresh start reads (or downloads) the weights before the data: a bad file fails at once.
+  fresh = None if checkpoints.has_checkpoints(workdir) else initial_variables()
 
   # --- Data, mesh, steps.
   data = datasets.load_dataset(config.dataset, config.train_split, config.val_split,
                                config.test_split, config.local_data_dir, config.tfds_data_dir)
+  data_fingerprints = data.fingerprints()
   mesh = sharding.create_mesh()
   replicated = sharding.replicated(mesh)
   steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
@@ -242,12 +275,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     running = trainers[0].empty_metrics()
     restored = checkpointer.restore_latest(experiment.state_templates(replicated), running)
     timings = {'train_seconds': 0.0, 'epoch_seconds': 0.0}
+    saved_results = log.read_results()
     if restored is not None:
+      _check_same_data(restored, data_fingerprints, workdir)
       state, running = restored.state, restored.running_metrics
       timings = {k: restored.meta[k] for k in timings}
       pretrained_info = restored.meta.get('pretrained', {'pretrained': False})
       stage_index = _check_stage(list(experiment.stages), restored, steps_per_epoch, total_steps)
-      saved_results = log.read_results()
       if restored.step >= total_steps and saved_results is not None:
         log.report_finished(saved_results)
         return saved_results
@@ -256,10 +290,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                    f'{restored.step // steps_per_epoch + 1}, step '
                    f'{restored.step % steps_per_epoch}/{steps_per_epoch} of it).')
     else:
-      variables, pretrained_info = experiment.variables, {'pretrained': False}
-      if config.pretrained:  # Only a fresh start reads the weights file.
-        variables, pretrained_info = pretrained.load_into(
-            variables, config.pretrained_load, experiment.backbone, weights)
+      if saved_results is not None:
+        raise workdir_lib.WorkdirError(
+            f'{workdir} holds the results of a finished run but no readable checkpoint, so it '
+            'can be neither resumed nor reported again. Nothing was changed. Pass '
+            '--config.resume=False to train afresh (the old run is moved aside), or choose a '
+            'new --workdir.')
+      dropped = len(writers.read_metrics(workdir))
+      if dropped:
+        log.truncate_metrics(0, continues=True)
+        log.announce(f'{workdir} holds no readable checkpoint: training starts again from step '
+                     f'0, and the {dropped} epoch row(s) of the earlier run were dropped from '
+                     f'{writers.METRICS_FILE}.')
+      variables, pretrained_info = fresh or initial_variables()
       state, stage_index = jax.device_put(experiment.initial_state(variables), replicated), 0
     log.write_config(config.to_dict())
 
@@ -274,7 +317,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                   steps_per_epoch=steps_per_epoch, hooks=[
                       ProgressHook(log), guard, EpochRowHook(log, len(experiment.stages) > 1),
                       CheckpointHook(checkpointer, config.checkpoint_every_steps, guard,
-                                     pretrained_info),
+                                     {'pretrained': pretrained_info, 'data': data_fingerprints}),
                       SignalHook(signals)], **timings)
       for stage, trainer in zip(experiment.stages, trainers):
         end_step = stage.end_step(steps_per_epoch, total_steps)

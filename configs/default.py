@@ -33,12 +33,14 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine_tune = ml_collections.ConfigDict()
   config.fine_tune.num_epochs = 0
   config.fine_tune.learning_rate = 1e-5
-  config.fine_tune.unfreeze_blocks = 0  # Top blocks of the backbone that also train.
+  config.fine_tune.unfreeze_blocks = 0  # Top blocks of the backbone that also train,
+  config.fine_tune.unfreeze_from = ''  # or every backbone layer from this Keras layer on.
   config.fine_tune.batchnorm = 'inference'  # Unfrozen BatchNorms: 'inference' or 'train'.
 
   # Optimisation: the studies' Adam 1e-3 (Keras' epsilon 1e-7).
   config.learning_rate = 1e-3
   config.adam_epsilon = 1e-7
+  config.adam_update = 'keras'         # Keras' Adam step (eps before bias correction) or 'optax'.
   config.warmup_steps = 0              # Linear warmup of the learning rate from 0 (0 = none).
   config.batch_size = 64               # Global batch, over all devices.
   config.eval_batch_size = 250        # Any size gives the same metrics; 250 suits CPU caches.

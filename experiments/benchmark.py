@@ -61,7 +61,7 @@ class CnnjaxSide:
     self.data = data
     experiment = setup.build(config, data.image_shape, data.num_classes)
     mesh = sharding.create_mesh()
-    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size)
+    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False)
     self.steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
     state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
     self.loop = Loop(state, self.trainer.empty_metrics(), mesh=mesh,

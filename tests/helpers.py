@@ -1,5 +1,7 @@
 """Helpers the tests share: shrunken configs, tiny local datasets, weight files, run checks."""
+import glob
 import gzip
+import hashlib
 import importlib
 import json
 import os
@@ -153,6 +155,15 @@ def make_idx_dataset(directory, num_train=40, num_test=20, seed=0):
     write_idx(os.path.join(directory, f'{prefix}-labels-idx1-ubyte.gz'), labels)
     arrays[prefix] = (images, labels)
   return arrays
+
+
+def tree_digest(directory):
+  """{relative path: sha256} of every file under `directory`: what "nothing changed" means."""
+  digest = {}
+  for path in sorted(glob.glob(os.path.join(directory, '**', '*'), recursive=True)):
+    if os.path.isfile(path):
+      digest[os.path.relpath(path, directory)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
+  return digest
 
 
 def read_jsonl(path):

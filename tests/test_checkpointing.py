@@ -1,7 +1,6 @@
 """A stopped run continues as if it never stopped; failures never cost saved work."""
 import glob
 import json
-import hashlib
 import os
 import signal
 import subprocess
@@ -12,8 +11,7 @@ import pytest
 
 from cnnjax.runs import checkpoints
 from tests.helpers import (REPO_ROOT, assert_same_run, defaults, load_config, make_idx_dataset,
-                           train_and_evaluate,
-                            read_jsonl, shrink)
+                           read_jsonl, shrink, train_and_evaluate, tree_digest)
 
 
 def resumable_config(name, steps, **overrides):
@@ -77,14 +75,6 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfd
   assert 'Checkpoint step 6' in caplog.text and 'unreadable' in caplog.text
   assert len(os.listdir(os.path.join(resumed, 'checkpoints_unreadable'))) == 1  # Kept, not deleted.
   assert_same_run(straight, resumed, resumable_config('cnn_deep', 6))
-
-
-def tree_digest(directory):
-  digest = {}
-  for path in sorted(glob.glob(os.path.join(directory, '**', '*'), recursive=True)):
-    if os.path.isfile(path):
-      digest[os.path.relpath(path, directory)] = hashlib.sha256(open(path, 'rb').read()).hexdigest()
-  return digest
 
 
 @pytest.mark.parametrize('overrides,message', [
@@ -197,3 +187,115 @@ def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, moc
   os.remove(workdir / 'results.json')
   train_and_evaluate(resumable_config('cnn_simple', 6), str(workdir))  # Not refused.
   assert evaluate.evaluate(str(workdir), defaults())['step'] == 6
+
+
+# --- Stops at an epoch's last step, restarts, two runs on one workdir ----------------------------
+
+@pytest.mark.parametrize('stop_at', [3, 4])  # An epoch's last step (3 per epoch); mid-epoch.
+def test_a_stop_at_any_step_resumes_with_every_epoch_row(stop_at, tmp_path, mock_tfds,
+                                                         monkeypatch):
+  from cnnjax import train as train_lib
+  from cnnjax.runs import preemption
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  config = resumable_config('cnn_deep', 9)
+  train_and_evaluate(config, straight)
+
+  class SignalAt(train_lib.Hook):  # SIGTERM noticed right after step `stop_at`.
+    def __init__(self, signals):
+      del signals
+
+    def after_step(self, loop, images, loss):
+      if loop.step == stop_at:
+        loop.request_stop(preemption.StopRequested(15, loop.step))
+  with monkeypatch.context() as patch:
+    patch.setattr(train_lib, 'SignalHook', SignalAt)
+    with pytest.raises(preemption.StopRequested):
+      train_and_evaluate(config, stopped)
+  assert max(int(s) for s in os.listdir(os.path.join(stopped, 'checkpoints'))) == stop_at
+  assert [r['step'] for r in read_jsonl(os.path.join(stopped, 'metrics.jsonl'))] == [3]
+  train_and_evaluate(config, stopped)
+  assert [r['epoch'] for r in read_jsonl(os.path.join(stopped, 'metrics.jsonl'))] == [1, 2, 3]
+  assert_same_run(straight, stopped, config)
+
+
+def test_stop_on_collapse_at_an_epochs_end_saves_it_and_resumes(tmp_path, mock_tfds,
+                                                                monkeypatch):
+  from cnnjax.training import diagnostics
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  config = resumable_config('cnn_deep', 9)
+  train_and_evaluate(config, straight)
+  real_check = diagnostics.CollapseGuard.check_losses
+
+  def collapsed_at_step_6(guard):
+    steps = [step for step, _ in guard._pending]  # pylint: disable=protected-access
+    symptom = real_check(guard)
+    return 'a scripted collapse' if 6 in steps else symptom
+  with monkeypatch.context() as patch:
+    patch.setattr(diagnostics.CollapseGuard, 'check_losses', collapsed_at_step_6)
+    with pytest.raises(diagnostics.TrainingCollapsedError, match='Stopped at step 6'):
+      train_and_evaluate(resumable_config('cnn_deep', 9, stop_on_collapse=True), stopped)
+  assert '6' in os.listdir(os.path.join(stopped, 'checkpoints'))
+  assert [r['step'] for r in read_jsonl(os.path.join(stopped, 'metrics.jsonl'))] == [3, 6]
+  train_and_evaluate(config, stopped)
+  assert_same_run(straight, stopped, config)
+
+
+def test_a_restart_from_scratch_drops_the_old_rows_and_says_so(tmp_path, mock_tfds, capsys):
+  config = resumable_config('cnn_simple', 6)
+  train_and_evaluate(config, tmp_path / 'straight')
+  workdir = tmp_path / 'run'
+  train_and_evaluate(resumable_config('cnn_simple', 4), workdir)
+  os.remove(workdir / 'results.json')  # As if stopped in epoch 2,
+  os.rename(workdir / 'checkpoints', tmp_path / 'gone')  # then its checkpoints deleted.
+  capsys.readouterr()
+  train_and_evaluate(config, workdir)
+  assert 'no readable checkpoint: training starts again from step 0' in capsys.readouterr().out
+  assert [r['epoch'] for r in read_jsonl(workdir / 'metrics.jsonl')] == [1, 2]
+  assert_same_run(str(tmp_path / 'straight'), str(workdir), config)
+
+
+def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, bigger_idx_dir):
+  workdir = tmp_path / 'run'
+  command = main_command(bigger_idx_dir, workdir)
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  with open(tmp_path / 'first.log', 'w') as log:
+    first = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 300
+    while not os.path.exists(f'{workdir}.lock') and time.time() < deadline:
+      assert first.poll() is None, open(tmp_path / 'first.log').read()[-3000:]
+      time.sleep(0.05)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 2, second.stderr[-2000:]
+    assert 'is in use by another run (pid' in second.stderr and 'Traceback' not in second.stderr
+    assert first.wait(timeout=600) == 0, open(tmp_path / 'first.log').read()[-3000:]
+  assert read_jsonl(workdir / 'metrics.jsonl')[-1]['epoch'] == 3
+  assert json.loads((workdir / 'results.json').read_text())['steps'] == 1500
+  assert not os.path.exists(f'{workdir}.lock')  # Released at the end.
+
+
+def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
+  from cnnjax.runs import lock
+  workdir = str(tmp_path / 'run')
+  script = (f'import os, sys; from cnnjax.runs import lock; l = lock.WorkdirLock({workdir!r}); '
+            'l.__enter__(); os._exit(9)')  # Dies holding the lock, leaving its file.
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  assert subprocess.run([sys.executable, '-c', script], env=env).returncode == 9
+  assert 'pid' in open(lock.lock_path(workdir)).read()
+  with lock.WorkdirLock(workdir):
+    with pytest.raises(lock.WorkdirBusyError, match='is in use by another run'):
+      lock.WorkdirLock(workdir).__enter__()
+
+
+def test_a_full_disk_during_a_save_is_one_clear_error(tmp_path, mock_tfds, monkeypatch):
+  import errno
+  import orbax.checkpoint as ocp
+  workdir = tmp_path / 'run'
+  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)  # A checkpoint at step 3.
+  os.remove(workdir / 'results.json')
+
+  def disk_full(*args, **kwargs):
+    raise RuntimeError('save failed') from OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full)
+  with pytest.raises(checkpoints.CheckpointWriteError, match='No space left on device.*kept'):
+    train_and_evaluate(resumable_config('cnn_simple', 6), workdir)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3']

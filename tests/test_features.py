@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from cnnjax.errors import ConfigError
-from tests.helpers import (assert_same_run, final_state, load_config, read_jsonl, shrink,
-                           train_and_evaluate, validate)
+from tests.helpers import (assert_same_run, defaults, final_state, load_config, read_jsonl,
+                           shrink, train_and_evaluate, validate)
 
 
 def test_cached_features_train_like_the_images(tmp_path, mock_tfds):
@@ -26,6 +26,10 @@ def test_cached_features_train_like_the_images(tmp_path, mock_tfds):
                state_cached.params, state_plain.params)
   jax.tree.map(np.testing.assert_array_equal, state_cached.frozen_params,
                state_plain.frozen_params)
+  # A cached run's checkpoint evaluates on images, as the run's own test evaluation did.
+  from cnnjax import evaluate
+  evaluation = evaluate.evaluate(cached, defaults())
+  np.testing.assert_allclose(evaluation['loss'], results_cached['test_loss'], rtol=1e-5)
 
 
 def two_stage_fast_config(steps):

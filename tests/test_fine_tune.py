@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 
 from cnnjax.errors import ConfigError
+from cnnjax.models import mobilenet_v2
 from cnnjax.runs import checkpoints
 from cnnjax.training import params as params_lib
 from tests.helpers import (assert_same_run, final_state, load_config, read_jsonl, shrink,
                            train_and_evaluate, validate)
 
-TOP_BLOCKS = tuple(f'block_{b}_' for b in range(11, 17)) + ('Conv_1',)
+# What fine-tuning trains in the backbone: Keras' layers[100:] (the tutorial's fine_tune_at).
+TOP_LAYERS = frozenset(mobilenet_v2.keras_layer_names()[100:])
 
 
 def two_stage_config(steps, **overrides):
@@ -40,20 +42,20 @@ def test_second_stage_trains_the_top_blocks_only(batchnorm, tmp_path, mock_tfds)
   after_first, after_both = final_state(config, first), final_state(config, both)
   head = params_lib.count(after_first.params)
   top = sum(params_lib.count(leaves) for layer, leaves in backbone_arrays(after_first).items()
-            if layer.startswith(TOP_BLOCKS))
+            if layer in TOP_LAYERS)
   assert (results['params_trainable'], results['params_trainable_fine_tune']) == (head, head + top)
   assert set(after_both.params['backbone']) == {
-      layer for layer in backbone_arrays(after_both) if layer.startswith(TOP_BLOCKS)}
+      layer for layer in backbone_arrays(after_both) if layer in TOP_LAYERS}
   before, after = backbone_arrays(after_first), backbone_arrays(after_both)
   for layer in before:
     changed = not np.array_equal(before[layer]['kernel' if 'kernel' in before[layer] else 'scale'],
                                  after[layer]['kernel' if 'kernel' in after[layer] else 'scale'])
-    assert changed == layer.startswith(TOP_BLOCKS), layer
+    assert changed == (layer in TOP_LAYERS), layer
   stats_before = jax.device_get(after_first.batch_stats)['backbone']
   stats_after = jax.device_get(after_both.batch_stats)['backbone']
   for layer in stats_before:
     moved = not np.array_equal(stats_before[layer]['mean'], stats_after[layer]['mean'])
-    assert moved == (batchnorm == 'train' and layer.startswith(TOP_BLOCKS)), layer
+    assert moved == (batchnorm == 'train' and layer in TOP_LAYERS), layer
 
 
 @pytest.mark.parametrize('stop_at', [3, pytest.param(4, marks=pytest.mark.slow)])
@@ -72,7 +74,9 @@ def test_resume_across_the_stage_boundary_is_bitwise_equal(stop_at, tmp_path, mo
 
 
 @pytest.mark.parametrize('change,message', [
-    ({'unfreeze_blocks': 20}, 'between 1 and 19'),
+    ({'unfreeze_from': '', 'unfreeze_blocks': 20}, 'between 1 and 19'),
+    ({'unfreeze_from': 'block_11'}, "'block_11' is not a layer of the mobilenet_v2 backbone"),
+    ({'unfreeze_blocks': 7}, 'not both'),
     ({'batchnorm': 'frozen'}, 'config.fine_tune.batchnorm'),
     ({'learning_rate': 0.0}, 'config.fine_tune.learning_rate'),
 ])

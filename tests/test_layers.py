@@ -61,6 +61,40 @@ def test_pooling_conv_equals_conv_relu_pool(padding, shape):
   np.testing.assert_allclose(grads['conv']['bias'], grads_ref['conv']['bias'], rtol=1e-6)
 
 
+def test_pooling_conv_gradients_where_rounding_makes_a_tie():
+  """y = 1 and 1 + 2^-23 differ, y + 1 rounds to 2 for both: the one case the gradients part.
+
+  Through an identity 1x1 conv, the input is the conv output y. Conv-ReLU-pool sends the
+  window's gradient to the first of the tied y + b (row-major), PoolingConv to the largest
+  y; the values, and the gradient each window passes on in total, stay equal.
+  """
+  y = np.zeros((1, 2, 4, 1), np.float32)
+  y[0, :, :2, 0] = [[1.0, np.nextafter(np.float32(1), np.float32(2))], [0.5, 0.25]]  # Ties.
+  y[0, :, 2:, 0] = [[0.75, 3.0], [0.5, 1.5]]  # No tie.
+  params = {'conv': {'kernel': jnp.ones((1, 1, 1, 1)), 'bias': jnp.ones((1,))}}
+
+  class Reference(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.max_pool_2x2(jax.nn.relu(layers.Conv(1, (1, 1), name='conv')(x)))
+
+  class Pooling(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+      return layers.ReLU()(layers.PoolingConv(1, (1, 1), name='conv')(x))
+
+  x = jnp.asarray(y)
+  np.testing.assert_array_equal(Pooling().apply({'params': params}, x),
+                                Reference().apply({'params': params}, x))
+  assert float(x[0, 0, 0, 0] + 1.0) == float(x[0, 0, 1, 0] + 1.0)  # The tie is real.
+  grad = lambda model: jax.grad(lambda x: model.apply({'params': params}, x).sum())(x)[0, ..., 0]
+  ours, reference = np.asarray(grad(Pooling())), np.asarray(grad(Reference()))
+  np.testing.assert_array_equal(reference[:, :2], [[1, 0], [0, 0]])  # First of the tied.
+  np.testing.assert_array_equal(ours[:, :2], [[0, 1], [0, 0]])        # The largest y.
+  np.testing.assert_array_equal(ours[:, 2:], reference[:, 2:])       # Without ties: equal.
+  np.testing.assert_array_equal(ours.sum(), reference.sum())
+
+
 def test_cpu_steps_compile_convolutions_without_ynnpack():
   """The option `compilation` sets is accepted by this XLA and changes what it compiles."""
   from cnnjax import compilation

@@ -37,8 +37,8 @@ CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 
 
 def abstract_state(config):
-  setup = experiment(config)
-  return jax.eval_shape(setup.initial_state)
+  """The step-0 state's shapes: the whole setup traced, no weights initialised."""
+  return jax.eval_shape(lambda: experiment(config).initial_state())
 
 
 def test_every_config_has_a_param_count():

@@ -217,3 +217,20 @@ def test_two_processes_train_like_one(tmp_path, data_dir):
   assert results['num_devices'] == 2 and results['num_processes'] == 2
   assert len(read_jsonl(workdir / 'metrics.jsonl')) == 1  # Only process 0 wrote.
   assert_close_runs(str(tmp_path / 'single'), str(workdir), load_config('cnn_deep'))
+
+
+def test_each_process_feeds_the_rows_of_its_own_devices(monkeypatch):
+  """Rows come from the sharding's index map, even where a process's devices are not
+  contiguous in the mesh (here: shards 2 and 0 of a global batch of 16 on 4 devices)."""
+  from cnnjax import sharding
+
+  class TwoOfFourDevices:
+    def addressable_devices_indices_map(self, shape):
+      assert shape == (16,)
+      return {'device 5': (slice(8, 12),), 'device 1': (slice(0, 4),)}
+  monkeypatch.setattr(sharding, 'batch_sharded', lambda mesh: TwoOfFourDevices())
+  np.testing.assert_array_equal(sharding.host_local_rows(None, 16),
+                                [0, 1, 2, 3, 8, 9, 10, 11])
+  monkeypatch.undo()
+  mesh = sharding.create_mesh()
+  np.testing.assert_array_equal(sharding.host_local_rows(mesh, 8), np.arange(8))  # One host.

@@ -71,18 +71,28 @@ def test_ported_backbone_equals_keras(backbone, size, tmp_path):
   assert np.abs(got - expected).max() / np.abs(expected).max() < 1e-4
 
 
-def test_fine_tune_unfreezes_what_keras_fine_tune_at_would(tmp_path):
-  """Top 7 MobileNetV2 blocks = Keras layers from block_11 up (the tutorial's fine_tune_at)."""
+@pytest.mark.parametrize('backbone', ['vgg16', 'mobilenet_v2'])
+def test_keras_layer_order(backbone):
+  model = keras_backbone(backbone, 96, seed=0)
+  assert [layer.name for layer in model.layers][1:] == transfer.keras_layer_names(backbone)[1:]
+
+
+def test_fine_tune_trains_what_keras_fine_tune_at_100_trains():
+  """The Keras tutorial: base_model.trainable = True, then layers[:100] frozen again."""
   model = keras_backbone('mobilenet_v2', 96, seed=0)
-  top_names = tuple(f'block_{b}_' for b in range(11, 17)) + ('Conv_1',)
-  keras_count = sum(int(np.prod(w.shape)) for layer in model.layers
-                    if layer.name.startswith(top_names) for w in layer.trainable_weights)
+  model.trainable = True
+  for layer in model.layers[:100]:
+    layer.trainable = False
+  keras_trainable = {layer.name: sum(int(np.prod(w.shape)) for w in layer.trainable_weights)
+                     for layer in model.layers if layer.trainable_weights}
   config = load_config('cifar_mobilenet_transfer')
-  state = jax.eval_shape(experiment(config).initial_state)
+  state = jax.eval_shape(lambda: experiment(config).initial_state())
   pattern = stages.fine_tune_pattern(config, 'mobilenet_v2')
-  tuned = params_lib.partition(params_lib.merge(state.params, state.frozen_params),
-                                     pattern)[0]
-  assert params_lib.count(tuned) == 2_951_946 + keras_count
+  tuned = params_lib.partition(params_lib.merge(state.params, state.frozen_params), pattern)[0]
+  ours = {layer: params_lib.count(leaves) for layer, leaves in tuned['backbone'].items()}
+  assert ours == keras_trainable
+  assert 'block_11_expand' not in ours and 'block_11_depthwise' in ours
+  assert params_lib.count(tuned) == 2_951_946 + sum(keras_trainable.values())
 
 
 # --- The port maps by layer name and order; wrong files fail with everything listed -------------

@@ -6,6 +6,7 @@ arrays afterwards: no per-step input cost, and the data order becomes a pure
 function of (seed, epoch), which exact resume relies on.
 """
 import dataclasses
+import hashlib
 import logging
 
 import numpy as np
@@ -40,6 +41,10 @@ class EmptySplitError(UserError, ValueError):
   """A split the run needs selects no example."""
 
 
+class BadLabelsError(UserError, ValueError):
+  """Labels outside the dataset's classes: a corrupt label file, or another dataset's."""
+
+
 class UnknownDatasetError(UserError, ValueError):
   """`config.dataset` names no dataset cnnjax knows."""
 
@@ -61,6 +66,11 @@ class Split:
   def __len__(self) -> int:
     return len(self.labels)
 
+  def fingerprint(self) -> str:
+    digest = hashlib.sha256(np.ascontiguousarray(self.labels).tobytes())
+    digest.update(np.ascontiguousarray(self.images).tobytes())
+    return f'{len(self)}:{digest.hexdigest()[:16]}'
+
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
@@ -78,6 +88,11 @@ class Dataset:
   @property
   def image_shape(self) -> tuple[int, ...]:
     return tuple(self.train.images.shape[1:])
+
+  def fingerprints(self) -> dict[str, str]:
+    """Per split, its size and a hash of its examples in order: what a resumed run must see."""
+    return {name: split.fingerprint() for name, split in
+            (('train', self.train), ('val', self.val), ('test', self.test)) if split is not None}
 
 
 def _offline_help(name: str) -> str:
@@ -140,12 +155,30 @@ def _load_local(root: str, split_spec: str, spec: DatasetSpec,
   return Split(np.concatenate(images), np.concatenate(labels))
 
 
+def check_split(split: Split, split_spec: str, num_classes: int, source: str) -> Split:
+  """`split`, if it has examples and every label names one of the `num_classes` classes."""
+  if not len(split):
+    raise EmptySplitError(f'Split {split_spec!r} of {source} selects no example; choose a '
+                          'non-empty slice.')
+  bad = (split.labels < 0) | (split.labels >= num_classes)
+  if bad.any():
+    values = sorted({int(v) for v in split.labels[bad][:100]})[:5]
+    raise BadLabelsError(
+        f'{int(bad.sum())} label(s) of split {split_spec!r} of {source} are not classes 0..'
+        f'{num_classes - 1} (e.g. {values}): the label file is corrupt or belongs to another '
+        'dataset. Nothing was trained on them.')
+  return split
+
+
 def load_split(name: str, split_spec: str, local_data_dir: str = '',
                tfds_data_dir: str = '') -> Split:
   """One split (TFDS syntax, e.g. 'test' or 'train[80%:]') from local files or TFDS."""
+  spec = dataset_spec(name)
   if local_data_dir:
-    return _load_local(local_data_dir, split_spec, dataset_spec(name), {})
-  return _load_tfds(name, split_spec, tfds_data_dir)[0]
+    split, source = _load_local(local_data_dir, split_spec, spec, {}), local_data_dir
+  else:
+    split, source = _load_tfds(name, split_spec, tfds_data_dir)[0], f'TFDS {name}'
+  return check_split(split, split_spec, len(spec.class_names), source)
 
 
 def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
@@ -168,10 +201,10 @@ def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
       split, class_names = _load_tfds(name, split_spec, tfds_data_dir)
       loaded.append(split)
     source = 'tfds'
+  for split, split_spec in zip(loaded, split_specs):
+    if split is not None:
+      check_split(split, split_spec, len(class_names), source)
   train, val, test = loaded
-  for split_name, split in (('train', train), ('test', test)):
-    if split is None or not len(split):
-      raise EmptySplitError(f'The {split_name} split (config.{split_name}_split) is empty.')
   logging.info('Loaded %s from %s: train %d, val %s, test %d examples.', name, source,
                len(train), len(val) if val is not None else 'none', len(test))
   return Dataset(name, train, val, test, tuple(class_names), source)

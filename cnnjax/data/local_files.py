@@ -9,9 +9,12 @@ reader returns uint8 NHWC images and int32 labels, like the TFDS path.
 import gzip
 import hashlib
 import io
+import logging
 import os
+import re
 import struct
 import tarfile
+import zlib
 from typing import Sequence
 
 import numpy as np
@@ -86,15 +89,43 @@ def _folder_entries(root: str, split: str) -> list[tuple[str, str, bytes]]:
           with open(os.path.join(cls_dir, fname), 'rb') as f:
             entries.append((cls, fname, f.read()))
     return entries
-  # One sequential pass: seeking back and forth in a gzip stream decompresses it again each time.
-  with tarfile.open(root, 'r|*') as tar:
-    for member in tar:
-      parts = member.name.lstrip('./').split('/')
-      if (member.isfile() and len(parts) == 3 and parts[0] == split
-          and parts[2].lower().endswith(IMAGE_SUFFIXES)):
-        entries.append((parts[1], parts[2], tar.extractfile(member).read()))
+  entries = _archive_entries(root, split)
   if not entries:
     raise LocalDataError(f'No {split}/<class>/<image> entries in {root}.')
+  return entries
+
+
+def _archive_entries(root: str, split: str) -> list[tuple[str, str, bytes]]:
+  """(class, file name, bytes) of each image of `split` in a .tar.gz (or .tar) of a tree.
+
+  One sequential pass (seeking in a gzip stream decompresses it again each
+  time), read to the very end of the file: tarfile's stream mode takes a
+  short read for the end of the archive, so a cut-off file would otherwise
+  yield part of a split without a word. The gzip stream's own end marker,
+  or a plain tar's closing zero blocks, say the file is whole.
+  """
+  entries = []
+  try:
+    with open(root, 'rb') as raw:
+      gzipped = raw.read(2) == b'\x1f\x8b'
+      if not gzipped:
+        raw.seek(0, os.SEEK_END)
+        size = raw.tell()
+        raw.seek(max(size - 1024, 0))
+        if size % 512 or raw.read(1024).strip(b'\0'):
+          raise tarfile.ReadError('the archive does not end with its closing zero blocks')
+    with (gzip.open(root, 'rb') if gzipped else open(root, 'rb')) as stream:
+      with tarfile.open(fileobj=stream, mode='r|') as tar:
+        for member in tar:
+          parts = member.name.lstrip('./').split('/')
+          if (member.isfile() and len(parts) == 3 and parts[0] == split
+              and parts[2].lower().endswith(IMAGE_SUFFIXES)):
+            entries.append((parts[1], parts[2], tar.extractfile(member).read()))
+      while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
+        pass
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
+                         'give only part of the dataset. Copy or download it again.') from e
   return entries
 
 
@@ -129,8 +160,10 @@ def read_image_folder_split(root: str, split: str, class_names: Sequence[str],
                            f'({", ".join(class_names)}).')
     try:
       image = np.asarray(Image.open(io.BytesIO(payload)).convert(mode), np.uint8)
-    except OSError as e:
-      raise LocalDataError(f'Cannot decode {split}/{cls}/{fname} in {root}: {e}') from e
+    except (OSError, Image.DecompressionBombError) as e:
+      reason = re.sub(r'<_io\.BytesIO object at 0x[0-9a-f]+>', 'it', str(e))
+      raise LocalDataError(f'Cannot decode {split}/{cls}/{fname} in {root}: {reason}. Remove '
+                           'or replace the file.') from e
     if image.shape[:2] != (height, width):
       raise LocalDataError(f'{split}/{cls}/{fname} in {root} is {image.shape[1]}x'
                            f'{image.shape[0]}; this dataset has {width}x{height} images.')
@@ -138,6 +171,10 @@ def read_image_folder_split(root: str, split: str, class_names: Sequence[str],
     labels.append(index[cls])
   if not images:
     raise LocalDataError(f'No images under {split}/ in {root}.')
+  missing = [name for name in class_names if name not in {cls for cls, _, _ in entries}]
+  if missing:
+    logging.warning('Split %s/ in %s has no images of class(es) %s: their rows of the confusion '
+                    'matrix and report will be empty.', split, root, ', '.join(missing))
   return np.stack(images), np.asarray(labels, np.int32)
 
 

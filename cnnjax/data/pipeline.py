@@ -13,6 +13,7 @@ import numpy as np
 
 from cnnjax import sharding
 from cnnjax.data import datasets
+from cnnjax.errors import ConfigError
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
@@ -23,8 +24,8 @@ def to_inputs(images: jax.Array) -> jax.Array:
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   steps = num_examples // batch_size
   if not steps:
-    raise ValueError(f'config.batch_size={batch_size} is larger than the {num_examples} '
-                     'training examples; lower it.')
+    raise ConfigError(f'config.batch_size={batch_size} is larger than the {num_examples} '
+                      'training examples; lower it (--config.batch_size=N).')
   return steps
 
 
@@ -34,19 +35,20 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def train_batches(split: datasets.Split, batch_size: int, seed: int, epoch: int,
-                  first_step: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """This process's slice of each global batch of `epoch`, from `first_step` on."""
+                  mesh: jax.sharding.Mesh, first_step: int = 0
+                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """This process's rows of each global batch of `epoch`, from `first_step` on."""
   order = epoch_order(seed, epoch, len(split))
-  local = sharding.host_local_slice(batch_size)
+  local = sharding.host_local_rows(mesh, batch_size)
   for step in range(first_step, steps_per_epoch(len(split), batch_size)):
     index = order[step * batch_size:(step + 1) * batch_size][local]
     yield split.images[index], split.labels[index]
 
 
-def eval_batches(split: datasets.Split, batch_size: int
+def eval_batches(split: datasets.Split, batch_size: int, mesh: jax.sharding.Mesh
                  ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """(images, labels, mask) covering each example once; padding has mask False."""
-  local = sharding.host_local_slice(batch_size)
+  local = sharding.host_local_rows(mesh, batch_size)
   for start in range(0, len(split), batch_size):
     index = np.arange(start, start + batch_size)
     mask = index < len(split)

@@ -7,8 +7,14 @@ config selects the same examples whether the data came from TFDS or files.
 import re
 from typing import NamedTuple
 
+from cnnjax.errors import UserError
+
 _PART = re.compile(r'^(?P<name>\w+)(\[(?P<start>[^:\]]*):(?P<stop>[^\]]*)\])?$')
 _BOUND = re.compile(r'^(?P<value>-?\d+)(?P<pct>%)?$')
+
+
+class SplitError(UserError, ValueError):
+  """A split string that is not valid syntax, or selects examples a split does not have."""
 
 
 class SplitPart(NamedTuple):
@@ -24,11 +30,13 @@ def parse_split(spec: str) -> list[SplitPart]:
   for raw in spec.replace(' ', '').split('+'):
     match = _PART.match(raw)
     if not match:
-      raise ValueError(f'Invalid split {spec!r}: cannot parse {raw!r}. '
+      raise SplitError(f'Invalid split {spec!r}: cannot parse {raw!r}. '
                        "Use TFDS syntax such as 'train', 'train[:80%]', 'train[1000:]'.")
     for bound in (match['start'], match['stop']):
       if bound and not _BOUND.match(bound):
-        raise ValueError(f'Invalid split {spec!r}: bad boundary {bound!r} in {raw!r}.')
+        raise SplitError(f'Invalid split {spec!r}: bad boundary {bound!r} in {raw!r}.')
+      if bound and bound.endswith('%') and abs(int(bound[:-1])) > 100:
+        raise SplitError(f'Invalid split {spec!r}: {bound} in {raw!r} is beyond 100%.')
     parts.append(SplitPart(match['name'], match['start'] or '', match['stop'] or ''))
   return parts
 
@@ -50,6 +58,6 @@ def slice_indices(part: SplitPart, num_examples: int) -> range:
   stop = _absolute(part.stop, num_examples)
   if any(b is not None and abs(b) > num_examples for b in (start, stop)):
     # As TFDS does: an absolute slice past the end is a mistake, not a clamp.
-    raise ValueError(f'Split {part.name}[{part.start}:{part.stop}] asks for examples beyond '
+    raise SplitError(f'Split {part.name}[{part.start}:{part.stop}] asks for examples beyond '
                      f'the {num_examples} that split {part.name!r} has.')
   return range(*slice(start, stop).indices(num_examples))

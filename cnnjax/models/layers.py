@@ -76,11 +76,16 @@ class PoolingConv(nn.Module):
   """A `Conv` (stride 1) and the 2x2 max pool after its ReLU, with the bias added after pooling.
 
   `ReLU()(PoolingConv(...)(x))` equals `max_pool_2x2(ReLU()(Conv(...)(x)))`
-  bitwise, values and gradients: adding a channel's bias and ReLU are both
-  monotone, also in float rounding, so they commute with a max, and the first
-  maximum of a window is the same element. Pooling first runs the bias, the
-  ReLU and their gradients on a quarter of the elements. Parameters and their initial values are `Conv`'s, under the
-  same name. A ReLU after it sees (and reports statistics of) pooled activations.
+  bitwise in value: adding a channel's bias and ReLU are both monotone, also
+  in float rounding, so they commute with a max. Gradients are the same too,
+  but for one case: where rounding makes y + b tie within a window although
+  the conv outputs y did not (y = 1 and 1 + 2^-23 with b = 1 both give 2),
+  Conv-ReLU-pool sends the window's gradient to the first of the tied
+  elements and PoolingConv to the largest y. Both are gradients of the same
+  max; the window's total is the same. Pooling first runs the bias, the ReLU
+  and their gradients on a quarter of the elements. Parameters and their
+  initial values are `Conv`'s, under the same name. A ReLU after it sees (and
+  reports statistics of) pooled activations.
   """
   features: int
   kernel_size: tuple[int, int]

@@ -41,6 +41,28 @@ def block_patterns() -> list[str]:
           + ['(Conv_1|Conv_1_bn)/'])
 
 
+def keras_layer_names() -> list[str]:
+  """`keras.applications.MobileNetV2(include_top=False).layers`' names, in order.
+
+  Keras' fine-tuning recipes cut this list at an index (`layers[fine_tune_at:]`
+  train); index 100 is `block_11_expand_relu`.
+  """
+  names = ['input_1', 'Conv1', 'bn_Conv1', 'Conv1_relu']
+  in_channels = STEM_FEATURES
+  for block_id, (features, stride, _) in enumerate(BLOCKS):
+    prefix = block_prefix(block_id)
+    if block_id:
+      names += [prefix + 'expand', prefix + 'expand_BN', prefix + 'expand_relu']
+    if stride == 2:
+      names.append(prefix + 'pad')
+    names += [prefix + 'depthwise', prefix + 'depthwise_BN', prefix + 'depthwise_relu',
+              prefix + 'project', prefix + 'project_BN']
+    if in_channels == features and stride == 1:
+      names.append(prefix + 'add')
+    in_channels = features
+  return names + ['Conv_1', 'Conv_1_bn', 'out_relu']
+
+
 def correct_pad(height: int, width: int, kernel: int = 3) -> tuple[tuple[int, int], ...]:
   """`keras.applications.imagenet_utils.correct_pad` for a stride-2 conv."""
   adjust = (1 - height % 2, 1 - width % 2)

@@ -52,6 +52,15 @@ def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None
   raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
 
 
+def keras_layer_names(backbone: str) -> list[str]:
+  """The Keras application's layer names, in `model.layers` order."""
+  if backbone == 'vgg16':
+    return vgg.keras_layer_names()
+  if backbone == 'mobilenet_v2':
+    return mobilenet_v2.keras_layer_names()
+  raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+
+
 def backbone_blocks(backbone: str) -> list[str]:
   """Regexes matching each block of `backbone`'s parameter paths, bottom to top."""
   if backbone == 'vgg16':

@@ -21,6 +21,14 @@ def conv_names() -> list[str]:
           for c in range(1, len(block) + 1)]
 
 
+def keras_layer_names() -> list[str]:
+  """`keras.applications.VGG16(include_top=False).layers`' names, in order."""
+  names = ['input_1']
+  for b, block in enumerate(VGG16_BLOCKS, start=1):
+    names += [f'block{b}_conv{c}' for c in range(1, len(block) + 1)] + [f'block{b}_pool']
+  return names
+
+
 def block_patterns() -> list[str]:
   """Regexes over parameter paths, one per block, bottom to top (fine-tuning unfreezes the top)."""
   return [f'block{b}_' for b in range(1, len(VGG16_BLOCKS) + 1)]

@@ -73,6 +73,8 @@ def port_h5(path: str, backbone: str | None = None) -> tuple[dict[str, Any], str
 def save_converted(variables: dict[str, Any], directory: str, source: dict[str, Any]) -> None:
   """Writes ported variables as an orbax checkpoint plus `source.json`."""
   import orbax.checkpoint as ocp
+  if os.path.exists(directory) and not os.path.isdir(directory):
+    raise FileExistsError(f'{directory} is a file; choose a new directory to write to.')
   if os.path.exists(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} exists and is not empty; choose a new directory.')
   os.makedirs(directory, exist_ok=True)

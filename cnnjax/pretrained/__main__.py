@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
       print(convert(args.source, args.directory))
     else:
       print(download(args.backbone, args.image_size))
-  except (WeightsFileError, FileExistsError) as e:
+  except (WeightsFileError, OSError) as e:  # OSError: OUT_DIR exists, is a file, is not writable.
     print(f'cnnjax.pretrained: error: {e}', file=sys.stderr)
     return 2
   return 0

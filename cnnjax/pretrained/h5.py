@@ -8,6 +8,7 @@ MobileNetV2: `Conv1/kernel:0`; Keras 3: `Conv1/kernel`), so arrays are read
 by layer name and position, never by weight-name spelling.
 """
 import hashlib
+import os
 
 import numpy as np
 
@@ -35,6 +36,9 @@ def _weights_group(f, path: str):
 def read_layers(path: str) -> dict[str, list[np.ndarray]]:
   """{Keras layer name: its arrays in weight order} for every layer of the file."""
   import h5py  # Only reading .h5 needs it; converted checkpoints do not.
+  if os.path.isdir(path):
+    raise WeightsFileError(f'{path} is a directory, not a Keras .h5 weights file: pass the file '
+                           '(or a directory made by python -m cnnjax.pretrained convert).')
   try:
     f = h5py.File(path, 'r')
   except FileNotFoundError as e:

@@ -12,11 +12,13 @@ aside to `checkpoints_unreadable/` (never deleted) and the previous one is
 used. A checkpoint whose shapes do not fit the model is an error that
 leaves the workdir untouched.
 """
+import contextlib
+import errno
 import logging
 import os
 import shutil
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Iterator, NamedTuple, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -26,6 +28,10 @@ from cnnjax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'
+
+
+class CheckpointWriteError(UserError, OSError):
+  """The disk refused a checkpoint (full, read-only)."""
 
 
 class IncompatibleCheckpointError(UserError, ValueError):
@@ -69,10 +75,29 @@ class Checkpointer:
   def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; training goes on while it is written."""
     meta = dict(meta, shapes=shape_fingerprint(state))
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        running_metrics=ocp.args.StandardSave(running_metrics),
-        meta=ocp.args.JsonSave(meta)), force=True)
+    with self._reporting_write_errors(f'the checkpoint at step {step}'):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state),
+          running_metrics=ocp.args.StandardSave(running_metrics),
+          meta=ocp.args.JsonSave(meta)), force=True)
+
+  @contextlib.contextmanager
+  def _reporting_write_errors(self, what: str) -> Iterator[None]:
+    """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
+    finalises a step only once it is whole, so the checkpoints before it are kept."""
+    try:
+      yield
+    except Exception as error:  # pylint: disable=broad-except  # Orbax wraps OSErrors variously.
+      cause = error
+      while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+      if cause is None or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                              errno.EACCES):
+        raise
+      raise CheckpointWriteError(
+          f'Could not write {what} in {self.directory} ({cause.strerror}). The checkpoints '
+          'before it are kept: free some space (or make the workdir writable) and run the '
+          'same command to resume from them.') from error
 
   def restore_latest(self, state_templates: Sequence[Any], metrics_template: Any
                      ) -> Restored | None:
@@ -119,8 +144,8 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception) -> None:
     """Moves an unreadable step out of the manager's way, keeping it for inspection."""
     target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
-    logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s and '
-                    'falling back to the previous checkpoint.', step, self.directory,
+    logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s; trying '
+                    'the previous checkpoint, if there is one.', step, self.directory,
                     type(error).__name__, str(error)[:300], target)
     sharding.sync_processes(f'checkpoint {step} found unreadable')
     if jax.process_index() == 0:
@@ -131,7 +156,8 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
-    self.manager.wait_until_finished()
+    with self._reporting_write_errors('a checkpoint'):
+      self.manager.wait_until_finished()
 
   def close(self) -> None:
     self.manager.close()

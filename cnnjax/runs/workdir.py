@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import ml_collections
 
+from cnnjax.errors import UserError
 from cnnjax.runs import checkpoints
 from cnnjax.runs import writers
 
@@ -58,9 +59,27 @@ def holds_run(workdir: str) -> bool:
       writers.CONFIG_FILE, writers.METRICS_FILE, checkpoints.CHECKPOINT_DIR))
 
 
+class WorkdirError(UserError, ValueError):
+  """The workdir cannot hold a run: it is a file, it is not writable, its records are broken."""
+
+
+def check_writable(workdir: str) -> None:
+  """Fails before any data is read if `workdir` is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another '
+                       '--workdir.')
+  existing = os.path.abspath(workdir)
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
+    raise WorkdirError(f'--workdir={workdir} cannot be written ({existing} is not a writable '
+                       'directory); choose another --workdir.')
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str,
             defaults: ml_collections.ConfigDict) -> None:
   """Checks that `config` may run in `workdir`; moves an old run aside if asked to."""
+  check_writable(workdir)
   if not holds_run(workdir):
     return
   if not config.resume:
@@ -72,8 +91,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
     return
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
-    with open(config_path) as f:
-      differences = config_differences(json.load(f), config, defaults)
+    try:
+      with open(config_path) as f:
+        saved = json.load(f)
+      if not isinstance(saved, dict):
+        raise ValueError('not a JSON object')
+    except (OSError, ValueError) as e:
+      raise WorkdirError(
+          f'{config_path} is unreadable ({type(e).__name__}: {e}), so the run in {workdir} '
+          'cannot be checked against this config. Nothing was changed. Restore the file, '
+          'choose a new --workdir, or pass --config.resume=False to start afresh (the old run '
+          'is moved aside).') from e
+    differences = config_differences(saved, config, defaults)
     if differences:
       raise checkpoints.IncompatibleCheckpointError(
           f'{workdir} holds a run of a different config; these fields differ: '

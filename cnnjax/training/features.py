@@ -56,7 +56,7 @@ def extract(model, variables, split: datasets.Split, batch_size: int, mesh) -> d
       lambda v, x: model.apply(v, pipeline.to_inputs(x), part='features'),
       out_shardings=sharding.replicated(mesh))
   features = []
-  for images, _, _ in pipeline.eval_batches(split, batch_size):
+  for images, _, _ in pipeline.eval_batches(split, batch_size, mesh):
     features.append(np.asarray(jax.device_get(
         extract_batch(variables, *sharding.put_global_batch(mesh, (images,))))))
   return datasets.Split(np.concatenate(features)[:len(split)], split.labels)

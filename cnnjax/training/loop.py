@@ -103,7 +103,7 @@ class Loop:
         self.running = trainer.empty_metrics()
       for hook in self.hooks:
         hook.epoch_start(self, epoch, epoch_end_step - self.step)
-      batches = pipeline.train_batches(data.train, self.batch_size, self.seed, epoch,
+      batches = pipeline.train_batches(data.train, self.batch_size, self.seed, epoch, self.mesh,
                                        first_step=self.step - epoch * spe)
       for batch in itertools.islice(batches, epoch_end_step - self.step):
         images, labels = sharding.put_global_batch(self.mesh, batch)

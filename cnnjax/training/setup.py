@@ -17,20 +17,21 @@ import optax
 
 from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
+from cnnjax.training import optimizers
 from cnnjax.training import params as params_lib
 from cnnjax.training import stages as stages_lib
 from cnnjax.training.steps import TrainState
 from cnnjax.training.steps import Trainer
 
 
-def create_optimizer(learning_rate: float, epsilon: float, warmup_steps: int = 0
-                     ) -> optax.GradientTransformation:
-  """Adam as Keras configures it (the studies: epsilon 1e-7), after `warmup_steps` of linear
-  warmup from 0 (none by default, as in the studies)."""
+def create_optimizer(learning_rate: float, epsilon: float, warmup_steps: int = 0,
+                     adam_update: str = 'keras') -> optax.GradientTransformation:
+  """Adam, by default exactly as Keras updates (the studies: epsilon 1e-7; see `optimizers`),
+  after `warmup_steps` of linear warmup from 0 (none by default, as in the studies)."""
   rate = learning_rate
   if warmup_steps:
     rate = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-  return optax.adam(rate, eps=epsilon)
+  return optimizers.adam(rate, epsilon, adam_update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,11 +87,14 @@ class Experiment:
                           abstract)
     return [template(index) for index in range(len(self.stages))]
 
-  def trainer(self, index: int, mesh: jax.sharding.Mesh, eval_batch_size: int) -> Trainer:
-    """Stage `index`'s jitted steps; a stage on cached features trains its model's head."""
-    stage = self.stages[index]
+  def trainer(self, index: int, mesh: jax.sharding.Mesh, eval_batch_size: int,
+              on_features: bool = True) -> Trainer:
+    """Stage `index`'s jitted steps. A stage with cached features steps its model's head on
+    them; `on_features=False` gives steps on images all the same (evaluating a saved run,
+    diagnosing, benchmarking)."""
+    head = self.stages[index].cache_features and on_features
     return Trainer(self.models[index], self.optimizers[index], mesh, eval_batch_size,
-                   'head' if stage.cache_features else 'all')
+                   'head' if head else 'all')
 
   def param_counts(self) -> dict[str, int]:
     """Parameters in all (BatchNorm statistics included, as Keras counts) and that train."""
@@ -120,13 +124,13 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   plan = stages_lib.plan(config, backbone)
   models = (first,) + tuple(create_model(config, num_classes, stage.batchnorm_trainable)
                             for stage in plan[1:])
-  optimizers = tuple(create_optimizer(stage.learning_rate, config.adam_epsilon,
-                                      config.warmup_steps) for stage in plan)
+  txs = tuple(create_optimizer(stage.learning_rate, config.adam_epsilon,
+                                      config.warmup_steps, config.adam_update) for stage in plan)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   initialised = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
                                train=False)
   # What a model carries (init also returns the ReLU statistics it was free to sow).
   variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
-  return Experiment(tuple(plan), models, optimizers, variables, dropout_rng, backbone,
+  return Experiment(tuple(plan), models, txs, variables, dropout_rng, backbone,
                     config.num_epochs + config.fine_tune.num_epochs,
                     config.num_train_steps)

@@ -4,7 +4,8 @@ A run is one stage (everything `config.trainable` matches trains, Adam at
 `config.learning_rate`) unless `config.fine_tune.num_epochs > 0`: then, as in
 the study of MobileNetV2 on CIFAR-10, `config.num_epochs` of transfer
 learning are followed by a fine-tuning stage that also unfreezes the top
-`config.fine_tune.unfreeze_blocks` blocks of the backbone, with a fresh
+`config.fine_tune.unfreeze_blocks` blocks of the backbone (or, as Keras'
+`layers[fine_tune_at:]`, every layer from `config.fine_tune.unfreeze_from` on), with a fresh
 optimizer at `config.fine_tune.learning_rate`. Stage boundaries are epoch
 boundaries and steps count on across stages, so the data order, checkpoints
 and resume work as in a one-stage run.
@@ -39,8 +40,13 @@ class Stage:
 
 
 def fine_tune_pattern(config: ml_collections.ConfigDict, backbone: str) -> str:
-  """`config.trainable` plus the top `fine_tune.unfreeze_blocks` blocks of the backbone."""
-  top = transfer.backbone_blocks(backbone)[-config.fine_tune.unfreeze_blocks:]
+  """`config.trainable` plus the backbone's layers from `fine_tune.unfreeze_from` on (a
+  Keras layer name), or else its top `fine_tune.unfreeze_blocks` blocks."""
+  if config.fine_tune.unfreeze_from:
+    names = transfer.keras_layer_names(backbone)
+    top = [f'{name}/' for name in names[names.index(config.fine_tune.unfreeze_from):]]
+  else:
+    top = transfer.backbone_blocks(backbone)[-config.fine_tune.unfreeze_blocks:]
   return f'(?:{config.trainable})|^backbone/(?:{"|".join(top)})'
 
 

@@ -136,7 +136,7 @@ class Trainer:
     total = Metrics.empty()
     predictions = []
     batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
-    for batch in pipeline.eval_batches(split, batch_size):
+    for batch in pipeline.eval_batches(split, batch_size, self.mesh):
       batch_metrics, predicted = self.eval_step(
           state, *sharding.put_global_batch(self.mesh, batch))
       total = total.merge(batch_metrics)

@@ -1,0 +1,70 @@
+"""One run per workdir at a time: a lock file beside the workdir.
+
+Two processes training in one workdir would delete each other's checkpoints.
+The first takes an exclusive `flock` on `<workdir>.lock` and writes its pid
+and host into it; a second one is refused with that holder named. The
+operating system drops the lock when its holder dies, however it dies, so a
+stale lock file never blocks a new run. The file lies beside the workdir, not
+in it, so that `--config.resume=False` can move the old run aside while
+locked, and a run refused early leaves no workdir behind.
+"""
+import fcntl
+import os
+import socket
+import time
+
+from cnnjax.errors import UserError
+
+
+class WorkdirBusyError(UserError, RuntimeError):
+  """Another process is running in the workdir."""
+
+
+def lock_path(workdir: str) -> str:
+  return os.path.abspath(workdir).rstrip('/') + '.lock'
+
+
+class WorkdirLock:
+  """Holds `<workdir>.lock` while the run lasts (a context manager)."""
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    """`enabled=False` (processes other than 0 of a multi-host run) holds nothing."""
+    self.workdir, self.path, self.enabled, self._fd = workdir, lock_path(workdir), enabled, None
+
+  def __enter__(self) -> 'WorkdirLock':
+    if not self.enabled:
+      return self
+    os.makedirs(os.path.dirname(self.path), exist_ok=True)
+    while True:
+      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      except BlockingIOError:
+        holder = os.read(fd, 200).decode(errors='replace').strip() or 'another process'
+        os.close(fd)
+        raise WorkdirBusyError(
+            f'{self.workdir} is in use by another run ({holder}); two runs in one workdir '
+            'would overwrite each other. Wait for it to finish, stop it, or choose another '
+            f'--workdir. (The lock is {self.path}.)') from None
+      try:  # The holder we waited on may have removed the file: lock the one at the path.
+        same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
+      except FileNotFoundError:
+        same = False
+      if same:
+        break
+      os.close(fd)
+    os.ftruncate(fd, 0)
+    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, since '
+                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode())
+    self._fd = fd
+    return self
+
+  def __exit__(self, *exc_info) -> None:
+    if self._fd is None:
+      return
+    try:
+      os.remove(self.path)
+    except FileNotFoundError:
+      pass
+    os.close(self._fd)
+    self._fd = None

@@ -1,0 +1,244 @@
+"""What users really feed cnnjax: each bad input ends in one line, exit status 2, and leaves
+the workdir as it was (or never made)."""
+import gzip
+import os
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax.data import datasets
+from tests.helpers import (REPO_ROOT, make_idx_dataset, shared_weights_file, tree_digest,
+                           write_idx)
+
+CNN_SIMPLE = f'--config={REPO_ROOT}/configs/cnn_simple.py'
+
+
+def run_tool(module, args, cwd, env_extra=None):
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, **(env_extra or {})}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
+def assert_one_line_error(result, tool, *fragments):
+  assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if line.startswith(f'{tool}: error:')]
+  assert len(errors) == 1, result.stderr[-2000:]  # Printed once.
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+def image_tree_archive(directory, per_class=3):
+  """A CIFAR-10-shaped .tar.gz of PNGs: train/<class>/*.png and test/<class>/*.png."""
+  rng = np.random.default_rng(0)
+  tree = directory / 'tree'
+  for split in ('train', 'test'):
+    for name in datasets.DATASETS['cifar10'].class_names:
+      os.makedirs(tree / split / name)
+      for i in range(per_class):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)).save(
+            tree / split / name / f'{i}.png')
+  archive = directory / 'cifar.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tree / 'train', arcname='train')
+    tar.add(tree / 'test', arcname='test')
+  return archive
+
+
+@pytest.fixture
+def data(tmp_path):
+  directory = tmp_path / 'data'
+  directory.mkdir()
+  make_idx_dataset(str(directory))  # 40 train, 20 test.
+  return directory
+
+
+def bad_labels(data, tmp_path):
+  labels = np.zeros(20, np.uint8)
+  labels[7] = 12
+  write_idx(str(data / 't10k-labels-idx1-ubyte.gz'), labels)
+  return [f'--config.local_data_dir={data}']
+
+
+def truncated_archive(data, tmp_path):
+  archive = image_tree_archive(tmp_path)
+  payload = archive.read_bytes()
+  cut = tmp_path / 'cut.tar.gz'
+  cut.write_bytes(payload[:len(payload) // 2])
+  return [f'--config={REPO_ROOT}/configs/cifar_cnn.py', f'--config.local_data_dir={cut}',
+          '--config.batch_size=8']
+
+
+def with_data(*extra):
+  return lambda data, tmp_path: [f'--config.local_data_dir={data}', *extra]
+
+
+def config_file(text):
+  def make(data, tmp_path):
+    path = tmp_path / 'my_config.py'
+    path.write_text(text)
+    return [f'--config={path}', f'--config.local_data_dir={data}']
+  return make
+
+
+MAIN_CASES = {
+    'truncated archive': (truncated_archive, 'is truncated or corrupt'),
+    'label outside the classes': (bad_labels, "are not classes 0..9 (e.g. [12])"),
+    'split beyond 100%': (with_data('--config.train_split=train[:200%]'), 'beyond 100%'),
+    'split reversed': (with_data('--config.train_split=train[5:2]'), 'selects no example'),
+    'split empty': (with_data('--config.train_split=train[:0]'), 'selects no example'),
+    'empty validation split': (with_data('--config.val_split=train[40:]'),
+                               "'train[40:]' of local:"),
+    'absolute split too far': (with_data('--config.test_split=test[:500]'), 'beyond the 20'),
+    'batch larger than the split': (with_data('--config.batch_size=64'),
+                                    'config.batch_size=64 is larger than the 40'),
+    'unknown field on the command line': (with_data('--config.batchsize=3'),
+                                          "config field 'batchsize' does not exist"),
+    'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
+    'num_train_steps zero': (with_data('--config.num_train_steps=0'),
+                             'config.num_train_steps must be -1'),
+    'config file missing': (lambda data, tmp_path: [f'--config={tmp_path}/nope.py'],
+                            'cannot load the config file'),
+    'config file that does not parse': (config_file('def get_config(:\n'), 'does not parse'),
+    'config file that raises': (config_file('def get_config():\n  return 1 / 0\n'),
+                                'ZeroDivisionError'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(MAIN_CASES))
+def test_bad_input_to_main_is_one_line_and_makes_no_workdir(case, data, tmp_path):
+  make_args, message = MAIN_CASES[case]
+  args = make_args(data, tmp_path)
+  if not any(a.startswith('--config=') for a in args):
+    args = [CNN_SIMPLE, *args]
+  result = run_tool('cnnjax.main', [*args, f'--workdir={tmp_path}/run'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', message)
+  assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'run.lock')
+
+
+def trained_run(data, tmp_path, *extra):
+  """A finished 1-epoch cnn_simple run on the IDX files; its workdir."""
+  workdir = tmp_path / 'run'
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    '--config.batch_size=8', '--config.num_epochs=1',
+                                    f'--workdir={workdir}', *extra], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  return workdir
+
+
+def corrupt_config_json(workdir, data):
+  (workdir / 'config.json').write_text('{"name": "cnn_simple", ')
+  return [f'--config.local_data_dir={data}']
+
+
+def finished_without_checkpoints(workdir, data):
+  for step in os.listdir(workdir / 'checkpoints'):
+    os.rename(workdir / 'checkpoints' / step, workdir.parent / f'moved-{step}')
+  return [f'--config.local_data_dir={data}']
+
+
+def other_data(workdir, data):
+  other = workdir.parent / 'other'
+  other.mkdir()
+  make_idx_dataset(str(other), seed=1)
+  (workdir / 'results.json').unlink()  # As if the run had stopped: it would resume.
+  return [f'--config.local_data_dir={other}', '--config.num_epochs=2']
+
+
+WORKDIR_CASES = {
+    'corrupt config.json': (corrupt_config_json, 'config.json is unreadable'),
+    'finished run without checkpoints': (finished_without_checkpoints,
+                                         'holds the results of a finished run but no readable'),
+    'resumed on other examples': (other_data, 'trained on other examples'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(WORKDIR_CASES))
+def test_bad_resume_is_one_line_and_changes_nothing(case, data, tmp_path):
+  workdir = trained_run(data, tmp_path)
+  make_args, message = WORKDIR_CASES[case]
+  args = make_args(workdir, data)
+  before = tree_digest(workdir)
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, '--config.batch_size=8', '--config.num_epochs=1',
+                                    *args, f'--workdir={workdir}'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', message)
+  assert tree_digest(workdir) == before
+
+
+def test_a_workdir_that_is_a_file(data, tmp_path):
+  (tmp_path / 'run').write_text('my notes')
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/run'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', 'is a file, not a directory')
+  assert (tmp_path / 'run').read_text() == 'my notes'
+
+
+def test_evaluate_and_predict_bad_input(data, tmp_path):
+  workdir = trained_run(data, tmp_path)
+  before = tree_digest(workdir)
+  result = run_tool('cnnjax.evaluate', [f'--workdir={workdir}', '--split=test[:0]'], tmp_path)
+  assert_one_line_error(result, 'cnnjax.evaluate', 'selects no example')
+  result = run_tool('cnnjax.evaluate', [f'--workdir={workdir}', '--split=test[:10'], tmp_path)
+  assert_one_line_error(result, 'cnnjax.evaluate', 'Invalid split')
+  image = tmp_path / 'big.png'
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  (tmp_path / 'sitecustomize.py').write_text('import PIL.Image\nPIL.Image.MAX_IMAGE_PIXELS = 100\n')
+  result = run_tool('cnnjax.predict', [f'--workdir={workdir}', str(image)], tmp_path,
+                    {'PYTHONPATH': f'{tmp_path}{os.pathsep}{REPO_ROOT}'})
+  assert_one_line_error(result, 'cnnjax.predict', 'too large to be read safely')
+  result = run_tool('cnnjax.predict', [f'--workdir={workdir}', str(tmp_path)], tmp_path)
+  assert_one_line_error(result, 'cnnjax.predict', 'is a directory')
+  assert tree_digest(workdir) == before
+
+
+def test_predict_reads_a_16_bit_png_as_its_8_bit_twin(data, tmp_path):
+  from cnnjax import predict
+  from cnnjax.data import images
+  from tests.helpers import defaults
+  workdir = trained_run(data, tmp_path)
+  grey = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
+  Image.fromarray(grey).save(tmp_path / 'eight.png')
+  Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / 'sixteen.png')
+  assert Image.open(tmp_path / 'sixteen.png').mode.startswith('I')
+  np.testing.assert_array_equal(images.load_image(str(tmp_path / 'sixteen.png'), (28, 28, 1)),
+                                grey[..., None])
+  eight, sixteen = predict.predict(str(workdir), [str(tmp_path / 'eight.png'),
+                                                  str(tmp_path / 'sixteen.png')], defaults(), 10)
+  assert [p['class'] for p in eight['top']] == [p['class'] for p in sixteen['top']]
+  np.testing.assert_allclose([p['probability'] for p in eight['top']],
+                             [p['probability'] for p in sixteen['top']], rtol=1e-5)
+
+
+def test_convert_and_diagnose_bad_input(data, tmp_path):
+  target = tmp_path / 'a_file'
+  target.write_text('keep me')
+  result = run_tool('cnnjax.pretrained', ['convert', shared_weights_file('vgg16'), str(target)],
+                    tmp_path)
+  assert_one_line_error(result, 'cnnjax.pretrained', 'is a file')
+  assert target.read_text() == 'keep me'
+  result = run_tool('cnnjax.diagnose', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                        '--every=0'], tmp_path)
+  assert_one_line_error(result, 'cnnjax.diagnose', 'every')
+
+
+def test_a_missing_class_folder_is_warned_about(tmp_path):
+  from cnnjax.data import local_files
+  import logging
+  archive = image_tree_archive(tmp_path, per_class=1)
+  tree = tmp_path / 'tree'
+  import shutil
+  shutil.rmtree(tree / 'test' / 'cat')
+  records = []
+  handler = logging.Handler()
+  handler.emit = records.append
+  logging.getLogger().addHandler(handler)
+  try:
+    datasets.load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tree))
+  finally:
+    logging.getLogger().removeHandler(handler)
+  assert any('no images of class(es) cat' in r.getMessage() for r in records)
+  del archive, local_files
