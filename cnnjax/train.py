@@ -3,10 +3,10 @@
 One straight function: validate the config, prepare the workdir, build the
 experiment (`training.setup`), load the data, restore or initialise the
 state, train it with the one loop (`training.loop`), evaluate and report.
-The hooks below are what a run does around its steps: the collapse guard,
-the per-epoch metrics row, checkpoints, signals and the progress bar. A run
-is a pure function of its config: batches come from (seed, epoch), dropout
-keys from (seed, step).
+What a run does around its steps (the collapse guard, the per-epoch metrics
+row, checkpoints, signals, the progress bar) are the hooks of `runs.hooks`.
+A run is a pure function of its config: batches come from (seed, epoch),
+dropout keys from (seed, step).
 """
 import math
 import time
@@ -21,6 +21,7 @@ from cnnjax import pretrained
 from cnnjax.data import datasets
 from cnnjax.data import pipeline
 from cnnjax.runs import checkpoints
+from cnnjax.runs import hooks
 from cnnjax.runs import lock
 from cnnjax.runs import preemption
 from cnnjax.runs import report
@@ -31,152 +32,12 @@ from cnnjax.training import features
 from cnnjax.training import params as params_lib
 from cnnjax.training import setup
 from cnnjax.training import stages as stages_lib
-from cnnjax.training.loop import Hook
 from cnnjax.training.loop import Loop
-from cnnjax.training.steps import as_floats
-
-PROGRESS_REFRESH_STEPS = 25  # Steps between updates of the progress bar's running metrics.
-# Away from a terminal (log files), an epoch gets a plain progress line at these fractions of
-# its steps, once it has run PROGRESS_LINE_SECONDS: long epochs say how they go, short ones don't.
-PROGRESS_LINE_FRACTIONS = (0.25, 0.5, 0.75)
-PROGRESS_LINE_SECONDS = 20.0
-
 
 def device_summary() -> dict[str, Any]:
   devices = jax.devices()
   return {'num_devices': len(devices), 'num_processes': jax.process_count(),
           'backend': jax.default_backend(), 'device_kind': devices[0].device_kind}
-
-
-class GuardHook(Hook):
-  """The collapse guard's checks: losses every few steps and at epoch ends, ReLUs every few
-  steps. A collapse warns, or with `stop` (config.stop_on_collapse) stops the run."""
-
-  def __init__(self, guard: diagnostics.CollapseGuard, stop: bool, log: writers.RunWriter):
-    self.guard, self.stop, self.log = guard, stop, log
-
-  def after_step(self, loop, images, loss):
-    self.guard.record(loop.step, loss)
-    if self.guard.due(loop.step):
-      self.check_losses(loop)
-      stats = loop.trainer.activation_statistics(loop.state, images)
-      self._report(self.guard.check_activations(stats, loop.step), loop)
-
-  def epoch_end(self, loop, epoch):
-    self.check_losses(loop)
-
-  def check_losses(self, loop: Loop) -> None:
-    """Raises at a non-finite loss; reports a collapse. Also runs before every checkpoint."""
-    self._report(self.guard.check_losses(), loop)
-
-  def _report(self, symptom: str | None, loop: Loop) -> None:
-    if symptom is None:
-      return
-    message = diagnostics.collapse_message(symptom)
-    self.log.announce(f'WARNING: {message}')
-    if self.stop:
-      loop.request_stop(diagnostics.TrainingCollapsedError(
-          f'{message} Stopped at step {loop.step} (config.stop_on_collapse); the state at this '
-          'step is saved, so the same command continues the run.'))
-
-
-class EpochRowHook(Hook):
-  """Writes each epoch's metrics.jsonl row: training metrics, validation, seconds."""
-
-  def __init__(self, log: writers.RunWriter, multi_stage: bool):
-    self.log, self.multi_stage = log, multi_stage
-
-  def epoch_end(self, loop, epoch):
-    row = {'epoch': epoch + 1, 'step': loop.step}
-    row.update({f'train_{k}': v for k, v in as_floats(loop.running.compute()).items()})
-    if loop.data.val is not None:
-      val_metrics, _ = loop.trainer.evaluate(loop.state, loop.data.val)
-      row.update({f'val_{k}': v for k, v in val_metrics.items()})
-    row['epoch_seconds'] = loop.seconds_since_epoch_start()
-    if self.multi_stage:
-      row['stage'] = loop.stage.name
-    self.log.write_epoch(row)
-
-
-class CheckpointHook(Hook):
-  """Saves at every epoch end, every `every_steps` steps, and before the loop stops.
-
-  The guard checks the losses first: a non-finite loss never reaches a checkpoint.
-  """
-
-  def __init__(self, checkpointer: checkpoints.Checkpointer, every_steps: int,
-               guard: GuardHook, run_meta: dict[str, Any]):
-    self.checkpointer, self.every_steps, self.guard = checkpointer, every_steps, guard
-    self.run_meta = run_meta  # What the run started from: weights file, data fingerprints.
-    self.saved_step: int | None = None
-
-  def after_step(self, loop, images, loss):
-    if (self.every_steps and loop.step % self.every_steps == 0
-        and loop.step % loop.steps_per_epoch):  # Epoch ends save in epoch_end.
-      self.save(loop)
-
-  def epoch_end(self, loop, epoch):
-    self.save(loop)
-
-  def stopping(self, loop):
-    if self.saved_step != loop.step:
-      self.save(loop)
-    self.checkpointer.wait()
-
-  def save(self, loop: Loop) -> None:
-    self.guard.check_losses(loop)
-    self.checkpointer.save(loop.step, loop.state, loop.running, {
-        'train_seconds': loop.train_seconds(), 'epoch_seconds': loop.epoch_seconds(),
-        'stage': loop.stage.index, **self.run_meta})
-    self.saved_step = loop.step
-
-
-class SignalHook(Hook):
-  """Turns SIGTERM/SIGINT into a stop after the current step (see `preemption`)."""
-
-  def __init__(self, signals: preemption.SignalGuard):
-    self.signals = signals
-
-  def after_step(self, loop, images, loss):
-    if self.signals.requested:
-      loop.request_stop(preemption.StopRequested(self.signals.signum, loop.step))
-
-
-class ProgressHook(Hook):
-  """Within an epoch: a progress bar with the running loss and accuracy on a terminal, a few
-  plain lines elsewhere."""
-
-  def __init__(self, log: writers.RunWriter):
-    self.log, self.bar = log, None
-    self.epoch, self.done, self.steps, self.start, self.marks = 0, 0, 0, 0.0, []
-
-  def epoch_start(self, loop, epoch, steps):
-    self.bar = self.log.progress_bar(epoch, steps)
-    self.epoch, self.done, self.steps, self.start = epoch, 0, steps, time.perf_counter()
-    self.marks = [round(f * steps) for f in PROGRESS_LINE_FRACTIONS]
-
-  def after_step(self, loop, images, loss):
-    self.done += 1
-    if self.bar is not None:
-      self.bar.update(1)
-      if self.done % PROGRESS_REFRESH_STEPS == 0:
-        self.bar.set_postfix({k: f'{v:.4f}' for k, v in self._metrics(loop).items()})
-    elif (self.log.is_writer and self.done in self.marks
-          and time.perf_counter() - self.start >= PROGRESS_LINE_SECONDS):
-      self.log.progress_line(self.epoch, self.done, self.steps,
-                             time.perf_counter() - self.start, self._metrics(loop))
-
-  @staticmethod
-  def _metrics(loop: Loop) -> dict[str, float]:
-    return as_floats(loop.running.compute())
-
-  def epoch_end(self, loop, epoch):
-    self.stopping(loop)
-
-  def stopping(self, loop):
-    if self.bar is not None:
-      self.bar.close()
-      self.bar = None
 
 
 def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str],
@@ -308,17 +169,18 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # --- Train loop, stage by stage.
     inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh)
-    guard = GuardHook(diagnostics.CollapseGuard(
+    guard = hooks.GuardHook(diagnostics.CollapseGuard(
         len(spec.class_names), config.collapse_guard.every_steps,
         config.collapse_guard.patience_steps, config.collapse_guard.loss_band),
                       config.stop_on_collapse, log)
     with preemption.guard_signals() as signals:
       loop = Loop(state, running, mesh=mesh, batch_size=config.batch_size, seed=config.seed,
                   steps_per_epoch=steps_per_epoch, hooks=[
-                      ProgressHook(log), guard, EpochRowHook(log, len(experiment.stages) > 1),
-                      CheckpointHook(checkpointer, config.checkpoint_every_steps, guard,
-                                     {'pretrained': pretrained_info, 'data': data_fingerprints}),
-                      SignalHook(signals)], **timings)
+                      hooks.ProgressHook(log), guard,
+                      hooks.EpochRowHook(log, len(experiment.stages) > 1),
+                      hooks.CheckpointHook(checkpointer, config.checkpoint_every_steps, guard, {
+                          'pretrained': pretrained_info, 'data': data_fingerprints}),
+                      hooks.SignalHook(signals)], **timings)
       for stage, trainer in zip(experiment.stages, trainers):
         end_step = stage.end_step(steps_per_epoch, total_steps)
         if loop.step >= end_step:

@@ -194,13 +194,13 @@ def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, moc
 @pytest.mark.parametrize('stop_at', [3, 4])  # An epoch's last step (3 per epoch); mid-epoch.
 def test_a_stop_at_any_step_resumes_with_every_epoch_row(stop_at, tmp_path, mock_tfds,
                                                          monkeypatch):
-  from cnnjax import train as train_lib
+  from cnnjax.runs import hooks
   from cnnjax.runs import preemption
   straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
   config = resumable_config('cnn_deep', 9)
   train_and_evaluate(config, straight)
 
-  class SignalAt(train_lib.Hook):  # SIGTERM noticed right after step `stop_at`.
+  class SignalAt(hooks.Hook):  # SIGTERM noticed right after step `stop_at`.
     def __init__(self, signals):
       del signals
 
@@ -208,7 +208,7 @@ def test_a_stop_at_any_step_resumes_with_every_epoch_row(stop_at, tmp_path, mock
       if loop.step == stop_at:
         loop.request_stop(preemption.StopRequested(15, loop.step))
   with monkeypatch.context() as patch:
-    patch.setattr(train_lib, 'SignalHook', SignalAt)
+    patch.setattr(hooks, 'SignalHook', SignalAt)
     with pytest.raises(preemption.StopRequested):
       train_and_evaluate(config, stopped)
   assert max(int(s) for s in os.listdir(os.path.join(stopped, 'checkpoints'))) == stop_at

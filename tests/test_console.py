@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from cnnjax import train
+from cnnjax.runs import hooks
 from tests.helpers import REPO_ROOT, load_config
 
 # absl's log line prefix: severity letter, month and day, time (I1124 05:08:03.759101 ...).
@@ -69,13 +69,13 @@ class _Log:
 
 def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch):
   log, loop = _Log(), type('Loop', (), {'running': _Running()})()
-  hook = train.ProgressHook(log)
-  monkeypatch.setattr(train, 'PROGRESS_LINE_SECONDS', 0.0)  # Every epoch counts as long.
+  hook = hooks.ProgressHook(log)
+  monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 0.0)  # Every epoch counts as long.
   hook.epoch_start(loop, 1, 8)
   for _ in range(8):
     hook.after_step(loop, None, None)
   assert log.lines == [(1, 2, 8, 0.5), (1, 4, 8, 0.5), (1, 6, 8, 0.5)]
-  monkeypatch.setattr(train, 'PROGRESS_LINE_SECONDS', 3600.0)  # A short epoch says nothing.
+  monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 3600.0)  # A short epoch says nothing.
   hook.epoch_start(loop, 2, 8)
   for _ in range(8):
     hook.after_step(loop, None, None)

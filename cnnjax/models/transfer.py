@@ -52,22 +52,22 @@ def make_backbone(backbone: str, trainable_pattern: str = '.*', name: str | None
   raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
 
 
+def _backbone_module(backbone: str):
+  """The module that defines `backbone`: its layer names and blocks."""
+  modules = {'vgg16': vgg, 'mobilenet_v2': mobilenet_v2}
+  if backbone not in modules:
+    raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+  return modules[backbone]
+
+
 def keras_layer_names(backbone: str) -> list[str]:
   """The Keras application's layer names, in `model.layers` order."""
-  if backbone == 'vgg16':
-    return vgg.keras_layer_names()
-  if backbone == 'mobilenet_v2':
-    return mobilenet_v2.keras_layer_names()
-  raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+  return _backbone_module(backbone).keras_layer_names()
 
 
 def backbone_blocks(backbone: str) -> list[str]:
   """Regexes matching each block of `backbone`'s parameter paths, bottom to top."""
-  if backbone == 'vgg16':
-    return vgg.block_patterns()
-  if backbone == 'mobilenet_v2':
-    return mobilenet_v2.block_patterns()
-  raise ValueError(f'Unknown backbone {backbone!r}; expected one of {BACKBONES}.')
+  return _backbone_module(backbone).block_patterns()
 
 
 class TransferClassifier(nn.Module):

@@ -6,7 +6,6 @@ that differ. `--config.resume=False` starts afresh and moves the old run
 aside (`DIR.previous-<time>`) instead of deleting anything.
 """
 import json
-import logging
 import os
 import shutil
 import time
@@ -86,8 +85,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
     target = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
       shutil.move(workdir, target)
-    logging.warning('config.resume=False: moved the previous run in %s to %s; starting afresh.',
-                    workdir, target)
+      print(f'config.resume=False: moved the previous run in {workdir} to {target}; starting '
+            'afresh.', flush=True)
     return
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
