@@ -87,10 +87,6 @@ class Loop:
     if self._stop is None:
       self._stop = reason
 
-  @property
-  def stop_requested(self) -> bool:
-    return self._stop is not None
-
   def run(self, trainer: Trainer, data: datasets.Dataset, end_step: int, stage: Any = None
           ) -> None:
     """Trains on `data.train` with `trainer` until step `end_step`."""
