@@ -83,6 +83,34 @@ def _check_pretrained(config: ml_collections.ConfigDict, backbone: str | None) -
                       'python -m cnnjax.pretrained convert.')
 
 
+def _check_data(config: ml_collections.ConfigDict) -> None:
+  """The data fields' values (whether a dataset name exists is known once it is described:
+  TFDS' names need TensorFlow to list)."""
+  if str(config.data_in_memory).lower() not in datasets.IN_MEMORY_CHOICES:
+    raise ConfigError(f'config.data_in_memory must be one of {datasets.IN_MEMORY_CHOICES}, got '
+                      f'{config.data_in_memory!r}.')
+  for field in ('image_size', 'data_workers'):
+    if not isinstance(config[field], int) or config[field] < 0:
+      raise ConfigError(f'config.{field} must be 0 (the default) or a positive integer, got '
+                        f'{config[field]!r}.')
+  if config.channels not in (0, 1, 3):
+    raise ConfigError(f'config.channels must be 1 (grey), 3 (RGB) or 0 (the dataset\'s own), '
+                      f'got {config.channels!r}.')
+
+
+def _nominal_classes(config: ml_collections.ConfigDict) -> int:
+  """The class count to check the model's options with (any count builds the same layers)."""
+  known = datasets.DATASETS.get(config.dataset)
+  return len(known.class_names) if known else 2
+
+
+def _nominal_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """An image shape to check which parameters train (any shape has the same parameters)."""
+  known = datasets.DATASETS.get(config.dataset)
+  height, width, channels = known.image_shape if known else (32, 32, 3)
+  return (config.image_size or height, config.image_size or width, config.channels or channels)
+
+
 def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
                     ) -> None:
   """Raises ConfigError naming the first field that is unknown or out of range.
@@ -120,9 +148,7 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
                       f'{config.adam_update!r}.')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
-  if config.dataset not in datasets.DATASETS:
-    raise ConfigError(f'Unknown dataset {config.dataset!r} (config.dataset); '
-                      f'known: {sorted(datasets.DATASETS)}.')
+  _check_data(config)
   for field in ('train_split', 'val_split', 'test_split'):
     if config[field] or field != 'val_split':
       try:
@@ -141,8 +167,8 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     # Unknown model names and model options fail here, with the valid ones listed;
     # so does a training batch that does not divide over the devices (evaluation rounds its
     # batch up to a multiple of the devices instead: see steps.Trainer).
-    model = build_model(config.model, len(datasets.DATASETS[config.dataset].class_names),
-                        config.trainable, config.model_kwargs)
+    model = build_model(config.model, _nominal_classes(config), config.trainable,
+                        config.model_kwargs)
     sharding.check_batch_size(config.batch_size)
   except ValueError as e:
     raise ConfigError(str(e)) from e
@@ -151,7 +177,6 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   _check_fine_tune(config, backbone)
   if config.cache_features:
     try:
-      features.check_cacheable(model, datasets.DATASETS[config.dataset].image_shape,
-                               config.trainable)
+      features.check_cacheable(model, _nominal_shape(config), config.trainable)
     except ValueError as e:
       raise ConfigError(str(e)) from e

@@ -7,6 +7,7 @@ std and fraction of dead units (zero for the whole batch), each layer's
 gradient norm, and the loss, and flags dead layers. Nothing is written: no
 workdir, no checkpoints. Config overrides work as for cnnjax.main.
 """
+import dataclasses
 import math
 import os
 from typing import Any, Callable
@@ -40,8 +41,8 @@ def diagnose(config, defaults, steps: int, every: int,
   from cnnjax.training import diagnostics, setup
   from cnnjax.training.loop import Hook, Loop
   config_validation.validate_config(config, defaults)
-  data = datasets.load_dataset(config.dataset, config.train_split, '', config.test_split,
-                               config.local_data_dir, config.tfds_data_dir)
+  options = datasets.DataOptions.from_config(config)
+  data = datasets.load_dataset(dataclasses.replace(options, val_split=''))
   experiment = setup.build(config, data.image_shape, data.num_classes)
   mesh = sharding.create_mesh()
   trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False)

@@ -31,14 +31,15 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   if local_data_dir is not None:
     config.local_data_dir = local_data_dir
   split = split or config.test_split
-  spec = datasets.dataset_spec(config.dataset)
+  options = datasets.DataOptions.from_config(config)
+  spec = datasets.saved_spec(workdir, options)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   restored = saved.restore_latest(experiment, workdir)
-  data = datasets.load_split(config.dataset, split, config.local_data_dir, config.tfds_data_dir)
+  data = datasets.load_split(options, split, spec)
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
-  metrics, predictions = trainer.evaluate(restored.state, data)
-  confusions = report.write_report(workdir, data.labels, predictions, spec.class_names,
+  metrics, predictions, labels = trainer.evaluate(restored.state, data)
+  confusions = report.write_report(workdir, labels, predictions, spec.class_names,
                                    writers.read_metrics(workdir), config.name)
   evaluation = {'step': restored.step, 'split': split, 'examples': len(data),
                 'loss': metrics['loss'], 'accuracy': metrics['accuracy'],

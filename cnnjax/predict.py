@@ -30,7 +30,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   from cnnjax.runs import saved
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
-  spec = datasets.dataset_spec(config.dataset)
+  spec = datasets.saved_spec(workdir, datasets.DataOptions.from_config(config))
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   state = saved.restore_latest(experiment, workdir).state

@@ -19,6 +19,7 @@ from cnnjax import config_validation
 from cnnjax import sharding
 from cnnjax import pretrained
 from cnnjax.data import datasets
+from cnnjax.data import examples
 from cnnjax.data import pipeline
 from cnnjax.runs import checkpoints
 from cnnjax.runs import hooks
@@ -48,7 +49,8 @@ def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str
   if saved is None:  # A checkpoint from before fingerprints were recorded.
     return
   differ = [split for split in sorted(set(saved) | set(fingerprints))
-            if saved.get(split) != fingerprints.get(split)]
+            if split not in saved or split not in fingerprints
+            or not examples.same_examples(saved[split], fingerprints[split])]
   if differ:
     raise checkpoints.IncompatibleCheckpointError(
         f'The run in {workdir} was trained on other examples than config.local_data_dir / '
@@ -85,11 +87,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         defaults: ml_collections.ConfigDict) -> dict[str, Any]:
-  # --- Check the workdir, build the experiment, read the weights file of a fresh start.
+  # --- Describe the data, check the workdir, build the experiment, read the weights file.
+  data_options = datasets.DataOptions.from_config(config)
+  spec = datasets.describe(data_options)  # An unknown dataset or a bad tree: nothing written.
   sharding.sync_processes('before preparing the workdir')
   workdir_lib.prepare(config, workdir, defaults)
   sharding.sync_processes('workdir prepared')
-  spec = datasets.dataset_spec(config.dataset)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
 
   def initial_variables() -> tuple[dict[str, Any], dict[str, Any]]:
@@ -105,8 +108,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   fresh = None if checkpoints.has_checkpoints(workdir) else initial_variables()
 
   # --- Data, mesh, steps.
-  data = datasets.load_dataset(config.dataset, config.train_split, config.val_split,
-                               config.test_split, config.local_data_dir, config.tfds_data_dir)
+  data = datasets.load_dataset(data_options, spec)
   data_fingerprints = data.fingerprints()
   mesh = sharding.create_mesh()
   replicated = sharding.replicated(mesh)
@@ -121,8 +123,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_batch = trainers[0].eval_batch_size
   log.announce(
       f'{config.name}: model {config.model}, {counts["params_total"]:,} parameters '
-      f'({counts["params_trainable"]:,} trainable), on {devices}. Data {data.name} from '
-      f'{data.source}: {len(data.train):,} train, '
+      f'({counts["params_trainable"]:,} trainable), on {devices}. Data {data.name} '
+      f'({len(spec.class_names)} classes, {"x".join(map(str, spec.image_shape))}) from '
+      f'{data.source}'
+      + (f', streamed by {data_options.workers} thread(s)' if data.streamed else '')
+      + f': {len(data.train):,} train, '
       + (f'{len(data.val):,} validation, ' if data.val is not None else '')
       + f'{len(data.test):,} test. {log.num_epochs} epoch(s) of {steps_per_epoch} steps at '
       f'batch {config.batch_size}; evaluation batch {eval_batch}'
@@ -166,6 +171,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       variables, pretrained_info = fresh or initial_variables()
       state, stage_index = jax.device_put(experiment.initial_state(variables), replicated), 0
     log.write_config(config.to_dict())
+    if log.is_writer:
+      datasets.write_spec(workdir, spec)
 
     # --- Train loop, stage by stage.
     inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh)
@@ -202,7 +209,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   eval_start = time.perf_counter()
   test_split = inputs.stage_data(experiment.stages[-1].cache_features, trainers[-1].model,
                                  loop.state.variables).test
-  test_metrics, predictions = trainers[-1].evaluate(loop.state, test_split)
+  test_metrics, predictions, labels = trainers[-1].evaluate(loop.state, test_split)
   eval_seconds = time.perf_counter() - eval_start
   step = int(loop.state.step)
   results = {
@@ -216,7 +223,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     results['feature_cache_seconds'] = inputs.seconds
   log.write_results(results)
   if log.is_writer:
-    confusions = report.write_report(workdir, test_split.labels, predictions, data.class_names,
+    confusions = report.write_report(workdir, labels, predictions, data.class_names,
                                      writers.read_metrics(workdir), config.name)
     log.announce(report.format_confusions(confusions))
   return results

@@ -10,13 +10,21 @@ def get_config() -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
   config.name = 'default'              # Names the default workdir checkpoints/<name>.
 
-  # Data: TFDS name and split syntax; local_data_dir reads raw files instead.
+  # Data: fashion_mnist, mnist, cifar10, 'image_folder' (your own tree, with local_data_dir)
+  # or any TFDS image-classification dataset's name; splits in TFDS syntax.
   config.dataset = 'fashion_mnist'
   config.train_split = 'train'
   config.val_split = ''                # '' = no validation split.
   config.test_split = 'test'
   config.local_data_dir = ''           # IDX .gz files, or train/<class>/* test/<class>/* tree.
   config.tfds_data_dir = ''            # '' = TFDS' default (~/tensorflow_datasets).
+  config.image_size = 0                # Resize images to N x N (0 = the dataset's own size).
+  config.channels = 0                  # 1 grey or 3 RGB (0 = the dataset's own).
+  config.image_key = ''                # TFDS image / label feature names ('' = from its info).
+  config.label_key = ''
+  config.data_in_memory = 'auto'       # 'true' hold splits in memory, 'false' stream them,
+                                       # 'auto' stream what exceeds half the machine's memory.
+  config.data_workers = 0              # Threads decoding streamed batches (0 = CPU cores).
 
   # Model: a name in cnnjax.models.MODELS and its options.
   config.model = 'mlp'

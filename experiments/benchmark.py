@@ -18,6 +18,7 @@ the ratio cnnjax / Keras of each. Keras is optional (`pip install keras`);
 without it only cnnjax is measured. Machines are noisy: read medians.
 """
 import argparse
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -172,8 +173,8 @@ def worker(side_name, config_path, overrides, connection):
   """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`."""
   from cnnjax.data import datasets
   config = load_config(config_path, overrides)
-  data = datasets.load_dataset(config.dataset, config.train_split, '', config.test_split,
-                               config.local_data_dir, config.tfds_data_dir)
+  data = datasets.load_dataset(dataclasses.replace(datasets.DataOptions.from_config(config),
+                                                  val_split=''))
   side = {'cnnjax': CnnjaxSide, 'keras': KerasSide}[side_name](config, data)
   connection.send({'train_examples': len(data.train), 'test_examples': len(data.test)})
   handlers = {'warm_up': lambda: side.warm_up(3), 'epoch': side.train_epoch,

@@ -17,7 +17,7 @@ def build(config) -> Any:
   from keras import layers
   from cnnjax.data import datasets
 
-  spec = datasets.dataset_spec(config.dataset)
+  spec = datasets.describe(datasets.DataOptions.from_config(config))
   shape, classes = spec.image_shape, len(spec.class_names)
   kwargs = config.model_kwargs
   inputs = keras.Input(shape)

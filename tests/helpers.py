@@ -21,6 +21,26 @@ ALL_CONFIGS = tuple(sorted(f[:-3] for f in os.listdir(os.path.join(REPO_ROOT, 'c
 TIMING_FIELDS = ('epoch_seconds',)
 
 
+def tiny_image_tree(per_class: int = 10) -> str:
+  """A tree of 3 classes x `per_class` random 20x20 PNGs in train/ and test/ (made once per
+  process) for configs that read image folders."""
+  if per_class not in _TINY_TREES:
+    from PIL import Image
+    root = tempfile.mkdtemp(prefix='cnnjax-tree-')
+    rng = np.random.default_rng(0)
+    for split in ('train', 'test'):
+      for name in ('ant', 'bee', 'wasp'):
+        os.makedirs(os.path.join(root, split, name))
+        for i in range(per_class):
+          Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)).save(
+              os.path.join(root, split, name, f'{i}.png'))
+    _TINY_TREES[per_class] = root
+  return _TINY_TREES[per_class]
+
+
+_TINY_TREES: dict[int, str] = {}
+
+
 def load_config(name: str):
   return importlib.import_module(f'configs.{name}').get_config()
 
@@ -46,8 +66,17 @@ def experiment(config):
   """The config's `training.setup.Experiment` on its dataset's image shape and classes."""
   from cnnjax.data import datasets
   from cnnjax.training import setup
-  spec = datasets.dataset_spec(config.dataset)
+  if config.dataset == 'image_folder' and not config.local_data_dir:
+    config = shrink(config)  # Its classes come from a tree: the tiny one.
+  spec = datasets.describe(datasets.DataOptions.from_config(config))
   return setup.build(config, spec.image_shape, len(spec.class_names))
+
+
+def load_dataset(dataset, train_split='train', val_split='', test_split='test', **options):
+  """`datasets.load_dataset` of the data these fields name (the other fields at defaults)."""
+  from cnnjax.data import datasets
+  return datasets.load_dataset(datasets.DataOptions(dataset, train_split, val_split, test_split,
+                                                    **options))
 
 
 def jitted_train_step(experiment_, stage: int = 0):
@@ -68,6 +97,8 @@ def shrink(config, **overrides):
   if config.pretrained:
     backbone = 'vgg16' if config.model == 'vgg16_classifier' else 'mobilenet_v2'
     config.pretrained_path = shared_weights_file(backbone)
+  if config.dataset == 'image_folder' and not config.local_data_dir:
+    config.local_data_dir = tiny_image_tree()
   for key, value in overrides.items():
     config[key] = value
   return config

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from cnnjax.data import datasets
-from tests.helpers import (REPO_ROOT, make_idx_dataset, shared_weights_file, tree_digest,
-                           write_idx)
+from tests.helpers import (REPO_ROOT, load_dataset, make_idx_dataset, shared_weights_file,
+                           tree_digest, write_idx)
 
 CNN_SIMPLE = f'--config={REPO_ROOT}/configs/cnn_simple.py'
 
@@ -226,7 +226,7 @@ def test_convert_and_diagnose_bad_input(data, tmp_path):
 
 
 def test_a_missing_class_folder_is_warned_about(tmp_path):
-  from cnnjax.data import local_files
+  from cnnjax.data import image_tree
   import logging
   archive = image_tree_archive(tmp_path, per_class=1)
   tree = tmp_path / 'tree'
@@ -237,8 +237,8 @@ def test_a_missing_class_folder_is_warned_about(tmp_path):
   handler.emit = records.append
   logging.getLogger().addHandler(handler)
   try:
-    datasets.load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tree))
+    load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tree))
   finally:
     logging.getLogger().removeHandler(handler)
   assert any('no images of class(es) cat' in r.getMessage() for r in records)
-  del archive, local_files
+  del archive, image_tree

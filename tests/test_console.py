@@ -125,5 +125,5 @@ def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mo
   hidden = []
   monkeypatch.setattr(tf.config, 'set_visible_devices',
                       lambda devices, kind: hidden.append((list(devices), kind)))
-  datasets.load_split('fashion_mnist', 'test')
+  datasets.load_split(datasets.DataOptions('fashion_mnist'), 'test')
   assert ([], 'GPU') in hidden and ([], 'TPU') in hidden

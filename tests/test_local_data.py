@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 
 from cnnjax.data import datasets
-from cnnjax.data import local_files
-from tests.helpers import make_idx_dataset, write_idx
+from cnnjax.data import image_tree
+from tests.helpers import load_dataset, make_idx_dataset, write_idx
 
 
 def test_idx_reads_back_exactly_what_was_written(tmp_path):
   arrays = make_idx_dataset(str(tmp_path), num_train=30, num_test=12)
-  data = datasets.load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+  data = load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
                                local_data_dir=str(tmp_path))
   images, labels = arrays['train']
   np.testing.assert_array_equal(data.train.images, images[:24, ..., None])
@@ -29,15 +29,15 @@ def test_truncated_idx_file_is_named(tmp_path):
   path = tmp_path / 'train-images-idx3-ubyte.gz'
   payload = gzip.decompress(path.read_bytes())
   path.write_bytes(gzip.compress(payload[:-100]))
-  with pytest.raises(local_files.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
-    datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  with pytest.raises(image_tree.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
 def test_wrong_image_size_is_rejected(tmp_path):
   make_idx_dataset(str(tmp_path))
   write_idx(str(tmp_path / 'train-images-idx3-ubyte.gz'), np.zeros((40, 32, 32), np.uint8))
-  with pytest.raises(local_files.LocalDataError, match=r'shape \(32, 32, 1\)'):
-    datasets.load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  with pytest.raises(image_tree.LocalDataError, match=r'shape \(32, 32, 1\)'):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
 def write_image_tree(root, images, labels, class_names, split):
@@ -49,18 +49,18 @@ def write_image_tree(root, images, labels, class_names, split):
 
 def local_order(labels, class_names):
   """The order the reader gives files written by `write_image_tree` (named by index)."""
-  keys = [local_files.example_order_key(class_names[label], f'{i:05d}.png')
+  keys = [image_tree.example_order_key(class_names[label], f'{i:05d}.png')
           for i, label in enumerate(labels)]
   return np.argsort(keys, kind='stable')
 
 
 def test_image_folder_equals_tfds_for_the_same_images(tmp_path, mock_tfds):
-  tfds_data = datasets.load_dataset('cifar10', 'train', '', 'test')
+  tfds_data = load_dataset('cifar10', 'train', '', 'test')
   names = datasets.DATASETS['cifar10'].class_names
   for split in ('train', 'test'):
     arrays = getattr(tfds_data, split)
     write_image_tree(str(tmp_path), arrays.images, arrays.labels, names, split)
-  local = datasets.load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path))
+  local = load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path))
   for split in ('train', 'test'):
     arrays = getattr(tfds_data, split)
     order = local_order(arrays.labels, names)
@@ -81,9 +81,9 @@ def test_image_folder_tarball_and_slicing(tmp_path):
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(tree / 'train', arcname='train')
     tar.add(tree / 'test', arcname='test')
-  from_dir = datasets.load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
+  from_dir = load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
                                    local_data_dir=str(tree))
-  from_tar = datasets.load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
+  from_tar = load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
                                    local_data_dir=str(archive))
   assert len(from_dir.train) == 15 and len(from_dir.val) == 5 and len(from_dir.test) == 10
   np.testing.assert_array_equal(from_dir.train.images, images[local_order(labels, names)][:15])
@@ -94,8 +94,8 @@ def test_image_folder_tarball_and_slicing(tmp_path):
 
 def test_unknown_class_folder_is_named(tmp_path):
   write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
-  with pytest.raises(local_files.LocalDataError, match='train/airplanes.*not a class'):
-    datasets.load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
+  with pytest.raises(image_tree.LocalDataError, match='train/airplanes.*not a class'):
+    load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
 
 
 def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch):
@@ -105,7 +105,7 @@ def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch)
     raise ConnectionError('network unreachable')
   monkeypatch.setattr(tfds, 'load', offline)
   with pytest.raises(datasets.DatasetUnavailableError, match='--config.local_data_dir'):
-    datasets.load_dataset('fashion_mnist', 'train', '', 'test', tfds_data_dir=str(tmp_path))
+    load_dataset('fashion_mnist', 'train', '', 'test', tfds_data_dir=str(tmp_path))
 
 
 def test_image_folder_slices_draw_from_every_class(tmp_path):
@@ -114,7 +114,7 @@ def test_image_folder_slices_draw_from_every_class(tmp_path):
   labels = np.repeat(np.arange(10), 10)
   write_image_tree(str(tmp_path), np.zeros((100, 32, 32, 3), np.uint8), labels, names, 'train')
   write_image_tree(str(tmp_path), np.zeros((10, 32, 32, 3), np.uint8), labels[::10], names, 'test')
-  data = datasets.load_dataset('cifar10', 'train[:80%]', 'train[80%:]', 'test',
+  data = load_dataset('cifar10', 'train[:80%]', 'train[80%:]', 'test',
                                local_data_dir=str(tmp_path))
   assert len(np.unique(data.val.labels)) >= 8
   assert len(np.unique(data.train.labels)) == 10

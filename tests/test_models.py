@@ -32,6 +32,9 @@ VARIANT_PARAMS = {
     'vgg_scratch_lr1e4': (15_897_168, 15_897_168),
     # 13 BatchNorms over 4,224 channels: scale and offset train, mean and variance do not.
     'vgg_scratch_bn': (15_897_168 + 4 * 4_224, 15_897_168 + 2 * 4_224),
+    # cifar_cnn at 64x64 RGB on the 3 classes of helpers.tiny_image_tree:
+    # 896 + 18,496 + (14 * 14 * 64 + 1) * 128 + (128 + 1) * 3.
+    'image_folder': (1_625_539, 1_625_539),
 }
 CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 
@@ -117,7 +120,7 @@ def test_study_model_equals_its_keras_original(name):
   pytest.importorskip('keras', reason='the Keras comparison needs the test extra')
   from experiments import keras_reference
   config = load_config(name)
-  spec = datasets.dataset_spec(config.dataset)
+  spec = datasets.describe(datasets.DataOptions.from_config(config))
   model = experiment(config).model
   variables = model.init(jax.random.PRNGKey(3), jnp.zeros((1,) + spec.image_shape))
   keras_model = keras_reference.build(config)

@@ -121,7 +121,8 @@ split = datasets.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
 # The config's evaluation batch, 250, becomes 256 on 8 devices: a full batch, then 7 + padding.
 trainer = experiment.trainer(0, mesh, config.eval_batch_size)
 assert trainer.eval_batch_size == 256
-metrics, predicted = trainer.evaluate(state, split)
+metrics, predicted, labels = trainer.evaluate(state, split)
+np.testing.assert_array_equal(labels, split.labels)
 logits = model.apply(state.variables, split.images / np.float32(255.0))
 assert predicted.shape == (n,)
 np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
@@ -135,7 +136,8 @@ print('ok')
 EVERY_CONFIG = '''
 import json, sys
 import tensorflow_datasets as tfds
-from tests.helpers import ALL_CONFIGS, load_config, shared_weights_file, train_and_evaluate
+from tests.helpers import (ALL_CONFIGS, load_config, shared_weights_file, tiny_image_tree,
+                           train_and_evaluate)
 results = {}
 with tfds.testing.mock_data(num_examples=EXAMPLES):
   for name in ALL_CONFIGS:
@@ -146,10 +148,13 @@ with tfds.testing.mock_data(num_examples=EXAMPLES):
     if config.pretrained:
       config.pretrained_path = shared_weights_file(
           'vgg16' if config.model == 'vgg16_classifier' else 'mobilenet_v2')
+    if config.dataset == 'image_folder':
+      config.local_data_dir = tiny_image_tree(TREE_PER_CLASS)
     results[name] = train_and_evaluate(config, f'{sys.argv[1]}/{name}')
 print(json.dumps(results))
 '''
 MOCK_EXAMPLES = 170  # Per split: two steps at batch 64 from train[:80%]; 170 = 2 * 5 * 17.
+TREE_PER_CLASS = 57  # image_folder: 3 classes, 171 examples per split.
 
 
 # One device is test_train.py's test_config_trains_on_mock_tfds_and_writes_results (shrunken
@@ -160,14 +165,16 @@ def test_every_config_trains_and_evaluates_with_its_own_batch_sizes(devices, tmp
   env = {**os.environ, 'PYTHONPATH': REPO_ROOT,
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
   result = subprocess.run(
-      [sys.executable, '-c', EVERY_CONFIG.replace('EXAMPLES', str(MOCK_EXAMPLES)), str(tmp_path)],
+      [sys.executable, '-c', EVERY_CONFIG.replace('EXAMPLES', str(MOCK_EXAMPLES)).replace(
+          'TREE_PER_CLASS', str(TREE_PER_CLASS)), str(tmp_path)],
       env=env, capture_output=True, text=True, timeout=1500)
   assert result.returncode == 0, result.stderr[-3000:]
   results = json.loads(result.stdout.splitlines()[-1])
   assert sorted(results) == sorted(ALL_CONFIGS)
   for name, run in results.items():
     assert run['steps'] == 2 and run['num_devices'] == devices, name
-    correct = run['test_accuracy'] * MOCK_EXAMPLES  # Every test example counted once.
+    examples = 3 * TREE_PER_CLASS if name == 'image_folder' else MOCK_EXAMPLES
+    correct = run['test_accuracy'] * examples  # Every test example counted once.
     assert abs(correct - round(correct)) < 1e-3, (name, correct)
 
 
@@ -197,6 +204,8 @@ def free_port():
 
 @pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, data_dir):
+  """The two processes stream their rows of each batch (data_in_memory=false); one process
+  holds the whole split in memory: the same run."""
   adam = '--config.adam_epsilon=1.0'  # As in test_one_two_and_eight_devices_train_alike.
   train_on(1, 'cnn_deep', str(tmp_path / 'single'), data_dir, adam)
   workdir = tmp_path / 'multi'
@@ -210,7 +219,7 @@ def test_two_processes_train_like_one(tmp_path, data_dir):
         [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_deep.py',
          f'--config.local_data_dir={data_dir}', '--config.batch_size=16',
          '--config.eval_batch_size=16', '--config.num_train_steps=6', f'--workdir={workdir}',
-         adam, '--multihost', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+         adam, '--config.data_in_memory=false', '--multihost', f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
          f'--process_id={process_id}'], cwd=tmp_path, env=env, stdout=logs[-1],
         stderr=subprocess.STDOUT))
   for process, log in zip(processes, logs):

@@ -16,7 +16,7 @@ from cnnjax.data import pipeline
 from cnnjax import predict as predict_lib
 from cnnjax.runs import report
 from tests.helpers import (REPO_ROOT, defaults, experiment, final_state, load_config,
-                           make_idx_dataset, shrink, train_and_evaluate)
+                           load_dataset, make_idx_dataset, shrink, train_and_evaluate)
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -34,7 +34,7 @@ def trained(tmp_path, idx_dir):
 def test_report_files_match_scikit_learn_on_the_runs_predictions(trained):
   from sklearn import metrics
   config, workdir = trained
-  test = datasets.load_dataset('fashion_mnist', 'train', '', 'test',
+  test = load_dataset('fashion_mnist', 'train', '', 'test',
                                local_data_dir=config.local_data_dir).test
   state = final_state(config, workdir)
   logits = experiment(config).model.apply(state.variables, pipeline.to_inputs(test.images))

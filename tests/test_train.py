@@ -77,7 +77,8 @@ def test_frozen_params_stay_bitwise_unchanged(tmp_path, mock_tfds):
     ({'num_epochs': -1}, 'config.num_epochs must be a positive integer'),
     ({'local_data_dir': '/no/such/dir'}, 'config.local_data_dir'),
     ({'train_split': 'train[:80'}, 'config.train_split'),
-    ({'dataset': 'imagenet'}, 'config.dataset'),
+    ({'data_in_memory': 'maybe'}, 'config.data_in_memory'),
+    ({'channels': 4}, 'config.channels must be 1'),
     ({'trainable': '(['}, 'config.trainable'),
 ])
 def test_bad_config_is_rejected_with_the_field_named(overrides, message):

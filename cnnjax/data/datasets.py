@@ -1,25 +1,51 @@
-"""Loads a dataset's train/val/test splits into host memory as uint8 arrays.
+"""What a run trains on: a dataset described (classes, image shape) and its splits loaded.
 
-Both studies' datasets fit in memory many times over, so each split is read
-once (from TFDS, or from local files with no TensorFlow) and batched from
-arrays afterwards: no per-step input cost, and the data order becomes a pure
-function of (seed, epoch), which exact resume relies on.
+Sources: the studies' datasets by name (their shapes and class names are
+known here, so local IDX files and image folders need no TensorFlow), any
+TFDS image-classification dataset by name (described by its `DatasetInfo`),
+and `image_folder`, the user's own tree `train/<class>/*`, `test/<class>/*`
+(classes from the folder names).
+
+Each split is held in host memory when it fits (`config.data_in_memory`:
+'auto' holds it when the decoded splits take under `MEMORY_FRACTION` of the
+machine's memory), else streamed: read and decoded while training. Either
+way the examples and their order are the same (see `examples`, `pipeline`).
 """
 import dataclasses
-import hashlib
+import json
 import logging
+import os
+from typing import Any
 
 import numpy as np
 
-from cnnjax.data import local_files
+from cnnjax.data import examples
+from cnnjax.data import idx_files
+from cnnjax.data import image_tree
 from cnnjax.data import splits
+from cnnjax.data import tfds_source
+from cnnjax.data.examples import Split, StreamedSplit
+from cnnjax.errors import ConfigError
 from cnnjax.errors import UserError
+
+DatasetUnavailableError = tfds_source.DatasetUnavailableError
+IMAGE_FOLDER = 'image_folder'
+# 'auto' streams when the decoded splits would take more than this share of the memory.
+MEMORY_FRACTION = 0.5
+IN_MEMORY_CHOICES = ('auto', 'true', 'false')
 
 
 @dataclasses.dataclass(frozen=True)
 class DatasetSpec:
   image_shape: tuple[int, int, int]
   class_names: tuple[str, ...]
+
+  def to_json(self) -> dict[str, Any]:
+    return {'image_shape': list(self.image_shape), 'class_names': list(self.class_names)}
+
+  @classmethod
+  def from_json(cls, saved: dict[str, Any]) -> 'DatasetSpec':
+    return cls(tuple(saved['image_shape']), tuple(saved['class_names']))
 
 
 DATASETS = {
@@ -33,10 +59,6 @@ DATASETS = {
 }
 
 
-class DatasetUnavailableError(UserError, RuntimeError):
-  """The dataset can be neither loaded from TFDS nor read from local files."""
-
-
 class EmptySplitError(UserError, ValueError):
   """A split the run needs selects no example."""
 
@@ -45,39 +67,38 @@ class BadLabelsError(UserError, ValueError):
   """Labels outside the dataset's classes: a corrupt label file, or another dataset's."""
 
 
-class UnknownDatasetError(UserError, ValueError):
-  """`config.dataset` names no dataset cnnjax knows."""
-
-
-def dataset_spec(name: str) -> DatasetSpec:
-  """The image shape and class names of dataset `name`."""
-  if name not in DATASETS:
-    raise UnknownDatasetError(f'Unknown dataset {name!r} (config.dataset); '
-                              f'known: {sorted(DATASETS)}.')
-  return DATASETS[name]
-
-
 @dataclasses.dataclass(frozen=True)
-class Split:
-  """One split in host memory: uint8 NHWC images, int32 labels."""
-  images: np.ndarray
-  labels: np.ndarray
+class DataOptions:
+  """The config fields that say what data a run reads and how (see configs/default.py)."""
+  dataset: str
+  train_split: str = 'train'
+  val_split: str = ''
+  test_split: str = 'test'
+  local_data_dir: str = ''
+  tfds_data_dir: str = ''
+  image_size: int = 0
+  channels: int = 0
+  image_key: str = ''
+  label_key: str = ''
+  data_in_memory: str = 'auto'
+  data_workers: int = 0
 
-  def __len__(self) -> int:
-    return len(self.labels)
+  @classmethod
+  def from_config(cls, config) -> 'DataOptions':
+    values = {field.name: config[field.name] for field in dataclasses.fields(cls)}
+    return cls(**{**values, 'data_in_memory': str(values['data_in_memory']).lower()})
 
-  def fingerprint(self) -> str:
-    digest = hashlib.sha256(np.ascontiguousarray(self.labels).tobytes())
-    digest.update(np.ascontiguousarray(self.images).tobytes())
-    return f'{len(self)}:{digest.hexdigest()[:16]}'
+  @property
+  def workers(self) -> int:
+    return self.data_workers or os.cpu_count() or 1
 
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
   name: str
-  train: Split
-  val: Split | None
-  test: Split
+  train: Split | StreamedSplit
+  val: Split | StreamedSplit | None
+  test: Split | StreamedSplit
   class_names: tuple[str, ...]
   source: str
 
@@ -87,79 +108,65 @@ class Dataset:
 
   @property
   def image_shape(self) -> tuple[int, ...]:
-    return tuple(self.train.images.shape[1:])
+    return tuple(self.train.image_shape)
+
+  @property
+  def streamed(self) -> bool:
+    return self.train.streamed
 
   def fingerprints(self) -> dict[str, str]:
-    """Per split, its size and a hash of its examples in order: what a resumed run must see."""
+    """Per split, what identifies its examples in order: what a resumed run must see."""
     return {name: split.fingerprint() for name, split in
             (('train', self.train), ('val', self.val), ('test', self.test)) if split is not None}
 
 
-def _offline_help(name: str) -> str:
-  return (f'To train from files you have instead (no network, no TensorFlow): '
-          f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
-          f'(MNIST/Fashion-MNIST) or train/<class>/*.png|jpg and test/<class>/* '
-          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=data/'
-          f'{"cifar10_jpg.tar.gz" if name == "cifar10" else name}.')
+def _sized(shape: tuple[Any, ...], options: DataOptions, source: str) -> tuple[int, int, int]:
+  """`shape` (None where images vary) with `config.image_size` / `config.channels` applied."""
+  height, width, channels = shape
+  if options.image_size:
+    height = width = options.image_size
+  if options.channels:
+    channels = options.channels
+  if height is None or width is None:
+    raise ConfigError(f'The images of {source} vary in size: choose the size they are resized '
+                      'to with --config.image_size=N (e.g. 64).')
+  if channels not in (1, 3):
+    raise ConfigError(f'{source} has {channels}-channel images; set --config.channels=3 (RGB) '
+                      'or 1 (grey).')
+  return int(height), int(width), int(channels)
 
 
-def hide_accelerators_from_tensorflow(tf) -> None:
-  """Keeps TensorFlow off the GPUs and TPUs: TFDS only reads files with it, and TensorFlow
-  would otherwise reserve accelerator memory that JAX needs."""
-  for kind in ('GPU', 'TPU'):
-    try:
-      tf.config.set_visible_devices([], kind)
-    except RuntimeError as e:  # TensorFlow had already started on its devices.
-      logging.warning('Could not hide the %ss from TensorFlow (%s).', kind, e)
+def describe(options: DataOptions) -> DatasetSpec:
+  """The classes and (configured) image shape of the dataset `options` name."""
+  name = options.dataset
+  if name in DATASETS:
+    known = DATASETS[name]
+    return DatasetSpec(_sized(known.image_shape, options, name), known.class_names)
+  if name == IMAGE_FOLDER:
+    if not options.local_data_dir:
+      raise ConfigError("config.dataset='image_folder' reads your own image tree: pass "
+                        '--config.local_data_dir=DIR (DIR/train/<class>/*, DIR/test/<class>/*, '
+                        'or a .tar.gz of them).')
+    if not (options.image_size and options.channels):
+      raise ConfigError('Image folders are read at a size you choose: set --config.image_size=N '
+                        'and --config.channels=3 (RGB) or 1 (grey).')
+    return DatasetSpec(_sized((None, None, None), options, options.local_data_dir),
+                       image_tree.class_names(options.local_data_dir))
+  info = tfds_source.builder_info(name, options.tfds_data_dir)
+  keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
+  return DatasetSpec(_sized(tfds_source.native_shape(info, keys[0]), options, f'TFDS {name}'),
+                     tfds_source.class_names(info, keys[1]))
 
 
-def _import_tfds(name: str):
-  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators."""
-  try:
-    import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
-  except ImportError as e:
-    raise DatasetUnavailableError(
-        f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
-        f'default ({e}). Add it with: pip install -e ".[tfds]". ' + _offline_help(name)) from e
-  hide_accelerators_from_tensorflow(tf)
-  import tensorflow_datasets as tfds
-  return tfds
-
-
-def _load_tfds(name: str, split_spec: str, data_dir: str) -> tuple[Split, tuple[str, ...]]:
-  tfds = _import_tfds(name)
-  try:
-    ds, info = tfds.load(name, split=split_spec, as_supervised=True, with_info=True,
-                         data_dir=data_dir or None, download=True)
-    # Batches of a fixed size: `batch_size=-1` is not supported by TFDS' mocks.
-    images, labels = zip(*tfds.as_numpy(ds.batch(10_000)))
-  except Exception as e:  # Download and preparation fail in many ways offline.
-    raise DatasetUnavailableError(
-        f'Could not load split {split_spec!r} of TFDS dataset {name!r}: '
-        f'{type(e).__name__}: {e}. ' + _offline_help(name)) from e
-  split = Split(np.concatenate(images).astype(np.uint8), np.concatenate(labels).astype(np.int32))
-  return split, tuple(info.features['label'].names)
-
-
-def _load_local(root: str, split_spec: str, spec: DatasetSpec,
-                cache: dict[str, tuple[np.ndarray, np.ndarray]]) -> Split:
-  images, labels = [], []
-  for part in splits.parse_split(split_spec):
-    if part.name not in cache:
-      cache[part.name] = local_files.read_local_split(
-          root, part.name, spec.class_names, spec.image_shape)
-    whole_images, whole_labels = cache[part.name]
-    index = np.asarray(splits.slice_indices(part, len(whole_labels)), np.int64)
-    images.append(whole_images[index])
-    labels.append(whole_labels[index])
-  return Split(np.concatenate(images), np.concatenate(labels))
-
-
-def check_split(split: Split, split_spec: str, num_classes: int, source: str) -> Split:
-  """`split`, if it has examples and every label names one of the `num_classes` classes."""
+def check_split(split: Split | StreamedSplit, split_spec: str, num_classes: int, source: str
+                ) -> Split | StreamedSplit:
+  """`split`, if it has examples and every label names one of the `num_classes` classes
+  (a streamed split's labels come from its classes' folders or TFDS' ClassLabel)."""
   if not len(split):
     raise EmptySplitError(f'Split {split_spec!r} of {source} selects no example; choose a '
                           'non-empty slice.')
+  if split.streamed:
+    return split
   bad = (split.labels < 0) | (split.labels >= num_classes)
   if bad.any():
     values = sorted({int(v) for v in split.labels[bad][:100]})[:5]
@@ -170,41 +177,157 @@ def check_split(split: Split, split_spec: str, num_classes: int, source: str) ->
   return split
 
 
-def load_split(name: str, split_spec: str, local_data_dir: str = '',
-               tfds_data_dir: str = '') -> Split:
-  """One split (TFDS syntax, e.g. 'test' or 'train[80%:]') from local files or TFDS."""
-  spec = dataset_spec(name)
-  if local_data_dir:
-    split, source = _load_local(local_data_dir, split_spec, spec, {}), local_data_dir
-  else:
-    split, source = _load_tfds(name, split_spec, tfds_data_dir)[0], f'TFDS {name}'
-  return check_split(split, split_spec, len(spec.class_names), source)
+def _physical_memory() -> int:
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
 
 
-def load_dataset(name: str, train_split: str, val_split: str, test_split: str,
-                 local_data_dir: str = '', tfds_data_dir: str = '') -> Dataset:
-  """Loads the three splits (`val_split=''` for none) from local files or TFDS."""
-  spec = dataset_spec(name)
-  split_specs = (train_split, val_split, test_split)
-  loaded: list[Split | None] = []
-  if local_data_dir:
-    cache: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+def _fits_in_memory(options: DataOptions, num_examples: int | None,
+                    image_shape: tuple[int, int, int]) -> bool:
+  if options.data_in_memory != 'auto':
+    return options.data_in_memory == 'true'
+  if num_examples is None:  # A size nobody recorded: the studies' behaviour.
+    return True
+  decoded = num_examples * int(np.prod(image_shape))
+  return decoded <= MEMORY_FRACTION * _physical_memory()
+
+
+class _Loader:
+  """Reads the splits of one dataset, sharing what several splits need (a tree's listing,
+  a decoded IDX split that two slices take from)."""
+
+  def __init__(self, options: DataOptions, spec: DatasetSpec):
+    self.options, self.spec = options, spec
+    root = options.local_data_dir
+    if root and not os.path.exists(root):
+      raise image_tree.LocalDataError(f'config.local_data_dir={root!r} does not exist.')
+    self.kind = ('idx' if idx_files.is_idx_dir(root) else 'tree') if root else 'tfds'
+    self.source = f'local:{root}' if root else 'tfds'
+    self._whole: dict[str, Any] = {}
+    if self.kind == 'tfds':
+      info = tfds_source.builder_info(options.dataset, options.tfds_data_dir)
+      self.keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
+      self.info = info
+
+  def in_memory(self, split_specs: list[str]) -> bool:
+    """One decision for the whole dataset: every split held, or every split streamed."""
+    if self.kind == 'idx':  # One array per file, read whole however large.
+      return self.options.data_in_memory != 'false'
+    counts = []
     for split_spec in split_specs:
-      loaded.append(_load_local(local_data_dir, split_spec, spec, cache) if split_spec else None)
-    class_names, source = spec.class_names, f'local:{local_data_dir}'
-  else:
-    class_names = spec.class_names
-    for split_spec in split_specs:
-      if not split_spec:
-        loaded.append(None)
-        continue
-      split, class_names = _load_tfds(name, split_spec, tfds_data_dir)
-      loaded.append(split)
-    source = 'tfds'
-  for split, split_spec in zip(loaded, split_specs):
-    if split is not None:
-      check_split(split, split_spec, len(class_names), source)
+      if self.kind == 'tree':
+        counts.append(sum(len(image_tree.split_files(self.options.local_data_dir, part.name))
+                          for part in splits.parse_split(split_spec)))
+      else:
+        counts.append(tfds_source.num_examples(self.info, split_spec))
+    total = None if None in counts else sum(counts)
+    return _fits_in_memory(self.options, total, self.spec.image_shape)
+
+  def load(self, split_spec: str, in_memory: bool) -> Split | StreamedSplit:
+    options, shape = self.options, self.spec.image_shape
+    if self.kind == 'tfds':
+      if in_memory:
+        return tfds_source.load_in_memory(options.dataset, split_spec, options.tfds_data_dir,
+                                          self.keys, shape)
+      return tfds_source.stream(options.dataset, split_spec, options.tfds_data_dir, self.keys,
+                                shape, options.workers)
+    parts = []
+    for part in splits.parse_split(split_spec):
+      whole = self._whole_split(part.name, in_memory)
+      parts.append((whole, np.asarray(splits.slice_indices(part, len(whole[1])), np.int64)))
+    if self.kind == 'idx':
+      split = Split(*(np.concatenate([whole[k][index] for whole, index in parts]) for k in (0, 1)))
+      return split if in_memory else self._streamed_arrays(split)
+    files = [whole[2][i] for whole, index in parts for i in index]
+    labels = np.concatenate([whole[1][index] for whole, index in parts])
+    identity = image_tree.files_fingerprint(files, labels)
+    if in_memory:
+      images = np.concatenate([whole[0][index] for whole, index in parts])
+      return Split(images, labels, identity)
+    decode = image_tree.decoder(files, split_spec, options.local_data_dir, shape,
+                                self._resize_allowed())
+    return StreamedSplit(lambda i: (decode(i), labels[i]), len(files), shape, identity,
+                         options.workers)
+
+  def _resize_allowed(self) -> bool:
+    """The studies' datasets keep their one size unless the config asks for another."""
+    return self.options.dataset not in DATASETS or bool(self.options.image_size)
+
+  def _whole_split(self, name: str, in_memory: bool) -> tuple:
+    """(images or None, labels, files or None) of a whole split, read once."""
+    key = (name, in_memory or self.kind == 'idx')
+    if key not in self._whole:
+      root, shape = self.options.local_data_dir, self.spec.image_shape
+      if self.kind == 'idx':
+        images, labels = idx_files.read_idx_split(root, name)
+        self._whole[key] = (_idx_shaped(images, shape, self._resize_allowed(), root), labels, None)
+      elif in_memory:
+        self._whole[key] = image_tree.read_split(root, name, self.spec.class_names, shape,
+                                                 self._resize_allowed())
+      else:
+        files, labels = image_tree.stream_split(root, name, self.spec.class_names)
+        self._whole[key] = (None, labels, files)
+    return self._whole[key]
+
+  def _streamed_arrays(self, split: Split) -> StreamedSplit:
+    """IDX examples through the streaming reader (the arrays are in memory regardless)."""
+    return StreamedSplit(lambda i: (split.images[i], split.labels[i]), len(split),
+                         self.spec.image_shape, split.fingerprint(), self.options.workers)
+
+
+def _idx_shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool, root: str
+                ) -> np.ndarray:
+  from cnnjax.data import images as images_lib
+  if images.shape[1:] == tuple(shape):
+    return images
+  if not resize:
+    raise image_tree.LocalDataError(f'IDX images in {root} have shape {images.shape[1:]}; '
+                                    f'this dataset has {tuple(shape)}.')
+  return np.stack([images_lib.fit_array(image, shape) for image in images])
+
+
+def load_dataset(options: DataOptions, spec: DatasetSpec | None = None) -> Dataset:
+  """Loads the train, validation (`val_split=''`: none) and test splits `options` name."""
+  spec = spec or describe(options)
+  loader = _Loader(options, spec)
+  split_specs = (options.train_split, options.val_split, options.test_split)
+  in_memory = loader.in_memory([s for s in split_specs if s])
+  loaded = [check_split(loader.load(s, in_memory), s, len(spec.class_names), loader.source)
+            if s else None for s in split_specs]
   train, val, test = loaded
-  logging.info('Loaded %s from %s: train %d, val %s, test %d examples.', name, source,
-               len(train), len(val) if val is not None else 'none', len(test))
-  return Dataset(name, train, val, test, tuple(class_names), source)
+  logging.info('Loaded %s from %s (%s): train %d, val %s, test %d examples.', options.dataset,
+               loader.source, 'in memory' if in_memory else 'streamed', len(train),
+               len(val) if val is not None else 'none', len(test))
+  return Dataset(options.dataset, train, val, test, spec.class_names, loader.source)
+
+
+def load_split(options: DataOptions, split_spec: str, spec: DatasetSpec | None = None
+               ) -> Split | StreamedSplit:
+  """One split (TFDS syntax, e.g. 'test' or 'train[80%:]'), held or streamed as a run would."""
+  spec = spec or describe(options)
+  loader = _Loader(options, spec)
+  return check_split(loader.load(split_spec, loader.in_memory([split_spec])), split_spec,
+                     len(spec.class_names), loader.source)
+
+
+DATASET_FILE = 'dataset.json'
+
+
+def write_spec(workdir: str, spec: DatasetSpec) -> None:
+  """Records the classes and image shape a run trains on, for evaluate and predict later
+  (an image folder's classes cannot be found again without its files)."""
+  with open(os.path.join(workdir, DATASET_FILE), 'w') as f:
+    json.dump(spec.to_json(), f, indent=2)
+
+
+def saved_spec(workdir: str, options: DataOptions) -> DatasetSpec:
+  """The spec a run in `workdir` recorded; for runs from before it was recorded, described
+  again from the config."""
+  path = os.path.join(workdir, DATASET_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        return DatasetSpec.from_json(json.load(f))
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise UserError(f'{path} is unreadable ({type(e).__name__}: {e}). It records the run\'s '
+                      'classes and image shape; restore it from a backup.') from e
+  return describe(options)

@@ -1,4 +1,16 @@
-"""The user's own image files, converted as the training data was."""
+"""One conversion of any image file into a dataset's uint8 (H, W, C) shape.
+
+Training folders, streamed batches, TFDS images of varying size and
+`cnnjax.predict` all convert through `fit`, so an image is the same array
+whichever path read it. The policy, as Keras' `image_dataset_from_directory`
+by default: EXIF orientation applied; 16/32-bit grey scaled (not clipped) to
+8 bits; any mode (grey, RGB, RGBA, palette, CMYK, ...) converted to grey or
+RGB, transparency dropped; then stretched to the target height and width with
+bilinear interpolation (the aspect ratio is not kept, nothing is cropped).
+"""
+import io
+import re
+
 import numpy as np
 
 from cnnjax.errors import UserError
@@ -6,6 +18,10 @@ from cnnjax.errors import UserError
 
 class ImageInputError(UserError, ValueError):
   """An input file is missing or is not an image that can be read."""
+
+
+class ImageSizeError(UserError, ValueError):
+  """An image is not the dataset's size where resizing is not allowed."""
 
 
 def _to_8_bit(image):
@@ -20,26 +36,65 @@ def _to_8_bit(image):
   return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
 
 
-def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
-  """`path` as uint8 (H, W, C) in the dataset's shape: upright (EXIF orientation applied),
-  16-bit scaled to 8, channels converted, resized bilinearly."""
-  from PIL import Image, ImageOps, UnidentifiedImageError
+def fit(image, image_shape: tuple[int, int, int], resize: bool = True) -> np.ndarray:
+  """A decoded PIL image as uint8 (H, W, C) in `image_shape`, by the module's policy.
+
+  `resize=False`: an image of another size is an error (datasets whose files
+  all have one known size, e.g. CIFAR-10 as folders, keep that check).
+  """
+  from PIL import Image, ImageOps
   height, width, channels = image_shape
+  image = ImageOps.exif_transpose(image)
+  if image.mode.startswith('I') or image.mode == 'F':
+    image = _to_8_bit(image)
+  if image.mode == 'P' or image.mode == 'PA':  # Palette transparency: through RGBA.
+    image = image.convert('RGBA')
+  image = image.convert({1: 'L', 3: 'RGB'}[channels])
+  if image.size != (width, height):
+    if not resize:
+      raise ImageSizeError(f'is {image.size[0]}x{image.size[1]}; this dataset has '
+                           f'{width}x{height} images')
+    image = image.resize((width, height), Image.Resampling.BILINEAR)
+  return np.asarray(image, np.uint8).reshape(height, width, channels)
+
+
+def fit_array(array: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """A uint8 (H, W, C) array (a TFDS image of any size) in `image_shape`, by the same policy."""
+  from PIL import Image
+  if array.shape == tuple(image_shape):
+    return array
+  mode = {1: 'L', 3: 'RGB', 4: 'RGBA'}[array.shape[-1]]
+  return fit(Image.fromarray(np.ascontiguousarray(array.reshape(array.shape[:2]) if mode == 'L'
+                                                  else array), mode), image_shape)
+
+
+def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = True
+           ) -> np.ndarray:
+  """Encoded image bytes as uint8 (H, W, C); a `ValueError` names why they cannot be read."""
+  from PIL import Image, UnidentifiedImageError
   try:
-    with Image.open(path) as image:
-      image = ImageOps.exif_transpose(image)
-      if image.mode.startswith('I') or image.mode == 'F':
-        image = _to_8_bit(image)
-      image = image.convert({1: 'L', 3: 'RGB'}[channels])
-      if image.size != (width, height):
-        image = image.resize((width, height), Image.Resampling.BILINEAR)
-      array = np.asarray(image, np.uint8)
+    with Image.open(io.BytesIO(payload)) as image:
+      return fit(image, image_shape, resize)
+  except Image.DecompressionBombError as e:
+    raise ImageInputError(f'is too large to be read safely ({e})') from e
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    if isinstance(e, ImageSizeError):
+      raise
+    reason = re.sub(r'<_io\.BytesIO object at 0x[0-9a-f]+>', 'it', str(e))
+    raise ImageInputError(f'is not an image that can be read ({type(e).__name__}: '
+                          f'{reason})') from e
+
+
+def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
+  """The image file `path` as uint8 (H, W, C) in `image_shape` (for `cnnjax.predict`)."""
+  try:
+    with open(path, 'rb') as f:
+      payload = f.read()
   except FileNotFoundError as e:
     raise ImageInputError(f'{path} does not exist.') from e
   except IsADirectoryError as e:
     raise ImageInputError(f'{path} is a directory; pass image files.') from e
-  except Image.DecompressionBombError as e:
-    raise ImageInputError(f'{path} is too large to be read safely ({e}).') from e
-  except (UnidentifiedImageError, OSError, ValueError) as e:
-    raise ImageInputError(f'{path} is not an image that can be read ({type(e).__name__}).') from e
-  return array.reshape(height, width, channels)
+  try:
+    return decode(payload, image_shape)
+  except ImageInputError as e:
+    raise ImageInputError(f'{path} {e}.') from e

@@ -1,19 +1,30 @@
-"""Batches from in-memory splits, in an order that is a pure function of (seed, epoch).
+"""Batches in an order that is a pure function of (seed, epoch), from memory or streamed.
 
 Training drops the last partial batch of an epoch (every step then has the
 same shape and splits evenly over devices; Keras would instead run one
 smaller last batch). Evaluation covers every example exactly once: the last
 batch is padded and the padding masked out of the metrics.
+
+Which examples each batch holds is decided here, from the step alone; a
+split held in memory gathers them at once, a streamed split reads them with
+grain, several batches ahead on `workers` threads. So a streamed run sees the
+batches an in-memory run sees, and its reading position is the training
+step that every checkpoint holds: a resumed run, mid-epoch included, starts
+its reader at that step. Each process reads only its own rows of each
+global batch (`sharding.host_local_rows`).
 """
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from cnnjax import sharding
-from cnnjax.data import datasets
+from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.errors import ConfigError
+
+# Batches a streamed reader decodes ahead of the one being trained on, per worker.
+PREFETCH_PER_WORKER = 2
 
 
 def to_inputs(images: jax.Array) -> jax.Array:
@@ -34,23 +45,45 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
   return np.random.default_rng([seed, epoch]).permutation(num_examples)
 
 
-def train_batches(split: datasets.Split, batch_size: int, seed: int, epoch: int,
+def read_batches(split: Split | StreamedSplit, indices: list[np.ndarray]
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  """(images, labels) of the examples at each of `indices`, in order."""
+  if not split.streamed:
+    yield from (split.read(index) for index in indices)
+    return
+  import grain
+  reader = grain.MapDataset.source(indices).map(split.read).to_iter_dataset(
+      grain.ReadOptions(num_threads=split.workers,
+                        prefetch_buffer_size=PREFETCH_PER_WORKER * split.workers))
+  yield from reader
+
+
+def train_indices(num_examples: int, batch_size: int, seed: int, epoch: int,
+                  mesh: jax.sharding.Mesh, first_step: int = 0) -> list[np.ndarray]:
+  """This process's example indices of each global batch of `epoch`, from `first_step` on."""
+  order = epoch_order(seed, epoch, num_examples)
+  local = sharding.host_local_rows(mesh, batch_size)
+  return [order[step * batch_size:(step + 1) * batch_size][local]
+          for step in range(first_step, steps_per_epoch(num_examples, batch_size))]
+
+
+def train_batches(split: Split | StreamedSplit, batch_size: int, seed: int, epoch: int,
                   mesh: jax.sharding.Mesh, first_step: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
   """This process's rows of each global batch of `epoch`, from `first_step` on."""
-  order = epoch_order(seed, epoch, len(split))
-  local = sharding.host_local_rows(mesh, batch_size)
-  for step in range(first_step, steps_per_epoch(len(split), batch_size)):
-    index = order[step * batch_size:(step + 1) * batch_size][local]
-    yield split.images[index], split.labels[index]
+  return read_batches(split, train_indices(len(split), batch_size, seed, epoch, mesh,
+                                           first_step))
 
 
-def eval_batches(split: datasets.Split, batch_size: int, mesh: jax.sharding.Mesh
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+def eval_batches(split: Split | StreamedSplit, batch_size: int, mesh: jax.sharding.Mesh
+                 ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
   """(images, labels, mask) covering each example once; padding has mask False."""
   local = sharding.host_local_rows(mesh, batch_size)
+  indices, masks = [], []
   for start in range(0, len(split), batch_size):
     index = np.arange(start, start + batch_size)
     mask = index < len(split)
-    index = np.where(mask, index, 0)[local]
-    yield split.images[index], split.labels[index], mask[local]
+    indices.append(np.where(mask, index, 0)[local])
+    masks.append(mask[local])
+  return ((images, labels, mask) for (images, labels), mask
+          in zip(read_batches(split, indices), masks))

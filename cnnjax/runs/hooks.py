@@ -65,7 +65,7 @@ class EpochRowHook(Hook):
     row = {'epoch': epoch + 1, 'step': loop.step}
     row.update({f'train_{k}': v for k, v in as_floats(loop.running.compute()).items()})
     if loop.data.val is not None:
-      val_metrics, _ = loop.trainer.evaluate(loop.state, loop.data.val)
+      val_metrics, _, _ = loop.trainer.evaluate(loop.state, loop.data.val)
       row.update({f'val_{k}': v for k, v in val_metrics.items()})
     row['epoch_seconds'] = loop.seconds_since_epoch_start()
     if self.multi_stage:

@@ -20,6 +20,7 @@ from cnnjax import compilation
 from cnnjax import sharding
 from cnnjax.data import datasets
 from cnnjax.data import pipeline
+from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.models.layers import is_trainable
 
 
@@ -50,16 +51,20 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
         "model_kwargs.input_adapter='repeat' (or 'none') and a head-only config.trainable.")
 
 
-def extract(model, variables, split: datasets.Split, batch_size: int, mesh) -> datasets.Split:
-  """`split` with each image replaced by the backbone's features of it (float32, host)."""
+def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mesh) -> Split:
+  """`split` with each image replaced by the backbone's features of it (float32, host;
+  a streamed split's features are held: they are a fraction of its images' size)."""
   extract_batch = compilation.jit(
-      lambda v, x: model.apply(v, pipeline.to_inputs(x), part='features'),
+      lambda v, x, y: (model.apply(v, pipeline.to_inputs(x), part='features'), y),
       out_shardings=sharding.replicated(mesh))
-  features = []
-  for images, _, _ in pipeline.eval_batches(split, batch_size, mesh):
-    features.append(np.asarray(jax.device_get(
-        extract_batch(variables, *sharding.put_global_batch(mesh, (images,))))))
-  return datasets.Split(np.concatenate(features)[:len(split)], split.labels)
+  features, labels = [], []
+  for images, batch_labels, _ in pipeline.eval_batches(split, batch_size, mesh):
+    batch_features, batch_labels = jax.device_get(extract_batch(
+        variables, *sharding.put_global_batch(mesh, (images, batch_labels))))
+    features.append(np.asarray(batch_features))
+    labels.append(np.asarray(batch_labels))
+  return Split(np.concatenate(features)[:len(split)], np.concatenate(labels)[:len(split)],
+               split.fingerprint())
 
 
 def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, mesh

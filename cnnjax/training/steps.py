@@ -19,7 +19,7 @@ from clu import metrics
 
 from cnnjax import compilation
 from cnnjax import sharding
-from cnnjax.data import datasets
+from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.data import pipeline
 from cnnjax.training import diagnostics
 from cnnjax.training import params as params_lib
@@ -86,14 +86,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
-              *, model: nn.Module, part: str = 'all') -> tuple[Metrics, jax.Array]:
-  """Metrics of a (padded) batch, counting only `mask`ed examples, and predictions."""
+              *, model: nn.Module, part: str = 'all') -> tuple[Metrics, jax.Array, jax.Array]:
+  """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
+  labels (gathered: each process has only its rows of the batch, the report needs all)."""
   inputs, part_kwargs = _model_inputs(images, part)
   logits = model.apply(state.variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
-  return batch_metrics, jnp.argmax(logits, -1)
+  return batch_metrics, jnp.argmax(logits, -1), labels
 
 
 def activation_statistics(state: TrainState, images: jax.Array, *, model: nn.Module,
@@ -123,23 +124,26 @@ class Trainer:
     self.activation_statistics = compilation.jit(
         functools.partial(activation_statistics, model=model, part=part),
         out_shardings=replicated)
-    # Predictions come back replicated: every process can read all of them.
+    # Predictions and labels come back replicated: every process can read all of them.
     self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part),
-                                     out_shardings=(replicated, replicated))
+                                     out_shardings=(replicated, replicated, replicated))
 
   def empty_metrics(self) -> Metrics:
     return jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
 
-  def evaluate(self, state: TrainState, split: datasets.Split
-               ) -> tuple[dict[str, float], np.ndarray]:
-    """Loss/accuracy over every example of `split` once, and the predicted classes."""
+  def evaluate(self, state: TrainState, split: Split | StreamedSplit
+               ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    """Loss/accuracy over every example of `split` once, the predicted classes and the
+    labels (a streamed split has no labels until it is read)."""
     total = Metrics.empty()
-    predictions = []
+    predictions, labels = [], []
     batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
     for batch in pipeline.eval_batches(split, batch_size, self.mesh):
-      batch_metrics, predicted = self.eval_step(
+      batch_metrics, predicted, batch_labels = self.eval_step(
           state, *sharding.put_global_batch(self.mesh, batch))
       total = total.merge(batch_metrics)
       predictions.append(predicted)
-    predicted = np.concatenate([np.asarray(jax.device_get(p)) for p in predictions])
-    return as_floats(total.compute()), predicted[:len(split)]
+      labels.append(batch_labels)
+    predicted, labels = (np.concatenate([np.asarray(jax.device_get(p)) for p in arrays])[
+        :len(split)] for arrays in (predictions, labels))
+    return as_floats(total.compute()), predicted, labels

@@ -1,0 +1,67 @@
+"""The IDX files of MNIST/Fashion-MNIST, read without TensorFlow.
+
+Machines without network (and GPU/TPU boxes without TensorFlow) train from
+files the user already has: the four IDX .gz files as distributed, or an
+image tree (`image_tree`). Both give uint8 NHWC images and int32 labels, as
+the TFDS path does.
+"""
+import gzip
+import os
+import struct
+
+import numpy as np
+
+from cnnjax.data.image_tree import LocalDataError
+
+# IDX file name prefix of each split, as distributed.
+IDX_PREFIX = {'train': 'train', 'test': 't10k'}
+_IDX_UBYTE = 0x08
+
+
+def read_idx(path: str, expected_ndim: int) -> np.ndarray:
+  """Reads one (optionally gzipped) IDX file of unsigned bytes."""
+  opener = gzip.open if path.endswith('.gz') else open
+  try:
+    with opener(path, 'rb') as f:
+      data = f.read()
+  except (OSError, EOFError) as e:
+    raise LocalDataError(f'Cannot read IDX file {path}: {e}') from e
+  if len(data) < 4 or data[:2] != b'\0\0' or data[2] != _IDX_UBYTE or data[3] != expected_ndim:
+    raise LocalDataError(f'{path} is not an IDX file of {expected_ndim}-d unsigned bytes '
+                         f'(header {data[:4].hex()}).')
+  header_end = 4 + 4 * expected_ndim
+  shape = struct.unpack(f'>{expected_ndim}I', data[4:header_end])
+  body = np.frombuffer(data, np.uint8, offset=header_end)
+  if body.size != int(np.prod(shape)):
+    raise LocalDataError(f'{path} is truncated or padded: header says shape {shape} '
+                         f'({int(np.prod(shape))} bytes) but it holds {body.size}.')
+  return body.reshape(shape)
+
+
+def idx_files(data_dir: str, split: str) -> tuple[str, str]:
+  """Paths of the images and labels IDX files of `split`, .gz or not."""
+  if split not in IDX_PREFIX:
+    raise LocalDataError(f"IDX datasets have splits {sorted(IDX_PREFIX)}, not {split!r}.")
+  found = []
+  for kind, ndim in (('images', 3), ('labels', 1)):
+    stem = os.path.join(data_dir, f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte')
+    path = next((p for p in (stem + '.gz', stem) if os.path.exists(p)), None)
+    if path is None:
+      raise LocalDataError(f'Missing {stem}.gz in {data_dir}.')
+    found.append(path)
+  return found[0], found[1]
+
+
+def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  images_path, labels_path = idx_files(data_dir, split)
+  images = read_idx(images_path, 3)[..., None]
+  labels = read_idx(labels_path, 1).astype(np.int32)
+  if len(images) != len(labels):
+    raise LocalDataError(f'{images_path} holds {len(images)} images but {labels_path} '
+                         f'holds {len(labels)} labels.')
+  return images, labels
+
+
+def is_idx_dir(root: str) -> bool:
+  """Whether `root` is a directory of IDX files (MNIST/Fashion-MNIST as distributed)."""
+  return os.path.isdir(root) and any(f.endswith(('-ubyte', '-ubyte.gz')) for f in os.listdir(root))

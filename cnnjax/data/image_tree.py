@@ -1,0 +1,248 @@
+"""Image trees `<split>/<class>/<file>`, as a directory or a .tar.gz: listing and reading.
+
+A tree is listed once (`list_tree`): every file of every split, in a fixed
+pseudo-random order (`example_order_key`). A split is then either decoded
+whole into memory (`read_split`, files that are not readable images skipped
+with one warning) or kept as a list of files that a streamed run decodes when
+a batch needs them (`stream_split`, files whose header is not an image's
+skipped the same way). A directory is read from disk file by file; an
+archive, which cannot be read at random, is read in one pass and its
+compressed files kept in memory (for a tree larger than memory, unpack it
+and point `config.local_data_dir` at the directory).
+"""
+import dataclasses
+import functools
+import gzip
+import hashlib
+import io
+import logging
+import os
+import tarfile
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+from cnnjax.data import images as images_lib
+from cnnjax.errors import UserError
+
+_SHOWN_SKIPPED = 3  # Files the skip warning names.
+
+
+class LocalDataError(UserError, ValueError):
+  """A local dataset file or tree is missing or malformed."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TreeFile:
+  """One file of a tree: on disk (`path`) or read from an archive (`payload`)."""
+  cls: str
+  name: str
+  path: str = ''
+  payload: bytes | None = None
+
+  def read(self) -> bytes:
+    if self.payload is not None:
+      return self.payload
+    with open(self.path, 'rb') as f:
+      return f.read()
+
+  def size(self) -> int:
+    return len(self.payload) if self.payload is not None else os.path.getsize(self.path)
+
+
+def example_order_key(cls: str, fname: str) -> str:
+  """A fixed pseudo-random order of an image tree's files: a hash of their path.
+
+  Folders group images by class, but split slices (`train[80%:]`) must draw
+  from every class, as they do from TFDS' splits, which are stored shuffled.
+  A hash of the path gives such an order that is the same on every machine
+  and for every reading of the same tree, directory or archive alike.
+  """
+  return hashlib.sha256(f'{cls}/{fname}'.encode()).hexdigest()
+
+
+def _visible(name: str) -> bool:
+  """Hidden files (.DS_Store, ._resource forks) are no one's images and not worth a warning."""
+  return not name.startswith('.')
+
+
+def _directory_files(root: str) -> dict[str, list[TreeFile]]:
+  tree: dict[str, list[TreeFile]] = {}
+  for split in sorted(filter(_visible, os.listdir(root))):
+    split_dir = os.path.join(root, split)
+    if not os.path.isdir(split_dir):
+      continue
+    for cls in sorted(filter(_visible, os.listdir(split_dir))):
+      cls_dir = os.path.join(split_dir, cls)
+      for fname in sorted(filter(_visible, os.listdir(cls_dir))) if os.path.isdir(cls_dir) else ():
+        path = os.path.join(cls_dir, fname)
+        if os.path.isfile(path):
+          tree.setdefault(split, []).append(TreeFile(cls, fname, path=path))
+  return tree
+
+
+@functools.lru_cache(maxsize=2)
+def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFile]]:
+  """Every file of a .tar.gz (or .tar) of a tree, keyed by split (cached per file version).
+
+  One sequential pass (seeking in a gzip stream decompresses it again each
+  time), read to the very end of the file: tarfile's stream mode takes a
+  short read for the end of the archive, so a cut-off file would otherwise
+  yield part of a split without a word. The gzip stream's own end marker,
+  or a plain tar's closing zero blocks, say the file is whole.
+  """
+  del mtime_ns, size  # The cache key: a rewritten archive is read again.
+  tree: dict[str, list[TreeFile]] = {}
+  try:
+    with open(root, 'rb') as raw:
+      gzipped = raw.read(2) == b'\x1f\x8b'
+      if not gzipped:
+        raw.seek(0, os.SEEK_END)
+        end = raw.tell()
+        raw.seek(max(end - 1024, 0))
+        if end % 512 or raw.read(1024).strip(b'\0'):
+          raise tarfile.ReadError('the archive does not end with its closing zero blocks')
+    with (gzip.open(root, 'rb') if gzipped else open(root, 'rb')) as stream:
+      with tarfile.open(fileobj=stream, mode='r|') as tar:
+        for member in tar:
+          parts = member.name.lstrip('./').split('/')
+          if member.isfile() and len(parts) == 3 and all(map(_visible, parts)):
+            tree.setdefault(parts[0], []).append(
+                TreeFile(parts[1], parts[2], payload=tar.extractfile(member).read()))
+      while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
+        pass
+  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
+                         'give only part of the dataset. Copy or download it again.') from e
+  return tree
+
+
+def list_tree(root: str) -> dict[str, list[TreeFile]]:
+  """Each split's files of the tree at `root` (directory or archive), in example order."""
+  if os.path.isdir(root):
+    tree = _directory_files(root)
+  else:
+    stat = os.stat(root)
+    tree = _archive_files(root, stat.st_mtime_ns, stat.st_size)
+  return {split: sorted(files, key=lambda f: example_order_key(f.cls, f.name))
+          for split, files in tree.items()}
+
+
+def split_files(root: str, split: str) -> list[TreeFile]:
+  files = list_tree(root).get(split)
+  if not files:
+    raise LocalDataError(f'No {split}/<class>/<image> files in {root}.')
+  return files
+
+
+def class_names(root: str, split: str = 'train') -> tuple[str, ...]:
+  """A tree's classes: its `split`'s class folders, sorted (label i = the i-th)."""
+  return tuple(sorted({f.cls for f in split_files(root, split)}))
+
+
+def _check_classes(files: Sequence[TreeFile], split: str, root: str,
+                   class_names_: Sequence[str]) -> None:
+  known = set(class_names_)
+  for f in files:
+    if f.cls not in known:
+      raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset '
+                           f'({", ".join(class_names_)}).')
+
+
+def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
+            kept: Sequence[TreeFile], class_names_: Sequence[str], how: str) -> None:
+  """One warning for the skipped files; an error for a class left with none; a warning for a
+  class that has no folder at all."""
+  if skipped:
+    shown = '; '.join(f'{split}/{f.cls}/{f.name} ({why})' for f, why in skipped[:_SHOWN_SKIPPED])
+    more = f' and {len(skipped) - _SHOWN_SKIPPED} more' if len(skipped) > _SHOWN_SKIPPED else ''
+    logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s%s.', len(skipped), split,
+                    root, how, shown, more)
+  if not kept:
+    raise LocalDataError(f'No readable image under {split}/ in {root}.')
+  present = {f.cls for f in kept}
+  emptied = sorted({f.cls for f, _ in skipped} - present)
+  if emptied:
+    raise LocalDataError(f'Class folder(s) {", ".join(f"{split}/{c}" for c in emptied)} in '
+                         f'{root} hold no readable image: add images or remove the folder.')
+  missing = [name for name in class_names_ if name not in present]
+  if missing:
+    logging.warning('Split %s/ in %s has no images of class(es) %s: their rows of the confusion '
+                    'matrix and report will be empty.', split, root, ', '.join(missing))
+
+
+def read_split(root: str, split: str, class_names_: Sequence[str],
+               image_shape: tuple[int, int, int], resize: bool
+               ) -> tuple[np.ndarray, np.ndarray, list[TreeFile]]:
+  """Decodes split `split` of the tree: uint8 images, int32 labels and the files kept.
+
+  Files that are not images Pillow can decode are skipped (one warning);
+  an image of another size is resized (`resize`) or an error.
+  """
+  files = split_files(root, split)
+  _check_classes(files, split, root, class_names_)
+  index = {name: i for i, name in enumerate(class_names_)}
+  images, labels, kept, skipped = [], [], [], []
+  for f in files:
+    try:
+      images.append(images_lib.decode(f.read(), image_shape, resize))
+    except images_lib.ImageSizeError as e:
+      raise LocalDataError(f'{split}/{f.cls}/{f.name} in {root} {e}.') from e
+    except images_lib.ImageInputError as e:
+      skipped.append((f, str(e).split(' (')[0].removeprefix('is ')))
+      continue
+    labels.append(index[f.cls])
+    kept.append(f)
+  _report(skipped, split, root, kept, class_names_, 'are not readable images')
+  return np.stack(images), np.asarray(labels, np.int32), kept
+
+
+def _has_image_header(f: TreeFile) -> bool:
+  from PIL import Image, UnidentifiedImageError
+  try:
+    with Image.open(f.path or io.BytesIO(f.payload)):  # Reads the header only.
+      return True
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    return False
+
+
+def stream_split(root: str, split: str, class_names_: Sequence[str]
+                 ) -> tuple[list[TreeFile], np.ndarray]:
+  """The files of split `split` whose header is an image's, and their labels, to decode later.
+
+  A file that passes this check but fails to decode is met while training,
+  where the reader stops the run with its name (see `examples.StreamedSplit`).
+  """
+  files = split_files(root, split)
+  _check_classes(files, split, root, class_names_)
+  kept = [f for f in files if _has_image_header(f)]
+  skipped = [(f, 'not an image') for f in files if f not in set(kept)]
+  _report(skipped, split, root, kept, class_names_, 'are not images')
+  index = {name: i for i, name in enumerate(class_names_)}
+  return kept, np.asarray([index[f.cls] for f in kept], np.int32)
+
+
+def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
+  """A tree's examples, identified by path, size and label in order, whether they are
+  decoded into memory or streamed (reading every byte again on each start would cost as
+  much as an epoch for a large tree)."""
+  digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
+  for f in files:
+    digest.update(f'{f.cls}/{f.name}:{f.size()}\n'.encode())
+  return f'files:{len(files)}:{digest.hexdigest()[:16]}'
+
+
+def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple[int, int, int],
+            resize: bool) -> Callable[[int], np.ndarray]:
+  """Decodes example i of `files`; a file that cannot be decoded stops with its name."""
+  def decode(i: int) -> np.ndarray:
+    f = files[i]
+    try:
+      return images_lib.decode(f.read(), image_shape, resize)
+    except (images_lib.ImageInputError, images_lib.ImageSizeError, OSError) as e:
+      raise LocalDataError(
+          f'{split}/{f.cls}/{f.name} in {root} {e} (found while streaming it). Remove or '
+          'replace the file and run the same command again: the run resumes from its last '
+          'checkpoint.') from e
+  return decode

@@ -1,0 +1,160 @@
+"""Any TFDS image-classification dataset, by name: its description, in memory or streamed.
+
+The image and label features are found in the dataset's `DatasetInfo`
+(the supervised keys where it has them, else its one Image and one
+ClassLabel feature), or named by `config.image_key` / `config.label_key`.
+Images of varying size are converted to the configured size by
+`images.fit_array`, the policy every other source uses. Only this module
+imports TensorFlow, and only because TFDS reads its files with it.
+"""
+import logging
+from typing import Any
+
+import numpy as np
+
+from cnnjax.data import examples
+from cnnjax.data import images as images_lib
+from cnnjax.errors import ConfigError
+from cnnjax.errors import UserError
+
+
+class DatasetUnavailableError(UserError, RuntimeError):
+  """The dataset can be neither loaded from TFDS nor read from local files."""
+
+
+def offline_help(name: str) -> str:
+  return (f'To train from files you have instead (no network, no TensorFlow): '
+          f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
+          f'(MNIST/Fashion-MNIST) or train/<class>/* and test/<class>/* image folders '
+          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=data/'
+          f'{"cifar10_jpg.tar.gz" if name == "cifar10" else name}.')
+
+
+def hide_accelerators_from_tensorflow(tf) -> None:
+  """Keeps TensorFlow off the GPUs and TPUs: TFDS only reads files with it, and TensorFlow
+  would otherwise reserve accelerator memory that JAX needs."""
+  for kind in ('GPU', 'TPU'):
+    try:
+      tf.config.set_visible_devices([], kind)
+    except RuntimeError as e:  # TensorFlow had already started on its devices.
+      logging.warning('Could not hide the %ss from TensorFlow (%s).', kind, e)
+
+
+def import_tfds(name: str):
+  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators."""
+  try:
+    import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
+  except ImportError as e:
+    raise DatasetUnavailableError(
+        f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
+        f'default ({e}). Add it with: pip install -e ".[tfds]". ' + offline_help(name)) from e
+  hide_accelerators_from_tensorflow(tf)
+  import tensorflow_datasets as tfds
+  return tfds
+
+
+def builder_info(name: str, data_dir: str):
+  """The `DatasetInfo` of TFDS dataset `name` (from its code: nothing is downloaded)."""
+  tfds = import_tfds(name)
+  try:
+    return tfds.builder(name, data_dir=data_dir or None).info
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise ConfigError(
+        f'Unknown dataset {name!r} (config.dataset): it is neither one of cnnjax\'s '
+        "(fashion_mnist, mnist, cifar10), nor 'image_folder' (your own folders, with "
+        '--config.local_data_dir), nor a TFDS dataset (e.g. cifar100, svhn_cropped, '
+        'tf_flowers).') from e
+
+
+def _features_of_kind(info, kind: str) -> list[str]:
+  return [key for key, feature in info.features.items() if type(feature).__name__ == kind]
+
+
+def feature_keys(info, image_key: str, label_key: str) -> tuple[str, str]:
+  """The image and label feature names: as configured, else from the info."""
+  supervised = info.supervised_keys if isinstance(info.supervised_keys, tuple) else None
+  found = []
+  for key, kind, field, index in ((image_key, 'Image', 'image_key', 0),
+                                  (label_key, 'ClassLabel', 'label_key', 1)):
+    candidates = _features_of_kind(info, kind)
+    if not key:
+      if supervised and supervised[index] in candidates:
+        key = supervised[index]
+      elif len(candidates) == 1:
+        key = candidates[0]
+      else:
+        raise ConfigError(
+            f'TFDS dataset {info.name!r} has {len(candidates) or "no"} {kind} feature(s) '
+            f'({", ".join(candidates) or "none"}); name one with --config.{field}=NAME.')
+    elif key not in candidates:
+      raise ConfigError(f'config.{field}={key!r} is not a {kind} feature of TFDS dataset '
+                        f'{info.name!r}; its {kind} features: {", ".join(candidates) or "none"}.')
+    found.append(key)
+  return found[0], found[1]
+
+
+def native_shape(info, image_key: str) -> tuple[Any, ...]:
+  """The image feature's (H, W, C), with None where images vary."""
+  return tuple(info.features[image_key].shape)
+
+
+def class_names(info, label_key: str) -> tuple[str, ...]:
+  return tuple(info.features[label_key].names)
+
+
+def num_examples(info, split_spec: str) -> int | None:
+  """Examples `split_spec` selects, where the info knows its splits (else None)."""
+  try:
+    return int(info.splits[split_spec].num_examples)
+  except (KeyError, ValueError, TypeError):
+    return None
+
+
+def _unavailable(name: str, split_spec: str, e: Exception) -> DatasetUnavailableError:
+  return DatasetUnavailableError(f'Could not load split {split_spec!r} of TFDS dataset {name!r}: '
+                                 f'{type(e).__name__}: {e}. ' + offline_help(name))
+
+
+def load_in_memory(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
+                   image_shape: tuple[int, int, int]) -> examples.Split:
+  """Split `split_spec` decoded into memory, every image in `image_shape`."""
+  tfds = import_tfds(name)
+  image_key, label_key = keys
+  try:
+    ds = tfds.load(name, split=split_spec, data_dir=data_dir or None, download=True)
+    ds = ds.map(lambda example: (example[image_key], example[label_key]))
+    if tuple(ds.element_spec[0].shape) == tuple(image_shape):
+      # Batches of a fixed size: `batch_size=-1` is not supported by TFDS' mocks.
+      images, labels = zip(*tfds.as_numpy(ds.batch(10_000)))
+    else:  # Varying sizes: one image at a time, converted as any other source's.
+      pairs = [(images_lib.fit_array(image, image_shape)[None], np.asarray([label]))
+               for image, label in tfds.as_numpy(ds)]
+      images, labels = zip(*pairs) if pairs else ((np.zeros((0,) + image_shape, np.uint8),),
+                                                  (np.zeros((0,), np.int32),))
+  except Exception as e:  # Download and preparation fail in many ways offline.
+    raise _unavailable(name, split_spec, e) from e
+  return examples.Split(np.concatenate(images).astype(np.uint8),
+                        np.concatenate(labels).astype(np.int32))
+
+
+def stream(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
+           image_shape: tuple[int, int, int], workers: int) -> examples.StreamedSplit:
+  """Split `split_spec` read example by example from TFDS' ArrayRecord files.
+
+  Random access needs the dataset prepared as ArrayRecord; one prepared as
+  TFRecord (TFDS' default) is prepared again by `download_and_prepare`.
+  """
+  tfds = import_tfds(name)
+  image_key, label_key = keys
+  try:
+    source = tfds.data_source(name, split=split_spec, data_dir=data_dir or None, download=True,
+                              builder_kwargs={'file_format': 'array_record'})
+  except Exception as e:
+    raise _unavailable(name, split_spec, e) from e
+
+  def read_example(i: int) -> tuple[np.ndarray, int]:
+    example = source[i]
+    return images_lib.fit_array(np.asarray(example[image_key]), image_shape), int(
+        example[label_key])
+  return examples.StreamedSplit(read_example, len(source), image_shape,
+                                f'tfds:{name}/{split_spec}:{len(source)}', workers)

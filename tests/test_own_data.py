@@ -1,0 +1,181 @@
+"""Your own data: image folders of any classes and formats, any TFDS dataset, streaming."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cnnjax import predict
+from cnnjax import sharding
+from cnnjax.data import datasets
+from cnnjax.data import examples
+from cnnjax.data import image_tree
+from cnnjax.data import pipeline
+from tests.helpers import (assert_same_run, defaults, load_config, read_jsonl, shrink,
+                           train_and_evaluate)
+
+CLASSES = ('cactus', 'fern', 'orchid')
+# (mode, size, format): every mode and format the policy converts, at mixed sizes.
+KINDS = [('RGB', (20, 14), 'PNG'), ('L', (9, 9), 'JPEG'), ('RGBA', (16, 16), 'PNG'),
+         ('P', (12, 30), 'BMP'), ('CMYK', (25, 25), 'JPEG'), ('RGB', (16, 16), 'WEBP'),
+         ('I;16', (16, 16), 'PNG')]
+
+
+def write_tree(root, per_class=8, seed=0):
+  """3 classes in train/ and test/, mixed modes, sizes and formats; plus one file that is not
+  an image (.txt) and one corrupt image in each split."""
+  rng = np.random.default_rng(seed)
+  for split in ('train', 'test'):
+    for c, name in enumerate(CLASSES):
+      folder = os.path.join(root, split, name)
+      os.makedirs(folder)
+      for i in range(per_class):
+        mode, size, fmt = KINDS[(i + c) % len(KINDS)]
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), np.uint8)
+        pixels[..., c] = 255  # Each class has its own dominant channel: learnable.
+        image = Image.fromarray(pixels).convert(mode if mode != 'I;16' else 'L')
+        if mode == 'I;16':
+          image = Image.fromarray(np.asarray(image, np.uint16) * 257)
+        image.save(os.path.join(folder, f'{i}.{fmt.lower()}'), fmt)
+    with open(os.path.join(root, split, CLASSES[0], 'notes.txt'), 'w') as f:
+      f.write('not an image')
+    with open(os.path.join(root, split, CLASSES[1], 'broken.png'), 'wb') as f:
+      f.write(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+  return root
+
+
+def folder_config(root, **overrides):
+  config = shrink(load_config('image_folder'), local_data_dir=str(root), image_size=16,
+                  train_split='train', val_split='', num_train_steps=-1, num_epochs=2)
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def test_image_folder_trains_reports_and_predicts_its_own_classes(tmp_path, caplog):
+  root = write_tree(str(tmp_path / 'plants'))
+  workdir = tmp_path / 'run'
+  with caplog.at_level(logging.WARNING):
+    results = train_and_evaluate(folder_config(root), workdir)
+  skipped = [r.getMessage() for r in caplog.records if 'Skipped' in r.getMessage()]
+  assert len(skipped) == 2 and all('Skipped 2 file(s)' in m for m in skipped), skipped
+  assert 'notes.txt' in skipped[0] and 'broken.png' in skipped[0]
+  assert results['epochs'] == 2 and len(read_jsonl(workdir / 'metrics.jsonl')) == 2
+  assert results['params_total'] > 0
+  header = (workdir / 'confusion_matrix.csv').read_text().splitlines()[0]
+  assert header.split(',')[1:] == list(CLASSES)
+  report = (workdir / 'classification_report.txt').read_text()
+  assert all(name in report for name in CLASSES)
+  assert json.loads((workdir / 'dataset.json').read_text()) == {
+      'image_shape': [16, 16, 3], 'class_names': list(CLASSES)}
+  # Predict needs only the workdir: the classes were recorded, the tree may be gone.
+  image = os.path.join(root, 'test', 'orchid', '0.png')
+  os.rename(root, str(tmp_path / 'moved'))
+  top = predict.predict(str(workdir), [image.replace(root, str(tmp_path / 'moved'))],
+                        defaults())[0]['top']
+  assert {p['class'] for p in top} == set(CLASSES)
+
+
+def test_every_mode_and_size_becomes_the_configured_shape(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'), per_class=len(KINDS))
+  options = datasets.DataOptions('image_folder', 'train', '', 'test', local_data_dir=root,
+                                 image_size=12, channels=1)
+  data = datasets.load_dataset(options)
+  assert data.class_names == CLASSES and data.train.images.shape == (3 * len(KINDS), 12, 12, 1)
+  assert data.train.images.dtype == np.uint8 and data.train.images.max() > 0
+
+
+def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'), per_class=1)
+  os.remove(os.path.join(root, 'train', 'fern', '0.jpeg'))
+  options = datasets.DataOptions('image_folder', local_data_dir=root, image_size=8, channels=3)
+  with pytest.raises(image_tree.LocalDataError, match='train/fern.*hold no readable image'):
+    datasets.load_dataset(options)
+
+
+def test_image_folder_needs_a_size(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'), per_class=1)
+  with pytest.raises(datasets.ConfigError, match='--config.image_size'):
+    datasets.describe(datasets.DataOptions('image_folder', local_data_dir=root))
+
+
+def test_a_tfds_dataset_of_varying_sizes_and_its_own_classes_trains(tmp_path, mock_tfds):
+  # tf_flowers: 5 classes, images of varying size, one 'train' split.
+  config = shrink(load_config('cnn_deep'), dataset='tf_flowers', image_size=16, channels=3,
+                  train_split='train[:70%]', test_split='train[70%:]', num_train_steps=2)
+  results = train_and_evaluate(config, tmp_path)
+  assert results['steps'] == 2
+  spec = json.loads((tmp_path / 'dataset.json').read_text())
+  assert spec == {'image_shape': [16, 16, 3], 'class_names': [
+      'dandelion', 'daisy', 'tulips', 'sunflowers', 'roses']}
+  assert (tmp_path / 'confusion_matrix.csv').read_text().splitlines()[0].endswith('roses')
+
+
+def test_an_unknown_dataset_name_is_one_clear_error(tmp_path):
+  config = shrink(load_config('cnn_simple'), dataset='cifar1O')
+  with pytest.raises(datasets.ConfigError, match="Unknown dataset 'cifar1O'"):
+    train_and_evaluate(config, tmp_path / 'run')
+  assert not os.path.exists(tmp_path / 'run')
+
+
+def test_streamed_and_in_memory_runs_are_bitwise_equal(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'))
+  held, streamed = str(tmp_path / 'held'), str(tmp_path / 'streamed')
+  train_and_evaluate(folder_config(root, data_in_memory='true'), held)
+  results = train_and_evaluate(folder_config(root, data_in_memory='false', data_workers=3),
+                               streamed)
+  assert results['steps'] == 2 * (3 * 8 // 8)
+  assert_same_run(held, streamed, folder_config(root))
+
+
+def test_a_stopped_streamed_run_resumes_bitwise_equal(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'))
+  straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
+  config = lambda steps: folder_config(root, data_in_memory='false', num_train_steps=steps,
+                                       num_epochs=100)
+  train_and_evaluate(config(5), straight)
+  train_and_evaluate(config(4), resumed)  # 3 steps per epoch: stopped mid-epoch 2.
+  train_and_evaluate(config(5), resumed)
+  assert_same_run(straight, resumed, config(5))
+
+
+def test_a_file_that_fails_to_decode_while_streaming_stops_the_run_by_name(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  path = os.path.join(root, 'train', 'cactus', '0.png')
+  with open(path, 'rb') as f:
+    head = f.read(200)
+  with open(path, 'wb') as f:
+    f.write(head)  # A valid header, then nothing: found only when decoded.
+  with pytest.raises(image_tree.LocalDataError, match='train/cactus/0.png.*while streaming'):
+    train_and_evaluate(folder_config(root, data_in_memory='false', batch_size=2), tmp_path / 'r')
+
+
+def test_each_of_two_processes_streams_only_its_rows_of_each_batch(monkeypatch):
+  """2 processes with one of 2 devices each: disjoint reads that together are the batch."""
+  read = {0: [], 1: []}
+
+  def streamed_split(process):
+    def read_example(i):
+      read[process].append(i)
+      return np.zeros((2, 2, 1), np.uint8), 0
+    return examples.StreamedSplit(read_example, 40, (2, 2, 1), 'test', workers=2)
+
+  class OneOfTwoDevices:
+    def __init__(self, process):
+      self.process = process
+
+    def addressable_devices_indices_map(self, shape):
+      half = shape[0] // 2
+      return {'device': (slice(self.process * half, (self.process + 1) * half),)}
+
+  for process in (0, 1):
+    monkeypatch.setattr(sharding, 'batch_sharded', lambda mesh, p=process: OneOfTwoDevices(p))
+    for images, _ in pipeline.train_batches(streamed_split(process), 8, 0, 0, None):
+      assert images.shape == (4, 2, 2, 1)
+  assert not set(read[0]) & set(read[1])
+  order = pipeline.epoch_order(0, 0, 40)
+  for step in range(5):
+    batch = order[step * 8:(step + 1) * 8]
+    assert read[0][step * 4:(step + 1) * 4] + read[1][step * 4:(step + 1) * 4] == list(batch)
