@@ -113,6 +113,32 @@ def test_a_tfds_dataset_of_varying_sizes_and_its_own_classes_trains(tmp_path, mo
   assert (tmp_path / 'confusion_matrix.csv').read_text().splitlines()[0].endswith('roses')
 
 
+def test_a_tfds_dataset_streams_from_its_data_source(tmp_path, mock_tfds, capsys):
+  # TFDS' mocks make up other examples for data_source than for load: no comparison here.
+  config = shrink(load_config('cnn_simple'), dataset='tf_flowers', image_size=16, channels=1,
+                  train_split='train[:70%]', test_split='train[70%:]', data_in_memory='false',
+                  num_train_steps=2)
+  results = train_and_evaluate(config, tmp_path)
+  out = capsys.readouterr().out
+  assert 'tf_flowers (5 classes, 16x16x1)' in out and 'streamed by' in out
+  assert results['steps'] == 2
+  test = datasets.load_split(datasets.DataOptions.from_config(config), config.test_split)
+  assert test.streamed and len(test)  # (The mocked data_source ignores slices.)
+  images, labels = test.read(np.arange(len(test)))
+  assert images.shape == (len(test), 16, 16, 1) and set(labels) <= set(range(5))
+
+
+def test_auto_streams_what_would_not_fit_in_memory(tmp_path, monkeypatch):
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  options = datasets.DataOptions('image_folder', local_data_dir=root, image_size=64,
+                                 channels=3)
+  decoded = 16 * 64 * 64 * 3  # 8 files per split (2 of them no images: counted, not read).
+  monkeypatch.setattr(datasets, '_physical_memory', lambda: 2 * decoded)
+  assert not datasets.load_dataset(options).streamed  # Half the memory: fits.
+  monkeypatch.setattr(datasets, '_physical_memory', lambda: 2 * decoded - 1)
+  assert datasets.load_dataset(options).streamed
+
+
 def test_an_unknown_dataset_name_is_one_clear_error(tmp_path):
   config = shrink(load_config('cnn_simple'), dataset='cifar1O')
   with pytest.raises(datasets.ConfigError, match="Unknown dataset 'cifar1O'"):

@@ -212,15 +212,19 @@ class _Loader:
     """One decision for the whole dataset: every split held, or every split streamed."""
     if self.kind == 'idx':  # One array per file, read whole however large.
       return self.options.data_in_memory != 'false'
-    counts = []
-    for split_spec in split_specs:
-      if self.kind == 'tree':
-        counts.append(sum(len(image_tree.split_files(self.options.local_data_dir, part.name))
-                          for part in splits.parse_split(split_spec)))
-      else:
-        counts.append(tfds_source.num_examples(self.info, split_spec))
+    counts = [self._count(split_spec) for split_spec in split_specs]
     total = None if None in counts else sum(counts)
     return _fits_in_memory(self.options, total, self.spec.image_shape)
+
+  def _count(self, split_spec: str) -> int | None:
+    """Examples `split_spec` selects (files, for a tree: some may prove not to be images)."""
+    if self.kind == 'tfds':
+      return tfds_source.num_examples(self.info, split_spec)
+    count = 0
+    for part in splits.parse_split(split_spec):
+      files = image_tree.split_files(self.options.local_data_dir, part.name)
+      count += len(splits.slice_indices(part, len(files)))
+    return count
 
   def load(self, split_spec: str, in_memory: bool) -> Split | StreamedSplit:
     options, shape = self.options, self.spec.image_shape

@@ -216,8 +216,9 @@ def stream_split(root: str, split: str, class_names_: Sequence[str]
   """
   files = split_files(root, split)
   _check_classes(files, split, root, class_names_)
-  kept = [f for f in files if _has_image_header(f)]
-  skipped = [(f, 'not an image') for f in files if f not in set(kept)]
+  is_image = [_has_image_header(f) for f in files]
+  kept = [f for f, ok in zip(files, is_image) if ok]
+  skipped = [(f, 'not an image') for f, ok in zip(files, is_image) if not ok]
   _report(skipped, split, root, kept, class_names_, 'are not images')
   index = {name: i for i, name in enumerate(class_names_)}
   return kept, np.asarray([index[f.cls] for f in kept], np.int32)
