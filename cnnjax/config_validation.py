@@ -16,6 +16,7 @@ from cnnjax.models import build_model
 from cnnjax.models import transfer
 from cnnjax.training import features
 from cnnjax.training import optimizers
+from cnnjax.training import recipes
 from cnnjax.training import stages
 
 POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
@@ -98,6 +99,37 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
                       f'got {config.channels!r}.')
 
 
+def _check_recipe(config: ml_collections.ConfigDict) -> None:
+  """The optimisation and augmentation fields beyond the studies' recipe."""
+  for field, choices in (('optimizer', recipes.OPTIMIZERS), ('schedule', recipes.SCHEDULES)):
+    if config[field] not in choices:
+      raise ConfigError(f'config.{field} must be one of {choices}, got {config[field]!r}.')
+  for field in ('weight_decay', 'grad_clip_norm'):
+    if not config[field] >= 0:
+      raise ConfigError(f'config.{field} must be 0 (off) or positive, got {config[field]!r}.')
+  if config.weight_decay and config.optimizer == 'adam':
+    raise ConfigError('config.weight_decay needs --config.optimizer=adamw (decoupled) or sgd; '
+                      "Adam's would be L2 through the moments, which cnnjax does not offer.")
+  if not 0 <= config.momentum < 1:
+    raise ConfigError(f'config.momentum must be in [0, 1), got {config.momentum!r}.')
+  if not 0 <= config.label_smoothing < 1:
+    raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.')
+  if not all(0 < b < 1 for b in config.lr_boundaries):
+    raise ConfigError('config.lr_boundaries are fractions of a stage\'s steps, each in (0, 1); '
+                      f'got {tuple(config.lr_boundaries)!r}.')
+  augment = config.augment
+  if not isinstance(augment.crop_padding, int) or augment.crop_padding < 0:
+    raise ConfigError(f'config.augment.crop_padding must be 0 (off) or a positive integer, got '
+                      f'{augment.crop_padding!r}.')
+  if not 0 <= augment.erasing_prob <= 1:
+    raise ConfigError(f'config.augment.erasing_prob must be in [0, 1], got '
+                      f'{augment.erasing_prob!r}.')
+  augmenting = augment.crop_padding or augment.flip or augment.erasing_prob or augment.flip_test
+  if augmenting and config.cache_features:
+    raise ConfigError('config.augment changes the images every step, so their backbone features '
+                      'cannot be cached: set --config.cache_features=False.')
+
+
 def _nominal_classes(config: ml_collections.ConfigDict) -> int:
   """The class count to check the model's options with (any count builds the same layers)."""
   known = datasets.DATASETS.get(config.dataset)
@@ -149,6 +181,7 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   _check_data(config)
+  _check_recipe(config)
   for field in ('train_split', 'val_split', 'test_split'):
     if config[field] or field != 'val_split':
       try:

@@ -45,7 +45,9 @@ def diagnose(config, defaults, steps: int, every: int,
   data = datasets.load_dataset(dataclasses.replace(options, val_split=''))
   experiment = setup.build(config, data.image_shape, data.num_classes)
   mesh = sharding.create_mesh()
-  trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False)
+  trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False,
+                               steps_per_epoch=pipeline.steps_per_epoch(len(data.train),
+                                                                        config.batch_size))
   gradients = compilation.jit(lambda variables, x, y, rng: diagnostics.loss_and_gradient_norms(
       trainer.model, variables, pipeline.to_inputs(x), y, rng))
 

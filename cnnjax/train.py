@@ -114,7 +114,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   replicated = sharding.replicated(mesh)
   steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
   total_steps = experiment.total_steps(steps_per_epoch)
-  trainers = [experiment.trainer(i, mesh, config.eval_batch_size)
+  trainers = [experiment.trainer(i, mesh, config.eval_batch_size,
+                                 steps_per_epoch=steps_per_epoch)
               for i in range(len(experiment.stages))]
   counts = experiment.param_counts()
   devices = f'{jax.device_count()}x {jax.devices()[0].device_kind}'

@@ -45,11 +45,26 @@ def get_config() -> ml_collections.ConfigDict:
   config.fine_tune.unfreeze_from = ''  # or every backbone layer from this Keras layer on.
   config.fine_tune.batchnorm = 'inference'  # Unfrozen BatchNorms: 'inference' or 'train'.
 
-  # Optimisation: the studies' Adam 1e-3 (Keras' epsilon 1e-7).
-  config.learning_rate = 1e-3
+  # Optimisation: the studies' Adam 1e-3 (Keras' epsilon 1e-7), constant rate.
+  config.optimizer = 'adam'            # 'adam', 'adamw' (decoupled weight decay), 'sgd' (Nesterov).
+  config.learning_rate = 1e-3          # The peak rate of a schedule.
   config.adam_epsilon = 1e-7
   config.adam_update = 'keras'         # Keras' Adam step (eps before bias correction) or 'optax'.
+  config.momentum = 0.9                # SGD's momentum.
+  config.weight_decay = 0.0            # adamw / sgd: kernels decay, biases and norms do not.
+  config.grad_clip_norm = 0.0          # Clip gradients to this global norm (0 = off).
+  config.schedule = 'constant'         # 'constant', 'warmup_cosine', 'onecycle', 'piecewise'.
   config.warmup_steps = 0              # Linear warmup of the learning rate from 0 (0 = none).
+  config.lr_boundaries = (0.5, 0.75)   # piecewise: at these fractions of a stage's steps the
+  config.lr_decay_factor = 0.1         # rate is multiplied by this.
+  config.label_smoothing = 0.0         # Cross-entropy against (1 - a) one-hot + a / classes.
+
+  # Augmentation, on the device in the training step (keys from seed and step: resumable).
+  config.augment = ml_collections.ConfigDict()
+  config.augment.crop_padding = 0      # Pad by N zero pixels, crop back at a random offset.
+  config.augment.flip = False          # Mirror left-right half the time (not for digits/text).
+  config.augment.erasing_prob = 0.0    # Random erasing: a noise rectangle, this often.
+  config.augment.flip_test = False     # Evaluate on the mean logits of image and mirror.
   config.batch_size = 64               # Global batch, over all devices.
   config.eval_batch_size = 250        # Any size gives the same metrics; 250 suits CPU caches.
   config.num_epochs = 10

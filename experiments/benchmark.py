@@ -62,8 +62,9 @@ class CnnjaxSide:
     self.data = data
     experiment = setup.build(config, data.image_shape, data.num_classes)
     mesh = sharding.create_mesh()
-    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False)
     self.steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
+    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False,
+                                      steps_per_epoch=self.steps_per_epoch)
     state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
     self.loop = Loop(state, self.trainer.empty_metrics(), mesh=mesh,
                      batch_size=config.batch_size, seed=config.seed,

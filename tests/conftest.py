@@ -1,7 +1,15 @@
 """Shared pytest fixtures; the helpers tests import are in tests/helpers.py."""
 import os
+import tempfile
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+# Many tests compile the same small programs (shrunken configs, in-process and in the
+# subprocesses that inherit this environment): jax's persistent compilation cache compiles
+# each once per machine. Entries are keyed by the program and its compiler options.
+os.environ.setdefault('JAX_COMPILATION_CACHE_DIR',
+                      os.path.join(tempfile.gettempdir(), 'cnnjax-tests-jax-cache'))
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest
 

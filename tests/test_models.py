@@ -108,8 +108,8 @@ def test_batchnorm_statistics_update_only_when_training_and_not_frozen(trainable
 
 
 def test_unknown_model_and_option_are_named():
-  with pytest.raises(ValueError, match="Unknown model 'resnet'.*cnn_simple"):
-    build_model('resnet', 10)
+  with pytest.raises(ValueError, match="Unknown model 'resnet50'.*cnn_simple"):
+    build_model('resnet50', 10)
   with pytest.raises(ValueError, match=r"no option\(s\) \['hidden'\].*hidden_sizes"):
     build_model('mlp', 10, kwargs={'hidden': 3})
 

@@ -12,6 +12,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from cnnjax.models import mlp
+from cnnjax.models import resnet
 from cnnjax.models import small_cnns
 from cnnjax.models import transfer
 
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'cnn_simple': small_cnns.FashionCNNSimple,
     'cnn_deep': small_cnns.FashionCNNDeep,
     'cifar_cnn': small_cnns.CifarCNN,
+    'resnet': resnet.ResNet,
     'vgg16_classifier': functools.partial(transfer.TransferClassifier, backbone='vgg16'),
     'mobilenet_v2_classifier': functools.partial(
         transfer.TransferClassifier, backbone='mobilenet_v2', input_adapter='none', dropout=0.3),

@@ -28,21 +28,37 @@ class FashionCNNSimple(nn.Module):
 
 
 class FashionCNNDeep(nn.Module):
-  """Study A `cnn_deep`: three conv blocks with dropout, Dense256 head (436,586 params)."""
+  """Study A `cnn_deep`: three conv blocks with dropout, Dense256 head (436,586 params).
+
+  `batch_norm=True`: a BatchNorm after every conv (in place of its bias), before its ReLU,
+  and the block's pooling after the ReLU.
+  """
   num_classes: int
   block_features: tuple[tuple[int, ...], ...] = ((32, 32), (64, 64), (128,))
   block_dropout: float = 0.25
   hidden: int = 256
   head_dropout: float = 0.5
+  batch_norm: bool = False
+  trainable_pattern: str = '.*'
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for b, block in enumerate(self.block_features):
-      for c, features in enumerate(block):  # The block's last conv pools before its bias.
-        conv = layers.PoolingConv if c == len(block) - 1 else layers.Conv
-        x = conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=f'block{b}_conv{c}')(x)
-        x = layers.ReLU(name=f'block{b}_conv{c}_relu')(x)
+      for c, features in enumerate(block):
+        name = f'block{b}_conv{c}'
+        if self.batch_norm:
+          x = layers.Conv(features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
+                          name=name)(x)
+          x = layers.KerasBatchNorm(trainable_pattern=self.trainable_pattern, dtype=self.dtype,
+                                    name=f'{name}_bn')(x, train)
+          x = layers.ReLU(name=f'{name}_relu')(x)
+          if c == len(block) - 1:
+            x = layers.max_pool_2x2(x)
+          continue
+        conv = layers.PoolingConv if c == len(block) - 1 else layers.Conv  # Pools before the bias.
+        x = conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=name)(x)
+        x = layers.ReLU(name=f'{name}_relu')(x)
       x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)

@@ -17,21 +17,12 @@ import optax
 
 from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
-from cnnjax.training import optimizers
+from cnnjax.training import augment
+from cnnjax.training import recipes
 from cnnjax.training import params as params_lib
 from cnnjax.training import stages as stages_lib
 from cnnjax.training.steps import TrainState
 from cnnjax.training.steps import Trainer
-
-
-def create_optimizer(learning_rate: float, epsilon: float, warmup_steps: int = 0,
-                     adam_update: str = 'keras') -> optax.GradientTransformation:
-  """Adam, by default exactly as Keras updates (the studies: epsilon 1e-7; see `optimizers`),
-  after `warmup_steps` of linear warmup from 0 (none by default, as in the studies)."""
-  rate = learning_rate
-  if warmup_steps:
-    rate = optax.linear_schedule(0.0, learning_rate, warmup_steps)
-  return optimizers.adam(rate, epsilon, adam_update)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,8 +30,12 @@ class Experiment:
   """A config's stages, with the model and optimizer of each, and its initial variables."""
   stages: tuple[stages_lib.Stage, ...]
   models: tuple[nn.Module, ...]   # Per stage: which BatchNorms train differs between stages.
-  optimizers: tuple[optax.GradientTransformation, ...]
+  optimizers: tuple[optax.GradientTransformation, ...]  # Their state's shape (see `optimizer`).
   variables: dict[str, Any]       # The random initialisation (Keras' initialisers).
+  recipe: recipes.Recipe
+  augmentation: augment.Augmentation
+  label_smoothing: float
+  flip_test: bool
   dropout_rng: jax.Array
   backbone: str | None            # The pretrained backbone's name, if the model has one.
   num_epochs: int                 # All stages together.
@@ -87,14 +82,24 @@ class Experiment:
                           abstract)
     return [template(index) for index in range(len(self.stages))]
 
+  def optimizer(self, index: int, steps_per_epoch: int) -> optax.GradientTransformation:
+    """Stage `index`'s optimizer, its schedule spread over the stage's steps. Its state has
+    the same structure whatever `steps_per_epoch` is: restoring needs only that."""
+    stage = self.stages[index]
+    first_epoch = self.stages[index - 1].end_epoch if index else 0
+    return recipes.create_optimizer(self.recipe, stage.learning_rate,
+                                    (stage.end_epoch - first_epoch) * steps_per_epoch)
+
   def trainer(self, index: int, mesh: jax.sharding.Mesh, eval_batch_size: int,
-              on_features: bool = True) -> Trainer:
-    """Stage `index`'s jitted steps. A stage with cached features steps its model's head on
-    them; `on_features=False` gives steps on images all the same (evaluating a saved run,
-    diagnosing, benchmarking)."""
+              on_features: bool = True, steps_per_epoch: int = 1) -> Trainer:
+    """Stage `index`'s jitted steps, its schedule over epochs of `steps_per_epoch` steps
+    (training needs it; evaluating does not). A stage with cached features steps its model's
+    head on them; `on_features=False` gives steps on images all the same (evaluating a saved
+    run, diagnosing, benchmarking)."""
     head = self.stages[index].cache_features and on_features
-    return Trainer(self.models[index], self.optimizers[index], mesh, eval_batch_size,
-                   'head' if head else 'all')
+    return Trainer(self.models[index], self.optimizer(index, steps_per_epoch), mesh,
+                   eval_batch_size, 'head' if head else 'all', self.augmentation,
+                   self.label_smoothing, self.flip_test)
 
   def param_counts(self) -> dict[str, int]:
     """Parameters in all (BatchNorm statistics included, as Keras counts) and that train."""
@@ -124,13 +129,15 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   plan = stages_lib.plan(config, backbone)
   models = (first,) + tuple(create_model(config, num_classes, stage.batchnorm_trainable)
                             for stage in plan[1:])
-  txs = tuple(create_optimizer(stage.learning_rate, config.adam_epsilon,
-                                      config.warmup_steps, config.adam_update) for stage in plan)
+  recipe = recipes.Recipe.from_config(config)
+  txs = tuple(recipes.create_optimizer(recipe, stage.learning_rate, 1) for stage in plan)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
   initialised = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
                                train=False)
   # What a model carries (init also returns the ReLU statistics it was free to sow).
   variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
-  return Experiment(tuple(plan), models, txs, variables, dropout_rng, backbone,
-                    config.num_epochs + config.fine_tune.num_epochs,
-                    config.num_train_steps)
+  return Experiment(tuple(plan), models, txs, variables, recipe,
+                    augment.Augmentation(config.augment.crop_padding, config.augment.flip,
+                                         config.augment.erasing_prob),
+                    config.label_smoothing, config.augment.flip_test, dropout_rng, backbone,
+                    config.num_epochs + config.fine_tune.num_epochs, config.num_train_steps)

@@ -21,8 +21,12 @@ from cnnjax import compilation
 from cnnjax import sharding
 from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.data import pipeline
+from cnnjax.training import augment as augment_lib
 from cnnjax.training import diagnostics
 from cnnjax.training import params as params_lib
+
+
+AUGMENT_STREAM = 1  # Augmentation's key: fold_in(step key, 1); dropout uses the step key.
 
 
 @flax.struct.dataclass
@@ -56,16 +60,30 @@ def _model_inputs(images: jax.Array, part: str) -> tuple[jax.Array, dict[str, st
   return images, {'part': part}
 
 
+def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0
+                  ) -> jax.Array:
+  """Per-example cross-entropy against the labels, smoothed (optax) when asked."""
+  if not label_smoothing:
+    return optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  targets = optax.smooth_labels(jax.nn.one_hot(labels, logits.shape[-1]), label_smoothing)
+  return optax.softmax_cross_entropy(logits, targets)
+
+
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running: Metrics,
-               *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all'
-               ) -> tuple[TrainState, Metrics, jax.Array]:
+               *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all',
+               augmentation: augment_lib.Augmentation = augment_lib.Augmentation(),
+               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics, jax.Array]:
   """One optimizer step on a global batch; folds the batch's metrics into `running`.
 
   Returns the new state, the running metrics and the batch's mean loss (for the
   collapse guard). `part='head'`: `images` are cached backbone features.
+  Augmentation draws from a key of its own, derived from the step's.
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   inputs, part_kwargs = _model_inputs(images, part)
+  if augmentation.active:
+    inputs = augment_lib.augment(jax.random.fold_in(dropout_rng, AUGMENT_STREAM), inputs,
+                                 augmentation)
 
   def loss_fn(trainable):
     variables = {'params': params_lib.merge(trainable, state.frozen_params)}
@@ -74,7 +92,7 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
     logits, updates = model.apply(variables, inputs, train=True, rngs={'dropout': dropout_rng},
                                   mutable=['batch_stats'], **part_kwargs)
     logits = logits.astype(jnp.float32)  # Loss and metrics in float32 under half precision.
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+    loss = cross_entropy(logits, labels, label_smoothing)
     return loss.mean(), (loss, logits, updates.get('batch_stats', {}))
 
   grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
@@ -86,11 +104,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
-              *, model: nn.Module, part: str = 'all') -> tuple[Metrics, jax.Array, jax.Array]:
+              *, model: nn.Module, part: str = 'all', flip_test: bool = False
+              ) -> tuple[Metrics, jax.Array, jax.Array]:
   """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
   labels (gathered: each process has only its rows of the batch, the report needs all)."""
   inputs, part_kwargs = _model_inputs(images, part)
   logits = model.apply(state.variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
+  if flip_test:  # Test-time augmentation: the mean logits of the image and its mirror.
+    mirrored = model.apply(state.variables, inputs[:, :, ::-1], train=False, **part_kwargs)
+    logits = (logits + mirrored.astype(jnp.float32)) / 2
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
@@ -112,20 +134,24 @@ class Trainer:
   """The jitted steps of one training stage, compiled for one mesh."""
 
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-               eval_batch_size: int, part: str = 'all'):
+               eval_batch_size: int, part: str = 'all',
+               augmentation: augment_lib.Augmentation = augment_lib.Augmentation(),
+               label_smoothing: float = 0.0, flip_test: bool = False):
     self.model, self.tx, self.mesh, self.part = model, tx, mesh, part
     # Evaluation pads its last batch, so any batch size counts every example once: the one
     # asked for is rounded up to split over the devices (and never exceeds what a split needs).
     self.eval_batch_size = sharding.round_up_to_devices(eval_batch_size)
     replicated = sharding.replicated(mesh)
     self.train_step = compilation.jit(
-        functools.partial(train_step, model=model, tx=tx, part=part),
+        functools.partial(train_step, model=model, tx=tx, part=part, augmentation=augmentation,
+                          label_smoothing=label_smoothing),
         out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
     self.activation_statistics = compilation.jit(
         functools.partial(activation_statistics, model=model, part=part),
         out_shardings=replicated)
     # Predictions and labels come back replicated: every process can read all of them.
-    self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part),
+    self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part,
+                                                       flip_test=flip_test),
                                      out_shardings=(replicated, replicated, replicated))
 
   def empty_metrics(self) -> Metrics:

@@ -1,0 +1,87 @@
+"""Training recipes beyond the studies' constant-rate Adam, all from optax.
+
+A stage's optimizer is `create_optimizer(stage_learning_rate, steps, recipe)`:
+global-norm gradient clipping, then Adam (as Keras or optax computes it),
+AdamW (decoupled weight decay) or SGD with Nesterov momentum (weight decay
+added to the gradient), at a learning rate that follows a schedule over the
+stage's `steps`. Weight decay skips biases and normalisation parameters
+(`decay_mask`: only kernels, the parameters of rank 2 and up, decay). The
+defaults are the studies' recipe: constant-rate Keras Adam, nothing else.
+"""
+import dataclasses
+from typing import Any
+
+import jax
+import optax
+
+from cnnjax.training import optimizers
+
+OPTIMIZERS = ('adam', 'adamw', 'sgd')
+SCHEDULES = ('constant', 'warmup_cosine', 'onecycle', 'piecewise')
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+  """The optimisation fields of a config (see configs/default.py)."""
+  optimizer: str = 'adam'
+  adam_epsilon: float = 1e-7
+  adam_update: str = 'keras'
+  momentum: float = 0.9
+  weight_decay: float = 0.0
+  grad_clip_norm: float = 0.0
+  schedule: str = 'constant'
+  warmup_steps: int = 0
+  lr_boundaries: tuple[float, ...] = (0.5, 0.75)
+  lr_decay_factor: float = 0.1
+
+  @classmethod
+  def from_config(cls, config) -> 'Recipe':
+    values = {field.name: config[field.name] for field in dataclasses.fields(cls)}
+    return cls(**{**values, 'lr_boundaries': tuple(values['lr_boundaries'])})
+
+
+def learning_rate(recipe: Recipe, peak: float, steps: int) -> optax.ScalarOrSchedule:
+  """The learning rate over a stage of `steps` steps, peaking at `peak`.
+
+  constant: `peak`, after `warmup_steps` of linear warmup from 0 if any;
+  warmup_cosine: linear warmup, then cosine decay to 0 at the last step;
+  onecycle: optax's one-cycle (up for 30% of the steps, then down to ~0);
+  piecewise: `peak`, times `lr_decay_factor` at each of `lr_boundaries` (fractions of steps).
+  """
+  steps = max(steps, recipe.warmup_steps + 1)  # (Restoring builds it with nominal steps.)
+  if recipe.schedule == 'constant':
+    return optax.linear_schedule(0.0, peak, recipe.warmup_steps) if recipe.warmup_steps else peak
+  if recipe.schedule == 'warmup_cosine':
+    return optax.warmup_cosine_decay_schedule(0.0, peak, recipe.warmup_steps, steps, 0.0)
+  if recipe.schedule == 'onecycle':
+    return optax.cosine_onecycle_schedule(steps, peak)
+  if recipe.schedule == 'piecewise':
+    return optax.piecewise_constant_schedule(
+        peak, {int(round(b * steps)): recipe.lr_decay_factor for b in recipe.lr_boundaries})
+  raise ValueError(f'Unknown schedule {recipe.schedule!r}; expected one of {SCHEDULES}.')
+
+
+def decay_mask(params: Any) -> Any:
+  """True for the parameters weight decay applies to: kernels, not biases or norms' scales."""
+  return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int
+                     ) -> optax.GradientTransformation:
+  """A stage's optimizer: `recipe` at `peak_learning_rate` over `steps` steps."""
+  rate = learning_rate(recipe, peak_learning_rate, steps)
+  if recipe.optimizer == 'adam':
+    tx = optimizers.adam(rate, recipe.adam_epsilon, recipe.adam_update)
+  elif recipe.optimizer == 'adamw':
+    tx = optax.adamw(rate, eps=recipe.adam_epsilon, weight_decay=recipe.weight_decay,
+                     mask=decay_mask)
+  elif recipe.optimizer == 'sgd':
+    tx = optax.chain(
+        optax.add_decayed_weights(recipe.weight_decay, decay_mask) if recipe.weight_decay
+        else optax.identity(),
+        optax.sgd(rate, momentum=recipe.momentum, nesterov=True))
+  else:
+    raise ValueError(f'Unknown optimizer {recipe.optimizer!r}; expected one of {OPTIMIZERS}.')
+  if recipe.grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(recipe.grad_clip_norm), tx)
+  return tx
