@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from cnnjax.data import examples
 from cnnjax.data import idx_files
 from cnnjax.data import image_tree
 from cnnjax.data import splits
@@ -65,6 +64,10 @@ class EmptySplitError(UserError, ValueError):
 
 class BadLabelsError(UserError, ValueError):
   """Labels outside the dataset's classes: a corrupt label file, or another dataset's."""
+
+
+class DatasetRecordError(UserError, ValueError):
+  """A run's record of its classes and image shape (dataset.json) cannot be read."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,6 +335,6 @@ def saved_spec(workdir: str, options: DataOptions) -> DatasetSpec:
       with open(path) as f:
         return DatasetSpec.from_json(json.load(f))
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise UserError(f'{path} is unreadable ({type(e).__name__}: {e}). It records the run\'s '
+      raise DatasetRecordError(f'{path} is unreadable ({type(e).__name__}: {e}). It records the run\'s '
                       'classes and image shape; restore it from a backup.') from e
   return describe(options)

@@ -46,19 +46,18 @@ class FashionCNNDeep(nn.Module):
   def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     for b, block in enumerate(self.block_features):
       for c, features in enumerate(block):
-        name = f'block{b}_conv{c}'
-        if self.batch_norm:
+        name, last = f'block{b}_conv{c}', c == len(block) - 1
+        if self.batch_norm:  # Conv, BatchNorm, ReLU, then the block's pool.
           x = layers.Conv(features, (3, 3), padding='SAME', use_bias=False, dtype=self.dtype,
                           name=name)(x)
-          x = layers.KerasBatchNorm(trainable_pattern=self.trainable_pattern, dtype=self.dtype,
-                                    name=f'{name}_bn')(x, train)
-          x = layers.ReLU(name=f'{name}_relu')(x)
-          if c == len(block) - 1:
-            x = layers.max_pool_2x2(x)
-          continue
-        conv = layers.PoolingConv if c == len(block) - 1 else layers.Conv  # Pools before the bias.
-        x = conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=name)(x)
-        x = layers.ReLU(name=f'{name}_relu')(x)
+          x = layers.ReLU(name=f'{name}_relu')(layers.KerasBatchNorm(
+              trainable_pattern=self.trainable_pattern, dtype=self.dtype,
+              name=f'{name}_bn')(x, train))
+          x = layers.max_pool_2x2(x) if last else x
+        else:  # The block's last conv pools before its bias (see layers.PoolingConv).
+          conv = layers.PoolingConv if last else layers.Conv
+          x = layers.ReLU(name=f'{name}_relu')(
+              conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=name)(x))
       x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)
