@@ -67,6 +67,11 @@ def _visible(name: str) -> bool:
   return not name.startswith('.')
 
 
+def _in_example_order(tree: dict[str, list[TreeFile]]) -> dict[str, list[TreeFile]]:
+  return {split: sorted(files, key=lambda f: example_order_key(f.cls, f.name))
+          for split, files in tree.items()}
+
+
 def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   tree: dict[str, list[TreeFile]] = {}
   for split in sorted(filter(_visible, os.listdir(root))):
@@ -79,7 +84,7 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
         path = os.path.join(cls_dir, fname)
         if os.path.isfile(path):
           tree.setdefault(split, []).append(TreeFile(cls, fname, path=path))
-  return tree
+  return _in_example_order(tree)
 
 
 @functools.lru_cache(maxsize=2)
@@ -115,18 +120,15 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFi
   except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
     raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
                          'give only part of the dataset. Copy or download it again.') from e
-  return tree
+  return _in_example_order(tree)
 
 
 def list_tree(root: str) -> dict[str, list[TreeFile]]:
   """Each split's files of the tree at `root` (directory or archive), in example order."""
   if os.path.isdir(root):
-    tree = _directory_files(root)
-  else:
-    stat = os.stat(root)
-    tree = _archive_files(root, stat.st_mtime_ns, stat.st_size)
-  return {split: sorted(files, key=lambda f: example_order_key(f.cls, f.name))
-          for split, files in tree.items()}
+    return _directory_files(root)
+  stat = os.stat(root)
+  return _archive_files(root, stat.st_mtime_ns, stat.st_size)
 
 
 def split_files(root: str, split: str) -> list[TreeFile]:

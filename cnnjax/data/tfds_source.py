@@ -7,6 +7,7 @@ Images of varying size are converted to the configured size by
 `images.fit_array`, the policy every other source uses. Only this module
 imports TensorFlow, and only because TFDS reads its files with it.
 """
+import functools
 import logging
 from typing import Any
 
@@ -53,8 +54,10 @@ def import_tfds(name: str):
   return tfds
 
 
+@functools.lru_cache(maxsize=8)
 def builder_info(name: str, data_dir: str):
-  """The `DatasetInfo` of TFDS dataset `name` (from its code: nothing is downloaded)."""
+  """The `DatasetInfo` of TFDS dataset `name` (from its code: nothing is downloaded; read
+  once per process, for describing the dataset and for loading it)."""
   tfds = import_tfds(name)
   try:
     return tfds.builder(name, data_dir=data_dir or None).info
