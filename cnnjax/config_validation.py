@@ -110,6 +110,9 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   if config.weight_decay and config.optimizer == 'adam':
     raise ConfigError('config.weight_decay needs --config.optimizer=adamw (decoupled) or sgd; '
                       "Adam's would be L2 through the moments, which cnnjax does not offer.")
+  if not isinstance(config.plateau_patience, int) or config.plateau_patience < 1:
+    raise ConfigError(f'config.plateau_patience must be a positive integer, got '
+                      f'{config.plateau_patience!r}.')
   if not 0 <= config.momentum < 1:
     raise ConfigError(f'config.momentum must be in [0, 1), got {config.momentum!r}.')
   if not 0 <= config.label_smoothing < 1:

@@ -53,10 +53,13 @@ def get_config() -> ml_collections.ConfigDict:
   config.momentum = 0.9                # SGD's momentum.
   config.weight_decay = 0.0            # adamw / sgd: kernels decay, biases and norms do not.
   config.grad_clip_norm = 0.0          # Clip gradients to this global norm (0 = off).
-  config.schedule = 'constant'         # 'constant', 'warmup_cosine', 'onecycle', 'piecewise'.
+  config.schedule = 'constant'         # 'constant', 'warmup_cosine', 'onecycle', 'piecewise',
+                                       # 'plateau' (x lr_decay_factor after plateau_patience
+                                       # epochs without a lower training loss).
   config.warmup_steps = 0              # Linear warmup of the learning rate from 0 (0 = none).
   config.lr_boundaries = (0.5, 0.75)   # piecewise: at these fractions of a stage's steps the
   config.lr_decay_factor = 0.1         # rate is multiplied by this.
+  config.plateau_patience = 3          # plateau: epochs without improvement before a cut.
   config.label_smoothing = 0.0         # Cross-entropy against (1 - a) one-hot + a / classes.
 
   # Augmentation, on the device in the training step (keys from seed and step: resumable).

@@ -93,6 +93,22 @@ def test_schedules_follow_their_formulas():
   assert recipes.learning_rate(recipe(), 0.1, 100) == 0.1  # The studies: constant.
 
 
+def test_plateau_cuts_the_rate_after_patience_epochs_without_a_lower_loss():
+  recipe = recipes.Recipe(optimizer='sgd', momentum=0.0, schedule='plateau', plateau_patience=2,
+                          lr_decay_factor=0.5)
+  tx = recipes.create_optimizer(recipe, 1.0, 100, steps_per_epoch=3)
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  sizes = []
+  for epoch, loss in enumerate([5.0, 4.0, 4.0, 4.0, 4.0, 4.0]):  # Stalls from epoch 2.
+    for _ in range(3):
+      updates, state = tx.update({'w': jnp.ones(())}, state, params, value=jnp.asarray(loss))
+    sizes.append(float(-updates['w']))
+  # Improvements at epochs 0-1; epochs 2 and 3 do not improve: cut after epoch 3, again
+  # after two more.
+  assert sizes == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25])
+
+
 def test_weight_decay_skips_biases_and_norms():
   variables = experiment(shrink(load_config('cnn_deep'), model='resnet',
                                 model_kwargs={'blocks_per_stage': 1})).variables
@@ -160,7 +176,7 @@ def test_new_models_have_the_parameter_counts_of_their_formulas(model, kwargs, s
   assert params_lib.count(variables['params']) == trainable
 
 
-def recipe_config(steps):
+def recipe_config(steps, **overrides):
   """cnn_deep with BatchNorm and every recipe piece on (mock data: 3 steps per epoch)."""
   config = shrink(load_config('cnn_deep'), num_train_steps=steps, num_epochs=100,
                   optimizer='adamw', weight_decay=5e-4, schedule='warmup_cosine',
@@ -170,11 +186,14 @@ def recipe_config(steps):
   config.augment.flip = True
   config.augment.erasing_prob = 0.5
   config.augment.flip_test = True
+  config.update(overrides)
   return config
 
 
-def test_a_run_with_every_recipe_piece_resumes_bitwise(tmp_path, mock_tfds):
-  config = recipe_config
+@pytest.mark.parametrize('overrides', [
+    {}, {'optimizer': 'sgd', 'schedule': 'plateau', 'plateau_patience': 1}])
+def test_a_run_with_every_recipe_piece_resumes_bitwise(overrides, tmp_path, mock_tfds):
+  config = lambda steps: recipe_config(steps, **overrides)
   validate(config(5))
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   train_and_evaluate(config(5), straight)

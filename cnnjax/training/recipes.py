@@ -17,7 +17,7 @@ import optax
 from cnnjax.training import optimizers
 
 OPTIMIZERS = ('adam', 'adamw', 'sgd')
-SCHEDULES = ('constant', 'warmup_cosine', 'onecycle', 'piecewise')
+SCHEDULES = ('constant', 'warmup_cosine', 'onecycle', 'piecewise', 'plateau')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +33,12 @@ class Recipe:
   warmup_steps: int = 0
   lr_boundaries: tuple[float, ...] = (0.5, 0.75)
   lr_decay_factor: float = 0.1
+  plateau_patience: int = 3
+
+  @property
+  def feeds_loss(self) -> bool:
+    """Whether the optimizer reads each step's loss (reduce-on-plateau does)."""
+    return self.schedule == 'plateau'
 
   @classmethod
   def from_config(cls, config) -> 'Recipe':
@@ -46,10 +52,11 @@ def learning_rate(recipe: Recipe, peak: float, steps: int) -> optax.ScalarOrSche
   constant: `peak`, after `warmup_steps` of linear warmup from 0 if any;
   warmup_cosine: linear warmup, then cosine decay to 0 at the last step;
   onecycle: optax's one-cycle (up for 30% of the steps, then down to ~0);
-  piecewise: `peak`, times `lr_decay_factor` at each of `lr_boundaries` (fractions of steps).
+  piecewise: `peak`, times `lr_decay_factor` at each of `lr_boundaries` (fractions of steps);
+  plateau: as constant here; `create_optimizer` adds the reduction.
   """
   steps = max(steps, recipe.warmup_steps + 1)  # (Restoring builds it with nominal steps.)
-  if recipe.schedule == 'constant':
+  if recipe.schedule in ('constant', 'plateau'):
     return optax.linear_schedule(0.0, peak, recipe.warmup_steps) if recipe.warmup_steps else peak
   if recipe.schedule == 'warmup_cosine':
     return optax.warmup_cosine_decay_schedule(0.0, peak, recipe.warmup_steps, steps, 0.0)
@@ -66,9 +73,14 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int
-                     ) -> optax.GradientTransformation:
-  """A stage's optimizer: `recipe` at `peak_learning_rate` over `steps` steps."""
+def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int,
+                     steps_per_epoch: int = 1) -> optax.GradientTransformation:
+  """A stage's optimizer: `recipe` at `peak_learning_rate` over `steps` steps.
+
+  'plateau' multiplies the updates by `lr_decay_factor` when the training loss, averaged
+  over each epoch, has not improved for `plateau_patience` epochs (optax.contrib's
+  reduce_on_plateau; the step passes it the loss, see `Recipe.feeds_loss`).
+  """
   rate = learning_rate(recipe, peak_learning_rate, steps)
   if recipe.optimizer == 'adam':
     tx = optimizers.adam(rate, recipe.adam_epsilon, recipe.adam_update)
@@ -84,4 +96,8 @@ def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int
     raise ValueError(f'Unknown optimizer {recipe.optimizer!r}; expected one of {OPTIMIZERS}.')
   if recipe.grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(recipe.grad_clip_norm), tx)
+  if recipe.feeds_loss:
+    tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
+        factor=recipe.lr_decay_factor, patience=recipe.plateau_patience,
+        accumulation_size=steps_per_epoch))
   return tx

@@ -88,7 +88,8 @@ class Experiment:
     stage = self.stages[index]
     first_epoch = self.stages[index - 1].end_epoch if index else 0
     return recipes.create_optimizer(self.recipe, stage.learning_rate,
-                                    (stage.end_epoch - first_epoch) * steps_per_epoch)
+                                    (stage.end_epoch - first_epoch) * steps_per_epoch,
+                                    steps_per_epoch)
 
   def trainer(self, index: int, mesh: jax.sharding.Mesh, eval_batch_size: int,
               on_features: bool = True, steps_per_epoch: int = 1) -> Trainer:
@@ -99,7 +100,7 @@ class Experiment:
     head = self.stages[index].cache_features and on_features
     return Trainer(self.models[index], self.optimizer(index, steps_per_epoch), mesh,
                    eval_batch_size, 'head' if head else 'all', self.augmentation,
-                   self.label_smoothing, self.flip_test)
+                   self.label_smoothing, self.flip_test, self.recipe.feeds_loss)
 
   def param_counts(self) -> dict[str, int]:
     """Parameters in all (BatchNorm statistics included, as Keras counts) and that train."""

@@ -72,12 +72,14 @@ def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float =
 def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running: Metrics,
                *, model: nn.Module, tx: optax.GradientTransformation, part: str = 'all',
                augmentation: augment_lib.Augmentation = augment_lib.Augmentation(),
-               label_smoothing: float = 0.0) -> tuple[TrainState, Metrics, jax.Array]:
+               label_smoothing: float = 0.0, feeds_loss: bool = False
+               ) -> tuple[TrainState, Metrics, jax.Array]:
   """One optimizer step on a global batch; folds the batch's metrics into `running`.
 
   Returns the new state, the running metrics and the batch's mean loss (for the
   collapse guard). `part='head'`: `images` are cached backbone features.
-  Augmentation draws from a key of its own, derived from the step's.
+  Augmentation draws from a key of its own, derived from the step's. `feeds_loss`: the
+  optimizer reads the batch's loss (reduce-on-plateau).
   """
   dropout_rng = jax.random.fold_in(state.rng, state.step)
   inputs, part_kwargs = _model_inputs(images, part)
@@ -96,7 +98,8 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
     return loss.mean(), (loss, logits, updates.get('batch_stats', {}))
 
   grads, (loss, logits, batch_stats) = jax.grad(loss_fn, has_aux=True)(state.params)
-  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  extra = {'value': loss.mean()} if feeds_loss else {}
+  updates, opt_state = tx.update(grads, state.opt_state, state.params, **extra)
   new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params, updates),
                             opt_state=opt_state, batch_stats=batch_stats)
   batch_metrics = Metrics.single_from_model_output(loss=loss, logits=logits, labels=labels)
@@ -136,7 +139,8 @@ class Trainer:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                eval_batch_size: int, part: str = 'all',
                augmentation: augment_lib.Augmentation = augment_lib.Augmentation(),
-               label_smoothing: float = 0.0, flip_test: bool = False):
+               label_smoothing: float = 0.0, flip_test: bool = False,
+               feeds_loss: bool = False):
     self.model, self.tx, self.mesh, self.part = model, tx, mesh, part
     # Evaluation pads its last batch, so any batch size counts every example once: the one
     # asked for is rounded up to split over the devices (and never exceeds what a split needs).
@@ -144,7 +148,7 @@ class Trainer:
     replicated = sharding.replicated(mesh)
     self.train_step = compilation.jit(
         functools.partial(train_step, model=model, tx=tx, part=part, augmentation=augmentation,
-                          label_smoothing=label_smoothing),
+                          label_smoothing=label_smoothing, feeds_loss=feeds_loss),
         out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
     self.activation_statistics = compilation.jit(
         functools.partial(activation_statistics, model=model, part=part),
