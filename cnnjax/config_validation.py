@@ -113,6 +113,8 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   if not isinstance(config.plateau_patience, int) or config.plateau_patience < 1:
     raise ConfigError(f'config.plateau_patience must be a positive integer, got '
                       f'{config.plateau_patience!r}.')
+  if not 0 <= config.ema_decay < 1:
+    raise ConfigError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}.')
   if not 0 <= config.momentum < 1:
     raise ConfigError(f'config.momentum must be in [0, 1), got {config.momentum!r}.')
   if not 0 <= config.label_smoothing < 1:

@@ -35,7 +35,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   state = saved.restore_latest(experiment, workdir).state
   logits = compilation.jit(lambda v, x: experiment.model.apply(v, pipeline.to_inputs(x)))(
-      state.variables, batch)
+      state.evaluation_variables, batch)
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
   predictions = []
   for path, row in zip(paths, probabilities):

@@ -222,6 +222,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   }
   if inputs.seconds is not None:
     results['feature_cache_seconds'] = inputs.seconds
+  if config.ema_decay:
+    results['weights'] = f'EMA of the parameters (decay {config.ema_decay})'
   log.write_results(results)
   if log.is_writer:
     confusions = report.write_report(workdir, labels, predictions, data.class_names,

@@ -61,6 +61,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.lr_decay_factor = 0.1         # rate is multiplied by this.
   config.plateau_patience = 3          # plateau: epochs without improvement before a cut.
   config.label_smoothing = 0.0         # Cross-entropy against (1 - a) one-hot + a / classes.
+  config.ema_decay = 0.0               # > 0: evaluate an EMA of the weights (e.g. 0.999).
 
   # Augmentation, on the device in the training step (keys from seed and step: resumable).
   config.augment = ml_collections.ConfigDict()

@@ -109,6 +109,24 @@ def test_plateau_cuts_the_rate_after_patience_epochs_without_a_lower_loss():
   assert sizes == pytest.approx([1.0, 1.0, 1.0, 0.5, 0.5, 0.25])
 
 
+def test_the_ema_follows_its_formula_and_is_what_evaluates():
+  from cnnjax.training import steps
+  recipe = recipes.Recipe(optimizer='sgd', momentum=0.0, ema_decay=0.5)
+  tx = recipes.create_optimizer(recipe, 1.0, 10)
+  params = {'w': jnp.zeros(())}
+  state = tx.init(params)
+  expected = 0.0
+  for _ in range(3):  # Each step moves w by +1; the EMA starts at w's initial value.
+    updates, state = tx.update({'w': -jnp.ones(())}, state, params)
+    params = optax.apply_updates(params, updates)
+    expected = 0.5 * expected + 0.5 * float(params['w'])
+  assert float(params['w']) == 3.0 and float(recipes.ema_params(state)['w']) == expected
+  train_state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params={},
+                                 batch_stats={}, opt_state=state, rng=jax.random.PRNGKey(0))
+  assert float(train_state.evaluation_variables['params']['w']) == expected
+  assert float(train_state.variables['params']['w']) == 3.0
+
+
 def test_weight_decay_skips_biases_and_norms():
   variables = experiment(shrink(load_config('cnn_deep'), model='resnet',
                                 model_kwargs={'blocks_per_stage': 1})).variables
@@ -180,7 +198,7 @@ def recipe_config(steps, **overrides):
   """cnn_deep with BatchNorm and every recipe piece on (mock data: 3 steps per epoch)."""
   config = shrink(load_config('cnn_deep'), num_train_steps=steps, num_epochs=100,
                   optimizer='adamw', weight_decay=5e-4, schedule='warmup_cosine',
-                  warmup_steps=2, grad_clip_norm=1.0, label_smoothing=0.1)
+                  warmup_steps=2, grad_clip_norm=1.0, label_smoothing=0.1, ema_decay=0.9)
   config.model_kwargs.batch_norm = True
   config.augment.crop_padding = 2
   config.augment.flip = True

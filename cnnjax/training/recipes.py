@@ -5,13 +5,16 @@ global-norm gradient clipping, then Adam (as Keras or optax computes it),
 AdamW (decoupled weight decay) or SGD with Nesterov momentum (weight decay
 added to the gradient), at a learning rate that follows a schedule over the
 stage's `steps`. Weight decay skips biases and normalisation parameters
-(`decay_mask`: only kernels, the parameters of rank 2 and up, decay). The
-defaults are the studies' recipe: constant-rate Keras Adam, nothing else.
+(`decay_mask`: only kernels, the parameters of rank 2 and up, decay). With
+`ema_decay`, the optimizer state also holds an EMA of the parameters, which
+evaluation then uses (`ema_params`). The defaults are the studies' recipe:
+constant-rate Keras Adam, nothing else.
 """
 import dataclasses
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import optax
 
 from cnnjax.training import optimizers
@@ -34,6 +37,7 @@ class Recipe:
   lr_boundaries: tuple[float, ...] = (0.5, 0.75)
   lr_decay_factor: float = 0.1
   plateau_patience: int = 3
+  ema_decay: float = 0.0
 
   @property
   def feeds_loss(self) -> bool:
@@ -73,6 +77,31 @@ def decay_mask(params: Any) -> Any:
   return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
+class EmaState(NamedTuple):
+  """The exponential moving average of the trainable parameters, after each update."""
+  ema: Any
+
+
+def params_ema(decay: float) -> optax.GradientTransformation:
+  """Keeps an EMA of the parameters (started at their initial values, so it needs no bias
+  correction) in the optimizer state, leaving the updates as they are: checkpointed and
+  restored with the rest of the optimizer state, and started afresh by a new stage."""
+  def init(params):  # A copy: the training step donates the parameters' buffers.
+    return EmaState(jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+
+  def update(updates, state, params):
+    ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, 1 - decay)
+    return updates, EmaState(ema)
+
+  return optax.GradientTransformation(init, update)
+
+
+def ema_params(opt_state: Any) -> Any | None:
+  """The EMA of the parameters an optimizer with `params_ema` holds (else None)."""
+  last = opt_state[-1] if isinstance(opt_state, tuple) and opt_state else None
+  return last.ema if isinstance(last, EmaState) else None
+
+
 def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int,
                      steps_per_epoch: int = 1) -> optax.GradientTransformation:
   """A stage's optimizer: `recipe` at `peak_learning_rate` over `steps` steps.
@@ -100,4 +129,6 @@ def create_optimizer(recipe: Recipe, peak_learning_rate: float, steps: int,
     tx = optax.chain(tx, optax.contrib.reduce_on_plateau(
         factor=recipe.lr_decay_factor, patience=recipe.plateau_patience,
         accumulation_size=steps_per_epoch))
+  if recipe.ema_decay:  # Last: it averages the parameters as the final updates leave them.
+    tx = optax.chain(tx, params_ema(recipe.ema_decay))
   return tx

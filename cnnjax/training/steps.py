@@ -24,6 +24,7 @@ from cnnjax.data import pipeline
 from cnnjax.training import augment as augment_lib
 from cnnjax.training import diagnostics
 from cnnjax.training import params as params_lib
+from cnnjax.training import recipes
 
 
 AUGMENT_STREAM = 1  # Augmentation's key: fold_in(step key, 1); dropout uses the step key.
@@ -47,7 +48,18 @@ class TrainState:
 
   @property
   def variables(self) -> dict[str, Any]:
-    variables = {'params': params_lib.merge(self.params, self.frozen_params)}
+    """The weights being trained."""
+    return self._variables(self.params)
+
+  @property
+  def evaluation_variables(self) -> dict[str, Any]:
+    """The weights that evaluate and predict: the EMA of the parameters where the optimizer
+    keeps one (config.ema_decay), else the parameters themselves."""
+    ema = recipes.ema_params(self.opt_state)
+    return self._variables(self.params if ema is None else ema)
+
+  def _variables(self, params: Any) -> dict[str, Any]:
+    variables = {'params': params_lib.merge(params, self.frozen_params)}
     if self.batch_stats:
       variables['batch_stats'] = self.batch_stats
     return variables
@@ -112,9 +124,10 @@ def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax
   """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
   labels (gathered: each process has only its rows of the batch, the report needs all)."""
   inputs, part_kwargs = _model_inputs(images, part)
-  logits = model.apply(state.variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
+  variables = state.evaluation_variables
+  logits = model.apply(variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
   if flip_test:  # Test-time augmentation: the mean logits of the image and its mirror.
-    mirrored = model.apply(state.variables, inputs[:, :, ::-1], train=False, **part_kwargs)
+    mirrored = model.apply(variables, inputs[:, :, ::-1], train=False, **part_kwargs)
     logits = (logits + mirrored.astype(jnp.float32)) / 2
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
