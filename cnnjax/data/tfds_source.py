@@ -144,8 +144,9 @@ def stream(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
            image_shape: tuple[int, int, int], workers: int) -> examples.StreamedSplit:
   """Split `split_spec` read example by example from TFDS' ArrayRecord files.
 
-  Random access needs the dataset prepared as ArrayRecord; one prepared as
-  TFRecord (TFDS' default) is prepared again by `download_and_prepare`.
+  Random access needs the dataset's ArrayRecord files (`tfds.data_source`
+  asks for that format when it downloads and prepares the dataset); what
+  TFDS says when it cannot give them ends the one error line.
   """
   tfds = import_tfds(name)
   image_key, label_key = keys
