@@ -206,6 +206,7 @@ class _Loader:
     self.kind = ('idx' if idx_files.is_idx_dir(root) else 'tree') if root else 'tfds'
     self.source = f'local:{root}' if root else 'tfds'
     self._whole: dict[str, Any] = {}
+    self._tree: dict[str, list[image_tree.TreeFile]] | None = None  # Listed once, if a tree.
     if self.kind == 'tfds':
       info = tfds_source.builder_info(options.dataset, options.tfds_data_dir)
       self.keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
@@ -225,9 +226,15 @@ class _Loader:
       return tfds_source.num_examples(self.info, split_spec)
     count = 0
     for part in splits.parse_split(split_spec):
-      files = image_tree.split_files(self.options.local_data_dir, part.name)
-      count += len(splits.slice_indices(part, len(files)))
+      count += len(splits.slice_indices(part, len(self._tree_files(part.name))))
     return count
+
+  def _tree_files(self, split: str) -> list[image_tree.TreeFile]:
+    """Split `split`'s files; the tree is listed once for all splits (a large directory
+    takes a while to list and sort)."""
+    if self._tree is None:
+      self._tree = image_tree.list_tree(self.options.local_data_dir)
+    return image_tree.split_files(self._tree, self.options.local_data_dir, split)
 
   def load(self, split_spec: str, in_memory: bool) -> Split | StreamedSplit:
     options, shape = self.options, self.spec.image_shape
@@ -268,10 +275,12 @@ class _Loader:
         images, labels = idx_files.read_idx_split(root, name)
         self._whole[key] = (_idx_shaped(images, shape, self._resize_allowed(), root), labels, None)
       elif in_memory:
-        self._whole[key] = image_tree.read_split(root, name, self.spec.class_names, shape,
+        self._whole[key] = image_tree.read_split(self._tree_files(name), root, name,
+                                                 self.spec.class_names, shape,
                                                  self._resize_allowed())
       else:
-        files, labels = image_tree.stream_split(root, name, self.spec.class_names)
+        files, labels = image_tree.stream_split(self._tree_files(name), root, name,
+                                                self.spec.class_names)
         self._whole[key] = (None, labels, files)
     return self._whole[key]
 

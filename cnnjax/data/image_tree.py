@@ -131,8 +131,9 @@ def list_tree(root: str) -> dict[str, list[TreeFile]]:
   return _archive_files(root, stat.st_mtime_ns, stat.st_size)
 
 
-def split_files(root: str, split: str) -> list[TreeFile]:
-  files = list_tree(root).get(split)
+def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[TreeFile]:
+  """Split `split`'s files in a listing of the tree at `root` (`list_tree`)."""
+  files = tree.get(split)
   if not files:
     raise LocalDataError(f'No {split}/<class>/<image> files in {root}.')
   return files
@@ -140,7 +141,7 @@ def split_files(root: str, split: str) -> list[TreeFile]:
 
 def class_names(root: str, split: str = 'train') -> tuple[str, ...]:
   """A tree's classes: its `split`'s class folders, sorted (label i = the i-th)."""
-  return tuple(sorted({f.cls for f in split_files(root, split)}))
+  return tuple(sorted({f.cls for f in split_files(list_tree(root), root, split)}))
 
 
 def _check_classes(files: Sequence[TreeFile], split: str, root: str,
@@ -174,15 +175,15 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
                     'matrix and report will be empty.', split, root, ', '.join(missing))
 
 
-def read_split(root: str, split: str, class_names_: Sequence[str],
+def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: Sequence[str],
                image_shape: tuple[int, int, int], resize: bool
                ) -> tuple[np.ndarray, np.ndarray, list[TreeFile]]:
-  """Decodes split `split` of the tree: uint8 images, int32 labels and the files kept.
+  """Decodes `files`, split `split` of the tree at `root`: uint8 images, int32 labels and
+  the files kept.
 
   Files that are not images Pillow can decode are skipped (one warning);
   an image of another size is resized (`resize`) or an error.
   """
-  files = split_files(root, split)
   _check_classes(files, split, root, class_names_)
   index = {name: i for i, name in enumerate(class_names_)}
   images, labels, kept, skipped = [], [], [], []
@@ -209,14 +210,14 @@ def _has_image_header(f: TreeFile) -> bool:
     return False
 
 
-def stream_split(root: str, split: str, class_names_: Sequence[str]
+def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_: Sequence[str]
                  ) -> tuple[list[TreeFile], np.ndarray]:
-  """The files of split `split` whose header is an image's, and their labels, to decode later.
+  """Those of `files` (split `split`) whose header is an image's, and their labels, to
+  decode later.
 
   A file that passes this check but fails to decode is met while training,
   where the reader stops the run with its name (see `examples.StreamedSplit`).
   """
-  files = split_files(root, split)
   _check_classes(files, split, root, class_names_)
   is_image = [_has_image_header(f) for f in files]
   kept = [f for f, ok in zip(files, is_image) if ok]
