@@ -14,6 +14,7 @@ from cnnjax.data import splits
 from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
 from cnnjax.models import transfer
+from cnnjax.runs import selection
 from cnnjax.training import features
 from cnnjax.training import optimizers
 from cnnjax.training import recipes
@@ -187,6 +188,7 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   _check_data(config)
   _check_recipe(config)
+  selection.Selection.from_config(config)
   for field in ('train_split', 'val_split', 'test_split'):
     if config[field] or field != 'val_split':
       try:

@@ -3,7 +3,8 @@
     python -m cnnjax.evaluate --workdir=checkpoints/cnn_simple [--local_data_dir=DIR] [--split=test]
 
 Works on a finished run and on one that was stopped: the latest checkpoint
-is evaluated on the run's test split (or --split), and the workdir gets
+(or, where config.selection keeps them, the best epoch's weights so far) is
+evaluated on the run's test split (or --split), and the workdir gets
 `evaluation.json`, the curves so far, the confusion matrix and the
 classification report (see cnnjax.runs.report). The console lists the most
 confused classes.
@@ -34,18 +35,19 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   options = datasets.DataOptions.from_config(config)
   spec = datasets.saved_spec(workdir, options)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  restored = saved.restore_latest(experiment, workdir)
+  state, weights, step = saved.evaluation_state(experiment, workdir, config)
   data = datasets.load_split(options, split, spec)
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
-  metrics, predictions, labels = trainer.evaluate(restored.state, data)
+  metrics, predictions, labels = trainer.evaluate(state, data)
   confusions = report.write_report(workdir, labels, predictions, spec.class_names,
                                    writers.read_metrics(workdir), config.name)
-  evaluation = {'step': restored.step, 'split': split, 'examples': len(data),
+  evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(data),
                 'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
                 'worst_confusions': confusions}
   writers.write_json(os.path.join(workdir, EVALUATION_FILE), evaluation)
-  print(f'{config.name} at step {restored.step} on {split} ({len(data)} examples): loss '
+  weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
+  print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
         f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {workdir}.')
   print(report.format_confusions(confusions), flush=True)
   return evaluation

@@ -5,7 +5,8 @@
 Images of any size, grey or colour, are converted as the training data was:
 to the dataset's channels (grey for Fashion-MNIST, RGB for CIFAR-10) and
 size (bilinear), then scaled to [0, 1]. Prints the top classes with their
-probabilities (softmax of the model's logits) from the run's latest checkpoint.
+probabilities (softmax of the model's logits) from the weights the run reports:
+its latest checkpoint's, or its best epoch's where config.selection keeps them.
 Fashion-MNIST shows light garments on a black background; a photo on a
 white background looks nothing like it.
 """
@@ -33,7 +34,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   spec = datasets.saved_spec(workdir, datasets.DataOptions.from_config(config))
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  state = saved.restore_latest(experiment, workdir).state
+  state, _, _ = saved.evaluation_state(experiment, workdir, config)
   logits = compilation.jit(lambda v, x: experiment.model.apply(v, pipeline.to_inputs(x)))(
       state.evaluation_variables, batch)
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))

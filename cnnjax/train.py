@@ -26,6 +26,7 @@ from cnnjax.runs import hooks
 from cnnjax.runs import lock
 from cnnjax.runs import preemption
 from cnnjax.runs import report
+from cnnjax.runs import selection as selection_lib
 from cnnjax.runs import workdir as workdir_lib
 from cnnjax.runs import writers
 from cnnjax.training import diagnostics
@@ -138,6 +139,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
   # --- Restore the latest checkpoint, or start from the initialisation (and the weights file).
   checkpointer = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
+  selection = selection_lib.Selection.from_config(config)
+  best = checkpoints.BestWeights(workdir) if selection.keeps_best_weights else None
   try:
     running = trainers[0].empty_metrics()
     restored = checkpointer.restore_latest(experiment.state_templates(replicated), running)
@@ -149,10 +152,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       timings = {k: restored.meta[k] for k in timings}
       pretrained_info = restored.meta.get('pretrained', {'pretrained': False})
       stage_index = _check_stage(list(experiment.stages), restored, steps_per_epoch, total_steps)
-      if restored.step >= total_steps and saved_results is not None:
+      done = restored.step >= total_steps or selection_lib.replay(selection, [
+          row for row in writers.read_metrics(workdir) if row['step'] <= restored.step]).stopped
+      if done and saved_results is not None:
         log.report_finished(saved_results)
         return saved_results
-      log.truncate_metrics(restored.step, continues=restored.step < total_steps)
+      log.truncate_metrics(restored.step, continues=not done)
       log.announce(f'Resumed from the checkpoint at step {restored.step} (epoch '
                    f'{restored.step // steps_per_epoch + 1}, step '
                    f'{restored.step % steps_per_epoch}/{steps_per_epoch} of it).')
@@ -171,6 +176,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f'{writers.METRICS_FILE}.')
       variables, pretrained_info = fresh or initial_variables()
       state, stage_index = jax.device_put(experiment.initial_state(variables), replicated), 0
+    # Where selection stands is what the kept rows say; best weights saved after them go.
+    progress = selection_lib.replay(selection, writers.read_metrics(workdir))
+    if best is not None:
+      best.rewind(int(state.step))
     log.write_config(config.to_dict())
     if log.is_writer:
       datasets.write_spec(workdir, spec)
@@ -181,16 +190,21 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         len(spec.class_names), config.collapse_guard.every_steps,
         config.collapse_guard.patience_steps, config.collapse_guard.loss_band),
                       config.stop_on_collapse, log)
+    rows = hooks.EpochRowHook(log, len(experiment.stages) > 1)
+    chooser = ([hooks.SelectionHook(selection, progress, rows, best, log)]
+               if selection.active else [])
     with preemption.guard_signals() as signals:
       loop = Loop(state, running, mesh=mesh, batch_size=config.batch_size, seed=config.seed,
                   steps_per_epoch=steps_per_epoch, hooks=[
-                      hooks.ProgressHook(log), guard,
-                      hooks.EpochRowHook(log, len(experiment.stages) > 1),
+                      hooks.ProgressHook(log), guard, rows, *chooser,
                       hooks.CheckpointHook(checkpointer, config.checkpoint_every_steps, guard, {
                           'pretrained': pretrained_info, 'data': data_fingerprints}),
                       hooks.SignalHook(signals)], **timings)
+      loop.ended = progress.stopped  # Stopped early, before its results were written.
       for stage, trainer in zip(experiment.stages, trainers):
         end_step = stage.end_step(steps_per_epoch, total_steps)
+        if loop.ended:
+          break
         if loop.step >= end_step:
           continue
         if stage_index != stage.index:
@@ -205,12 +219,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   finally:
     checkpointer.wait()
     checkpointer.close()
+    if best is not None:
+      best.close()
 
-  # --- Evaluate on the test split, write results and reports.
+  # --- Evaluate on the test split (the best epoch's weights where selected), write results.
   eval_start = time.perf_counter()
+  evaluated = selection_lib.evaluation_state(loop.state, workdir, selection, progress)
   test_split = inputs.stage_data(experiment.stages[-1].cache_features, trainers[-1].model,
-                                 loop.state.variables).test
-  test_metrics, predictions, labels = trainers[-1].evaluate(loop.state, test_split)
+                                 evaluated.evaluation_variables).test
+  test_metrics, predictions, labels = trainers[-1].evaluate(evaluated, test_split)
   eval_seconds = time.perf_counter() - eval_start
   step = int(loop.state.step)
   results = {
@@ -222,8 +239,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   }
   if inputs.seconds is not None:
     results['feature_cache_seconds'] = inputs.seconds
-  if config.ema_decay:
-    results['weights'] = f'EMA of the parameters (decay {config.ema_decay})'
+  if config.ema_decay or selection.active:
+    results['weights'] = selection_lib.weights_description(selection, progress,
+                                                           config.ema_decay)
+  if selection.active:
+    results['selection'] = progress.summary(selection)
   log.write_results(results)
   if log.is_writer:
     confusions = report.write_report(workdir, labels, predictions, data.class_names,

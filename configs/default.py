@@ -69,6 +69,15 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.flip = False          # Mirror left-right half the time (not for digits/text).
   config.augment.erasing_prob = 0.0    # Random erasing: a noise rectangle, this often.
   config.augment.flip_test = False     # Evaluate on the mean logits of image and mirror.
+
+  # Model selection at epoch ends, as Keras' EarlyStopping(restore_best_weights=True).
+  config.selection = ml_collections.ConfigDict()
+  config.selection.monitor = ''        # 'val_accuracy', 'val_loss', 'train_loss', ... ('' = off:
+                                       # the last epoch's weights, no early stopping).
+  config.selection.mode = 'auto'       # 'max', 'min', or 'auto' (min for losses).
+  config.selection.min_delta = 0.0     # A smaller change is no improvement.
+  config.selection.patience = 0        # Stop after N epochs without improvement (0 = never).
+  config.selection.restore_best = True  # Evaluate, report, predict with the best epoch's weights.
   config.batch_size = 64               # Global batch, over all devices.
   config.eval_batch_size = 250        # Any size gives the same metrics; 250 suits CPU caches.
   config.num_epochs = 10

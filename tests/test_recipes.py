@@ -116,15 +116,18 @@ def test_the_ema_follows_its_formula_and_is_what_evaluates():
   params = {'w': jnp.zeros(())}
   state = tx.init(params)
   expected = 0.0
-  for _ in range(3):  # Each step moves w by +1; the EMA starts at w's initial value.
+  for count in range(12):  # Each step moves w by +1; the EMA starts at w's initial value.
     updates, state = tx.update({'w': -jnp.ones(())}, state, params)
     params = optax.apply_updates(params, updates)
-    expected = 0.5 * expected + 0.5 * float(params['w'])
-  assert float(params['w']) == 3.0 and float(recipes.ema_params(state)['w']) == expected
+    decay = min(0.5, (1 + count) / (10 + count))  # TensorFlow's num_updates warm-up.
+    expected = decay * expected + (1 - decay) * float(params['w'])
+  assert decay == 0.5 and (1 + 7) / (10 + 7) < 0.5  # Both branches of the warm-up were used.
+  assert float(params['w']) == 12.0
+  assert float(recipes.ema_params(state)['w']) == pytest.approx(expected, rel=1e-6)
   train_state = steps.TrainState(step=jnp.zeros((), jnp.int32), params=params, frozen_params={},
                                  batch_stats={}, opt_state=state, rng=jax.random.PRNGKey(0))
-  assert float(train_state.evaluation_variables['params']['w']) == expected
-  assert float(train_state.variables['params']['w']) == 3.0
+  assert float(train_state.evaluation_variables['params']['w']) == pytest.approx(expected, rel=1e-6)
+  assert float(train_state.variables['params']['w']) == 12.0
 
 
 def test_weight_decay_skips_biases_and_norms():

@@ -28,6 +28,7 @@ from cnnjax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'
+BEST_DIR = 'best_weights'
 
 
 class CheckpointWriteError(UserError, OSError):
@@ -61,6 +62,25 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+@contextlib.contextmanager
+def _reporting_write_errors(directory: str, what: str) -> Iterator[None]:
+  """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
+  finalises a step only once it is whole, so the checkpoints before it are kept."""
+  try:
+    yield
+  except Exception as error:  # pylint: disable=broad-except  # Orbax wraps OSErrors variously.
+    cause = error
+    while cause is not None and not isinstance(cause, OSError):
+      cause = cause.__cause__ or cause.__context__
+    if cause is None or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
+                                            errno.EACCES):
+      raise
+    raise CheckpointWriteError(
+        f'Could not write {what} in {directory} ({cause.strerror}). The checkpoints '
+        'before it are kept: free some space (or make the workdir writable) and run the '
+        'same command to resume from them.') from error
+
+
 class Checkpointer:
   """Saves (asynchronously) and restores one run's checkpoints under `workdir`."""
 
@@ -75,29 +95,11 @@ class Checkpointer:
   def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; training goes on while it is written."""
     meta = dict(meta, shapes=shape_fingerprint(state))
-    with self._reporting_write_errors(f'the checkpoint at step {step}'):
+    with _reporting_write_errors(self.directory, f'the checkpoint at step {step}'):
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           running_metrics=ocp.args.StandardSave(running_metrics),
           meta=ocp.args.JsonSave(meta)), force=True)
-
-  @contextlib.contextmanager
-  def _reporting_write_errors(self, what: str) -> Iterator[None]:
-    """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
-    finalises a step only once it is whole, so the checkpoints before it are kept."""
-    try:
-      yield
-    except Exception as error:  # pylint: disable=broad-except  # Orbax wraps OSErrors variously.
-      cause = error
-      while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-      if cause is None or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                                              errno.EACCES):
-        raise
-      raise CheckpointWriteError(
-          f'Could not write {what} in {self.directory} ({cause.strerror}). The checkpoints '
-          'before it are kept: free some space (or make the workdir writable) and run the '
-          'same command to resume from them.') from error
 
   def restore_latest(self, state_templates: Sequence[Any], metrics_template: Any
                      ) -> Restored | None:
@@ -156,8 +158,59 @@ class Checkpointer:
 
   def wait(self) -> None:
     """Blocks until every started save is on disk."""
-    with self._reporting_write_errors('a checkpoint'):
+    with _reporting_write_errors(self.directory, 'a checkpoint'):
       self.manager.wait_until_finished()
+
+  def close(self) -> None:
+    self.manager.close()
+
+
+class BestWeights:
+  """The evaluation weights of the best epoch so far (see `runs.selection`), one orbax step
+  per improvement in `<workdir>/best_weights`.
+
+  A save completes before the epoch's checkpoint is started, so every checkpoint's best
+  epoch is on disk. The newest two are kept: a resume from an earlier checkpoint `rewind`s
+  past a best saved after it, and the best before that must still be there.
+  """
+
+  def __init__(self, workdir: str):
+    self.directory = os.path.join(os.path.abspath(workdir), BEST_DIR)
+    self.manager = ocp.CheckpointManager(
+        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+
+  def save(self, step: int, variables: Any, meta: dict[str, Any]) -> None:
+    """Writes the weights of the epoch ending at `step`; returns once they are on disk."""
+    with _reporting_write_errors(self.directory, f'the best weights at step {step}'):
+      self.manager.save(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(
+              dict(meta, shapes=shape_fingerprint(variables)))), force=True)
+      self.manager.wait_until_finished()
+
+  def rewind(self, step: int) -> None:
+    """Drops the weights saved after `step` (a resume at `step` trains those epochs again)."""
+    for saved in self.manager.all_steps():
+      if saved > step:
+        self.manager.delete(saved)
+
+  def restore(self, step: int, template: Any) -> Any:
+    """The weights saved at `step`, placed like `template`; an error naming the fix if they
+    are missing or do not fit."""
+    fix = ('Pass --config.selection.restore_best=False to report the last epoch\'s weights '
+           'instead, or train afresh with --config.resume=False.')
+    if step not in self.manager.all_steps():
+      raise IncompatibleCheckpointError(
+          f'The best epoch\'s weights (step {step}) are missing from {self.directory}. {fix}')
+    try:
+      meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+      if meta.get('shapes') != shape_fingerprint(template):
+        raise ValueError('their arrays do not fit this model')
+      return self.manager.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(_abstract(template)))).variables
+    except Exception as error:  # pylint: disable=broad-except  # Orbax raises many kinds.
+      raise IncompatibleCheckpointError(
+          f'The best epoch\'s weights (step {step}) in {self.directory} are unreadable '
+          f'({type(error).__name__}: {str(error)[:200]}). {fix}') from error
 
   def close(self) -> None:
     self.manager.close()

@@ -10,6 +10,7 @@ from typing import Any
 
 from cnnjax.runs import checkpoints
 from cnnjax.runs import preemption
+from cnnjax.runs import selection
 from cnnjax.runs import writers
 from cnnjax.training import diagnostics
 from cnnjax.training.loop import Hook
@@ -60,6 +61,7 @@ class EpochRowHook(Hook):
 
   def __init__(self, log: writers.RunWriter, multi_stage: bool):
     self.log, self.multi_stage = log, multi_stage
+    self.row: dict[str, Any] | None = None  # The last epoch's, for the hooks after this one.
 
   def epoch_end(self, loop, epoch):
     row = {'epoch': epoch + 1, 'step': loop.step}
@@ -71,6 +73,31 @@ class EpochRowHook(Hook):
     if self.multi_stage:
       row['stage'] = loop.stage.name
     self.log.write_epoch(row)
+    self.row = row
+
+
+class SelectionHook(Hook):
+  """Model selection on each epoch's row (see `runs.selection`): saves the weights of a new
+  best epoch (`best` is None unless they are reported) and ends training early when the
+  monitored metric has stopped improving. Runs after the row hook, before the checkpoint's."""
+
+  def __init__(self, selection_: selection.Selection, progress: selection.Progress,
+               rows: EpochRowHook, best: checkpoints.BestWeights | None,
+               log: writers.RunWriter):
+    self.selection, self.progress, self.rows, self.best, self.log = (
+        selection_, progress, rows, best, log)
+
+  def epoch_end(self, loop, epoch):
+    if self.progress.update(self.selection, self.rows.row) and self.best is not None:
+      self.best.save(loop.step, loop.state.evaluation_variables,
+                     {'epoch': self.progress.best_epoch, 'value': self.progress.best_value,
+                      'monitor': self.selection.monitor})
+    if self.progress.stopped:
+      self.log.announce(
+          f'Epoch {epoch + 1}: early stopping, {self.selection.monitor} has not improved for '
+          f'{self.selection.patience} epoch(s); the best was {self.progress.best_value:.4f} at '
+          f'epoch {self.progress.best_epoch}.')
+      loop.request_end()
 
 
 class CheckpointHook(Hook):

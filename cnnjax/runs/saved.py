@@ -12,9 +12,11 @@ import ml_collections
 from cnnjax import sharding
 from cnnjax.errors import UserError
 from cnnjax.runs import checkpoints
+from cnnjax.runs import selection as selection_lib
 from cnnjax.runs import writers
 from cnnjax.training import setup
 from cnnjax.training.steps import Metrics
+from cnnjax.training.steps import TrainState
 
 
 class RunNotFoundError(UserError, ValueError):
@@ -72,3 +74,17 @@ def restore_latest(experiment: setup.Experiment, workdir: str) -> checkpoints.Re
   if restored is None:
     raise RunNotFoundError(f'{workdir} holds no readable checkpoint.')
   return restored
+
+
+def evaluation_state(experiment: setup.Experiment, workdir: str,
+                     config: ml_collections.ConfigDict) -> tuple[TrainState, str, int]:
+  """The weights the run in `workdir` reports, as a state to evaluate or predict with, which
+  they are, and the step of the latest checkpoint: the best epoch's up to its latest checkpoint where `config.selection` keeps
+  them, else the latest checkpoint's."""
+  restored = restore_latest(experiment, workdir)
+  selection = selection_lib.Selection.from_config(config)
+  progress = selection_lib.replay(selection, [
+      row for row in writers.read_metrics(workdir) if row['step'] <= restored.step])
+  state = selection_lib.evaluation_state(restored.state, workdir, selection, progress)
+  which = selection_lib.weights_description(selection, progress, config.ema_decay)
+  return state, which.replace('the last step', f'step {restored.step}'), restored.step

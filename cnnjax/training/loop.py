@@ -16,7 +16,9 @@ is done by hooks, in the spirit of clu's periodic actions:
 A hook that finds a reason to stop (a signal, a collapse) calls
 `loop.request_stop(error)`. The loop finishes the step, and the epoch's end
 if that step ended it, so no epoch is left without its row, then runs the
-`stopping` hooks (which save) and raises the error.
+`stopping` hooks (which save) and raises the error. A hook that finds the
+training done (early stopping) calls `loop.request_end()` at an epoch's end:
+`run` returns there, and `ended` tells the caller not to start another stage.
 """
 import itertools
 import time
@@ -71,6 +73,7 @@ class Loop:
     now = time.perf_counter()
     self._train_start, self._epoch_start = now - train_seconds, now - epoch_seconds
     self._stop: Exception | None = None
+    self.ended = False
 
   def train_seconds(self) -> float:
     return time.perf_counter() - self._train_start
@@ -87,12 +90,16 @@ class Loop:
     if self._stop is None:
       self._stop = reason
 
+  def request_end(self) -> None:
+    """Ends training at the end of this epoch (early stopping): `run` returns there."""
+    self.ended = True
+
   def run(self, trainer: Trainer, data: datasets.Dataset, end_step: int, stage: Any = None
           ) -> None:
     """Trains on `data.train` with `trainer` until step `end_step`."""
     self.trainer, self.data, self.stage = trainer, data, stage
     spe = self.steps_per_epoch
-    while self.step < end_step:
+    while self.step < end_step and not self.ended:
       epoch = self.step // spe
       epoch_end_step = min((epoch + 1) * spe, end_step)
       if self.step % spe == 0:

@@ -78,20 +78,33 @@ def decay_mask(params: Any) -> Any:
 
 
 class EmaState(NamedTuple):
-  """The exponential moving average of the trainable parameters, after each update."""
+  """The exponential moving average of the trainable parameters, after `count` updates."""
+  count: jax.Array
   ema: Any
 
 
+def ema_decay_at(decay: float, count: jax.Array) -> jax.Array:
+  """The decay of update number `count` (from 0): `decay`, warmed up as TensorFlow's
+  ExponentialMovingAverage(num_updates) does, min(decay, (1 + count) / (10 + count)), so the
+  early average follows the weights instead of holding on to their random initialisation
+  (which their BatchNorm statistics no longer fit)."""
+  return jnp.minimum(decay, (1.0 + count) / (10.0 + count))
+
+
 def params_ema(decay: float) -> optax.GradientTransformation:
-  """Keeps an EMA of the parameters (started at their initial values, so it needs no bias
-  correction) in the optimizer state, leaving the updates as they are: checkpointed and
-  restored with the rest of the optimizer state, and started afresh by a new stage."""
+  """Keeps an EMA of the parameters (started at their initial values, with a warmed-up
+  decay: see `ema_decay_at`) in the optimizer state, leaving the updates as they are:
+  checkpointed and restored with the rest of the optimizer state, and started afresh by a
+  new stage."""
   def init(params):  # A copy: the training step donates the parameters' buffers.
-    return EmaState(jax.tree.map(lambda p: jnp.array(p, copy=True), params))
+    return EmaState(jnp.zeros((), jnp.int32),
+                    jax.tree.map(lambda p: jnp.array(p, copy=True), params))
 
   def update(updates, state, params):
-    ema = optax.incremental_update(optax.apply_updates(params, updates), state.ema, 1 - decay)
-    return updates, EmaState(ema)
+    rate = 1 - ema_decay_at(decay, state.count.astype(jnp.float32))
+    ema = jax.tree.map(lambda new, old: (rate * new + (1 - rate) * old).astype(old.dtype),
+                       optax.apply_updates(params, updates), state.ema)
+    return updates, EmaState(state.count + 1, ema)
 
   return optax.GradientTransformation(init, update)
 

@@ -46,6 +46,14 @@ class TrainState:
   opt_state: Any
   rng: jax.Array       # Base key; step keys are fold_in(rng, step).
 
+  @classmethod
+  def of_weights(cls, variables: dict[str, Any]) -> 'TrainState':
+    """A state that evaluates and predicts with `variables` (saved evaluation weights, such
+    as the best epoch's) and trains nothing."""
+    return cls(step=jnp.zeros((), jnp.int32), params=variables['params'], frozen_params={},
+               batch_stats=variables.get('batch_stats', {}), opt_state=(),
+               rng=jax.random.PRNGKey(0))
+
   @property
   def variables(self) -> dict[str, Any]:
     """The weights being trained."""
