@@ -57,6 +57,10 @@ def _flag_error_message(error: Exception) -> str:
     match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
     field = match[2] if match else text.strip('\'"').split('\'')[0].strip('\\')
     hint = f' (did you mean {match[1]}?)' if match else ''
+    if any(arg.startswith(f'--config.model_kwargs.{field}=') for arg in sys.argv):
+      return (f'config.model_kwargs.{field} is not set by this config file, and the command '
+              'line can only override fields a config has: set it in a config file '
+              f'(config.model_kwargs.{field} = ...; the model checks its options).')
     return (f'config field {field!r} does not exist{hint}; every field is defined in '
             'configs/default.py.')
   if isinstance(error, SyntaxError):

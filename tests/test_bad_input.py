@@ -98,6 +98,9 @@ MAIN_CASES = {
                                     'config.batch_size=64 is larger than the 40'),
     'unknown field on the command line': (with_data('--config.batchsize=3'),
                                           "config field 'batchsize' does not exist"),
+    'model option the config file does not set': (
+        with_data('--config.model_kwargs.batch_norm=True'),
+        'config.model_kwargs.batch_norm is not set by this config file'),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
     'num_train_steps zero': (with_data('--config.num_train_steps=0'),
                              'config.num_train_steps must be -1'),
