@@ -6,7 +6,9 @@
 Runs the config as it is ("full recipe") and once per ingredient it uses, with that
 ingredient turned off and everything else unchanged (same seed, data, epochs), each in its
 own workdir (`checkpoints/ablation/<config>/<piece>`: a finished run is read back, a
-stopped one resumed). `--epochs` shortens every run alike, the full recipe's included,
+stopped one resumed). Ingredients that change only what is evaluated (the EMA, flip
+test-time augmentation) are not trained again: the full run's final weights are evaluated
+without them, which is what training again would give (training does not read them). `--epochs` shortens every run alike, the full recipe's included,
 for a cheaper table; the page says so. Writes
 `experiments/results/<config>_ablation.md` (and `.json`): test accuracy and loss of each
 run, its difference from the full recipe's, the epoch whose weights were evaluated, the
@@ -24,7 +26,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-# Each ingredient: when a config uses it, and the fields that turn it off.
+# Each ingredient: when a config uses it, and the fields that turn it off. EVALUATION_ONLY
+# ones leave training as it is: the full run is evaluated without them.
 PIECES = {
     'batch_norm': ('BatchNorm in the model',
                    lambda c: c.model_kwargs.get('batch_norm', False),
@@ -47,6 +50,7 @@ PIECES = {
     'selection': ('best-epoch selection (last epoch instead)', lambda c: c.selection.monitor,
                   {'selection.monitor': ''}),
 }
+EVALUATION_ONLY = ('flip_test', 'ema')
 
 
 def load_config(path: str):
@@ -79,9 +83,8 @@ def runs_of(config, only: list[str]) -> list[tuple[str, str, dict]]:
   return runs
 
 
-def train(config_path: str, key: str, overrides: dict, args) -> dict:
-  from cnnjax import train as train_lib
-  from configs import default
+def run_config(config_path: str, key: str, overrides: dict, args):
+  """The config of run `key`: the file's, with the command line's data and epochs."""
   config = load_config(config_path)
   if args.local_data_dir:
     config.local_data_dir = args.local_data_dir
@@ -90,9 +93,45 @@ def train(config_path: str, key: str, overrides: dict, args) -> dict:
   apply(config, overrides)
   if key != 'full':
     config.name = f'{config.name}-without-{key}'
-  workdir = os.path.join(args.workdir_root, key)
+  return config
+
+
+def train(config_path: str, key: str, overrides: dict, args) -> dict:
+  from cnnjax import train as train_lib
+  from configs import default
+  config = run_config(config_path, key, overrides, args)
   print(f'=== {key}', flush=True)
-  return train_lib.train_and_evaluate(config, workdir, default.get_config())
+  return train_lib.train_and_evaluate(config, os.path.join(args.workdir_root, key),
+                                      default.get_config())
+
+
+def evaluate_without(config_path: str, key: str, overrides: dict, args, full: dict) -> dict:
+  """The full run's final weights evaluated on its test split without ingredient `key`."""
+  import time
+  from cnnjax import sharding
+  from cnnjax.data import datasets
+  from cnnjax.runs import saved
+  from cnnjax.training import setup
+  from cnnjax.training.steps import TrainState
+  print(f'=== {key} (evaluated, not trained)', flush=True)
+  full_config = run_config(config_path, 'full', {}, args)
+  config = run_config(config_path, key, overrides, args)
+  workdir = os.path.join(args.workdir_root, 'full')
+  options = datasets.DataOptions.from_config(config)
+  spec = datasets.saved_spec(workdir, options)
+  # Restored as the full recipe saved it; evaluated as the ablated config would.
+  state = saved.restore_latest(setup.build(full_config, spec.image_shape,
+                                           len(spec.class_names)), workdir).state
+  if key == 'ema':
+    state = TrainState.of_weights(state.variables)
+  experiment = setup.build(config, spec.image_shape, len(spec.class_names))
+  trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
+                               config.eval_batch_size, on_features=False)
+  start = time.perf_counter()
+  metrics, _, _ = trainer.evaluate(state, datasets.load_split(options, config.test_split, spec))
+  return dict(full, test_loss=metrics['loss'], test_accuracy=metrics['accuracy'],
+              eval_seconds=time.perf_counter() - start, weights=f'the full run\'s, without {key}',
+              evaluated_only=True)
 
 
 def markdown(name: str, rows: list[dict], args, epochs: int, device: str) -> str:
@@ -114,10 +153,11 @@ def markdown(name: str, rows: list[dict], args, epochs: int, device: str) -> str
     selected = r.get('selection') or {}
     epoch = selected.get('best_epoch') if 'best epoch' in r.get('weights', '') else r['epochs']
     delta = r['test_accuracy'] - full['test_accuracy']
+    trained = ('full run\'s weights, evaluated without it' if r.get('evaluated_only')
+               else f"{r['train_seconds']:.0f} s")
     lines.append(f"| {row['description']} | {r['test_accuracy']:.4f} | "
                  f"{'–' if row['key'] == 'full' else f'{delta * 100:+.2f} pt'} | "
-                 f"{r['test_loss']:.4f} | {epoch:g} of {r['epochs']:g} | "
-                 f"{r['train_seconds']:.0f} s |")
+                 f"{r['test_loss']:.4f} | {epoch:g} of {r['epochs']:g} | {trained} |")
   return '\n'.join(lines) + '\n'
 
 
@@ -142,8 +182,12 @@ def main(argv: list[str] | None = None) -> str:
   rows = []
   with cli.reporting_user_errors('ablation.py'):
     for key, description, overrides in runs_of(config, [p for p in args.only.split(',') if p]):
+      if key in EVALUATION_ONLY and not config.selection.monitor:  # (Else it picks epochs.)
+        results = evaluate_without(args.config, key, overrides, args, rows[0]['results'])
+      else:
+        results = train(args.config, key, overrides, args)
       rows.append({'key': key, 'description': description, 'overrides': overrides,
-                   'results': train(args.config, key, overrides, args)})
+                   'results': results})
   import jax
   device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
             f'{os.cpu_count()} CPU cores, {platform.platform()}, jax {jax.__version__}')

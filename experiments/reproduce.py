@@ -3,6 +3,7 @@
     python experiments/reproduce.py --suite=fashion_mnist --local_data_dir=../shared/data/fashion_mnist
     python experiments/reproduce.py --suite=cifar10 --local_data_dir=../shared/data/cifar10_jpg.tar.gz
     python experiments/reproduce.py --suite=fashion_mnist --quick   # A few steps each: smoke check.
+    python experiments/reproduce.py --suite=fashion_mnist --only=fashion_mnist_best ...
 
 Each config runs in its own workdir (`checkpoints/<suite>/<config>`; a run
 that already finished or stopped is resumed, not repeated). Then
@@ -13,6 +14,9 @@ model's accuracy per epoch (`<suite>_curves.png`) and, in `<suite>/`, each
 run's confusion matrix and classification report. A config that cannot run
 here is listed with the reason (VGG16/MobileNetV2 at study length need an
 accelerator; transfer configs need the ImageNet weights), never with numbers.
+Each suite ends with its "beyond the study" config (`<suite>_best`: what the
+recipes of `training.recipes` reach). `--only` runs some configs and keeps the
+other rows as the suite's `<suite>.json` last recorded them.
 """
 import argparse
 import datetime
@@ -41,8 +45,12 @@ STUDY = {
 }
 SUITES = {
     'fashion_mnist': ('mlp_256_128', 'mlp_128_64', 'mlp_512_256_128', 'cnn_simple', 'cnn_deep',
-                      'vgg_scratch', 'vgg_transfer'),
-    'cifar10': ('cifar_cnn', 'cifar_mobilenet_transfer'),
+                      'vgg_scratch', 'vgg_transfer', 'fashion_mnist_best'),
+    'cifar10': ('cifar_cnn', 'cifar_mobilenet_transfer', 'cifar10_best'),
+}
+BEYOND = {  # Each suite's config beyond the study, and the study model it is compared with.
+    'fashion_mnist_best': 'cnn_deep',
+    'cifar10_best': 'cifar_cnn',
 }
 DATA_PROVENANCE = {
     'fashion_mnist': 'Fashion-MNIST, 60,000 train / 10,000 test images',
@@ -140,8 +148,10 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
             'cnnjax test accuracy | cnnjax val accuracy | train time | time per epoch | '
             'eval time | device |', '|' + '---|' * 11]
   for run in runs:
-    study = STUDY.get(run['name'])
+    study = STUDY.get(run['name']) or STUDY.get(BEYOND.get(run['name'], ''))
     study_text = f"{study['value']:.4f} ({study['metric']})" if study else '–'
+    if run['name'] in BEYOND:
+      study_text = f"beyond the study; its best, `{BEYOND[run['name']]}`: {study_text}"
     if 'skipped' in run:
       lines.append(f"| `{run['name']}` | | | {study_text} | {run['skipped']} | | | | | | |")
       continue
@@ -183,6 +193,15 @@ def write_suite(suite: str, runs: list[dict], args) -> str:
   return path
 
 
+def recorded_runs(results_dir: str, name: str) -> list[dict]:
+  """The runs the suite's page last recorded (`<name>.json`), [] if there is none."""
+  path = os.path.join(results_dir, f'{name}.json')
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return json.load(f)
+
+
 def main(argv: list[str] | None = None) -> str:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -199,9 +218,17 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(argv)
   name = f'{args.suite}_quick' if args.quick else args.suite
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', name)
-  configs = [c for c in SUITES[args.suite] if not args.only or c in args.only.split(',')]
+  only = [c for c in args.only.split(',') if c]
+  unknown = sorted(set(only) - set(SUITES[args.suite]))
+  if unknown:
+    parser.error(f'--only: {unknown} not in the {args.suite} suite ({", ".join(SUITES[args.suite])})')
+  recorded = {run['name']: run for run in recorded_runs(args.results_dir, name)} if only else {}
   runs = []
-  for config in configs:
+  for config in SUITES[args.suite]:
+    if only and config not in only:
+      if config in recorded:
+        runs.append(recorded[config])
+      continue
     print(f'=== {config}', flush=True)
     runs.append(run_config(config, args))
   path = write_suite(args.suite, runs, args)

@@ -35,6 +35,12 @@ VARIANT_PARAMS = {
     # cifar_cnn at 64x64 RGB on the 3 classes of helpers.tiny_image_tree:
     # 896 + 18,496 + (14 * 14 * 64 + 1) * 128 + (128 + 1) * 3.
     'image_folder': (1_625_539, 1_625_539),
+    # Beyond the studies: BatchNorm CNNs (bias-free convs; BatchNorm's 4 per channel, 2 train).
+    # 3x3 convs 1-32-32-64-64-128-128, 448 channels, Dense 1,152 -> 256 -> 10.
+    'fashion_mnist_best': (285_984 + 4 * 448 + 295_168 + 2_570,
+                           285_984 + 2 * 448 + 295_168 + 2_570),
+    # 3x3 convs 3-48-48-96-96-192-192, 672 channels, Dense 3,072 -> 256 -> 10.
+    'cifar10_best': (644_112 + 4 * 672 + 786_688 + 2_570, 644_112 + 2 * 672 + 786_688 + 2_570),
 }
 CONFIG_PARAMS = {**STUDY_PARAMS, **VARIANT_PARAMS}
 

@@ -80,6 +80,9 @@ def assert_close_runs(reference, other, config, atol=ATOL):
                   '--config.train_split=train', '--config.val_split=',
                   '--config.adam_epsilon=1.0', '--config.num_train_steps=1'),
                  1e-4, marks=pytest.mark.slow),
+    pytest.param('cnn_simple',  # The recipes' ResNet-20: BatchNorm and residuals, one step.
+                 ('--config.model=resnet', '--config.adam_epsilon=1.0',
+                  '--config.num_train_steps=1'), 1e-4, marks=pytest.mark.slow),
 ])
 def test_one_two_and_eight_devices_train_alike(name, extra, atol, tmp_path, data_dir,
                                                 monkeypatch):

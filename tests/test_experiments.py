@@ -1,0 +1,97 @@
+"""The experiment scripts: the ablation table and the suites' "beyond the study" rows."""
+import json
+import os
+
+import pytest
+
+from tests.helpers import REPO_ROOT
+
+
+def test_ablation_trains_each_used_piece_removed_once(tmp_path, mock_tfds):
+  from experiments import ablation
+  config_file = tmp_path / 'tiny_recipe.py'
+  config_file.write_text(
+      'from configs import cnn_simple\n\n\ndef get_config():\n'
+      '  config = cnn_simple.get_config()\n'
+      '  config.name = "tiny_recipe"\n'
+      '  config.update(batch_size=8, eval_batch_size=16, num_epochs=2, label_smoothing=0.1,\n'
+      '                ema_decay=0.9, train_split="train[:75%]", val_split="train[75%:]")\n'
+      '  config.selection.monitor = "val_loss"\n'
+      '  return config\n')
+  path = ablation.main([f'--config={config_file}', f'--workdir_root={tmp_path}/runs',
+                        f'--results_dir={tmp_path}/results'])
+  table = open(path).read()
+  rows = [line.split(' | ')[0] for line in table.splitlines() if line.startswith('| ')][1:]
+  assert rows == ['| full recipe', '| without label smoothing', '| without EMA of the weights',
+                  '| without best-epoch selection (last epoch instead)']
+  recorded = json.load(open(tmp_path / 'results' / 'tiny_recipe_ablation.json'))
+  assert [r['key'] for r in recorded] == ['full', 'label_smoothing', 'ema', 'selection']
+  saved = json.load(open(tmp_path / 'runs' / 'ema' / 'config.json'))
+  assert saved['ema_decay'] == 0.0 and saved['label_smoothing'] == 0.1
+  # The full recipe's row is the reference; the others say how far they are from it.
+  full = recorded[0]['results']['test_accuracy']
+  without_ema = recorded[2]['results']['test_accuracy']
+  assert f'{(without_ema - full) * 100:+.2f} pt' in table
+
+
+def test_evaluation_only_pieces_give_what_training_without_them_gives(tmp_path, mock_tfds):
+  from experiments import ablation
+  from tests.helpers import train_and_evaluate
+  config_file = tmp_path / 'tiny_ema.py'
+  config_file.write_text(
+      'from configs import cnn_simple\n\n\ndef get_config():\n'
+      '  config = cnn_simple.get_config()\n'
+      '  config.name = "tiny_ema"\n'
+      '  config.update(batch_size=8, eval_batch_size=16, num_epochs=2, ema_decay=0.9)\n'
+      '  config.augment.flip_test = True\n'
+      '  return config\n')
+  ablation.main([f'--config={config_file}', f'--workdir_root={tmp_path}/runs',
+                 f'--results_dir={tmp_path}/results'])
+  recorded = json.load(open(tmp_path / 'results' / 'tiny_ema_ablation.json'))
+  assert [r['key'] for r in recorded] == ['full', 'flip_test', 'ema']
+  assert not (tmp_path / 'runs' / 'ema').exists()  # Evaluated, not trained.
+  for key, overrides in (('ema', {'ema_decay': 0.0}), ('flip_test', {'augment.flip_test': False})):
+    config = ablation.load_config(str(config_file))
+    ablation.apply(config, overrides)
+    trained = train_and_evaluate(config, tmp_path / f'trained-{key}')
+    evaluated = next(r['results'] for r in recorded if r['key'] == key)
+    assert evaluated['test_loss'] == pytest.approx(trained['test_loss'], rel=1e-6)
+    assert evaluated['test_accuracy'] == trained['test_accuracy']
+
+
+def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds):
+  from experiments import reproduce
+  common = ['--suite=fashion_mnist', '--quick', f'--workdir_root={tmp_path}/runs',
+            f'--results_dir={tmp_path}/results']
+  first = open(reproduce.main(common + ['--only=mlp_128_64'])).read()
+  both = open(reproduce.main(common + ['--only=cnn_simple'])).read()
+  mlp_row = next(line for line in first.splitlines() if line.startswith('| `mlp_128_64`'))
+  rows = [line.split('`')[1] for line in both.splitlines() if line.startswith('| `')]
+  assert rows == ['mlp_128_64', 'cnn_simple'] and mlp_row in both
+
+
+def test_every_suite_ends_with_its_config_beyond_the_study():
+  from experiments import reproduce
+  for suite, configs in reproduce.SUITES.items():
+    assert reproduce.BEYOND[configs[-1]] in configs
+    assert os.path.exists(os.path.join(REPO_ROOT, 'configs', f'{configs[-1]}.py'))
+
+
+def test_benchmark_vs_reports_the_first_epoch_apart(tmp_path, capsys):
+  import argparse
+  from experiments import benchmark
+  from tests.helpers import make_idx_dataset
+  make_idx_dataset(str(tmp_path))
+  configs = os.path.join(REPO_ROOT, 'configs')
+  args = argparse.Namespace(
+      config=os.path.join(configs, 'mlp_128_64.py'), vs=os.path.join(configs, 'cnn_simple.py'),
+      overrides=[f'--config.local_data_dir={tmp_path}', '--config.batch_size=8',
+                 '--config.num_epochs=3', '--config.eval_batch_size=10'])
+  report = benchmark.compare_configs(args)
+  for row in report['rows']:
+    assert row['steps'] == 15  # 40 examples, batch 8: 5 steps an epoch, 3 epochs.
+  later = [row['median_epoch_seconds'] for row in report['rows']]
+  assert report['median_epoch_seconds_ratio'] == later[1] / later[0]
+  benchmark.print_configs_table(report)
+  printed = capsys.readouterr().out
+  assert 'first epoch' in printed and 'later epochs (median)' in printed
