@@ -134,7 +134,10 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
   """The results page; `name` is the suite's output name (`<suite>` or `<suite>_quick`)."""
   lines = [f'# {suite} suite: the study next to cnnjax', '',
            f'Made by `python experiments/reproduce.py --suite={suite}'
-           f'{" --quick" if args.quick else ""}` on {datetime.date.today().isoformat()}.', '',
+           f'{" --quick" if args.quick else ""}` on {datetime.date.today().isoformat()}'
+           + (f' (this time `--only={args.only}`: the other rows are as this page recorded '
+              'them before, on the machine and day its earlier versions name)' if args.only
+              else '') + '.', '',
            f'- Machine: {device}.',
            f'- Data: {DATA_PROVENANCE[suite]}, from '
            f'`{args.local_data_dir or "TFDS"}`.',
