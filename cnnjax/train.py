@@ -152,8 +152,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       timings = {k: restored.meta[k] for k in timings}
       pretrained_info = restored.meta.get('pretrained', {'pretrained': False})
       stage_index = _check_stage(list(experiment.stages), restored, steps_per_epoch, total_steps)
-      done = restored.step >= total_steps or selection_lib.replay(selection, [
-          row for row in writers.read_metrics(workdir) if row['step'] <= restored.step]).stopped
+      done = (restored.step >= total_steps
+              or selection_lib.progress_at(selection, workdir, restored.step).stopped)
       if done and saved_results is not None:
         log.report_finished(saved_results)
         return saved_results

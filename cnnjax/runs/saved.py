@@ -78,13 +78,13 @@ def restore_latest(experiment: setup.Experiment, workdir: str) -> checkpoints.Re
 
 def evaluation_state(experiment: setup.Experiment, workdir: str,
                      config: ml_collections.ConfigDict) -> tuple[TrainState, str, int]:
-  """The weights the run in `workdir` reports, as a state to evaluate or predict with, which
-  they are, and the step of the latest checkpoint: the best epoch's up to its latest checkpoint where `config.selection` keeps
-  them, else the latest checkpoint's."""
+  """The weights the run in `workdir` reports (the best epoch's so far where
+  `config.selection` keeps them, else the latest checkpoint's) as a state to evaluate or
+  predict with, which they are, and the latest checkpoint's step."""
   restored = restore_latest(experiment, workdir)
   selection = selection_lib.Selection.from_config(config)
-  progress = selection_lib.replay(selection, [
-      row for row in writers.read_metrics(workdir) if row['step'] <= restored.step])
+  progress = selection_lib.progress_at(selection, workdir, restored.step)
   state = selection_lib.evaluation_state(restored.state, workdir, selection, progress)
-  which = selection_lib.weights_description(selection, progress, config.ema_decay)
-  return state, which.replace('the last step', f'step {restored.step}'), restored.step
+  which = selection_lib.weights_description(selection, progress, config.ema_decay,
+                                            last=f'step {restored.step}')
+  return state, which, restored.step

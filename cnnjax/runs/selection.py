@@ -22,6 +22,7 @@ import ml_collections
 
 from cnnjax.errors import ConfigError
 from cnnjax.runs import checkpoints
+from cnnjax.runs import writers
 from cnnjax.training.steps import TrainState
 
 MONITORS = ('train_loss', 'train_accuracy', 'val_loss', 'val_accuracy')
@@ -125,10 +126,16 @@ def replay(selection: Selection, rows: Iterable[dict[str, Any]]) -> Progress:
   return progress
 
 
-def weights_description(selection: Selection, progress: Progress, ema_decay: float) -> str:
-  """Which weights a run evaluates and reports: the best epoch's or the last, raw or EMA."""
+def progress_at(selection: Selection, workdir: str, step: int) -> Progress:
+  """Where selection stood at `step` of the run in `workdir` (its rows up to that step)."""
+  return replay(selection, [row for row in writers.read_metrics(workdir) if row['step'] <= step])
+
+
+def weights_description(selection: Selection, progress: Progress, ema_decay: float,
+                        last: str = 'the last step') -> str:
+  """Which weights a run evaluates and reports: the best epoch's or the `last`, raw or EMA."""
   which = (f'the best epoch by {selection.monitor} (epoch {progress.best_epoch}, '
-           f'{progress.best_value:.4f})' if uses_best(selection, progress) else 'the last step')
+           f'{progress.best_value:.4f})' if uses_best(selection, progress) else last)
   return which + (f', EMA of the parameters (decay {ema_decay})' if ema_decay else '')
 
 
