@@ -1,8 +1,8 @@
 """cnnjax's op rewrites and compiler options against what they replace, in one run.
 
 Max pooling, convolutions compiled with `cnnjax.compilation`'s options
-against XLA's defaults, pooling before the bias and ReLU, and depthwise
-convolutions, each against the XLA op it replaces on CPU.
+against XLA's defaults, pooling before the bias and ReLU, depthwise
+convolutions and hashed dropout masks, each against the op it replaces on CPU.
 
 Each pair is checked for equal results first, then timed (jitted, median
 of repeated calls) on the shapes of the studies' CNNs at batch 64. Both
@@ -25,6 +25,8 @@ DEPTHWISE_SHAPES = ((64, 48, 48, 32, 1), (64, 48, 48, 96, 2), (64, 24, 24, 144, 
                     (64, 6, 6, 576, 1))  # MobileNetV2 at 96x96: (N, H, W, C, stride).
 CONV_SHAPES = ((64, 28, 28, 1, 32), (64, 28, 28, 32, 32), (64, 14, 14, 32, 64),
                (64, 14, 14, 64, 64), (64, 7, 7, 64, 128))
+# The inputs of cnn_deep's dropout layers at batch 64 (three blocks, the head), at once.
+DROPOUT_SHAPES = ((64, 14, 14, 32), (64, 7, 7, 64), (64, 3, 3, 128), (64, 256))
 
 
 def median_ms(fn, *args, repeats: int = 30, jit=compilation.jit) -> float:
@@ -67,6 +69,31 @@ def _assert_equal_up_to_summation_order(ours, reference, tolerance: float = 1e-5
 def _gradients(fn):
   """Gradients with respect to both arguments: what a train step needs of a layer."""
   return jax.grad(lambda a, b, g: jnp.vdot(fn(a, b), g), argnums=(0, 1))
+
+
+def _dropout_row(rng) -> dict:
+  """Flax's threefry masks against `layers.Dropout`'s hashed ones, forward and gradient.
+
+  The masks differ by design, so what is checked first is what both must do: the same
+  function of their own mask (the gradient is the mask over the keep rate) at the same
+  keep rate."""
+  xs = [jnp.asarray(rng.normal(size=shape), jnp.float32) for shape in DROPOUT_SHAPES]
+  key = jax.random.PRNGKey(0)
+
+  def gradients(layer):
+    def loss(xs):
+      return sum(jnp.sum(layer(0.25).apply({}, x, deterministic=False, rngs={'dropout': key})
+                         ** 2) for x in xs)
+    return jax.grad(loss)
+  for layer in (nn.Dropout, layers.Dropout):
+    for x, grad in zip(xs, compilation.jit(gradients(layer))(xs)):
+      kept = np.asarray(grad) != 0
+      np.testing.assert_allclose(np.asarray(grad)[kept], 2 * np.asarray(x)[kept] / 0.75 ** 2,
+                                 rtol=1e-5)
+      assert abs(kept.mean() - 0.75) < 0.02, kept.mean()
+  return {'op': 'dropout 0.25 forward+gradient, threefry vs hashed masks (cnn_deep, 4 layers)',
+          'shape': DROPOUT_SHAPES[0], 'reference_ms': median_ms(gradients(nn.Dropout), xs),
+          'cnnjax_ms': median_ms(gradients(layers.Dropout), xs)}
 
 
 def run() -> dict:
@@ -124,6 +151,7 @@ def run() -> dict:
     rows.append({'op': f'depthwise3x3 stride {stride} gradients', 'shape': (n, h, w, c),
                  'reference_ms': median_ms(_gradients(grouped), x, kernel, g),
                  'cnnjax_ms': median_ms(_gradients(ours), x, kernel, g)})
+  rows.append(_dropout_row(rng))
   for row in rows:
     row['ratio'] = row['cnnjax_ms'] / row['reference_ms']
   return {'device': f'{jax.devices()[0].device_kind} ({jax.default_backend()}), '

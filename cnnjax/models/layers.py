@@ -72,6 +72,62 @@ def _max_pool_2x2_bwd(residuals, grad):
 max_pool_2x2.defvjp(_max_pool_2x2_fwd, _max_pool_2x2_bwd)
 
 
+def _mix32(x: jax.Array) -> jax.Array:
+  """A bijective avalanche of uint32 words (xor-shift-multiply, 'lowbias32' constants)."""
+  x = x ^ (x >> 16)
+  x = x * jnp.uint32(0x7FEB352D)
+  x = x ^ (x >> 15)
+  x = x * jnp.uint32(0x846CA68B)
+  return x ^ (x >> 16)
+
+
+def hash_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
+  """Pseudo-random uint32 bits of `shape`, a hash of (key, each element's position).
+
+  Elementwise integer arithmetic on an iota over the whole (global) array, so
+  XLA fuses it into the op that uses the bits, and a batch sharded over any
+  number of devices gets the same bits at the same example and unit.
+  """
+  words = jax.random.key_data(key) if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else key
+  words = words.reshape(-1).astype(jnp.uint32)
+  seed = _mix32(words[0] ^ jnp.uint32(0x9E3779B9))
+  for word in words[1:]:
+    seed = _mix32(seed ^ word)
+  size = 1
+  for dim in shape:
+    size *= dim
+  if size >= 2 ** 32:
+    raise ValueError(f'hash_bits: {size} elements do not fit a uint32 position.')
+  position = lax.iota(jnp.uint32, size).reshape(shape)
+  return _mix32(_mix32(position * jnp.uint32(0x9E3779B9) + seed) ^ (seed >> 7))
+
+
+class Dropout(nn.Module):
+  """`nn.Dropout` (inverted: kept units scaled by 1 / (1 - rate)) with hashed masks.
+
+  Flax draws its masks with the threefry generator: about 4 ms per `cnn_deep`
+  step on a 2-core CPU for 0.7M values, a tenth of the step. Here the mask is
+  a hash of the layer's 'dropout' key and each unit's position in the global
+  batch (`hash_bits`), a few fused integer operations; the masks are therefore
+  the same on 1, 2 or 8 devices, as the multi-device equivalence needs. A
+  unit is kept when its 32 bits fall below round((1 - rate) * 2**32).
+  """
+  rate: float
+  deterministic: bool | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, deterministic: bool | None = None) -> jax.Array:
+    deterministic = nn.merge_param('deterministic', self.deterministic, deterministic)
+    if self.rate == 0.0 or deterministic:
+      return x
+    if self.rate == 1.0:
+      return jnp.zeros_like(x)
+    keep = 1.0 - self.rate
+    threshold = jnp.uint32(min(round(keep * 2 ** 32), 2 ** 32 - 1))
+    mask = hash_bits(self.make_rng('dropout'), x.shape) < threshold
+    return lax.select(mask, x / jnp.asarray(keep, x.dtype), jnp.zeros_like(x))
+
+
 class PoolingConv(nn.Module):
   """A `Conv` (stride 1) and the 2x2 max pool after its ReLU, with the bias added after pooling.
 

@@ -58,10 +58,10 @@ class FashionCNNDeep(nn.Module):
           conv = layers.PoolingConv if last else layers.Conv
           x = layers.ReLU(name=f'{name}_relu')(
               conv(features, (3, 3), padding='SAME', dtype=self.dtype, name=name)(x))
-      x = nn.Dropout(self.block_dropout, deterministic=not train)(x)
+      x = layers.Dropout(self.block_dropout, deterministic=not train)(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)
-    x = nn.Dropout(self.head_dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.head_dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)
 
 
@@ -80,5 +80,5 @@ class CifarCNN(nn.Module):
       x = layers.ReLU(name=f'conv_{i}_relu')(x)
     x = layers.Dense(self.hidden, dtype=self.dtype, name='hidden')(layers.flatten(x))
     x = layers.ReLU(name='hidden_relu')(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='logits')(x)

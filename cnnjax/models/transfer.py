@@ -122,5 +122,5 @@ class TransferClassifier(nn.Module):
     x = layers.Dense(self.hidden, kernel_init=layers.KERNEL_INITS[self.kernel_init],
                      dtype=self.dtype, name='head_hidden')(layers.flatten(x))
     x = layers.ReLU(name='head_hidden_relu')(x)
-    x = nn.Dropout(self.dropout, deterministic=not train)(x)
+    x = layers.Dropout(self.dropout, deterministic=not train)(x)
     return layers.Dense(self.num_classes, dtype=self.dtype, name='head_logits')(x)
