@@ -130,7 +130,11 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   if not 0 <= augment.erasing_prob <= 1:
     raise ConfigError(f'config.augment.erasing_prob must be in [0, 1], got '
                       f'{augment.erasing_prob!r}.')
-  augmenting = augment.crop_padding or augment.flip or augment.erasing_prob or augment.flip_test
+  if not isinstance(augment.translate_test, int) or augment.translate_test < 0:
+    raise ConfigError(f'config.augment.translate_test must be 0 (off) or a positive integer, '
+                      f'got {augment.translate_test!r}.')
+  augmenting = (augment.crop_padding or augment.flip or augment.erasing_prob or augment.flip_test
+                or augment.translate_test)
   if augmenting and config.cache_features:
     raise ConfigError('config.augment changes the images every step, so their backbone features '
                       'cannot be cached: set --config.cache_features=False.')

@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.augment.flip = False          # Mirror left-right half the time (not for digits/text).
   config.augment.erasing_prob = 0.0    # Random erasing: a noise rectangle, this often.
   config.augment.flip_test = False     # Evaluate on the mean logits of image and mirror.
+  config.augment.translate_test = 0    # N > 0: also on copies shifted N pixels (augment.py).
 
   # Model selection at epoch ends, as Keras' EarlyStopping(restore_best_weights=True).
   config.selection = ml_collections.ConfigDict()

@@ -39,6 +39,8 @@ PIECES = {
                 {'augment.erasing_prob': 0.0}),
     'flip_test': ('flip test-time augmentation', lambda c: c.augment.flip_test,
                   {'augment.flip_test': False}),
+    'translate_test': ('translated test-time views', lambda c: c.augment.translate_test,
+                       {'augment.translate_test': 0}),
     'schedule': ('learning-rate schedule (constant rate instead)',
                  lambda c: c.schedule != 'constant' or c.warmup_steps,
                  {'schedule': 'constant', 'warmup_steps': 0}),
@@ -50,7 +52,7 @@ PIECES = {
     'selection': ('best-epoch selection (last epoch instead)', lambda c: c.selection.monitor,
                   {'selection.monitor': ''}),
 }
-EVALUATION_ONLY = ('flip_test', 'ema')
+EVALUATION_ONLY = ('flip_test', 'translate_test', 'ema')
 
 
 def load_config(path: str):

@@ -8,6 +8,7 @@ augmented the same on 1 or 8 devices, and the step's key comes from (seed,
 step) like dropout's: a resumed run augments exactly as an uninterrupted one.
 """
 import dataclasses
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +28,38 @@ class Augmentation:
   @property
   def active(self) -> bool:
     return bool(self.crop_padding or self.flip or self.erasing_prob)
+
+
+@dataclasses.dataclass(frozen=True)
+class TestViews:
+  """Test-time augmentation (config.augment.flip_test, translate_test); none = one view."""
+  flip: bool = False          # Also the mirror image.
+  translate: int = 0          # Also two copies shifted by this many pixels (see `test_logits`).
+
+
+def test_logits(predict: Callable[[jax.Array], jax.Array], images: jax.Array,
+                views: TestViews) -> jax.Array:
+  """float32 logits of `images` (N, H, W, C), averaged over the test-time views.
+
+  With `flip`, each view counts with its mirror (the mean of both). With
+  `translate` = p, the images are padded by p reflected pixels and cropped back
+  shifted by p up-left and p down-right: the unshifted view weighs one half and
+  each shifted one a quarter, so a model sees translations as large as in training
+  without the image's own view losing its say.
+  """
+  def mirrored(x):
+    logits = predict(x).astype(jnp.float32)
+    if views.flip:
+      logits = (logits + predict(x[:, :, ::-1]).astype(jnp.float32)) / 2
+    return logits
+
+  logits = mirrored(images)
+  if views.translate:
+    p, (height, width) = views.translate, images.shape[1:3]
+    padded = jnp.pad(images, ((0, 0), (p, p), (p, p), (0, 0)), mode='reflect')
+    shifted = (padded[:, :height, :width], padded[:, 2 * p:, 2 * p:])
+    logits = logits / 2 + (mirrored(shifted[0]) + mirrored(shifted[1])) / 4
+  return logits
 
 
 def random_crop(key: jax.Array, image: jax.Array, padding: int) -> jax.Array:

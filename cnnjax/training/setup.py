@@ -35,7 +35,7 @@ class Experiment:
   recipe: recipes.Recipe
   augmentation: augment.Augmentation
   label_smoothing: float
-  flip_test: bool
+  test_views: augment.TestViews
   dropout_rng: jax.Array
   backbone: str | None            # The pretrained backbone's name, if the model has one.
   num_epochs: int                 # All stages together.
@@ -100,7 +100,7 @@ class Experiment:
     head = self.stages[index].cache_features and on_features
     return Trainer(self.models[index], self.optimizer(index, steps_per_epoch), mesh,
                    eval_batch_size, 'head' if head else 'all', self.augmentation,
-                   self.label_smoothing, self.flip_test, self.recipe.feeds_loss)
+                   self.label_smoothing, self.test_views, self.recipe.feeds_loss)
 
   def param_counts(self) -> dict[str, int]:
     """Parameters in all (BatchNorm statistics included, as Keras counts) and that train."""
@@ -140,5 +140,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   return Experiment(tuple(plan), models, txs, variables, recipe,
                     augment.Augmentation(config.augment.crop_padding, config.augment.flip,
                                          config.augment.erasing_prob),
-                    config.label_smoothing, config.augment.flip_test, dropout_rng, backbone,
+                    config.label_smoothing,
+                    augment.TestViews(config.augment.flip_test, config.augment.translate_test),
+                    dropout_rng, backbone,
                     config.num_epochs + config.fine_tune.num_epochs, config.num_train_steps)

@@ -127,16 +127,15 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
 
 
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
-              *, model: nn.Module, part: str = 'all', flip_test: bool = False
+              *, model: nn.Module, part: str = 'all',
+              test_views: augment_lib.TestViews = augment_lib.TestViews()
               ) -> tuple[Metrics, jax.Array, jax.Array]:
   """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
   labels (gathered: each process has only its rows of the batch, the report needs all)."""
   inputs, part_kwargs = _model_inputs(images, part)
   variables = state.evaluation_variables
-  logits = model.apply(variables, inputs, train=False, **part_kwargs).astype(jnp.float32)
-  if flip_test:  # Test-time augmentation: the mean logits of the image and its mirror.
-    mirrored = model.apply(variables, inputs[:, :, ::-1], train=False, **part_kwargs)
-    logits = (logits + mirrored.astype(jnp.float32)) / 2
+  logits = augment_lib.test_logits(
+      lambda x: model.apply(variables, x, train=False, **part_kwargs), inputs, test_views)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
@@ -160,7 +159,8 @@ class Trainer:
   def __init__(self, model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
                eval_batch_size: int, part: str = 'all',
                augmentation: augment_lib.Augmentation = augment_lib.Augmentation(),
-               label_smoothing: float = 0.0, flip_test: bool = False,
+               label_smoothing: float = 0.0,
+               test_views: augment_lib.TestViews = augment_lib.TestViews(),
                feeds_loss: bool = False):
     self.model, self.tx, self.mesh, self.part = model, tx, mesh, part
     # Evaluation pads its last batch, so any batch size counts every example once: the one
@@ -176,7 +176,7 @@ class Trainer:
         out_shardings=replicated)
     # Predictions and labels come back replicated: every process can read all of them.
     self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part,
-                                                       flip_test=flip_test),
+                                                       test_views=test_views),
                                      out_shardings=(replicated, replicated, replicated))
 
   def empty_metrics(self) -> Metrics:
