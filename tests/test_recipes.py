@@ -61,6 +61,24 @@ def test_a_flip_mirrors_or_keeps_and_twice_is_the_identity():
   np.testing.assert_array_equal(augment.random_flip(key, image), image[:, ::-1])
 
 
+@pytest.mark.parametrize('flip', [False, True])
+def test_test_time_views_average_the_logits_of_their_formula(flip):
+  images = jax.random.uniform(jax.random.PRNGKey(0), (3, 6, 5, 2))
+  weights = jax.random.normal(jax.random.PRNGKey(1), (6 * 5 * 2, 4))
+  predict = lambda x: x.reshape(x.shape[0], -1) @ weights  # Sees every pixel's place.
+  views = lambda x: (predict(x) + predict(x[:, :, ::-1])) / 2 if flip else predict(x)
+  padded = np.pad(np.asarray(images), ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect')
+  up_left, down_right = padded[:, :6, :5], padded[:, 2:, 2:]
+  np.testing.assert_array_equal(up_left[:, 1:, 1:], images[:, :-1, :-1])  # Shifted by one.
+  expected = views(images) / 2 + (views(up_left) + views(down_right)) / 4
+  np.testing.assert_allclose(
+      augment.test_logits(predict, images, augment.TestViews(flip, translate=1)), expected,
+      rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(augment.test_logits(predict, images, augment.TestViews(flip)),
+                             views(images), rtol=1e-6)
+  assert not np.allclose(expected, views(images), atol=1e-3)  # The shifts change the logits.
+
+
 def test_every_example_gets_its_own_randomness():
   same = jnp.broadcast_to(batch(1), (32, 8, 8, 3))
   out = np.asarray(augment.augment(jax.random.PRNGKey(0), same,
@@ -176,6 +194,9 @@ RESNET20_CONVS = (3 * 9 * 16                                 # Stem.
                   + 32 * 9 * 64 + 5 * 64 * 9 * 64 + 32 * 64)  # Stage 3.
 RESNET20_BN_CHANNELS = 16 + 6 * 16 + 7 * 32 + 7 * 64          # Stem, 6 convs + shortcut.
 CNN_DEEP_CONV_CHANNELS = 32 + 32 + 64 + 64 + 128
+CNN_FAST_CONVS = (9 * 24 * 64 + 9 * 64 * 64                   # Block 0 (the stem apart).
+                  + 9 * 64 * 256 + 3 * 9 * 256 * 256)          # Blocks 1 and 2.
+CNN_FAST_BN_CHANNELS = 24 + 2 * 64 + 4 * 256
 
 
 @pytest.mark.parametrize('model,kwargs,shape,total,trainable', [
@@ -186,6 +207,10 @@ CNN_DEEP_CONV_CHANNELS = 32 + 32 + 64 + 64 + 128
     ('cnn_deep', {'batch_norm': True}, (28, 28, 1),
      436_586 - CNN_DEEP_CONV_CHANNELS + 4 * CNN_DEEP_CONV_CHANNELS,
      436_586 - CNN_DEEP_CONV_CHANNELS + 2 * CNN_DEEP_CONV_CHANNELS),
+    # Global max pooling: the same count at any image size (31 -> 15 -> 7 -> 3, 27 -> 13 -> 6 -> 3).
+    *[('cnn_fast', {}, (size, size, c), 2 * 2 * c * 24 + CNN_FAST_CONVS
+       + 4 * CNN_FAST_BN_CHANNELS + 2_570, 2 * 2 * c * 24 + CNN_FAST_CONVS
+       + 2 * CNN_FAST_BN_CHANNELS + 2_570) for size, c in ((32, 3), (28, 1))],
 ])
 def test_new_models_have_the_parameter_counts_of_their_formulas(model, kwargs, shape, total,
                                                                 trainable):

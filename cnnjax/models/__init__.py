@@ -11,6 +11,7 @@ from typing import Any, Callable, Mapping
 import flax.linen as nn
 import jax.numpy as jnp
 
+from cnnjax.models import fast_cnn
 from cnnjax.models import mlp
 from cnnjax.models import resnet
 from cnnjax.models import small_cnns
@@ -22,6 +23,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     'cnn_deep': small_cnns.FashionCNNDeep,
     'cifar_cnn': small_cnns.CifarCNN,
     'resnet': resnet.ResNet,
+    'cnn_fast': fast_cnn.FastCNN,
     'vgg16_classifier': functools.partial(transfer.TransferClassifier, backbone='vgg16'),
     'mobilenet_v2_classifier': functools.partial(
         transfer.TransferClassifier, backbone='mobilenet_v2', input_adapter='none', dropout=0.3),
