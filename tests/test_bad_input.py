@@ -102,6 +102,11 @@ MAIN_CASES = {
         with_data('--config.model_kwargs.batch_norm=True'),
         'config.model_kwargs.batch_norm is not set by this config file'),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
+    'test-time shift as large as the image': (
+        with_data('--config.augment.translate_test=28'),
+        'config.augment.translate_test=28 shifts 28x28 images by their whole size'),
+    'negative test-time shift': (with_data('--config.augment.translate_test=-1'),
+                                 'config.augment.translate_test must be 0 (off) or a positive'),
     'num_train_steps zero': (with_data('--config.num_train_steps=0'),
                              'config.num_train_steps must be -1'),
     'config file missing': (lambda data, tmp_path: [f'--config={tmp_path}/nope.py'],

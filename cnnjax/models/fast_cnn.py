@@ -8,8 +8,8 @@ A 2x2 'valid' stem conv (32x32 -> 31x31), then three blocks of
 logits are scaled by `logit_scale`. Pooling right after each block's first
 conv puts the second conv at a quarter of the pixels, so at about the cost per
 image of cnn_deep's plan (two convs before each pool) at 48-96-192 filters, the
-blocks can be 64-256-256 filters wide. The small logit scale keeps
-the early softmax soft when the classifier sees maxima of ReLU features.
+blocks can be 64-256-256 filters wide. The logit scale (1/9 by default)
+softens the initial softmax over maxima of ReLU features.
 """
 from typing import Any
 

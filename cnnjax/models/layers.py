@@ -105,12 +105,13 @@ def hash_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
 class Dropout(nn.Module):
   """`nn.Dropout` (inverted: kept units scaled by 1 / (1 - rate)) with hashed masks.
 
-  Flax draws its masks with the threefry generator: about 4 ms per `cnn_deep`
-  step on a 2-core CPU for 0.7M values, a tenth of the step. Here the mask is
-  a hash of the layer's 'dropout' key and each unit's position in the global
-  batch (`hash_bits`), a few fused integer operations; the masks are therefore
-  the same on 1, 2 or 8 devices, as the multi-device equivalence needs. A
-  unit is kept when its 32 bits fall below round((1 - rate) * 2**32).
+  Flax draws its masks with the threefry generator, whose rounds cost CPU steps
+  several times what the masks' own multiply does (`experiments/benchmark.py
+  --ops` times both). Here the mask is a hash of the layer's 'dropout' key and
+  each unit's position in the global batch (`hash_bits`), a few fused integer
+  operations; the masks are therefore the same on 1, 2 or 8 devices, as the
+  multi-device equivalence needs. A unit is kept when its 32 bits fall below
+  round((1 - rate) * 2**32).
   """
   rate: float
   deterministic: bool | None = None
