@@ -5,6 +5,7 @@ would have given it: glorot-uniform kernels, zero biases, and BatchNorm with
 epsilon 1e-3 / momentum 0.99 unless a model says otherwise. Matching these
 is what makes parameter counts, initial losses and ported weights agree.
 """
+import math
 import re
 from typing import Any, Callable, Sequence
 
@@ -93,9 +94,7 @@ def hash_bits(key: jax.Array, shape: Sequence[int]) -> jax.Array:
   seed = _mix32(words[0] ^ jnp.uint32(0x9E3779B9))
   for word in words[1:]:
     seed = _mix32(seed ^ word)
-  size = 1
-  for dim in shape:
-    size *= dim
+  size = math.prod(shape)
   if size >= 2 ** 32:
     raise ValueError(f'hash_bits: {size} elements do not fit a uint32 position.')
   position = lax.iota(jnp.uint32, size).reshape(shape)
