@@ -67,7 +67,9 @@ def diagnose(config, defaults, steps: int, every: int,
       if loop.step == steps:
         raise _Finished
 
-  state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
+  state = jax.device_put(
+      experiment.initial_state(experiment.init_from_data(experiment.variables, data.train)),
+      sharding.replicated(mesh))
   loop = Loop(state, trainer.empty_metrics(), mesh=mesh, batch_size=config.batch_size,
               seed=config.seed, hooks=[ReportHook()],
               steps_per_epoch=pipeline.steps_per_epoch(len(data.train), config.batch_size))

@@ -175,6 +175,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                      f'0, and the {dropped} epoch row(s) of the earlier run were dropped from '
                      f'{writers.METRICS_FILE}.')
       variables, pretrained_info = fresh or initial_variables()
+      variables = experiment.init_from_data(variables, data.train)
       state, stage_index = jax.device_put(experiment.initial_state(variables), replicated), 0
     # Where selection stands is what the kept rows say; best weights saved after them go.
     progress = selection_lib.replay(selection, writers.read_metrics(workdir))

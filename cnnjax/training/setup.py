@@ -13,8 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 
+from cnnjax.data import pipeline
+from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
 from cnnjax.training import augment
@@ -23,6 +26,8 @@ from cnnjax.training import params as params_lib
 from cnnjax.training import stages as stages_lib
 from cnnjax.training.steps import TrainState
 from cnnjax.training.steps import Trainer
+
+DATA_INIT_EXAMPLES = 5_000   # Training images a data-dependent initialisation looks at.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +68,18 @@ class Experiment:
         step=jnp.zeros((), jnp.int32), params=trainable, frozen_params=frozen,
         batch_stats=variables.get('batch_stats', {}), opt_state=self.optimizers[0].init(trainable),
         rng=self.dropout_rng)
+
+  def init_from_data(self, variables: dict[str, Any], train: Split | StreamedSplit
+                     ) -> dict[str, Any]:
+    """`variables` with what the model computes from its training images (a whitening
+    stem's filters), from the split's first `DATA_INIT_EXAMPLES`: the same on every device
+    count and process. Unchanged for models that compute nothing from data."""
+    init = getattr(self.model, 'init_from_data', None)
+    if init is None:
+      return variables
+    first = np.arange(min(len(train), DATA_INIT_EXAMPLES))
+    images, _ = next(pipeline.read_batches(train, [first]))
+    return init(variables, np.asarray(pipeline.to_inputs(images)))
 
   def begin_stage(self, state: TrainState, index: int) -> TrainState:
     """`state` re-split for stage `index`: same weights and statistics, a fresh optimizer."""
