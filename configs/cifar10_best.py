@@ -25,7 +25,8 @@ def get_config():
   config.model_kwargs = ml_collections.ConfigDict({
       'stem': 'whitening', 'block_features': (64, 256, 256), 'activation': 'gelu',
       'batchnorm_scale': False, 'logit_scale': 1 / 9})
-  config.trainable = '^(?!stem/kernel)'   # The whitening filters stay as the data made them.
+  # The whitening filters stay as the data made them (with stem='conv', set '.*' again).
+  config.trainable = '^(?!stem/kernel)'
   config.num_epochs = 20
   config.learning_rate = 0.3
   config.warmup_steps = 390            # One epoch of 50,000 / 128.
