@@ -1,6 +1,5 @@
 """What users really feed cnnjax: each bad input ends in one line, exit status 2, and leaves
 the workdir as it was (or never made)."""
-import gzip
 import os
 import subprocess
 import sys
@@ -77,6 +76,11 @@ def with_data(*extra):
   return lambda data, tmp_path: [f'--config.local_data_dir={data}', *extra]
 
 
+def config_with_data(name, *extra):
+  return lambda data, tmp_path: [f'--config={REPO_ROOT}/configs/{name}.py',
+                                 f'--config.local_data_dir={data}', *extra]
+
+
 def config_file(text):
   def make(data, tmp_path):
     path = tmp_path / 'my_config.py'
@@ -101,6 +105,13 @@ MAIN_CASES = {
     'model option the config file does not set': (
         with_data('--config.model_kwargs.batch_norm=True'),
         'config.model_kwargs.batch_norm is not set by this config file'),
+    'unknown model option value (cnn_fast)': (
+        config_with_data('cifar10_best', '--config.dataset=fashion_mnist',
+                         '--config.model_kwargs.activation=relu6'),
+        "Unknown activation 'relu6' (config.model_kwargs.activation)"),
+    'unknown model option value (VGG16)': (
+        config_with_data('vgg_scratch_he', '--config.model_kwargs.kernel_init=he_uniform'),
+        "Unknown kernel_init 'he_uniform'"),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
     'test-time shift as large as the image': (
         with_data('--config.augment.translate_test=28'),

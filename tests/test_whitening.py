@@ -6,8 +6,8 @@ import pytest
 
 from cnnjax.models import build_model
 from cnnjax.models import whitening
-from tests.helpers import (assert_same_run, final_state, load_config, load_dataset, shrink,
-                           train_and_evaluate)
+from tests.helpers import (assert_same_run, experiment, final_state, load_config, load_dataset,
+                           shrink, tiny_image_tree, train_and_evaluate)
 
 
 def correlated_images(n=64, size=8, channels=3, seed=0):
@@ -58,10 +58,11 @@ def test_a_whitening_stem_has_twice_its_patch_size_in_filters_a_bias_and_no_batc
           + 9 * 64 * (8 * channels - 24))                   # block0_conv0 sees the new width.
 
 
-def test_an_unknown_stem_is_named():
-  with pytest.raises(ValueError, match="Unknown stem 'whiten'.*conv, whitening"):
-    build_model('cnn_fast', 10, kwargs={'stem': 'whiten'}).init(
-        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+@pytest.mark.parametrize('field,value,choices', [('stem', 'whiten', 'conv, whitening'),
+                                                  ('activation', 'relu6', 'relu, gelu')])
+def test_an_unknown_stem_or_activation_fails_when_the_model_is_built(field, value, choices):
+  with pytest.raises(ValueError, match=f"Unknown {field} '{value}'.*{choices}"):
+    build_model('cnn_fast', 10, kwargs={field: value})
 
 
 def whitening_config(steps):
@@ -87,3 +88,19 @@ def test_a_run_starts_from_the_datas_filters_keeps_them_and_resumes_bitwise(tmp_
   assert 'kernel' not in state.params['stem']           # Frozen: config.trainable leaves it out,
   np.testing.assert_array_equal(state.frozen_params['stem']['kernel'], expected)
   assert np.any(state.params['stem']['bias'] != 0)      # while its bias trains.
+
+
+def test_the_filters_are_the_same_from_a_held_or_a_streamed_split():
+  tree = tiny_image_tree()
+  held, streamed = (load_dataset('image_folder', local_data_dir=tree, image_size=32, channels=3,
+                                 data_in_memory=mode).train for mode in ('true', 'false'))
+  assert streamed.streamed and not held.streamed
+  config = shrink(load_config('cifar10_best'), dataset='image_folder', local_data_dir=tree,
+                  image_size=32, channels=3)
+  setup = experiment(config)
+  kernels = [setup.init_from_data(setup.variables, split)['params']['stem']['kernel']
+             for split in (held, streamed)]
+  np.testing.assert_array_equal(kernels[0], kernels[1])
+  images, _ = held.read(np.arange(len(held)))
+  np.testing.assert_array_equal(kernels[0],
+                                whitening.whitening_kernel(images.astype(np.float32) / 255.0, 2))

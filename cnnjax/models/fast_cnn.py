@@ -45,17 +45,20 @@ class FastCNN(nn.Module):
   trainable_pattern: str = '.*'
   dtype: Any = jnp.float32
 
-  def activate(self, x: jax.Array, name: str) -> jax.Array:
-    return nn.gelu(x) if self.activation == 'gelu' else layers.ReLU(name=name)(x)
-
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
+  def __post_init__(self):
+    # At construction: the config check builds the model, so a typo fails before any run.
     for field, value, choices in (('stem', self.stem, STEMS),
                                   ('activation', self.activation, ACTIVATIONS)):
       if value not in choices:
         raise ValueError(f'Unknown {field} {value!r} (config.model_kwargs.{field}). '
                          f'Choose one of {", ".join(choices)}.')
+    super().__post_init__()
 
+  def activate(self, x: jax.Array, name: str) -> jax.Array:
+    return nn.gelu(x) if self.activation == 'gelu' else layers.ReLU(name=name)(x)
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
     def conv_bn_act(x, features, kernel, padding, name, pool=False):
       x = layers.Conv(features, kernel, padding=padding, use_bias=False,
                       kernel_init=layers.KERNEL_INITS['he_normal'], dtype=self.dtype, name=name)(x)

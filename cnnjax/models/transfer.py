@@ -87,15 +87,11 @@ class TransferClassifier(nn.Module):
   kernel_init: str = 'glorot_uniform'
   width: float = 1.0
 
-  @nn.compact
-  def __call__(self, x: jax.Array, train: bool = False, part: str = 'all') -> jax.Array:
-    """Logits of images (`part='all'`), backbone features of images (`'features'`) or
-    logits of such features (`'head'`); the parameters are the same in every case."""
+  def __post_init__(self):
+    # At construction: the config check builds the model, so a typo fails before any run.
     if self.input_adapter not in INPUT_ADAPTERS:
       raise ValueError(f'Unknown input_adapter {self.input_adapter!r}; '
                        f'expected one of {INPUT_ADAPTERS}.')
-    if part not in PARTS:
-      raise ValueError(f'Unknown part {part!r}; expected one of {PARTS}.')
     if self.kernel_init not in layers.KERNEL_INITS:
       raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; expected one of '
                        f'{sorted(layers.KERNEL_INITS)}.')
@@ -103,6 +99,14 @@ class TransferClassifier(nn.Module):
                                      or self.kernel_init != 'glorot_uniform'):
       raise ValueError('model_kwargs batch_norm, width and kernel_init apply to the vgg16 '
                        f'backbone only, not {self.backbone}.')
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False, part: str = 'all') -> jax.Array:
+    """Logits of images (`part='all'`), backbone features of images (`'features'`) or
+    logits of such features (`'head'`); the parameters are the same in every case."""
+    if part not in PARTS:
+      raise ValueError(f'Unknown part {part!r}; expected one of {PARTS}.')
     if part != 'head':
       size = self.image_size
       # Bilinear with half-pixel centres, as Keras' Resizing layer (upsampling,
