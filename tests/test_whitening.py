@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from cnnjax.data import pipeline
 from cnnjax.models import build_model
 from cnnjax.models import whitening
 from tests.helpers import (assert_same_run, experiment, final_state, load_config, load_dataset,
@@ -83,7 +84,7 @@ def test_a_run_starts_from_the_datas_filters_keeps_them_and_resumes_bitwise(tmp_
 
   train = load_dataset('cifar10').train   # Mock data: all its examples are the sample.
   images, _ = train.read(np.arange(len(train)))
-  expected = whitening.whitening_kernel(images.astype(np.float32) / 255.0, 2)
+  expected = whitening.whitening_kernel(np.asarray(pipeline.to_inputs(images)), 2)
   state = jax.device_get(final_state(config, straight))
   assert 'kernel' not in state.params['stem']           # Frozen: config.trainable leaves it out,
   np.testing.assert_array_equal(state.frozen_params['stem']['kernel'], expected)
@@ -102,5 +103,5 @@ def test_the_filters_are_the_same_from_a_held_or_a_streamed_split():
              for split in (held, streamed)]
   np.testing.assert_array_equal(kernels[0], kernels[1])
   images, _ = held.read(np.arange(len(held)))
-  np.testing.assert_array_equal(kernels[0],
-                                whitening.whitening_kernel(images.astype(np.float32) / 255.0, 2))
+  expected = whitening.whitening_kernel(np.asarray(pipeline.to_inputs(images)), 2)
+  np.testing.assert_array_equal(kernels[0], expected)
