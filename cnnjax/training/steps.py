@@ -7,7 +7,7 @@ are kept apart from the trainable ones (see `params`). Dropout keys derive
 from (seed, step), so a step is a pure function of its inputs.
 """
 import functools
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import flax.linen as nn
@@ -126,16 +126,32 @@ def train_step(state: TrainState, images: jax.Array, labels: jax.Array, running:
   return new_state, running.merge(batch_metrics), loss.mean()
 
 
+def in_chunks(fun: Callable[[jax.Array], jax.Array], inputs: jax.Array,
+              chunk_size: int | None) -> jax.Array:
+  """`fun(inputs)` for a `fun` that treats each example on its own, run over chunks of at
+  most `chunk_size` examples one after the other (`lax.map`; the last chunk zero-padded)."""
+  size = len(inputs)
+  if not chunk_size or size <= chunk_size:
+    return fun(inputs)
+  chunks = -(-size // chunk_size)
+  chunk = -(-size // chunks)  # Even chunks: 250 goes as 5 x 50, 256 as 6 x 43 (2 padding).
+  padded = jnp.pad(inputs, [(0, chunks * chunk - size)] + [(0, 0)] * (inputs.ndim - 1))
+  outputs = jax.lax.map(fun, padded.reshape((chunks, chunk) + inputs.shape[1:]))
+  return outputs.reshape((chunks * chunk,) + outputs.shape[2:])[:size]
+
+
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
               *, model: nn.Module, part: str = 'all',
-              test_views: augment_lib.TestViews = augment_lib.TestViews()
-              ) -> tuple[Metrics, jax.Array, jax.Array]:
+              test_views: augment_lib.TestViews = augment_lib.TestViews(),
+              chunk_size: int | None = None) -> tuple[Metrics, jax.Array, jax.Array]:
   """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
-  labels (gathered: each process has only its rows of the batch, the report needs all)."""
+  labels (gathered: each process has only its rows of the batch, the report needs all).
+  `chunk_size`: the model sees the batch in chunks of this many examples (`in_chunks`)."""
   inputs, part_kwargs = _model_inputs(images, part)
   variables = state.evaluation_variables
-  logits = augment_lib.test_logits(
-      lambda x: model.apply(variables, x, train=False, **part_kwargs), inputs, test_views)
+  logits = in_chunks(functools.partial(
+      augment_lib.test_logits, lambda x: model.apply(variables, x, train=False, **part_kwargs),
+      views=test_views), inputs, chunk_size)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
@@ -175,8 +191,11 @@ class Trainer:
         functools.partial(activation_statistics, model=model, part=part),
         out_shardings=replicated)
     # Predictions and labels come back replicated: every process can read all of them.
+    # Cached features go through a dense head: chunks pay off for convolutions only.
+    chunk_size = compilation.eval_chunk_size() if part == 'all' else None
     self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part,
-                                                       test_views=test_views),
+                                                       test_views=test_views,
+                                                       chunk_size=chunk_size),
                                      out_shardings=(replicated, replicated, replicated))
 
   def empty_metrics(self) -> Metrics:
