@@ -1,8 +1,9 @@
 """cnnjax's op rewrites and compiler options against what they replace, in one run.
 
 Max pooling, convolutions compiled with `cnnjax.compilation`'s options
-against XLA's defaults, pooling before the bias and ReLU, depthwise
-convolutions and hashed dropout masks, each against the op it replaces on CPU.
+against XLA's defaults, first-layer convolutions as products of patches,
+pooling before the bias and ReLU, depthwise convolutions and hashed dropout
+masks, each against the op it replaces on CPU.
 
 Each pair is checked for equal results first, then timed (jitted, median
 of repeated calls) on the shapes of the studies' CNNs at batch 64. Both
@@ -25,6 +26,8 @@ DEPTHWISE_SHAPES = ((64, 48, 48, 32, 1), (64, 48, 48, 96, 2), (64, 24, 24, 144, 
                     (64, 6, 6, 576, 1))  # MobileNetV2 at 96x96: (N, H, W, C, stride).
 CONV_SHAPES = ((64, 28, 28, 1, 32), (64, 28, 28, 32, 32), (64, 14, 14, 32, 64),
                (64, 14, 14, 64, 64), (64, 7, 7, 64, 128))
+# First layers (N, H, W, C, O, padding): cnn_simple's and cnn_deep's, cifar_cnn's.
+IMAGE_CONV_SHAPES = ((64, 28, 28, 1, 32, 'SAME'), (64, 32, 32, 3, 32, 'VALID'))
 # The inputs of cnn_deep's dropout layers at batch 64 (three blocks, the head), at once.
 DROPOUT_SHAPES = ((64, 14, 14, 32), (64, 7, 7, 64), (64, 3, 3, 128), (64, 256))
 
@@ -49,8 +52,10 @@ def _reference_conv(x, w):
                                   dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
 
 
-def _conv_relu_pool(params, x):
-  return layers.max_pool_2x2(jax.nn.relu(_reference_conv(x, params['kernel']) + params['bias']))
+def _conv_relu_pool(params, x):  # With the convolution PoolingConv runs (`layers`).
+  y = layers.conv_general_dilated(x, params['kernel'], (1, 1), 'SAME',
+                                  dimension_numbers=layers.NHWC)
+  return layers.max_pool_2x2(jax.nn.relu(y + params['bias']))
 
 
 def _pooling_conv(params, x):
@@ -69,6 +74,32 @@ def _assert_equal_up_to_summation_order(ours, reference, tolerance: float = 1e-5
 def _gradients(fn):
   """Gradients with respect to both arguments: what a train step needs of a layer."""
   return jax.grad(lambda a, b, g: jnp.vdot(fn(a, b), g), argnums=(0, 1))
+
+
+def _image_conv_rows(rng) -> list[dict]:
+  """A first layer's convolution, XLA's against `layers.conv_general_dilated`'s patches:
+  forward (evaluation) and forward with the kernel gradient (training: a first layer needs
+  no input gradient)."""
+  rows = []
+  for n, h, w, cin, cout, padding in IMAGE_CONV_SHAPES:
+    x = jnp.asarray(rng.uniform(size=(n, h, w, cin)), jnp.float32)
+    kernel = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
+    xla = lambda x, k, padding=padding: lax.conv_general_dilated(
+        x, k, (1, 1), padding, dimension_numbers=layers.NHWC)
+    ours = lambda x, k, padding=padding: layers.conv_general_dilated(
+        x, k, (1, 1), padding, dimension_numbers=layers.NHWC)
+    g = jnp.asarray(rng.normal(size=xla(x, kernel).shape), jnp.float32)
+    kernel_grad = lambda conv: jax.grad(lambda k, x, g: jnp.vdot(jax.nn.relu(conv(x, k)), g))
+    _assert_equal_up_to_summation_order(compilation.jit(ours)(x, kernel), xla(x, kernel))
+    _assert_equal_up_to_summation_order(compilation.jit(kernel_grad(ours))(kernel, x, g),
+                                        compilation.jit(kernel_grad(xla))(kernel, x, g))
+    shape = (n, h, w, cin, cout)
+    rows.append({'op': f'image conv3x3 {padding} forward, XLA conv vs patches', 'shape': shape,
+                 'reference_ms': median_ms(xla, x, kernel), 'cnnjax_ms': median_ms(ours, x, kernel)})
+    rows.append({'op': f'image conv3x3 {padding} forward+kernel gradient, XLA conv vs patches',
+                 'shape': shape, 'reference_ms': median_ms(kernel_grad(xla), kernel, x, g),
+                 'cnnjax_ms': median_ms(kernel_grad(ours), kernel, x, g)})
+  return rows
 
 
 def _dropout_row(rng) -> dict:
@@ -151,6 +182,7 @@ def run() -> dict:
     rows.append({'op': f'depthwise3x3 stride {stride} gradients', 'shape': (n, h, w, c),
                  'reference_ms': median_ms(_gradients(grouped), x, kernel, g),
                  'cnnjax_ms': median_ms(_gradients(ours), x, kernel, g)})
+  rows.extend(_image_conv_rows(rng))
   rows.append(_dropout_row(rng))
   for row in rows:
     row['ratio'] = row['cnnjax_ms'] / row['reference_ms']

@@ -110,6 +110,57 @@ def test_cpu_steps_compile_convolutions_without_ynnpack():
   np.testing.assert_array_equal(compilation.jit(conv)(x, w), jax.jit(conv)(x, w))
 
 
+def _xla_conv(x, kernel, padding, strides=(1, 1)):
+  return lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=layers.NHWC)
+
+
+def _conv_outputs_and_gradients(conv, x, kernel, g):
+  y, pullback = jax.vjp(conv, x, kernel)
+  return (y, *pullback(g))
+
+
+@pytest.mark.parametrize('channels,kernel_size,padding', [
+    (1, (3, 3), 'SAME'), (3, (3, 3), 'VALID'), (2, (2, 3), ((1, 0), (2, 1))), (3, (5, 5), 'SAME')])
+def test_patches_conv_equals_xla_conv_values_and_gradients(channels, kernel_size, padding):
+  """A first layer's convolution as patches: XLA's values, input and kernel gradients (up to
+  summation order), for any kernel size and padding."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(4, 11, 9, channels)), jnp.float32)
+  kernel = jnp.asarray(rng.normal(size=kernel_size + (channels, 6)), jnp.float32)
+  conv = lambda x, k: layers.conv_general_dilated(x, k, (1, 1), padding,
+                                                  dimension_numbers=layers.NHWC)
+  reference = lambda x, k: _xla_conv(x, k, padding)
+  g = jnp.asarray(rng.normal(size=reference(x, kernel).shape), jnp.float32)
+  ours = _conv_outputs_and_gradients(conv, x, kernel, g)
+  for a, b in zip(ours, _conv_outputs_and_gradients(reference, x, kernel, g)):
+    assert a.shape == b.shape
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
+  # The path taken: a product of patches, no convolution (forward or gradients).
+  jaxpr = str(jax.make_jaxpr(lambda x, k: jax.grad(lambda k: conv(x, k).sum())(k))(x, kernel))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+
+
+@pytest.mark.parametrize('channels,strides', [(4, (1, 1)), (3, (2, 2))])
+def test_other_convolutions_stay_xla_convolutions(channels, strides):
+  """More channels than an image's, or a stride: XLA's convolution, bitwise."""
+  x, kernel = jnp.ones((2, 8, 8, channels)), jnp.ones((3, 3, channels, 5))
+  conv = lambda x, k: layers.conv_general_dilated(x, k, strides, 'SAME',
+                                                  dimension_numbers=layers.NHWC)
+  assert 'conv_general_dilated' in str(jax.make_jaxpr(conv)(x, kernel))
+  np.testing.assert_array_equal(conv(x, kernel), _xla_conv(x, kernel, 'SAME', strides))
+
+
+def test_flax_conv_layer_uses_the_patches_convolution():
+  """`layers.Conv` (and so every model's first conv) goes through `conv_general_dilated`,
+  with the same parameters and values as a plain Flax conv."""
+  x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 1)), jnp.float32)
+  ours, plain = layers.Conv(4, (3, 3)), nn.Conv(4, (3, 3), kernel_init=layers.keras_kernel_init)
+  variables = ours.init(jax.random.PRNGKey(0), x)
+  jax.tree.map(np.testing.assert_array_equal, variables, plain.init(jax.random.PRNGKey(0), x))
+  assert 'conv_general_dilated' not in str(jax.make_jaxpr(ours.apply)(variables, x))
+  np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+
+
 @pytest.mark.parametrize('strides,padding', [((1, 1), 'SAME'), ((2, 2), 'VALID'),
                                              ((2, 2), ((0, 1), (0, 1)))])
 def test_depthwise_conv_equals_grouped_conv(strides, padding):

@@ -18,16 +18,88 @@ keras_kernel_init = nn.initializers.glorot_uniform()
 keras_bias_init = nn.initializers.zeros
 
 
+PATCHES_MAX_CHANNELS = 3  # Input channels up to which a CPU convolution goes as patches.
+NHWC = ('NHWC', 'HWIO', 'NHWC')
+
+
 class Dense(nn.Dense):
   """`nn.Dense` with Keras' default initialisers."""
   kernel_init: Callable = keras_kernel_init
   bias_init: Callable = keras_bias_init
 
 
+def _window_patches(x: jax.Array, kernel_size: tuple[int, int]) -> jax.Array:
+  """(N, H, W, C) -> (N, H - kh + 1, W - kw + 1, kh * kw * C): each output position's
+  'valid' window, flattened in the order of a (kh, kw, C, O) kernel's first three axes."""
+  kh, kw = kernel_size
+  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  return jnp.concatenate([x[:, i:i + out_h, j:j + out_w] for i in range(kh) for j in range(kw)],
+                         axis=-1)
+
+
+def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
+                         padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
+                         rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
+                         precision=None, **kwargs) -> jax.Array:
+  """`lax.conv_general_dilated`; on CPU, a stride-1 NHWC convolution of an input with at most
+  `PATCHES_MAX_CHANNELS` channels (an image) is a matrix product of its patches instead.
+
+  XLA:CPU's convolution has too little to multiply per pixel with one or three
+  input channels, and its kernel gradient transposes the output gradient, the
+  layer's largest tensor, first. The patches (kh * kw * C values per pixel) are
+  small for such inputs, and the matrix product and its gradient read the
+  output gradient as it lies (`experiments/benchmark.py --ops` times both ways;
+  figures in `experiments/results/`). Same values and gradients up to float
+  summation order. Other backends, and every other convolution, go to XLA.
+  """
+  dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
+  if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or tuple(window_strides) != (1, 1)
+      or dilated or feature_group_count != 1 or kwargs
+      or lhs.shape[-1] > PATCHES_MAX_CHANNELS or dimension_numbers is None
+      or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
+      != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)):
+    return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
+                                    rhs_dilation, dimension_numbers, feature_group_count,
+                                    precision=precision, **kwargs)
+  kh, kw, channels, features = rhs.shape
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
+  patches = _window_patches(jnp.pad(lhs, ((0, 0), *padding, (0, 0))), (kh, kw))
+  return _patches_matmul(patches, rhs.reshape(kh * kw * channels, features))
+
+
+@jax.custom_vjp
+def _patches_matmul(patches: jax.Array, kernel: jax.Array) -> jax.Array:
+  """(N, H, W, K) patches times a (K, O) kernel.
+
+  The kernel's gradient is written out as one product contracting every
+  position of the patches and of the output gradient as they lie: from JAX's
+  own rule for `matmul`, XLA laid the output gradient out transposed (a copy of
+  the layer's largest tensor) and ran a product 1.4x slower than the
+  convolution it replaces.
+  """
+  return patches @ kernel
+
+
+def _patches_matmul_fwd(patches, kernel):
+  return patches @ kernel, (patches, kernel)
+
+
+def _patches_matmul_bwd(residuals, grad):
+  patches, kernel = residuals
+  grad_kernel = lax.dot_general(patches.reshape(-1, patches.shape[-1]),
+                                grad.reshape(-1, grad.shape[-1]), (((0,), (0,)), ((), ())))
+  return grad @ kernel.T, grad_kernel  # A first layer's input gradient is left to XLA's DCE.
+
+
+_patches_matmul.defvjp(_patches_matmul_fwd, _patches_matmul_bwd)
+
+
 class Conv(nn.Conv):
-  """`nn.Conv` with Keras' default initialisers."""
+  """`nn.Conv` with Keras' default initialisers (and `conv_general_dilated` above)."""
   kernel_init: Callable = keras_kernel_init
   bias_init: Callable = keras_bias_init
+  conv_general_dilated: Callable = conv_general_dilated
 
 
 def _windows_2x2(x: jax.Array) -> jax.Array:
@@ -156,8 +228,7 @@ class PoolingConv(nn.Module):
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = lax.conv_general_dilated(x, kernel, (1, 1), self.padding,
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    y = conv_general_dilated(x, kernel, (1, 1), self.padding, dimension_numbers=NHWC)
     return max_pool_2x2(y) + bias
 
 
