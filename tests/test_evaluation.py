@@ -8,6 +8,7 @@ from cnnjax import compilation
 from cnnjax import sharding
 from cnnjax.data import datasets
 from cnnjax.data import pipeline
+from cnnjax.training import augment
 from cnnjax.training import steps
 from tests.helpers import experiment, load_config
 
@@ -28,17 +29,26 @@ def test_in_chunks_equals_one_call_on_every_example(size, chunk_size, expected_c
   assert seen == [expected_chunk]
 
 
-def test_evaluation_in_chunks_gives_the_whole_batch_logits():
-  """cnn_deep's evaluation step over a padded split: with chunks, the predictions and
-  metrics of the model applied to all the images at once."""
-  config = load_config('cnn_deep')
+@pytest.mark.parametrize('name,overrides', [
+    ('cnn_deep', {}),
+    # Test-time views inside each chunk: flips, and shifts with reflected padding.
+    ('cifar10_best', {'augment.translate_test': 2,
+                      'model_kwargs.block_features': (8, 16, 16)})])
+def test_evaluation_in_chunks_gives_the_whole_batch_logits(name, overrides):
+  """An evaluation step over a padded split: with chunks, the predictions and metrics of the
+  model (and its test-time views) applied to all the images at once."""
+  config = load_config(name)
   config.eval_batch_size = 128  # Three chunks of 43 (one of padding); 263 = 128 + 128 + 7.
+  for key, value in overrides.items():
+    section, field = key.split('.')
+    config[section][field] = value
   exp = experiment(config)
   mesh = sharding.create_mesh()
   state = jax.device_put(exp.initial_state(), sharding.replicated(mesh))
   rng = np.random.default_rng(0)
   n = 263
-  split = datasets.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+  image_shape = (28, 28, 1) if config.dataset == 'fashion_mnist' else (32, 32, 3)
+  split = datasets.Split(rng.integers(0, 256, (n,) + image_shape, dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32))
   trainer = exp.trainer(0, mesh, config.eval_batch_size)
   batch = sharding.put_global_batch(mesh, next(iter(
@@ -46,7 +56,9 @@ def test_evaluation_in_chunks_gives_the_whole_batch_logits():
   lowered = trainer.eval_step.lower(state, *batch).as_text()
   assert ('while' in lowered) == (compilation.eval_chunk_size() is not None)
   metrics, predicted, labels = trainer.evaluate(state, split)
-  logits = exp.model.apply(state.variables, split.images / np.float32(255.0))
+  variables = state.evaluation_variables
+  logits = augment.test_logits(lambda x: exp.model.apply(variables, x),
+                               split.images / np.float32(255.0), exp.test_views)
   np.testing.assert_array_equal(labels, split.labels)
   np.testing.assert_array_equal(predicted, np.argmax(logits, -1))
   log_probs = logits - jax.nn.logsumexp(logits, -1, keepdims=True)
