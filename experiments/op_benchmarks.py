@@ -26,8 +26,10 @@ DEPTHWISE_SHAPES = ((64, 48, 48, 32, 1), (64, 48, 48, 96, 2), (64, 24, 24, 144, 
                     (64, 6, 6, 576, 1))  # MobileNetV2 at 96x96: (N, H, W, C, stride).
 CONV_SHAPES = ((64, 28, 28, 1, 32), (64, 28, 28, 32, 32), (64, 14, 14, 32, 64),
                (64, 14, 14, 64, 64), (64, 7, 7, 64, 128))
-# First layers (N, H, W, C, O, padding): cnn_simple's and cnn_deep's, cifar_cnn's.
-IMAGE_CONV_SHAPES = ((64, 28, 28, 1, 32, 'SAME'), (64, 32, 32, 3, 32, 'VALID'))
+# First layers (N, H, W, C, O, padding): cnn_simple's and cnn_deep's, cifar_cnn's; then two
+# that `layers.conv_general_dilated` leaves to XLA (64 features; a 96x96 image).
+IMAGE_CONV_SHAPES = ((64, 28, 28, 1, 32, 'SAME'), (64, 32, 32, 3, 32, 'VALID'),
+                     (64, 32, 32, 3, 64, 'SAME'), (16, 96, 96, 3, 32, 'SAME'))
 # The inputs of cnn_deep's dropout layers at batch 64 (three blocks, the head), at once.
 DROPOUT_SHAPES = ((64, 14, 14, 32), (64, 7, 7, 64), (64, 3, 3, 128), (64, 256))
 
@@ -77,17 +79,16 @@ def _gradients(fn):
 
 
 def _image_conv_rows(rng) -> list[dict]:
-  """A first layer's convolution, XLA's against `layers.conv_general_dilated`'s patches:
-  forward (evaluation) and forward with the kernel gradient (training: a first layer needs
-  no input gradient)."""
+  """A first layer's convolution, XLA's against patches (`layers.patches_conv`): forward
+  (evaluation) and forward with the kernel gradient (training: a first layer needs no input
+  gradient)."""
   rows = []
   for n, h, w, cin, cout, padding in IMAGE_CONV_SHAPES:
     x = jnp.asarray(rng.uniform(size=(n, h, w, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
     xla = lambda x, k, padding=padding: lax.conv_general_dilated(
         x, k, (1, 1), padding, dimension_numbers=layers.NHWC)
-    ours = lambda x, k, padding=padding: layers.conv_general_dilated(
-        x, k, (1, 1), padding, dimension_numbers=layers.NHWC)
+    ours = lambda x, k, padding=padding: layers.patches_conv(x, k, padding)
     g = jnp.asarray(rng.normal(size=xla(x, kernel).shape), jnp.float32)
     kernel_grad = lambda conv: jax.grad(lambda k, x, g: jnp.vdot(jax.nn.relu(conv(x, k)), g))
     _assert_equal_up_to_summation_order(compilation.jit(ours)(x, kernel), xla(x, kernel))

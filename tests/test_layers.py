@@ -140,10 +140,12 @@ def test_patches_conv_equals_xla_conv_values_and_gradients(channels, kernel_size
   assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
 
 
-@pytest.mark.parametrize('channels,strides', [(4, (1, 1)), (3, (2, 2))])
-def test_other_convolutions_stay_xla_convolutions(channels, strides):
-  """More channels than an image's, or a stride: XLA's convolution, bitwise."""
-  x, kernel = jnp.ones((2, 8, 8, channels)), jnp.ones((3, 3, channels, 5))
+@pytest.mark.parametrize('channels,features,size,strides', [
+    (4, 5, 8, (1, 1)), (3, 5, 8, (2, 2)), (3, 64, 8, (1, 1)), (1, 5, 33, (1, 1))])
+def test_other_convolutions_stay_xla_convolutions(channels, features, size, strides):
+  """More channels than an image's, a stride, more features or pixels than the patches
+  bounds: XLA's convolution, bitwise."""
+  x, kernel = jnp.ones((2, size, size, channels)), jnp.ones((3, 3, channels, features))
   conv = lambda x, k: layers.conv_general_dilated(x, k, strides, 'SAME',
                                                   dimension_numbers=layers.NHWC)
   assert 'conv_general_dilated' in str(jax.make_jaxpr(conv)(x, kernel))

@@ -18,7 +18,9 @@ keras_kernel_init = nn.initializers.glorot_uniform()
 keras_bias_init = nn.initializers.zeros
 
 
-PATCHES_MAX_CHANNELS = 3  # Input channels up to which a CPU convolution goes as patches.
+# The CPU convolutions that go as patches (see `conv_general_dilated`): at most this many
+# input channels, output features and input pixels.
+PATCHES_MAX_CHANNELS, PATCHES_MAX_FEATURES, PATCHES_MAX_PIXELS = 3, 32, 32 * 32
 NHWC = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -41,31 +43,41 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
                          padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
                          precision=None, **kwargs) -> jax.Array:
-  """`lax.conv_general_dilated`; on CPU, a stride-1 NHWC convolution of an input with at most
-  `PATCHES_MAX_CHANNELS` channels (an image) is a matrix product of its patches instead.
+  """`lax.conv_general_dilated`; on CPU, the stride-1 NHWC convolution of a small image (the
+  `PATCHES_MAX_*` bounds) is a matrix product of its patches instead.
 
   XLA:CPU's convolution has too little to multiply per pixel with one or three
   input channels, and its kernel gradient transposes the output gradient, the
   layer's largest tensor, first. The patches (kh * kw * C values per pixel) are
   small for such inputs, and the matrix product and its gradient read the
   output gradient as it lies (`experiments/benchmark.py --ops` times both ways;
-  figures in `experiments/results/`). Same values and gradients up to float
-  summation order. Other backends, and every other convolution, go to XLA.
+  figures in `experiments/results/`). The studies' first layers (28x28x1 and
+  32x32x3 to 32 features) run faster so; with 64 features, or on 96x96 and
+  larger images, the patches' kernel gradient was the slower one, so those stay
+  XLA's. Same values and gradients up to float summation order. Other backends,
+  and every other convolution, go to XLA.
   """
   dilated = any(d != 1 for d in (*(lhs_dilation or ()), *(rhs_dilation or ())))
   if (jax.default_backend() != 'cpu' or lhs.ndim != 4 or tuple(window_strides) != (1, 1)
       or dilated or feature_group_count != 1 or kwargs
-      or lhs.shape[-1] > PATCHES_MAX_CHANNELS or dimension_numbers is None
+      or lhs.shape[-1] > PATCHES_MAX_CHANNELS or rhs.shape[-1] > PATCHES_MAX_FEATURES
+      or lhs.shape[1] * lhs.shape[2] > PATCHES_MAX_PIXELS or dimension_numbers is None
       or lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
       != lax.conv_dimension_numbers(lhs.shape, rhs.shape, NHWC)):
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
-  kh, kw, channels, features = rhs.shape
+  return patches_conv(lhs, rhs, padding)
+
+
+def patches_conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]]
+                 ) -> jax.Array:
+  """The stride-1 NHWC / HWIO convolution of `x` as its patches times the kernel."""
+  kh, kw, channels, features = kernel.shape
   if isinstance(padding, str):
-    padding = lax.padtype_to_pads(lhs.shape[1:3], (kh, kw), (1, 1), padding)
-  patches = _window_patches(jnp.pad(lhs, ((0, 0), *padding, (0, 0))), (kh, kw))
-  return _patches_matmul(patches, rhs.reshape(kh * kw * channels, features))
+    padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
+  patches = _window_patches(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw))
+  return _patches_matmul(patches, kernel.reshape(kh * kw * channels, features))
 
 
 @jax.custom_vjp
