@@ -9,6 +9,7 @@ Each pair is checked for equal results first, then timed (jitted, median
 of repeated calls) on the shapes of the studies' CNNs at batch 64. Both
 sides of a row compile with cnnjax's options unless the row compares them.
 """
+import functools
 import statistics
 import time
 
@@ -49,9 +50,8 @@ def _reference_pool(x):
   return nn.max_pool(x, (2, 2), (2, 2), 'VALID')
 
 
-def _reference_conv(x, w):
-  return lax.conv_general_dilated(x, w, (1, 1), 'SAME',
-                                  dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+def _reference_conv(x, w, padding='SAME'):
+  return lax.conv_general_dilated(x, w, (1, 1), padding, dimension_numbers=layers.NHWC)
 
 
 def _conv_relu_pool(params, x):  # With the convolution PoolingConv runs (`layers`).
@@ -86,9 +86,8 @@ def _image_conv_rows(rng) -> list[dict]:
   for n, h, w, cin, cout, padding in IMAGE_CONV_SHAPES:
     x = jnp.asarray(rng.uniform(size=(n, h, w, cin)), jnp.float32)
     kernel = jnp.asarray(rng.normal(size=(3, 3, cin, cout)), jnp.float32)
-    xla = lambda x, k, padding=padding: lax.conv_general_dilated(
-        x, k, (1, 1), padding, dimension_numbers=layers.NHWC)
-    ours = lambda x, k, padding=padding: layers.patches_conv(x, k, padding)
+    xla = functools.partial(_reference_conv, padding=padding)
+    ours = functools.partial(layers.patches_conv, padding=padding)
     g = jnp.asarray(rng.normal(size=xla(x, kernel).shape), jnp.float32)
     kernel_grad = lambda conv: jax.grad(lambda k, x, g: jnp.vdot(jax.nn.relu(conv(x, k)), g))
     _assert_equal_up_to_summation_order(compilation.jit(ours)(x, kernel), xla(x, kernel))
@@ -168,7 +167,7 @@ def run() -> dict:
 
     def grouped(x, kernel, stride=stride, padding=padding):
       return lax.conv_general_dilated(x, kernel, (stride, stride), padding,
-                                      dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+                                      dimension_numbers=layers.NHWC,
                                       feature_group_count=x.shape[-1])
 
     def ours(x, kernel, stride=stride, padding=padding):

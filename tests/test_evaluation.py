@@ -39,9 +39,7 @@ def test_evaluation_in_chunks_gives_the_whole_batch_logits(name, overrides):
   model (and its test-time views) applied to all the images at once."""
   config = load_config(name)
   config.eval_batch_size = 128  # Three chunks of 43 (one of padding); 263 = 128 + 128 + 7.
-  for key, value in overrides.items():
-    section, field = key.split('.')
-    config[section][field] = value
+  config.update_from_flattened_dict(overrides)
   exp = experiment(config)
   mesh = sharding.create_mesh()
   state = jax.device_put(exp.initial_state(), sharding.replicated(mesh))
@@ -65,4 +63,3 @@ def test_evaluation_in_chunks_gives_the_whole_batch_logits(name, overrides):
   expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), split.labels[:, None], 1))
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
   assert round(metrics['accuracy'] * n) == np.sum(predicted == split.labels)
-

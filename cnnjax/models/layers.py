@@ -270,8 +270,7 @@ def depthwise_conv(x: jax.Array, kernel: jax.Array, strides: tuple[int, int],
   channels = x.shape[-1]
   if jax.default_backend() != 'cpu':
     return lax.conv_general_dilated(x, kernel, strides, padding,
-                                    dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-                                    feature_group_count=channels)
+                                    dimension_numbers=NHWC, feature_group_count=channels)
   kh, kw = kernel.shape[:2]
   if isinstance(padding, str):
     padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), strides, padding)
