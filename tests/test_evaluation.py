@@ -45,7 +45,7 @@ def test_evaluation_in_chunks_gives_the_whole_batch_logits(name, overrides):
   state = jax.device_put(exp.initial_state(), sharding.replicated(mesh))
   rng = np.random.default_rng(0)
   n = 263
-  image_shape = (28, 28, 1) if config.dataset == 'fashion_mnist' else (32, 32, 3)
+  image_shape = tuple(datasets.describe(datasets.DataOptions.from_config(config)).image_shape)
   split = datasets.Split(rng.integers(0, 256, (n,) + image_shape, dtype=np.uint8),
                          rng.integers(0, 10, n).astype(np.int32))
   trainer = exp.trainer(0, mesh, config.eval_batch_size)
