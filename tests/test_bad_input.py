@@ -116,6 +116,10 @@ MAIN_CASES = {
     'test-time shift as large as the image': (
         with_data('--config.augment.translate_test=28'),
         'config.augment.translate_test=28 shifts 28x28 images by their whole size'),
+    'images too small for the model': (
+        with_data('--config.image_size=3'),
+        "Model 'cnn_simple' needs images of at least 4x4 pixels; these are 3x3",
+        '--config.image_size=4 or more'),
     'negative test-time shift': (with_data('--config.augment.translate_test=-1'),
                                  'config.augment.translate_test must be 0 (off) or a positive'),
     'num_train_steps zero': (with_data('--config.num_train_steps=0'),
@@ -130,12 +134,12 @@ MAIN_CASES = {
 
 @pytest.mark.parametrize('case', sorted(MAIN_CASES))
 def test_bad_input_to_main_is_one_line_and_makes_no_workdir(case, data, tmp_path):
-  make_args, message = MAIN_CASES[case]
+  make_args, *messages = MAIN_CASES[case]
   args = make_args(data, tmp_path)
   if not any(a.startswith('--config=') for a in args):
     args = [CNN_SIMPLE, *args]
   result = run_tool('cnnjax.main', [*args, f'--workdir={tmp_path}/run'], tmp_path)
-  assert_one_line_error(result, 'cnnjax', message)
+  assert_one_line_error(result, 'cnnjax', *messages)
   assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'run.lock')
 
 

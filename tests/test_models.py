@@ -1,4 +1,5 @@
 """Every study model has the study's parameter counts and Keras' train/eval behaviour."""
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,6 +9,7 @@ from cnnjax.data import datasets
 from cnnjax.models import build_model
 from cnnjax.models import mobilenet_v2
 from cnnjax.training import params as params_lib
+from cnnjax.training import setup
 from tests.helpers import ALL_CONFIGS, STUDY_CONFIGS, experiment, load_config
 
 # The studies' tables: (total, trainable), totals counting BatchNorm statistics as Keras does.
@@ -120,6 +122,28 @@ def test_unknown_model_and_option_are_named():
     build_model('resnet50', 10)
   with pytest.raises(ValueError, match=r"no option\(s\) \['hidden'\].*hidden_sizes"):
     build_model('mlp', 10, kwargs={'hidden': 3})
+
+
+@pytest.mark.parametrize('name, image_shape, smallest', [
+    ('cnn_simple', (3, 3, 1), 4),   # Two 2x2 pools.
+    ('cnn_deep', (2, 2, 1), 8),     # Three pools.
+    ('cifar_cnn', (8, 8, 3), 10),   # Valid 3x3 convs between its two pools.
+])
+def test_smallest_image_side_a_model_fits(name, image_shape, smallest):
+  model = build_model(name, 10)
+  assert setup.smallest_image_side(model, image_shape) == smallest
+  images = lambda side: jnp.zeros((1, side, side, image_shape[-1]))
+  model.init(jax.random.PRNGKey(0), images(smallest))  # Fits ...
+  with pytest.raises(Exception):
+    model.init(jax.random.PRNGKey(0), images(smallest - 1))  # ... and one pixel less does not.
+
+
+def test_a_failure_that_no_image_size_cures_is_not_called_a_size_problem():
+  class Broken(nn.Module):
+    @nn.compact
+    def __call__(self, x, train=False):
+      raise RuntimeError('a bug')
+  assert setup.smallest_image_side(Broken(), (8, 8, 1), largest=64) is None
 
 
 @pytest.mark.parametrize('name', ['mlp_256_128', 'cnn_simple', 'cnn_deep', 'cifar_cnn'])

@@ -139,6 +139,37 @@ def create_model(config: ml_collections.ConfigDict, num_classes: int,
                      config.half_precision)
 
 
+def _blank_images(image_shape: tuple[int, ...]) -> jax.Array:
+  return jnp.zeros((1,) + tuple(image_shape), jnp.float32)
+
+
+def smallest_image_side(model: nn.Module, image_shape: tuple[int, ...],
+                        largest: int = 1024) -> int | None:
+  """The smallest square side (up to `largest`) whose images `model` initialises on, where
+  those of `image_shape` failed; None if no size does (the failure is not about size).
+
+  Abstract initialisations only (`jax.eval_shape`): a dozen of them cost about one real one.
+  """
+  def fits(side: int) -> bool:
+    shape = (side, side) + tuple(image_shape[2:])
+    try:
+      jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _blank_images(shape), train=False))
+    except Exception:  # pylint: disable=broad-except
+      return False
+    return True
+
+  low = max(image_shape[:2])  # Fails; find a side that fits, then the smallest one.
+  high = low * 2
+  while not fits(high):
+    if high >= largest:
+      return None
+    low, high = high, min(high * 2, largest)
+  while high - low > 1:
+    middle = (low + high) // 2
+    low, high = (low, middle) if fits(middle) else (middle, high)
+  return high
+
+
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int
           ) -> Experiment:
   """The experiment of `config` on images of `image_shape` in `num_classes` classes."""
@@ -154,8 +185,16 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   recipe = recipes.Recipe.from_config(config)
   txs = tuple(recipes.create_optimizer(recipe, stage.learning_rate, 1) for stage in plan)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
-  initialised = models[0].init(init_rng, jnp.zeros((1,) + tuple(image_shape), jnp.float32),
-                               train=False)
+  try:
+    initialised = models[0].init(init_rng, _blank_images(image_shape), train=False)
+  except Exception as error:  # pylint: disable=broad-except
+    side = smallest_image_side(models[0], image_shape)
+    if side is None:
+      raise  # Not a matter of size: a bug, with its traceback.
+    raise ConfigError(
+        f'Model {config.model!r} needs images of at least {side}x{side} pixels; these are '
+        f'{image_shape[0]}x{image_shape[1]}, which its layers shrink to nothing. Resize them '
+        f'(--config.image_size={side} or more) or choose a model for small images.') from error
   # What a model carries (init also returns the ReLU statistics it was free to sow).
   variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
   return Experiment(tuple(plan), models, txs, variables, recipe,
