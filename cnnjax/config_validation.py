@@ -190,6 +190,9 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
                       f'{config.adam_update!r}.')
   if not config.learning_rate > 0:
     raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
+  # JAX keys hold 32 bits of the seed: 2**32 would initialise as 0 does.
+  if not isinstance(config.seed, int) or not 0 <= config.seed < 2 ** 32:
+    raise ConfigError(f'config.seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}.')
   _check_data(config)
   _check_recipe(config)
   selection.Selection.from_config(config)
