@@ -95,6 +95,15 @@ def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):
     datasets.load_dataset(options)
 
 
+def test_a_tree_of_one_class_is_an_error(tmp_path):
+  for split in ('train', 'test'):
+    os.makedirs(tmp_path / 'tree' / split / 'only')
+    Image.new('RGB', (4, 4)).save(tmp_path / 'tree' / split / 'only' / '0.png')
+  with pytest.raises(image_tree.LocalDataError, match=r'has one class folder \(only\); a '
+                     'classifier needs two or more'):
+    image_tree.class_names(str(tmp_path / 'tree'))
+
+
 def test_image_folder_needs_a_size(tmp_path):
   root = write_tree(str(tmp_path / 'plants'), per_class=1)
   with pytest.raises(datasets.ConfigError, match='--config.image_size'):

@@ -141,7 +141,12 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
 
 def class_names(root: str, split: str = 'train') -> tuple[str, ...]:
   """A tree's classes: its `split`'s class folders, sorted (label i = the i-th)."""
-  return tuple(sorted({f.cls for f in split_files(list_tree(root), root, split)}))
+  names = tuple(sorted({f.cls for f in split_files(list_tree(root), root, split)}))
+  if len(names) < 2:  # One softmax output: loss 0 and accuracy 1 whatever the images.
+    raise LocalDataError(f'{split}/ in {root} has one class folder ({names[0]}); a classifier '
+                         f'needs two or more: put each class\'s images in its own '
+                         f'{split}/<class>/ folder.')
+  return names
 
 
 def _check_classes(files: Sequence[TreeFile], split: str, root: str,
