@@ -32,18 +32,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_console_by_default()
-  # Imported after flags: keeps --help fast.
-  from cnnjax import sharding
-  from cnnjax import train
   from cnnjax.runs import preemption
-  from configs import default
-  if _MULTIHOST.value:
-    sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
-  config = _CONFIG.value
-  workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
-  # Errors in what the user gave us: one clear line, no traceback (see cnnjax.cli).
-  with cli.reporting_user_errors('cnnjax'):
+  # Errors in what the user gave us: one clear line, no traceback (see cnnjax.cli). A stop
+  # signal from here on, imports included, ends in one line too (see cnnjax.runs.preemption).
+  with cli.reporting_user_errors('cnnjax'), preemption.guard_signals():
     try:
+      # Imported after flags: keeps --help fast.
+      from cnnjax import sharding
+      from cnnjax import train
+      from configs import default
+      if _MULTIHOST.value:
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+      config = _CONFIG.value
+      workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
       train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
     except preemption.StopRequested as stop:

@@ -83,12 +83,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   """
   config_validation.validate_config(config, defaults)  # Before anything is read or written.
   with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
-    return _train_and_evaluate(config, workdir, defaults)
+    with preemption.guard_signals() as signals:
+      return _train_and_evaluate(config, workdir, defaults, signals)
 
 
 def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        defaults: ml_collections.ConfigDict) -> dict[str, Any]:
+                        defaults: ml_collections.ConfigDict,
+                        signals: preemption.SignalGuard) -> dict[str, Any]:
   # --- Describe the data, check the workdir, build the experiment, read the weights file.
+  signals.note = preemption.BEFORE_TRAINING
+  signals.stop_if_requested('before training started: nothing to save. Run the same command '
+                            'again to start.')
   data_options = datasets.DataOptions.from_config(config)
   spec = datasets.describe(data_options)  # An unknown dataset or a bad tree: nothing written.
   sharding.sync_processes('before preparing the workdir')
@@ -186,6 +191,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       datasets.write_spec(workdir, spec)
 
     # --- Train loop, stage by stage.
+    signals.stop_if_requested(
+        (f'before training resumed at step {int(state.step)}' if int(state.step) else
+         'before training started') + ': nothing new to save. Run the same command again to '
+        'continue.')
+    signals.note = preemption.WHILE_TRAINING
     inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh)
     guard = hooks.GuardHook(diagnostics.CollapseGuard(
         len(spec.class_names), config.collapse_guard.every_steps,
@@ -194,29 +204,29 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     rows = hooks.EpochRowHook(log, len(experiment.stages) > 1)
     chooser = ([hooks.SelectionHook(selection, progress, rows, best, log)]
                if selection.active else [])
-    with preemption.guard_signals() as signals:
-      loop = Loop(state, running, mesh=mesh, batch_size=config.batch_size, seed=config.seed,
-                  steps_per_epoch=steps_per_epoch, hooks=[
-                      hooks.ProgressHook(log), guard, rows, *chooser,
-                      hooks.CheckpointHook(checkpointer, config.checkpoint_every_steps, guard, {
-                          'pretrained': pretrained_info, 'data': data_fingerprints}),
-                      hooks.SignalHook(signals)], **timings)
-      loop.ended = progress.stopped  # Stopped early, before its results were written.
-      for stage, trainer in zip(experiment.stages, trainers):
-        end_step = stage.end_step(steps_per_epoch, total_steps)
-        if loop.ended:
-          break
-        if loop.step >= end_step:
-          continue
-        if stage_index != stage.index:
-          loop.state = jax.device_put(experiment.begin_stage(loop.state, stage.index), replicated)
-          stage_index = stage.index
-          log.announce(f'Stage {stage.name} from step {loop.step}: '
-                       f'{params_lib.count(loop.state.params)} parameters train, learning '
-                       f'rate {stage.learning_rate}.')
-        loop.run(trainer, inputs.stage_data(stage.cache_features, trainer.model,
-                                            loop.state.variables), end_step, stage)
+    loop = Loop(state, running, mesh=mesh, batch_size=config.batch_size, seed=config.seed,
+                steps_per_epoch=steps_per_epoch, hooks=[
+                    hooks.ProgressHook(log), guard, rows, *chooser,
+                    hooks.CheckpointHook(checkpointer, config.checkpoint_every_steps, guard, {
+                        'pretrained': pretrained_info, 'data': data_fingerprints}),
+                    hooks.SignalHook(signals)], **timings)
+    loop.ended = progress.stopped  # Stopped early, before its results were written.
+    for stage, trainer in zip(experiment.stages, trainers):
+      end_step = stage.end_step(steps_per_epoch, total_steps)
+      if loop.ended:
+        break
+      if loop.step >= end_step:
+        continue
+      if stage_index != stage.index:
+        loop.state = jax.device_put(experiment.begin_stage(loop.state, stage.index), replicated)
+        stage_index = stage.index
+        log.announce(f'Stage {stage.name} from step {loop.step}: '
+                     f'{params_lib.count(loop.state.params)} parameters train, learning '
+                     f'rate {stage.learning_rate}.')
+      loop.run(trainer, inputs.stage_data(stage.cache_features, trainer.model,
+                                          loop.state.variables), end_step, stage)
     train_seconds = loop.train_seconds()
+    signals.note = preemption.AFTER_TRAINING
   finally:
     checkpointer.wait()
     checkpointer.close()

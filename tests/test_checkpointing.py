@@ -206,7 +206,7 @@ def test_a_stop_at_any_step_resumes_with_every_epoch_row(stop_at, tmp_path, mock
 
     def after_step(self, loop, images, loss):
       if loop.step == stop_at:
-        loop.request_stop(preemption.StopRequested(15, loop.step))
+        loop.request_stop(preemption.StopRequested.at_step(15, loop.step))
   with monkeypatch.context() as patch:
     patch.setattr(hooks, 'SignalHook', SignalAt)
     with pytest.raises(preemption.StopRequested):
@@ -216,6 +216,59 @@ def test_a_stop_at_any_step_resumes_with_every_epoch_row(stop_at, tmp_path, mock
   train_and_evaluate(config, stopped)
   assert [r['epoch'] for r in read_jsonl(os.path.join(stopped, 'metrics.jsonl'))] == [1, 2, 3]
   assert_same_run(straight, stopped, config)
+
+
+def signalled_first(function):
+  """`function`, sending this process a SIGTERM before it runs: a signal at that moment."""
+  def signalled(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return function(*args, **kwargs)
+  return signalled
+
+
+def test_a_signal_before_training_stops_with_nothing_lost(tmp_path, mock_tfds, monkeypatch):
+  from cnnjax.data import datasets
+  from cnnjax.runs import preemption
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  config = resumable_config('cnn_deep', 4)
+  train_and_evaluate(config, straight)
+  with monkeypatch.context() as patch:  # While the data loads.
+    patch.setattr(datasets, 'load_dataset', signalled_first(datasets.load_dataset))
+    with pytest.raises(preemption.StopRequested, match='SIGTERM before training started'):
+      train_and_evaluate(config, stopped)
+  assert not os.path.exists(os.path.join(stopped, 'results.json'))
+  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # The guard is gone with the run.
+  train_and_evaluate(config, stopped)
+  assert_same_run(straight, stopped, config)
+
+
+def test_a_signal_during_the_test_evaluation_lets_it_finish(tmp_path, mock_tfds, monkeypatch,
+                                                            caplog):
+  from cnnjax.runs import selection
+  straight, signalled = str(tmp_path / 'straight'), str(tmp_path / 'signalled')
+  config = resumable_config('cnn_deep', 4)
+  expected = train_and_evaluate(config, straight)
+  with monkeypatch.context() as patch:
+    patch.setattr(selection, 'evaluation_state', signalled_first(selection.evaluation_state))
+    results = train_and_evaluate(config, signalled)
+  assert 'Received SIGTERM: the training is saved; finishing the test evaluation' in caplog.text
+  assert results['test_loss'] == expected['test_loss']
+  assert os.path.exists(os.path.join(signalled, 'confusion_matrix.png'))
+  assert_same_run(straight, signalled, config)
+
+
+def test_a_signal_ignored_at_start_stays_ignored_and_guards_nest():
+  from cnnjax.runs import preemption
+  previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+  try:
+    with preemption.guard_signals() as outer:
+      assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+      assert signal.getsignal(signal.SIGTERM) == outer._handle  # pylint: disable=protected-access
+      with preemption.guard_signals() as inner:
+        assert inner is outer
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGINT, previous)
 
 
 def test_stop_on_collapse_at_an_epochs_end_saves_it_and_resumes(tmp_path, mock_tfds,

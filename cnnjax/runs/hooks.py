@@ -141,7 +141,7 @@ class SignalHook(Hook):
 
   def after_step(self, loop, images, loss):
     if self.signals.requested:
-      loop.request_stop(preemption.StopRequested(self.signals.signum, loop.step))
+      loop.request_stop(preemption.StopRequested.at_step(self.signals.signum, loop.step))
 
 
 class ProgressHook(Hook):

@@ -1,9 +1,20 @@
-"""SIGTERM/SIGINT handling: save at the current step, then exit cleanly.
+"""SIGTERM/SIGINT handling: stop where nothing is lost, then exit cleanly.
 
 Colab and preemptible VMs send SIGTERM (a user Ctrl-C sends SIGINT) shortly
-before a machine goes away. The first signal only sets a flag that the
-training loop checks after each step, so the state saved is a consistent
-one; a second signal exits at once.
+before a machine goes away, and it can come at any moment of a run. The
+first signal only sets a flag; what it leads to depends on where the run is
+(`SignalGuard.note`, which the run updates as it goes):
+
+- before training starts (reading data, compiling): the run stops at the
+  next check, with nothing new to save;
+- while training: the loop checks the flag after each step and saves the
+  state there, a consistent one;
+- after training (the test evaluation and the report): the training is
+  already saved, so these finish and the run ends with its results.
+
+A second signal exits at once; the last saved checkpoint stands. A signal
+that the run was started with ignored (a background job of a script) stays
+ignored, as Python itself leaves it.
 """
 import contextlib
 import logging
@@ -13,15 +24,24 @@ import threading
 from typing import Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# What the first signal leads to, by where the run is (`SignalGuard.note`).
+BEFORE_TRAINING = 'stopping before training starts (nothing new to save)'
+WHILE_TRAINING = 'saving a checkpoint at the end of this step, then exiting'
+AFTER_TRAINING = 'the training is saved; finishing the test evaluation and the report first'
+_active: 'SignalGuard | None' = None  # The guard installed now, if any (guards nest).
 
 
 class StopRequested(Exception):
-  """Training stopped on a signal after saving a checkpoint; the run can resume."""
+  """The run stopped on a signal where nothing was lost; the same command continues it."""
 
-  def __init__(self, signum: int, step: int):
-    super().__init__(f'Stopped by {signal.Signals(signum).name} at step {step}; a checkpoint was '
-                     'saved. Run the same command again to continue.')
-    self.signum, self.step = signum, step
+  def __init__(self, signum: int, detail: str):
+    super().__init__(f'Stopped by {signal.Signals(signum).name} {detail}')
+    self.signum = signum
+
+  @classmethod
+  def at_step(cls, signum: int, step: int) -> 'StopRequested':
+    return cls(signum, f'at step {step}; a checkpoint was saved. Run the same command again '
+                       'to continue.')
 
 
 class SignalGuard:
@@ -29,30 +49,49 @@ class SignalGuard:
 
   def __init__(self):
     self.signum: int | None = None
+    self.note = BEFORE_TRAINING
 
   def _handle(self, signum, frame):
     del frame
-    if self.signum is not None:
-      os._exit(128 + signum)  # Second signal: the user means it.
+    name = signal.Signals(signum).name
+    if self.signum is not None:  # Second signal: the user means it.
+      os.write(2, f'Stopped at once by a second {name}; the last saved checkpoint stands. Run '
+                  'the same command again to continue from it.\n'.encode())
+      os._exit(128 + signum)
     self.signum = signum
-    logging.warning('Received %s: saving a checkpoint at the end of this step, then exiting '
-                    '(send it again to exit at once).', signal.Signals(signum).name)
+    logging.warning('Received %s: %s (send it again to exit at once).', name, self.note)
 
   @property
   def requested(self) -> bool:
     return self.signum is not None
 
+  def stop_if_requested(self, detail: str) -> None:
+    """Raises `StopRequested` with `detail` if a signal came."""
+    if self.signum is not None:
+      raise StopRequested(self.signum, detail)
+
 
 @contextlib.contextmanager
 def guard_signals() -> Iterator[SignalGuard]:
-  """Installs the guard while training (main thread only; elsewhere it never fires)."""
+  """Installs a guard (main thread only; elsewhere it never fires). Inside another guard's
+  block, that guard is the one: an early one (`cnnjax.main`) also covers the imports."""
+  global _active
+  if _active is not None:
+    yield _active
+    return
   guard = SignalGuard()
   if threading.current_thread() is not threading.main_thread():
     yield guard
     return
-  previous = {s: signal.signal(s, guard._handle) for s in SIGNALS}
+  previous = {s: signal.getsignal(s) for s in SIGNALS}
+  for s, handler in previous.items():
+    if handler is not signal.SIG_IGN:
+      signal.signal(s, guard._handle)
+  _active = guard
   try:
     yield guard
   finally:
+    _active = None
     for s, handler in previous.items():
-      signal.signal(s, handler)
+      if handler is not None:  # None: installed outside Python, nothing to put back.
+        signal.signal(s, handler)
