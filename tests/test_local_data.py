@@ -98,6 +98,30 @@ def test_unknown_class_folder_is_named(tmp_path):
     load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
 
 
+@pytest.mark.parametrize('as_archive', [False, True])
+def test_files_outside_class_folders_are_left_out_with_a_warning(tmp_path, caplog, as_archive):
+  tree = tmp_path / 'tree'
+  for cls in ('a', 'b'):
+    os.makedirs(tree / 'train' / cls)
+    Image.new('L', (4, 4)).save(tree / 'train' / cls / '0.png')
+  for name in ('loose1.png', 'loose2.png', '.DS_Store'):
+    Image.new('L', (4, 4)).save(tree / 'train' / name, 'PNG')
+  (tree / 'README.txt').write_text('root files belong to no split')
+  root = str(tree)
+  if as_archive:
+    root = str(tmp_path / 'tree.tar.gz')
+    with tarfile.open(root, 'w:gz') as tar:
+      tar.add(tree / 'train', arcname='train')
+      tar.add(tree / 'README.txt', arcname='README.txt')
+  listing = image_tree.list_tree(root)
+  assert sorted(f'{f.cls}/{f.name}' for f in listing['train']) == ['a/0.png', 'b/0.png']
+  warnings = [r.getMessage() for r in caplog.records if 'outside any class folder' in
+              r.getMessage()]
+  assert warnings == [f'Left out 2 file(s) lying directly in train/ of {root}, outside any '
+                      'class folder: loose1.png, loose2.png. Put each in train/<class>/ to '
+                      'use it.']
+
+
 def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
 

@@ -67,6 +67,22 @@ def _visible(name: str) -> bool:
   return not name.startswith('.')
 
 
+_warned_loose: set[tuple[str, str, tuple[str, ...]]] = set()  # A run lists a tree twice.
+
+
+def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
+  """One warning per split for files lying in it outside any class folder (a class is a
+  folder: such a file has no label), once per process."""
+  for split, names in sorted(loose.items()):
+    if (root, split, tuple(names)) in _warned_loose:
+      continue
+    _warned_loose.add((root, split, tuple(names)))
+    more = f' and {len(names) - _SHOWN_SKIPPED} more' if len(names) > _SHOWN_SKIPPED else ''
+    logging.warning('Left out %d file(s) lying directly in %s/ of %s, outside any class folder: '
+                    '%s%s. Put each in %s/<class>/ to use it.', len(names), split, root,
+                    ', '.join(names[:_SHOWN_SKIPPED]), more, split)
+
+
 def _in_example_order(tree: dict[str, list[TreeFile]]) -> dict[str, list[TreeFile]]:
   return {split: sorted(files, key=lambda f: example_order_key(f.cls, f.name))
           for split, files in tree.items()}
@@ -74,16 +90,20 @@ def _in_example_order(tree: dict[str, list[TreeFile]]) -> dict[str, list[TreeFil
 
 def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   tree: dict[str, list[TreeFile]] = {}
+  loose: dict[str, list[str]] = {}
   for split in sorted(filter(_visible, os.listdir(root))):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
       continue
     for cls in sorted(filter(_visible, os.listdir(split_dir))):
       cls_dir = os.path.join(split_dir, cls)
+      if os.path.isfile(cls_dir):
+        loose.setdefault(split, []).append(cls)
       for fname in sorted(filter(_visible, os.listdir(cls_dir))) if os.path.isdir(cls_dir) else ():
         path = os.path.join(cls_dir, fname)
         if os.path.isfile(path):
           tree.setdefault(split, []).append(TreeFile(cls, fname, path=path))
+  _warn_loose(loose, root)
   return _in_example_order(tree)
 
 
@@ -99,6 +119,7 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFi
   """
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
   tree: dict[str, list[TreeFile]] = {}
+  loose: dict[str, list[str]] = {}
   try:
     with open(root, 'rb') as raw:
       gzipped = raw.read(2) == b'\x1f\x8b'
@@ -115,11 +136,14 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFi
           if member.isfile() and len(parts) == 3 and all(map(_visible, parts)):
             tree.setdefault(parts[0], []).append(
                 TreeFile(parts[1], parts[2], payload=tar.extractfile(member).read()))
+          elif member.isfile() and len(parts) == 2 and all(map(_visible, parts)):
+            loose.setdefault(parts[0], []).append(parts[1])
       while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
         pass
   except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
     raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
                          'give only part of the dataset. Copy or download it again.') from e
+  _warn_loose(loose, root)
   return _in_example_order(tree)
 
 
