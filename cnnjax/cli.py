@@ -6,11 +6,16 @@ image; every `cnnjax.errors.UserError`) are printed as
 and keeps its traceback.
 """
 import contextlib
+import os
 import re
 import sys
 from typing import Callable, Iterator
 
 from cnnjax.errors import UserError
+
+# Config fields that hold paths: '~' in them means the home directory, as in a shell, which
+# expands it in `--config.local_data_dir ~/data` but not in `--config.local_data_dir=~/data`.
+PATH_FIELDS = ('local_data_dir', 'tfds_data_dir', 'pretrained_path')
 
 
 @contextlib.contextmanager
@@ -44,11 +49,21 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
       remaining = flags.FLAGS(argv)
       if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
         flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
+        expand_home_in_paths(flags.FLAGS['config'].value)
+      if 'workdir' in flags.FLAGS and flags.FLAGS.workdir:
+        flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
       return remaining
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
       print(f'{tool}: error: {_flag_error_message(error)}', file=sys.stderr, flush=True)
       sys.exit(2)
   return parse
+
+
+def expand_home_in_paths(config) -> None:
+  """'~' or '~user' at the start of the config's path fields, expanded in place."""
+  for field in PATH_FIELDS:
+    if isinstance(config.get(field), str):
+      config[field] = os.path.expanduser(config[field])
 
 
 def _flag_error_message(error: Exception) -> str:

@@ -56,8 +56,9 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='python -m cnnjax.evaluate', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='The run directory (as for cnnjax.main).')
-  parser.add_argument('--local_data_dir', default=None,
+  parser.add_argument('--workdir', required=True, type=os.path.expanduser,
+                      help='The run directory (as for cnnjax.main).')
+  parser.add_argument('--local_data_dir', default=None, type=os.path.expanduser,
                       help='Where the dataset files are now, if not where the run read them.')
   parser.add_argument('--split', default=None,
                       help="Split to evaluate (TFDS syntax); default the run's test split.")

@@ -58,7 +58,8 @@ def format_predictions(predictions: list[dict]) -> str:
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(prog='python -m cnnjax.predict', description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--workdir', required=True, help='The run directory (as for cnnjax.main).')
+  parser.add_argument('--workdir', required=True, type=os.path.expanduser,
+                      help='The run directory (as for cnnjax.main).')
   parser.add_argument('--top', type=int, default=3, help='Classes to print per image.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of text.')
   parser.add_argument('images', nargs='+', metavar='IMAGE')

@@ -110,6 +110,25 @@ def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
   assert 'ModuleNotFoundError' in probe.stderr  # The block really was in force.
 
 
+def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
+  """`--workdir=~/run`: the shell leaves '~' after '=' as it is; the tools expand it."""
+  home = tmp_path / 'home'
+  os.makedirs(home)
+  os.symlink(idx_dir, home / 'data')
+  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+                     '--config.local_data_dir=~/data', '--config.num_train_steps=2',
+                     '--config.batch_size=8', '--workdir=~/run'], tmp_path, {'HOME': str(home)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  saved = json.loads((home / 'run' / 'config.json').read_text())
+  assert saved['local_data_dir'] == f'{home}/data'
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, 'HOME': str(home)}
+  evaluated = subprocess.run([sys.executable, '-m', 'cnnjax.evaluate', '--workdir=~/run',
+                              '--local_data_dir=~/data'], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=300)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert (home / 'run' / 'evaluation.json').exists()
+
+
 def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
   (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
   result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--workdir={tmp_path}/run'],
