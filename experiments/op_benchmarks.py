@@ -102,6 +102,31 @@ def _image_conv_rows(rng) -> list[dict]:
   return rows
 
 
+def _first_block_row(rng) -> dict:
+  """`cnn_deep`'s first two layers as they train (conv, bias, ReLU, then a 32-feature conv;
+  both kernel gradients), with the first convolution as a product of patches
+  (`layers.patches_conv`) against a sum over taps (`layers.taps_conv`, what `layers.Conv`
+  runs): the taps are the form XLA fuses into the ReLU and the second conv's gradients."""
+  n, h, w, features = 64, 28, 28, 32
+  x = jnp.asarray(rng.uniform(size=(n, h, w, 1)), jnp.float32)
+  params = {'k0': jnp.asarray(rng.normal(size=(3, 3, 1, features)) / 3, jnp.float32),
+            'b0': jnp.asarray(rng.normal(size=features) / 10, jnp.float32),
+            'k1': jnp.asarray(rng.normal(size=(3, 3, features, features)) / 17, jnp.float32)}
+  g = jnp.asarray(rng.normal(size=(n, h, w, features)), jnp.float32)
+
+  def kernel_gradients(first_conv):
+    def loss(params, x, g):
+      y = jax.nn.relu(first_conv(x, params['k0'], 'SAME') + params['b0'])
+      return jnp.vdot(_reference_conv(y, params['k1']), g)
+    return jax.grad(loss)
+  patches, taps = kernel_gradients(layers.patches_conv), kernel_gradients(layers.taps_conv)
+  _assert_equal_up_to_summation_order(compilation.jit(taps)(params, x, g),
+                                      compilation.jit(patches)(params, x, g))
+  return {'op': 'first block conv-ReLU-conv forward+kernel gradients, patches vs taps',
+          'shape': (n, h, w, 1, features), 'reference_ms': median_ms(patches, params, x, g),
+          'cnnjax_ms': median_ms(taps, params, x, g)}
+
+
 def _dropout_row(rng) -> dict:
   """Flax's threefry masks against `layers.Dropout`'s hashed ones, forward and gradient.
 
@@ -183,6 +208,7 @@ def run() -> dict:
                  'reference_ms': median_ms(_gradients(grouped), x, kernel, g),
                  'cnnjax_ms': median_ms(_gradients(ours), x, kernel, g)})
   rows.extend(_image_conv_rows(rng))
+  rows.append(_first_block_row(rng))
   rows.append(_dropout_row(rng))
   for row in rows:
     row['ratio'] = row['cnnjax_ms'] / row['reference_ms']

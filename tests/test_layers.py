@@ -1,4 +1,6 @@
 """The faster ops of cnnjax.models.layers equal the ops they replace, values and gradients."""
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -33,8 +35,10 @@ def test_pooling_conv_equals_conv_relu_pool(padding, shape):
 
   class Reference(nn.Module):
     @nn.compact
-    def __call__(self, x):
+    def __call__(self, x):  # The convolution PoolingConv computes (see layers.taps_conv).
+      conv = functools.partial(layers.conv_general_dilated, small_image_conv=layers.patches_conv)
       return layers.max_pool_2x2(jax.nn.relu(layers.Conv(5, (3, 3), padding=padding,
+                                                         conv_general_dilated=conv,
                                                          name='conv')(x)))
 
   class Pooling(nn.Module):
@@ -119,25 +123,42 @@ def _conv_outputs_and_gradients(conv, x, kernel, g):
   return (y, *pullback(g))
 
 
+@pytest.mark.parametrize('small_image_conv', ['taps_conv', 'patches_conv'])
 @pytest.mark.parametrize('channels,kernel_size,padding', [
     (1, (3, 3), 'SAME'), (3, (3, 3), 'VALID'), (2, (2, 3), ((1, 0), (2, 1))), (3, (5, 5), 'SAME')])
-def test_patches_conv_equals_xla_conv_values_and_gradients(channels, kernel_size, padding):
-  """A first layer's convolution as patches: XLA's values, input and kernel gradients (up to
-  summation order), for any kernel size and padding."""
+def test_small_image_convs_equal_xla_conv_values_and_gradients(small_image_conv, channels,
+                                                               kernel_size, padding):
+  """A first layer's convolution as a sum over taps or as patches: XLA's values, input and
+  kernel gradients (up to summation order), for any kernel size and padding."""
   rng = np.random.default_rng(2)
   x = jnp.asarray(rng.normal(size=(4, 11, 9, channels)), jnp.float32)
   kernel = jnp.asarray(rng.normal(size=kernel_size + (channels, 6)), jnp.float32)
-  conv = lambda x, k: layers.conv_general_dilated(x, k, (1, 1), padding,
-                                                  dimension_numbers=layers.NHWC)
+  conv = lambda x, k: layers.conv_general_dilated(
+      x, k, (1, 1), padding, dimension_numbers=layers.NHWC,
+      small_image_conv=getattr(layers, small_image_conv))
   reference = lambda x, k: _xla_conv(x, k, padding)
   g = jnp.asarray(rng.normal(size=reference(x, kernel).shape), jnp.float32)
   ours = _conv_outputs_and_gradients(conv, x, kernel, g)
   for a, b in zip(ours, _conv_outputs_and_gradients(reference, x, kernel, g)):
     assert a.shape == b.shape
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5 * float(jnp.abs(b).max()))
-  # The path taken: a product of patches, no convolution (forward or gradients).
+  # The path taken: no convolution (forward or gradients); a product of patches for the kernel
+  # gradient; in the forward pass, a product only for the patches.
   jaxpr = str(jax.make_jaxpr(lambda x, k: jax.grad(lambda k: conv(x, k).sum())(k))(x, kernel))
   assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
+  forward = str(jax.make_jaxpr(conv)(x, kernel))
+  assert 'conv_general_dilated' not in forward
+  assert ('dot_general' in forward) == (small_image_conv == 'patches_conv')
+
+
+def test_taps_conv_sums_in_float32_for_bfloat16_inputs():
+  rng = np.random.default_rng(4)
+  x = jnp.asarray(rng.normal(size=(2, 8, 8, 3)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.normal(size=(5, 5, 3, 4)), jnp.bfloat16)
+  y = layers.taps_conv(x, kernel, 'SAME')
+  assert y.dtype == jnp.bfloat16
+  exact = _xla_conv(x.astype(jnp.float32), kernel.astype(jnp.float32), 'SAME')
+  np.testing.assert_array_equal(y, exact.astype(jnp.bfloat16))  # One rounding, at the end.
 
 
 @pytest.mark.parametrize('channels,features,size,strides', [
@@ -152,15 +173,20 @@ def test_other_convolutions_stay_xla_convolutions(channels, features, size, stri
   np.testing.assert_array_equal(conv(x, kernel), _xla_conv(x, kernel, 'SAME', strides))
 
 
-def test_flax_conv_layer_uses_the_patches_convolution():
+def test_flax_conv_layer_uses_the_small_image_convolution():
   """`layers.Conv` (and so every model's first conv) goes through `conv_general_dilated`,
-  with the same parameters and values as a plain Flax conv."""
+  with the same parameters and values as a plain Flax conv: as a sum over taps, and in a
+  `PoolingConv` as a product of patches."""
   x = jnp.asarray(np.random.default_rng(3).normal(size=(2, 6, 6, 1)), jnp.float32)
   ours, plain = layers.Conv(4, (3, 3)), nn.Conv(4, (3, 3), kernel_init=layers.keras_kernel_init)
   variables = ours.init(jax.random.PRNGKey(0), x)
   jax.tree.map(np.testing.assert_array_equal, variables, plain.init(jax.random.PRNGKey(0), x))
-  assert 'conv_general_dilated' not in str(jax.make_jaxpr(ours.apply)(variables, x))
+  jaxpr = str(jax.make_jaxpr(ours.apply)(variables, x))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' not in jaxpr
   np.testing.assert_allclose(ours.apply(variables, x), plain.apply(variables, x), atol=1e-5)
+  pooling = layers.PoolingConv(4, (3, 3))
+  jaxpr = str(jax.make_jaxpr(pooling.apply)(pooling.init(jax.random.PRNGKey(0), x), x))
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr
 
 
 @pytest.mark.parametrize('strides,padding', [((1, 1), 'SAME'), ((2, 2), 'VALID'),

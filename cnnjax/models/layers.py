@@ -5,7 +5,9 @@ would have given it: glorot-uniform kernels, zero biases, and BatchNorm with
 epsilon 1e-3 / momentum 0.99 unless a model says otherwise. Matching these
 is what makes parameter counts, initial losses and ported weights agree.
 """
+import functools
 import math
+import operator
 import re
 from typing import Any, Callable, Sequence
 
@@ -42,9 +44,11 @@ def _window_patches(x: jax.Array, kernel_size: tuple[int, int]) -> jax.Array:
 def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequence[int],
                          padding: str | Sequence[tuple[int, int]], lhs_dilation=None,
                          rhs_dilation=None, dimension_numbers=None, feature_group_count: int = 1,
-                         precision=None, **kwargs) -> jax.Array:
+                         precision=None, small_image_conv: Callable | None = None,
+                         **kwargs) -> jax.Array:
   """`lax.conv_general_dilated`; on CPU, the stride-1 NHWC convolution of a small image (the
-  `PATCHES_MAX_*` bounds) is a matrix product of its patches instead.
+  `PATCHES_MAX_*` bounds) is `small_image_conv(lhs, rhs, padding)` instead: by default
+  `taps_conv`, whose gradients are `patches_conv`'s.
 
   XLA:CPU's convolution has too little to multiply per pixel with one or three
   input channels, and its kernel gradient transposes the output gradient, the
@@ -67,16 +71,63 @@ def conv_general_dilated(lhs: jax.Array, rhs: jax.Array, window_strides: Sequenc
     return lax.conv_general_dilated(lhs, rhs, window_strides, padding, lhs_dilation,
                                     rhs_dilation, dimension_numbers, feature_group_count,
                                     precision=precision, **kwargs)
-  return patches_conv(lhs, rhs, padding)
+  return (small_image_conv or taps_conv)(lhs, rhs, padding)
+
+
+def _padded(x: jax.Array, kernel_size: tuple[int, int],
+            padding: str | Sequence[tuple[int, int]]) -> jax.Array:
+  if isinstance(padding, str):
+    padding = lax.padtype_to_pads(x.shape[1:3], kernel_size, (1, 1), padding)
+  return jnp.pad(x, ((0, 0), *padding, (0, 0)))
+
+
+def taps_conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]]
+              ) -> jax.Array:
+  """The stride-1 NHWC / HWIO convolution of a few-channel `x` as a sum over the kernel's
+  taps, each a shifted slice of `x` times a row of the kernel; gradients as `patches_conv`.
+
+  Elementwise arithmetic that XLA fuses into what consumes the convolution
+  (bias, activation, the next layer's transposed copy of its input, the
+  activation's gradient), recomputing it from the small input instead of
+  writing the layer's output from a matrix product and reading it back each
+  time. `cnn_deep`'s training step, whose first layer feeds a ReLU and a 28x28
+  convolution, ran faster so than with `patches_conv` (`experiments/benchmark.py`;
+  figures in `experiments/results/`). Before a pooling (`PoolingConv`) the fused
+  reduction was the slower one, so there the product of patches stays. Sums in
+  float32 whatever the compute dtype.
+  """
+  return _taps_conv_valid(_padded(x, kernel.shape[:2], padding), kernel)
+
+
+@jax.custom_vjp
+def _taps_conv_valid(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  kh, kw, channels, _ = kernel.shape
+  out_h, out_w = x.shape[1] - kh + 1, x.shape[2] - kw + 1
+  x32, kernel32 = x.astype(jnp.float32), kernel.astype(jnp.float32)
+  taps = (x32[:, i:i + out_h, j:j + out_w, c:c + 1] * kernel32[i, j, c]
+          for i in range(kh) for j in range(kw) for c in range(channels))
+  return functools.reduce(operator.add, taps).astype(jnp.result_type(x, kernel))
+
+
+def _taps_conv_valid_fwd(x, kernel):
+  return _taps_conv_valid(x, kernel), (x, kernel)
+
+
+def _taps_conv_valid_bwd(residuals, grad):
+  """`patches_conv`'s gradients: one product for the kernel's, where a sum over taps would
+  read the output gradient once per tap."""
+  _, pullback = jax.vjp(lambda x, kernel: patches_conv(x, kernel, 'VALID'), *residuals)
+  return pullback(grad)
+
+
+_taps_conv_valid.defvjp(_taps_conv_valid_fwd, _taps_conv_valid_bwd)
 
 
 def patches_conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int, int]]
                  ) -> jax.Array:
   """The stride-1 NHWC / HWIO convolution of `x` as its patches times the kernel."""
   kh, kw, channels, features = kernel.shape
-  if isinstance(padding, str):
-    padding = lax.padtype_to_pads(x.shape[1:3], (kh, kw), (1, 1), padding)
-  patches = _window_patches(jnp.pad(x, ((0, 0), *padding, (0, 0))), (kh, kw))
+  patches = _window_patches(_padded(x, (kh, kw), padding), (kh, kw))
   return _patches_matmul(patches, kernel.reshape(kh * kw * channels, features))
 
 
@@ -240,7 +291,8 @@ class PoolingConv(nn.Module):
                         tuple(self.kernel_size) + (x.shape[-1], self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    y = conv_general_dilated(x, kernel, (1, 1), self.padding, dimension_numbers=NHWC)
+    y = conv_general_dilated(x, kernel, (1, 1), self.padding, dimension_numbers=NHWC,
+                             small_image_conv=patches_conv)  # See `taps_conv`.
     return max_pool_2x2(y) + bias
 
 
