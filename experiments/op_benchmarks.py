@@ -56,7 +56,8 @@ def _reference_conv(x, w, padding='SAME'):
 
 def _conv_relu_pool(params, x):  # With the convolution PoolingConv runs (`layers`).
   y = layers.conv_general_dilated(x, params['kernel'], (1, 1), 'SAME',
-                                  dimension_numbers=layers.NHWC)
+                                  dimension_numbers=layers.NHWC,
+                                  small_image_conv=layers.patches_conv)
   return layers.max_pool_2x2(jax.nn.relu(y + params['bias']))
 
 
