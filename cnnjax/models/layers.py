@@ -20,7 +20,7 @@ keras_kernel_init = nn.initializers.glorot_uniform()
 keras_bias_init = nn.initializers.zeros
 
 
-# The CPU convolutions that go as patches (see `conv_general_dilated`): at most this many
+# The CPU convolutions of small images (see `conv_general_dilated`): at most this many
 # input channels, output features and input pixels.
 PATCHES_MAX_CHANNELS, PATCHES_MAX_FEATURES, PATCHES_MAX_PIXELS = 3, 32, 32 * 32
 NHWC = ('NHWC', 'HWIO', 'NHWC')
@@ -91,7 +91,7 @@ def taps_conv(x: jax.Array, kernel: jax.Array, padding: str | Sequence[tuple[int
   activation's gradient), recomputing it from the small input instead of
   writing the layer's output from a matrix product and reading it back each
   time. `cnn_deep`'s training step, whose first layer feeds a ReLU and a 28x28
-  convolution, ran faster so than with `patches_conv` (`experiments/benchmark.py`;
+  convolution, ran faster this way than with `patches_conv` (`experiments/benchmark.py`;
   figures in `experiments/results/`). Before a pooling (`PoolingConv`) the fused
   reduction was the slower one, so there the product of patches stays. Sums in
   float32 whatever the compute dtype.
