@@ -224,6 +224,13 @@ def assert_same_run(workdir_a, workdir_b, config):
   assert results[0]['test_accuracy'] == results[1]['test_accuracy']
 
 
+def run_tool(module, args, cwd, env_extra=None):
+  """Runs `python -m MODULE ARGS` (a cnnjax command-line tool) in `cwd`; returns the result."""
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, **(env_extra or {})}
+  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
+                        capture_output=True, text=True, timeout=300)
+
+
 def run_cnnjax(args, cwd, devices=1, timeout=600):
   """Runs `python -m cnnjax.main ARGS` with `devices` fake CPU devices; returns the result."""
   env = {**os.environ, 'PYTHONPATH': REPO_ROOT,

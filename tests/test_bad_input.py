@@ -1,8 +1,6 @@
 """What users really feed cnnjax: each bad input ends in one line, exit status 2, and leaves
 the workdir as it was (or never made)."""
 import os
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
@@ -10,16 +8,10 @@ import pytest
 from PIL import Image
 
 from cnnjax.data import datasets
-from tests.helpers import (REPO_ROOT, load_dataset, make_idx_dataset, shared_weights_file,
-                           tree_digest, write_idx)
+from tests.helpers import (REPO_ROOT, load_dataset, make_idx_dataset, run_tool,
+                           shared_weights_file, tree_digest, write_idx)
 
 CNN_SIMPLE = f'--config={REPO_ROOT}/configs/cnn_simple.py'
-
-
-def run_tool(module, args, cwd, env_extra=None):
-  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, **(env_extra or {})}
-  return subprocess.run([sys.executable, '-m', module, *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
 
 
 def assert_one_line_error(result, tool, *fragments):

@@ -6,10 +6,8 @@ import re
 import subprocess
 import sys
 
-import pytest
-
 from cnnjax.runs import hooks
-from tests.helpers import REPO_ROOT, load_config
+from tests.helpers import REPO_ROOT, run_tool
 
 # absl's log line prefix: severity letter, month and day, time (I1124 05:08:03.759101 ...).
 LIBRARY_LOG_LINE = re.compile(r'^[IWEF]\d{4} \d\d:\d\d:\d\d\.\d+ ')
@@ -17,9 +15,7 @@ OWN_LINE = re.compile(r'^(cnn_simple: model |Epoch \d+/\d+ - |Test loss |Most co
 
 
 def run_main(args, cwd, env_extra=None):
-  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, **(env_extra or {})}
-  return subprocess.run([sys.executable, '-m', 'cnnjax.main', *args], cwd=cwd, env=env,
-                        capture_output=True, text=True, timeout=300)
+  return run_tool('cnnjax.main', args, cwd, env_extra)
 
 
 def two_epoch_run(idx_dir, tmp_path, *extra):
@@ -121,10 +117,8 @@ def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
   assert result.returncode == 0, result.stderr[-3000:]
   saved = json.loads((home / 'run' / 'config.json').read_text())
   assert saved['local_data_dir'] == f'{home}/data'
-  env = {**os.environ, 'PYTHONPATH': REPO_ROOT, 'HOME': str(home)}
-  evaluated = subprocess.run([sys.executable, '-m', 'cnnjax.evaluate', '--workdir=~/run',
-                              '--local_data_dir=~/data'], cwd=tmp_path, env=env,
-                             capture_output=True, text=True, timeout=300)
+  evaluated = run_tool('cnnjax.evaluate', ['--workdir=~/run', '--local_data_dir=~/data'],
+                       tmp_path, {'HOME': str(home)})
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert (home / 'run' / 'evaluation.json').exists()
 
