@@ -1,7 +1,8 @@
 """cnnjax's op rewrites and compiler options against what they replace, in one run.
 
 Max pooling, convolutions compiled with `cnnjax.compilation`'s options
-against XLA's defaults, first-layer convolutions as products of patches,
+against XLA's defaults (whole, then pass by pass with the rate each pass
+reaches), first-layer convolutions as products of patches,
 pooling before the bias and ReLU, depthwise convolutions and hashed dropout
 masks, each against the op it replaces on CPU.
 
@@ -33,6 +34,7 @@ IMAGE_CONV_SHAPES = ((64, 28, 28, 1, 32, 'SAME'), (64, 32, 32, 3, 32, 'VALID'),
                      (64, 32, 32, 3, 64, 'SAME'), (16, 96, 96, 3, 32, 'SAME'))
 # The inputs of cnn_deep's dropout layers at batch 64 (three blocks, the head), at once.
 DROPOUT_SHAPES = ((64, 14, 14, 32), (64, 7, 7, 64), (64, 3, 3, 128), (64, 256))
+FIRST_BLOCK_SHAPE = (64, 28, 28, 32)  # cnn_deep's first block: (N, H, W, features).
 
 
 def median_ms(fn, *args, repeats: int = 30, jit=compilation.jit) -> float:
@@ -79,6 +81,31 @@ def _gradients(fn):
   return jax.grad(lambda a, b, g: jnp.vdot(fn(a, b), g), argnums=(0, 1))
 
 
+# A 3x3 convolution's three passes, each alone (XLA drops what a pass does not need).
+CONV_PASSES = {
+    'forward': lambda x, kernel, g: _reference_conv(x, kernel),
+    'input gradient': lambda x, kernel, g: jax.vjp(
+        lambda x: _reference_conv(x, kernel), x)[1](g)[0],
+    'kernel gradient': lambda x, kernel, g: jax.vjp(
+        lambda kernel: _reference_conv(x, kernel), kernel)[1](g)[0],
+}
+
+
+def _conv_pass_rows(x, kernel, g) -> list[dict]:
+  """Each pass of a convolution under XLA's defaults and cnnjax's options, with the rate
+  the latter reaches: a pass far below the others' rate is where a step loses its time."""
+  n, h, w, cin = x.shape
+  flop = 2 * n * h * w * cin * kernel.shape[-1] * kernel.shape[0] * kernel.shape[1]
+  rows = []
+  for name, conv_pass in CONV_PASSES.items():
+    cnnjax_ms = median_ms(conv_pass, x, kernel, g)
+    rows.append({'op': f'conv3x3 {name}, XLA default vs cnnjax options',
+                 'shape': (n, h, w, cin, kernel.shape[-1]),
+                 'reference_ms': median_ms(conv_pass, x, kernel, g, jit=jax.jit),
+                 'cnnjax_ms': cnnjax_ms, 'cnnjax_gflop_per_s': flop / cnnjax_ms / 1e6})
+  return rows
+
+
 def _image_conv_rows(rng) -> list[dict]:
   """A first layer's convolution, XLA's against patches (`layers.patches_conv`): forward
   (evaluation) and forward with the kernel gradient (training: a first layer needs no input
@@ -108,7 +135,7 @@ def _first_block_row(rng) -> dict:
   both kernel gradients), with the first convolution as a product of patches
   (`layers.patches_conv`) against a sum over taps (`layers.taps_conv`, what `layers.Conv`
   runs): the taps are the form XLA fuses into the ReLU and the second conv's gradients."""
-  n, h, w, features = 64, 28, 28, 32
+  n, h, w, features = FIRST_BLOCK_SHAPE
   x = jnp.asarray(rng.uniform(size=(n, h, w, 1)), jnp.float32)
   params = {'k0': jnp.asarray(rng.normal(size=(3, 3, 1, features)) / 3, jnp.float32),
             'b0': jnp.asarray(rng.normal(size=features) / 10, jnp.float32),
@@ -175,6 +202,7 @@ def run() -> dict:
                  'shape': (n, h, w, cin, cout),
                  'reference_ms': median_ms(grads, x, kernel, g, jit=jax.jit),
                  'cnnjax_ms': median_ms(grads, x, kernel, g)})
+    rows.extend(_conv_pass_rows(x, kernel, g))
     params = {'kernel': kernel, 'bias': jnp.asarray(rng.normal(size=cout), jnp.float32)}
     g = jnp.asarray(rng.normal(size=(n, h // 2, w // 2, cout)), jnp.float32)
     np.testing.assert_array_equal(_pooling_conv(params, x), _conv_relu_pool(params, x))
@@ -219,8 +247,9 @@ def run() -> dict:
 
 def format_report(report: dict) -> str:
   lines = [f"Op rewrites and compiler options vs what they replace; {report['device']}",
-           'op | shape | reference ms | cnnjax ms | ratio']
+           'op | shape | reference ms | cnnjax ms | ratio | cnnjax GFLOP/s']
   for row in report['rows']:
+    rate = f"{row['cnnjax_gflop_per_s']:.0f}" if 'cnnjax_gflop_per_s' in row else ''
     lines.append(f"{row['op']} | {row['shape']} | {row['reference_ms']:.2f} | "
-                 f"{row['cnnjax_ms']:.2f} | {row['ratio']:.2f}")
+                 f"{row['cnnjax_ms']:.2f} | {row['ratio']:.2f} | {rate}")
   return '\n'.join(lines)

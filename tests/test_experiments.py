@@ -95,3 +95,43 @@ def test_benchmark_vs_reports_the_first_epoch_apart(tmp_path, capsys):
   benchmark.print_configs_table(report)
   printed = capsys.readouterr().out
   assert 'first epoch' in printed and 'later epochs (median)' in printed
+
+
+@pytest.fixture
+def tiny_op_benchmarks(monkeypatch):
+  """`experiments.op_benchmarks` on shapes small enough to compile and time in seconds."""
+  import functools
+  from experiments import op_benchmarks as ops
+  monkeypatch.setattr(ops, 'POOL_SHAPES', ((2, 6, 6, 3),))
+  monkeypatch.setattr(ops, 'CONV_SHAPES', ((2, 6, 6, 1, 4), (2, 6, 6, 4, 8)))
+  monkeypatch.setattr(ops, 'DEPTHWISE_SHAPES', ((2, 8, 8, 4, 1), (2, 8, 8, 4, 2)))
+  monkeypatch.setattr(ops, 'IMAGE_CONV_SHAPES', ((2, 6, 6, 1, 4, 'SAME'),
+                                                 (2, 6, 6, 3, 4, 'VALID')))
+  monkeypatch.setattr(ops, 'DROPOUT_SHAPES', ((16, 8, 8, 16), (64, 256)))
+  monkeypatch.setattr(ops, 'FIRST_BLOCK_SHAPE', (2, 6, 6, 4))
+  monkeypatch.setattr(ops, 'median_ms', functools.partial(ops.median_ms, repeats=2))
+  return ops
+
+
+def test_op_benchmarks_check_each_rewrite_then_time_both_sides(tiny_op_benchmarks):
+  ops = tiny_op_benchmarks
+  report = ops.run()
+  rows = report['rows']
+  assert all(r['reference_ms'] > 0 and r['cnnjax_ms'] > 0 for r in rows)
+  assert all(r['ratio'] == r['cnnjax_ms'] / r['reference_ms'] for r in rows)
+  passes = [r for r in rows if 'cnnjax_gflop_per_s' in r]
+  assert [(r['op'].split(',')[0], r['shape']) for r in passes] == [
+      (f'conv3x3 {name}', shape) for shape in ((2, 6, 6, 1, 4), (2, 6, 6, 4, 8))
+      for name in ('forward', 'input gradient', 'kernel gradient')]
+  flop = 2 * 2 * 6 * 6 * 4 * 8 * 9  # The second shape: 2x6x6x4 -> 8 features, 3x3.
+  assert passes[-1]['cnnjax_gflop_per_s'] == pytest.approx(flop / passes[-1]['cnnjax_ms'] / 1e6)
+  lines = ops.format_report(report).splitlines()
+  assert len(lines) == 2 + len(rows)
+  assert lines[-1].startswith('dropout 0.25') and lines[2].startswith('max_pool_2x2')
+
+
+def test_op_benchmarks_refuse_to_time_a_rewrite_that_differs(tiny_op_benchmarks, monkeypatch):
+  from cnnjax.models import layers
+  monkeypatch.setattr(layers, 'max_pool_2x2', lambda x: layers._windows_2x2(x).mean(axis=(2, 4)))
+  with pytest.raises(AssertionError):
+    tiny_op_benchmarks.run()
