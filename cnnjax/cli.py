@@ -54,7 +54,7 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
       return remaining
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
-      print(f'{tool}: error: {_flag_error_message(error)}', file=sys.stderr, flush=True)
+      print(f'{tool}: error: {flag_error_message(error)}', file=sys.stderr, flush=True)
       sys.exit(2)
   return parse
 
@@ -66,7 +66,8 @@ def expand_home_in_paths(config) -> None:
       config[field] = os.path.expanduser(config[field])
 
 
-def _flag_error_message(error: Exception) -> str:
+def flag_error_message(error: Exception) -> str:
+  """What went wrong parsing a command line's config flags, as one line."""
   text = str(error)
   if isinstance(error, AttributeError):  # ml_collections: --config.<field> names no field.
     match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)

@@ -26,6 +26,9 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+from cnnjax import cli  # pylint: disable=wrong-import-position
+from experiments.benchmark import load_config  # pylint: disable=wrong-import-position
+
 # Each ingredient: when a config uses it, and the fields that turn it off. EVALUATION_ONLY
 # ones leave training as it is: the full run is evaluated without them.
 PIECES = {
@@ -53,14 +56,6 @@ PIECES = {
                   {'selection.monitor': ''}),
 }
 EVALUATION_ONLY = ('flip_test', 'translate_test', 'ema')
-
-
-def load_config(path: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('ablated_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
 
 
 def apply(config, overrides: dict) -> None:
@@ -176,11 +171,11 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(argv)
   if not os.path.isfile(args.config):
     parser.error(f'--config={args.config} is not a file.')
-  config = load_config(args.config)
+  with cli.reporting_user_errors('ablation.py'):
+    config = load_config(args.config)
   name = config.name
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', 'ablation',
                                                         name)
-  from cnnjax import cli
   rows = []
   with cli.reporting_user_errors('ablation.py'):
     for key, description, overrides in runs_of(config, [p for p in args.only.split(',') if p]):

@@ -16,6 +16,12 @@ median epoch time (cnnjax: its training loop, which does not wait for each
 step), median evaluation time of the test split and images per second, and
 the ratio cnnjax / Keras of each. Keras is optional (`pip install keras`);
 without it only cnnjax is measured. Machines are noisy: read medians.
+
+What the user gave is checked before any worker starts (flags, config files and
+fields, a Keras model for the config); what fails in a worker (the data, say)
+comes back to the parent. Either ends in one line, exit status 2, as with
+`python -m cnnjax.main`; a worker that dies or fails otherwise stops the
+benchmark with its traceback, never a hang.
 """
 import argparse
 import dataclasses
@@ -25,6 +31,8 @@ import os
 import statistics
 import sys
 import time
+import traceback
+from typing import Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
@@ -32,11 +40,20 @@ sys.path.insert(0, REPO_ROOT)
 
 import jax  # pylint: disable=wrong-import-position
 
+from cnnjax import cli  # pylint: disable=wrong-import-position
+from cnnjax.errors import ConfigError, UserError  # pylint: disable=wrong-import-position
 from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
 
+TOOL = 'benchmark.py'
 
-def load_config(path: str, overrides: list[str]):
-  """The config file with `--config.field=value` overrides, parsed as cnnjax.main does."""
+
+class WorkerUserError(UserError):
+  """A worker found something wrong with what the user gave (the data, typically)."""
+
+
+def load_config(path: str, overrides: Sequence[str] = ()):
+  """The config file with `--config.field=value` overrides, parsed as cnnjax.main does; a
+  `ConfigError` says what is wrong with either, in one line."""
   from absl import flags
   from ml_collections import config_flags
   argv = [sys.argv[0], f'--config={path}', *overrides]
@@ -45,9 +62,29 @@ def load_config(path: str, overrides: list[str]):
   saved, sys.argv = sys.argv, argv  # config_flags reads the overrides from sys.argv.
   try:
     flag_values(argv)
+    config = holder.value
+    config.to_dict()  # ml_collections loads the file only when the config is first used.
+  except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
+    raise ConfigError(cli.flag_error_message(error)) from error
   finally:
     sys.argv = saved
-  return holder.value
+  cli.expand_home_in_paths(config)
+  return config
+
+
+def check_config(path: str, overrides: list[str], keras: bool):
+  """The config, its fields checked as `cnnjax.main` checks them and, for a Keras side, its
+  model one `keras_reference` has."""
+  from cnnjax import config_validation
+  from configs import default
+  from experiments import keras_reference
+  config = load_config(path, overrides)
+  config_validation.validate_config(config, default.get_config())
+  if keras and config.model not in keras_reference.MODELS:
+    raise ConfigError(f'{path} trains {config.model!r}, which has no Keras reference '
+                      f'({", ".join(keras_reference.MODELS)} have one): pass --no-keras to '
+                      'time cnnjax alone, or --vs=OTHER_CONFIG to compare two configs.')
+  return config
 
 
 class CnnjaxSide:
@@ -171,25 +208,66 @@ class KerasSide:
 
 
 def worker(side_name, config_path, overrides, connection):
-  """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`."""
-  from cnnjax.data import datasets
-  config = load_config(config_path, overrides)
-  data = datasets.load_dataset(dataclasses.replace(datasets.DataOptions.from_config(config),
-                                                  val_split=''))
-  side = {'cnnjax': CnnjaxSide, 'keras': KerasSide}[side_name](config, data)
-  connection.send({'train_examples': len(data.train), 'test_examples': len(data.test)})
-  handlers = {'warm_up': lambda: side.warm_up(3), 'epoch': side.train_epoch,
-              'eval': side.evaluate}
-  while (command := connection.recv()) != 'stop':
-    connection.send(handlers[command]())
+  """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`.
+
+  Each answer is ('ok', value), ('user_error', message) or ('bug', traceback); after an
+  error the worker ends."""
+  try:
+    from cnnjax.data import datasets
+    config = load_config(config_path, overrides)
+    data = datasets.load_dataset(dataclasses.replace(datasets.DataOptions.from_config(config),
+                                                    val_split=''))
+    if side_name == 'keras' and data.streamed:
+      raise ConfigError('the Keras side needs the data in memory; this dataset would be '
+                        'streamed: pass --config.data_in_memory=true, or --no-keras.')
+    side = {'cnnjax': CnnjaxSide, 'keras': KerasSide}[side_name](config, data)
+    connection.send(('ok', {'train_examples': len(data.train),
+                            'test_examples': len(data.test)}))
+    handlers = {'warm_up': lambda: side.warm_up(3), 'epoch': side.train_epoch,
+                'eval': side.evaluate}
+    while (command := connection.recv()) != 'stop':
+      connection.send(('ok', handlers[command]()))
+  except UserError as error:
+    connection.send(('user_error', str(error)))
+  except Exception:  # pylint: disable=broad-except  # A bug: the parent shows its traceback.
+    connection.send(('bug', traceback.format_exc()))
 
 
-def start_worker(side, args):
-  parent, child = multiprocessing.get_context('spawn').Pipe()
-  process = multiprocessing.get_context('spawn').Process(
-      target=worker, args=(side, args.config, args.overrides, child), daemon=True)
-  process.start()
-  return process, parent, parent.recv()
+class Worker:
+  """One side's worker process and the parent's end of its pipe."""
+
+  def __init__(self, side: str, args):
+    context = multiprocessing.get_context('spawn')
+    self.side, (self.connection, child) = side, context.Pipe()
+    self.process = context.Process(target=worker, args=(side, args.config, args.overrides,
+                                                        child), daemon=True)
+    self.process.start()
+    child.close()  # Only the worker holds it now: if the worker dies, `recv` sees the end.
+    self.sizes = self.answer()
+
+  def ask(self, command: str):
+    try:
+      self.connection.send(command)
+    except OSError:  # The worker is gone: `answer` says so.
+      pass
+    return self.answer()
+
+  def answer(self):
+    try:
+      status, value = self.connection.recv()
+    except (EOFError, OSError):
+      self.process.join()
+      raise RuntimeError(f'The {self.side} worker died (exit code {self.process.exitcode}) '
+                         'without an answer.') from None
+    if status == 'user_error':
+      raise WorkerUserError(value)
+    if status == 'bug':
+      raise RuntimeError(f'The {self.side} worker failed:\n{value}')
+    return value
+
+  def stop(self) -> None:
+    self.connection.send('stop')
+    self.process.join()
 
 
 def summarise(side: str, sizes: dict, compile_seconds: float, epochs: list, evals: list,
@@ -220,26 +298,20 @@ def device_description() -> str:
 def compare(args) -> dict:
   import importlib.util
   sides = ['cnnjax'] + (['keras'] if args.keras and importlib.util.find_spec('keras') else [])
-  workers = {side: start_worker(side, args) for side in sides}
-  compile_seconds = {}
-  for side, (_, connection, _) in workers.items():
-    connection.send('warm_up')
-    compile_seconds[side] = connection.recv()
+  config = check_config(args.config, args.overrides, keras='keras' in sides)
+  workers = {side: Worker(side, args) for side in sides}
+  compile_seconds = {side: w.ask('warm_up') for side, w in workers.items()}
   epochs = {side: [] for side in sides}
   evals = {side: [] for side in sides}
   for _ in range(args.epochs):  # Alternating: noise from the machine hits both sides alike.
-    for side, (_, connection, _) in workers.items():
-      connection.send('epoch')
-      epochs[side].append(connection.recv())
+    for side, w in workers.items():
+      epochs[side].append(w.ask('epoch'))
   for _ in range(args.evals):
-    for side, (_, connection, _) in workers.items():
-      connection.send('eval')
-      evals[side].append(connection.recv())
-  for process, connection, _ in workers.values():
-    connection.send('stop')
-    process.join()
-  config = load_config(args.config, args.overrides)
-  rows = [summarise(side, workers[side][2], compile_seconds[side], epochs[side], evals[side],
+    for side, w in workers.items():
+      evals[side].append(w.ask('eval'))
+  for w in workers.values():
+    w.stop()
+  rows = [summarise(side, workers[side].sizes, compile_seconds[side], epochs[side], evals[side],
                     config.batch_size) for side in sides]
   report = {'config': config.name, 'batch_size': config.batch_size,
             'eval_batch_size': config.eval_batch_size, 'device': device_description(),
@@ -258,6 +330,9 @@ def run_config(config_path: str, overrides: list[str], workdir: str) -> dict:
   command = [sys.executable, '-m', 'cnnjax.main', f'--config={config_path}',
              f'--workdir={workdir}', *overrides]
   result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+  errors = [line for line in result.stderr.splitlines() if line.startswith('cnnjax: error: ')]
+  if result.returncode == 2 and errors:  # Its one-line report of what the user gave.
+    raise WorkerUserError(f"{config_path}: {errors[-1][len('cnnjax: error: '):]}")
   if result.returncode:
     raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
   with open(os.path.join(workdir, 'results.json')) as f:
@@ -271,6 +346,8 @@ def compare_configs(args) -> dict:
   """Two configs trained end to end on the same data and overrides, one after the other."""
   import tempfile
   rows = []
+  for path in (args.config, args.vs):
+    check_config(path, args.overrides, keras=False)
   with tempfile.TemporaryDirectory() as tmp:
     for i, path in enumerate((args.config, args.vs)):
       results = run_config(path, args.overrides, os.path.join(tmp, str(i)))
@@ -322,7 +399,7 @@ def print_table(report: dict) -> None:
           '(< 1: cnnjax is faster)')
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
@@ -334,8 +411,14 @@ def main() -> None:
   parser.add_argument('--vs', default='', help='A second cnnjax config to run end to end.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
   parser.add_argument('overrides', nargs='*', help='--config.field=value overrides.')
-  args, unknown = parser.parse_known_args()
-  args.overrides = [o for o in args.overrides + unknown if o.startswith('--config.')]
+  args, unknown = parser.parse_known_args(argv)
+  args.overrides = args.overrides + unknown
+  stray = [o for o in args.overrides if not o.startswith('--config.')]
+  if stray:
+    parser.error(f'unrecognized arguments: {" ".join(stray)} (config fields go as '
+                 '--config.field=value)')
+  if args.epochs < 1 or args.evals < 1:
+    parser.error('--epochs and --evals must be 1 or more.')
   if args.local_data_dir:
     args.overrides.append(f'--config.local_data_dir={args.local_data_dir}')
   if args.ops:
@@ -343,7 +426,8 @@ def main() -> None:
     report = op_benchmarks.run()
     print(json.dumps(report, indent=2) if args.json else op_benchmarks.format_report(report))
     return
-  report = compare_configs(args) if args.vs else compare(args)
+  with cli.reporting_user_errors(TOOL):
+    report = compare_configs(args) if args.vs else compare(args)
   if args.json:
     print(json.dumps(report, indent=2))
   else:

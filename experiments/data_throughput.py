@@ -31,14 +31,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import jax  # pylint: disable=wrong-import-position
 
 
-def load_config(path: str):
-  import importlib.util
-  spec = importlib.util.spec_from_file_location('experiment_config', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
-
-
 def images_per_second(split, batch_size: int, steps: int, repeats: int) -> float:
   """Median images/s of reading `steps` batches of one epoch's order, `repeats` times."""
   from cnnjax import sharding
@@ -87,10 +79,21 @@ def main() -> None:
   parser.add_argument('--repeats', type=int, default=3)
   parser.add_argument('--max_workers', type=int, default=os.cpu_count() or 1)
   args = parser.parse_args()
-  from cnnjax.data import datasets
+  if min(args.steps, args.repeats, args.max_workers) < 1:
+    parser.error('--steps, --repeats and --max_workers must be 1 or more.')
+  if not (os.path.isfile(args.local_data_dir) and tarfile.is_tarfile(args.local_data_dir)):
+    parser.error(f'--local_data_dir={args.local_data_dir} is not a .tar.gz (or .tar) of an '
+                 'image tree: this script compares reading the archive with reading it unpacked.')
+  from cnnjax import cli
+  with cli.reporting_user_errors('data_throughput.py'):
+    measure(args)
 
-  config = load_config(args.config)
-  config.local_data_dir = args.local_data_dir
+
+def measure(args) -> None:
+  """Prints the table the module docstring describes."""
+  from cnnjax.data import datasets
+  from experiments.benchmark import load_config
+  config = load_config(args.config, [f'--config.local_data_dir={args.local_data_dir}'])
   options = dataclasses.replace(datasets.DataOptions.from_config(config), val_split='')
   batch = config.batch_size
   print(f'{args.config} on {args.local_data_dir}: batch {batch}, {args.steps} batches x '

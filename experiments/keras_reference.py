@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 from flax import traverse_util
 
+MODELS = ('mlp', 'cnn_simple', 'cnn_deep', 'cifar_cnn')  # The models `build` has.
+
 
 def build(config) -> Any:
   """The Keras model of `config` (one of the studies' architectures), uncompiled."""
@@ -49,7 +51,7 @@ def build(config) -> Any:
     x = layers.Dropout(kwargs.get('dropout', 0.3))(x)
   else:
     raise ValueError(f'No Keras reference for model {config.model!r}; the small study models '
-                     '(mlp, cnn_simple, cnn_deep, cifar_cnn) have one.')
+                     f'({", ".join(MODELS)}) have one.')
   outputs = layers.Dense(classes, activation='softmax')(x)
   return keras.Model(inputs, outputs, name=config.name)
 

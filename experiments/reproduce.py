@@ -26,6 +26,7 @@ import platform
 import shutil
 import statistics
 import sys
+from typing import Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
@@ -130,8 +131,10 @@ def _fmt(value, spec: str) -> str:
   return '–' if value is None else format(value, spec)
 
 
-def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
-  """The results page; `name` is the suite's output name (`<suite>` or `<suite>_quick`)."""
+def markdown(suite: str, name: str, runs: list[dict], args, device: str,
+             kept: Sequence[str] = ()) -> str:
+  """The results page; `name` is the suite's output name (`<suite>` or `<suite>_quick`);
+  `kept`: configs that could not run this time, whose recorded rows stay."""
   lines = [f'# {suite} suite: the study next to cnnjax', '',
            f'Made by `python experiments/reproduce.py --suite={suite}'
            f'{" --quick" if args.quick else ""}` on {datetime.date.today().isoformat()}'
@@ -143,6 +146,9 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
            f'`{args.local_data_dir or "TFDS"}`.',
            '- One run per config, seed 0. Train time includes validation; eval time is the test '
            'split once; time per epoch is the median over epochs after the first.']
+  if kept:
+    lines.append('- ' + ', '.join(f'`{c}`' for c in kept) + ' could not run this time: '
+                 'their rows are as this page recorded them before.')
   lines += [f'- {note}' for note in args.note] + ['']
   if args.quick:
     lines += [f'**Quick smoke check: {QUICK_STEPS} training steps per config. These numbers '
@@ -175,7 +181,7 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str) -> str:
   return '\n'.join(lines) + '\n'
 
 
-def write_suite(suite: str, runs: list[dict], args) -> str:
+def write_suite(suite: str, runs: list[dict], args, kept: Sequence[str] = ()) -> str:
   from cnnjax.runs import report
   import jax
   name = f'{suite}_quick' if args.quick else suite
@@ -190,7 +196,7 @@ def write_suite(suite: str, runs: list[dict], args) -> str:
             f'{os.cpu_count()} CPU cores, {platform.platform()}, jax {jax.__version__}')
   path = os.path.join(args.results_dir, f'{name}.md')
   with open(path, 'w') as f:
-    f.write(markdown(suite, name, runs, args, device))
+    f.write(markdown(suite, name, runs, args, device, kept))
   with open(os.path.join(args.results_dir, f'{name}.json'), 'w') as f:
     json.dump([{k: v for k, v in run.items() if k != 'workdir'} for run in runs], f, indent=2)
   return path
@@ -221,20 +227,44 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(argv)
   name = f'{args.suite}_quick' if args.quick else args.suite
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', name)
+  args.local_data_dir = os.path.expanduser(args.local_data_dir)
   only = [c for c in args.only.split(',') if c]
   unknown = sorted(set(only) - set(SUITES[args.suite]))
   if unknown:
     parser.error(f'--only: {unknown} not in the {args.suite} suite ({", ".join(SUITES[args.suite])})')
-  recorded = {run['name']: run for run in recorded_runs(args.results_dir, name)} if only else {}
-  runs = []
+  if args.local_data_dir and not os.path.exists(args.local_data_dir):
+    parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
+  from cnnjax import cli
+  with cli.reporting_user_errors('reproduce.py'):
+    return run_suite(args, name, only)
+
+
+def run_suite(args, name: str, only: list[str]) -> str:
+  """Runs the suite's configs (or `only` those) and writes its page, keeping what the page
+  recorded for every config that does not run now: a config left out, and one that could
+  not run this time (a recorded result is not replaced by a failure). If nothing ran, the
+  page is left as it was."""
+  from cnnjax.errors import UserError
+  recorded = {run['name']: run for run in recorded_runs(args.results_dir, name)}
+  runs, kept, failures = [], [], []
   for config in SUITES[args.suite]:
     if only and config not in only:
       if config in recorded:
         runs.append(recorded[config])
       continue
     print(f'=== {config}', flush=True)
-    runs.append(run_config(config, args))
-  path = write_suite(args.suite, runs, args)
+    run = run_config(config, args)
+    if 'skipped' in run:
+      print(f"{config}: {run['skipped']}", flush=True)
+      failures.append(f"{config}: {run['skipped']}")
+      if 'results' in recorded.get(config, {}):
+        run = recorded[config]
+        kept.append(config)
+    runs.append(run)
+  if len(failures) == len(only or SUITES[args.suite]):
+    raise UserError(f'no config ran ({"; ".join(failures)}); the results page was left as it '
+                    'was.')
+  path = write_suite(args.suite, runs, args, kept)
   print(f'Wrote {path}')
   return path
 

@@ -35,3 +35,11 @@ def mock_tfds():
   import tensorflow_datasets as tfds
   with tfds.testing.mock_data(num_examples=24):
     yield
+
+
+@pytest.fixture
+def mock_tfds_64():
+  """Mock TFDS data with 64 examples per split: enough for a study config's batch of 64."""
+  import tensorflow_datasets as tfds
+  with tfds.testing.mock_data(num_examples=64):
+    yield

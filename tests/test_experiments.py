@@ -59,7 +59,7 @@ def test_evaluation_only_pieces_give_what_training_without_them_gives(tmp_path, 
     assert evaluated['test_accuracy'] == trained['test_accuracy']
 
 
-def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds):
+def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds_64):
   from experiments import reproduce
   common = ['--suite=fashion_mnist', '--quick', f'--workdir_root={tmp_path}/runs',
             f'--results_dir={tmp_path}/results']
@@ -68,6 +68,31 @@ def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds):
   mlp_row = next(line for line in first.splitlines() if line.startswith('| `mlp_128_64`'))
   rows = [line.split('`')[1] for line in both.splitlines() if line.startswith('| `')]
   assert rows == ['mlp_128_64', 'cnn_simple'] and mlp_row in both
+  assert 'could not run' not in both  # Both rows are runs (a batch of 64 fits the data).
+
+
+def test_reproduce_never_replaces_a_recorded_run_with_a_failure(tmp_path, mock_tfds_64,
+                                                               capsys):
+  from experiments import reproduce
+  results = tmp_path / 'results'
+  common = ['--suite=fashion_mnist', '--quick', f'--results_dir={results}']
+  page = reproduce.main(common + ['--only=mlp_128_64', f'--workdir_root={tmp_path}/runs'])
+  recorded = open(page).read()
+  mlp_row = next(line for line in recorded.splitlines() if line.startswith('| `mlp_128_64`'))
+  broken = tmp_path / 'broken'
+  broken.mkdir()
+  (broken / 'mlp_128_64').write_text('not a workdir')  # Its run fails: a file, not a directory.
+  with pytest.raises(SystemExit) as exit_info:  # Nothing ran: the page stays as it was.
+    reproduce.main(common + ['--only=mlp_128_64', f'--workdir_root={broken}'])
+  assert exit_info.value.code == 2 and open(page).read() == recorded
+  assert 'reproduce.py: error: no config ran (mlp_128_64: could not run:' in capsys.readouterr().err
+  both = open(reproduce.main(common + ['--only=mlp_128_64,cnn_simple',
+                                       f'--workdir_root={broken}'])).read()
+  assert mlp_row in both and '| `cnn_simple` |' in both
+  assert '`mlp_128_64` could not run this time: their rows are as this page recorded' in both
+  with pytest.raises(SystemExit) as exit_info:
+    reproduce.main(common + [f'--local_data_dir={tmp_path}/nowhere'])
+  assert exit_info.value.code == 2 and open(page).read() == both
 
 
 def test_every_suite_ends_with_its_config_beyond_the_study():
@@ -135,3 +160,56 @@ def test_op_benchmarks_refuse_to_time_a_rewrite_that_differs(tiny_op_benchmarks,
   monkeypatch.setattr(layers, 'max_pool_2x2', lambda x: layers._windows_2x2(x).mean(axis=(2, 4)))
   with pytest.raises(AssertionError):
     tiny_op_benchmarks.run()
+
+
+def benchmark_args(data_dir, *extra):
+  return [f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--local_data_dir={data_dir}',
+          '--config.batch_size=8', '--config.eval_batch_size=10', *extra]
+
+
+BENCHMARK_CASES = {  # Each checked before a worker starts, or by a worker and sent back.
+    'config file missing': (['--config=nope.py'], 'cannot load the config file'),
+    'flag typo': (['--confg=configs/cnn_simple.py'], 'unrecognized arguments: --confg'),
+    'unknown config field': (['--config.batchsize=3'], "config field 'batchsize' does not"),
+    'no epochs': (['--epochs=0'], '--epochs and --evals must be 1 or more'),
+    'model without a Keras reference': (
+        [f'--config={REPO_ROOT}/configs/vgg_scratch.py'], 'has no Keras reference'),
+    'empty split (found by the worker)': (['--no-keras', '--config.train_split=train[:0]'],
+                                          'selects no example'),
+    'empty split, two configs': ([f'--vs={REPO_ROOT}/configs/mlp_128_64.py',
+                                  '--config.train_split=train[:0]'], 'selects no example'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BENCHMARK_CASES))
+def test_benchmark_bad_input_is_one_line(case, tmp_path):
+  from tests.helpers import make_idx_dataset, run_tool
+  make_idx_dataset(str(tmp_path))
+  extra, message = BENCHMARK_CASES[case]
+  result = run_tool('experiments.benchmark', benchmark_args(tmp_path, *extra), tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+
+
+def test_benchmark_times_cnnjax_alone_and_a_dead_worker_ends_it(tmp_path, capsys):
+  import argparse
+  import signal
+  from experiments import benchmark
+  from tests.helpers import make_idx_dataset
+  make_idx_dataset(str(tmp_path))  # 40 train, 20 test: 5 steps of 8.
+  benchmark.main(benchmark_args(tmp_path, '--no-keras', '--epochs=2', '--evals=2', '--json'))
+  report = json.loads(capsys.readouterr().out)
+  (row,) = report['rows']
+  assert row['side'] == 'cnnjax' and row['steps_per_epoch'] == 5
+  assert len(row['epoch_seconds']) == 2 and len(row['eval_seconds']) == 2
+  assert 'ratio_cnnjax_over_keras' not in report
+  args = argparse.Namespace(config=f'{REPO_ROOT}/configs/cnn_simple.py',
+                            overrides=benchmark_args(tmp_path)[2:] +
+                            [f'--config.local_data_dir={tmp_path}'])
+  worker = benchmark.Worker('cnnjax', args)
+  assert worker.sizes == {'train_examples': 40, 'test_examples': 20}
+  os.kill(worker.process.pid, signal.SIGKILL)
+  with pytest.raises(RuntimeError, match='cnnjax worker died'):
+    worker.ask('epoch')

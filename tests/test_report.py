@@ -127,13 +127,6 @@ def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_p
   assert 'Traceback' not in result.stderr
 
 
-@pytest.fixture
-def mock_tfds_64():
-  import tensorflow_datasets as tfds
-  with tfds.testing.mock_data(num_examples=64):
-    yield
-
-
 @pytest.mark.slow
 def test_reproduce_quick_writes_a_row_per_config(tmp_path, mock_tfds_64, monkeypatch):
   from cnnjax.pretrained import files
