@@ -28,6 +28,20 @@ def reporting_user_errors(tool: str) -> Iterator[None]:
     sys.exit(2)
 
 
+@contextlib.contextmanager
+def running_as_tool(tool: str) -> Iterator[None]:
+  """Around a tool's work: user errors as one line, exit status 2 (`reporting_user_errors`);
+  a stop signal as one line, exit status 128 + the signal (`cnnjax.runs.preemption`: a run
+  inside saves where nothing is lost)."""
+  from cnnjax.runs import preemption
+  with reporting_user_errors(tool), preemption.guard_signals():
+    try:
+      yield
+    except preemption.StopRequested as stop:
+      print(stop, flush=True)
+      sys.exit(128 + stop.signum)
+
+
 def quiet_console_by_default() -> None:
   """Library logging (orbax's per-save lines, jax's backend probing, TensorFlow's C++ logs)
   stays off unless asked for: without --verbosity, absl logs warnings only; --verbosity=0

@@ -6,7 +6,6 @@ Everything else lives in importable modules (see cnnjax.train).
 """
 import logging
 import os
-import sys
 
 from absl import app
 from absl import flags
@@ -32,25 +31,20 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   cli.quiet_console_by_default()
-  from cnnjax.runs import preemption
-  # Errors in what the user gave us: one clear line, no traceback (see cnnjax.cli). A stop
-  # signal from here on, imports included, ends in one line too (see cnnjax.runs.preemption).
-  with cli.reporting_user_errors('cnnjax'), preemption.guard_signals():
-    try:
-      # Imported after flags: keeps --help fast.
-      from cnnjax import sharding
-      from cnnjax import train
-      from configs import default
-      if _MULTIHOST.value:
-        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                        _PROCESS_ID.value)
-      config = _CONFIG.value
-      workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
-      logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-      train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
-    except preemption.StopRequested as stop:
-      print(stop, flush=True)
-      sys.exit(128 + stop.signum)
+  # Errors in what the user gave us: one clear line, no traceback. A stop signal from here
+  # on, imports included, ends in one line too (see cnnjax.cli.running_as_tool).
+  with cli.running_as_tool('cnnjax'):
+    # Imported after flags: keeps --help fast.
+    from cnnjax import sharding
+    from cnnjax import train
+    from configs import default
+    if _MULTIHOST.value:
+      sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                      _PROCESS_ID.value)
+    config = _CONFIG.value
+    workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
+    logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
+    train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
 
 
 if __name__ == '__main__':

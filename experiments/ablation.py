@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> str:
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', 'ablation',
                                                         name)
   rows = []
-  with cli.reporting_user_errors('ablation.py'):
+  with cli.running_as_tool('ablation.py'):
     for key, description, overrides in runs_of(config, [p for p in args.only.split(',') if p]):
       if key in EVALUATION_ONLY and not config.selection.monitor:  # (Else it picks epochs.)
         results = evaluate_without(args.config, key, overrides, args, rows[0]['results'])

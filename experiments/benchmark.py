@@ -21,22 +21,44 @@ What the user gave is checked before any worker starts (flags, config files and
 fields, a Keras model for the config); what fails in a worker (the data, say)
 comes back to the parent. Either ends in one line, exit status 2, as with
 `python -m cnnjax.main`; a worker that dies or fails otherwise stops the
-benchmark with its traceback, never a hang.
+benchmark with its traceback, never a hang. SIGINT or SIGTERM stops it with
+one line, exit status 128 + the signal (there is nothing to save).
 """
 import argparse
 import dataclasses
 import json
 import multiprocessing
 import os
+import signal
 import statistics
 import sys
 import time
 import traceback
-from typing import Sequence
+from typing import Callable, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
+TOOL = 'benchmark.py'
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 sys.path.insert(0, REPO_ROOT)
+
+
+def _stopped_line(signum: int) -> str:
+  return (f'{TOOL}: stopped by {signal.Signals(signum).name}; nothing is reported (a benchmark '
+          'has nothing to save). Run it again to measure.\n')
+
+
+def _exit_at_once(signum, frame):
+  """Before the workers start (`stoppable`), and for `--ops`, nothing needs stopping."""
+  del frame
+  os.write(2, _stopped_line(signum).encode())
+  os._exit(128 + signum)
+
+
+if __name__ == '__main__':  # Before the imports below, which take seconds.
+  for _signum in STOP_SIGNALS:
+    if signal.getsignal(_signum) is not signal.SIG_IGN:  # Ignored (a background job): stays so.
+      signal.signal(_signum, _exit_at_once)
 
 import jax  # pylint: disable=wrong-import-position
 
@@ -44,7 +66,7 @@ from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError, UserError  # pylint: disable=wrong-import-position
 from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
 
-TOOL = 'benchmark.py'
+_stopped_by: int | None = None  # The signal that stopped the benchmark, if one did.
 
 
 class WorkerUserError(UserError):
@@ -211,7 +233,7 @@ def worker(side_name, config_path, overrides, connection):
   """Builds one side, then answers 'warm_up', 'epoch', 'eval' and 'stop' over `connection`.
 
   Each answer is ('ok', value), ('user_error', message) or ('bug', traceback); after an
-  error the worker ends."""
+  error, or when the parent is gone, the worker ends."""
   try:
     from cnnjax.data import datasets
     config = load_config(config_path, overrides)
@@ -227,6 +249,8 @@ def worker(side_name, config_path, overrides, connection):
                 'eval': side.evaluate}
     while (command := connection.recv()) != 'stop':
       connection.send(('ok', handlers[command]()))
+  except (EOFError, BrokenPipeError):  # The parent stopped: nothing to answer.
+    pass
   except UserError as error:
     connection.send(('user_error', str(error)))
   except Exception:  # pylint: disable=broad-except  # A bug: the parent shows its traceback.
@@ -241,7 +265,13 @@ class Worker:
     self.side, (self.connection, child) = side, context.Pipe()
     self.process = context.Process(target=worker, args=(side, args.config, args.overrides,
                                                         child), daemon=True)
-    self.process.start()
+    # Started with Ctrl-C ignored, which it keeps: Ctrl-C reaches every process of the
+    # terminal's group, and the parent alone stops the benchmark (`stoppable`).
+    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+      self.process.start()
+    finally:
+      signal.signal(signal.SIGINT, handler)
     child.close()  # Only the worker holds it now: if the worker dies, `recv` sees the end.
     self.sizes = self.answer()
 
@@ -399,6 +429,34 @@ def print_table(report: dict) -> None:
           '(< 1: cnnjax is faster)')
 
 
+def _stop(signum, frame):
+  del frame
+  global _stopped_by
+  _stopped_by = signum
+  raise KeyboardInterrupt
+
+
+def stoppable(measure: Callable[[], dict]) -> dict:
+  """`measure()`, with user errors as one line (exit status 2) and SIGINT or SIGTERM as one
+  line (exit status 128 + the signal), whatever the workers were doing then."""
+  previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
+  for signum, handler in previous.items():
+    if handler is not signal.SIG_IGN:
+      signal.signal(signum, _stop)
+  try:
+    with cli.reporting_user_errors(TOOL):
+      return measure()
+  except (KeyboardInterrupt, RuntimeError):  # A worker killed by the same signal, too.
+    if _stopped_by is None:
+      raise
+    sys.stderr.write(_stopped_line(_stopped_by))
+    sys.exit(128 + _stopped_by)
+  finally:
+    for signum, handler in previous.items():
+      if handler is not None:  # None: installed outside Python, nothing to put back.
+        signal.signal(signum, handler)
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -426,8 +484,7 @@ def main(argv: list[str] | None = None) -> None:
     report = op_benchmarks.run()
     print(json.dumps(report, indent=2) if args.json else op_benchmarks.format_report(report))
     return
-  with cli.reporting_user_errors(TOOL):
-    report = compare_configs(args) if args.vs else compare(args)
+  report = stoppable(lambda: compare_configs(args) if args.vs else compare(args))
   if args.json:
     print(json.dumps(report, indent=2))
   else:

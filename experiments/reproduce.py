@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> str:
   if args.local_data_dir and not os.path.exists(args.local_data_dir):
     parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
   from cnnjax import cli
-  with cli.reporting_user_errors('reproduce.py'):
+  with cli.running_as_tool('reproduce.py'):
     return run_suite(args, name, only)
 
 
