@@ -439,22 +439,17 @@ def _stop(signum, frame):
 def stoppable(measure: Callable[[], dict]) -> dict:
   """`measure()`, with user errors as one line (exit status 2) and SIGINT or SIGTERM as one
   line (exit status 128 + the signal), whatever the workers were doing then."""
-  previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
-  for signum, handler in previous.items():
-    if handler is not signal.SIG_IGN:
-      signal.signal(signum, _stop)
+  from cnnjax.runs import preemption
+  global _stopped_by
+  _stopped_by = None
   try:
-    with cli.reporting_user_errors(TOOL):
+    with preemption.handling(STOP_SIGNALS, _stop), cli.reporting_user_errors(TOOL):
       return measure()
   except (KeyboardInterrupt, RuntimeError):  # A worker killed by the same signal, too.
     if _stopped_by is None:
       raise
     sys.stderr.write(_stopped_line(_stopped_by))
     sys.exit(128 + _stopped_by)
-  finally:
-    for signum, handler in previous.items():
-      if handler is not None:  # None: installed outside Python, nothing to put back.
-        signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -21,7 +21,7 @@ import logging
 import os
 import signal
 import threading
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 # What the first signal leads to, by where the run is (`SignalGuard.note`).
@@ -72,6 +72,23 @@ class SignalGuard:
 
 
 @contextlib.contextmanager
+def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iterator[None]:
+  """`handler` for each of `signals` that the process does not ignore (a signal a background
+  job was started with ignored stays ignored, as Python leaves it); the previous handlers are
+  put back afterwards. Main thread only."""
+  previous = {s: signal.getsignal(s) for s in signals}
+  for s, old in previous.items():
+    if old is not signal.SIG_IGN:
+      signal.signal(s, handler)
+  try:
+    yield
+  finally:
+    for s, old in previous.items():
+      if old is not None:  # None: installed outside Python, nothing to put back.
+        signal.signal(s, old)
+
+
+@contextlib.contextmanager
 def guard_signals() -> Iterator[SignalGuard]:
   """Installs a guard (main thread only; elsewhere it never fires). Inside another guard's
   block, that guard is the one: an early one (`cnnjax.main`) also covers the imports."""
@@ -83,15 +100,9 @@ def guard_signals() -> Iterator[SignalGuard]:
   if threading.current_thread() is not threading.main_thread():
     yield guard
     return
-  previous = {s: signal.getsignal(s) for s in SIGNALS}
-  for s, handler in previous.items():
-    if handler is not signal.SIG_IGN:
-      signal.signal(s, guard._handle)
-  _active = guard
-  try:
-    yield guard
-  finally:
-    _active = None
-    for s, handler in previous.items():
-      if handler is not None:  # None: installed outside Python, nothing to put back.
-        signal.signal(s, handler)
+  with handling(SIGNALS, guard._handle):
+    _active = guard
+    try:
+      yield guard
+    finally:
+      _active = None
