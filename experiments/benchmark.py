@@ -64,6 +64,7 @@ import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError, UserError  # pylint: disable=wrong-import-position
+from cnnjax.runs import preemption  # pylint: disable=wrong-import-position
 from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
 
 _stopped_by: int | None = None  # The signal that stopped the benchmark, if one did.
@@ -267,11 +268,8 @@ class Worker:
                                                         child), daemon=True)
     # Started with Ctrl-C ignored, which it keeps: Ctrl-C reaches every process of the
     # terminal's group, and the parent alone stops the benchmark (`stoppable`).
-    handler = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
+    with preemption.handling((signal.SIGINT,), signal.SIG_IGN):
       self.process.start()
-    finally:
-      signal.signal(signal.SIGINT, handler)
     child.close()  # Only the worker holds it now: if the worker dies, `recv` sees the end.
     self.sizes = self.answer()
 
@@ -439,7 +437,6 @@ def _stop(signum, frame):
 def stoppable(measure: Callable[[], dict]) -> dict:
   """`measure()`, with user errors as one line (exit status 2) and SIGINT or SIGTERM as one
   line (exit status 128 + the signal), whatever the workers were doing then."""
-  from cnnjax.runs import preemption
   global _stopped_by
   _stopped_by = None
   try:
