@@ -101,7 +101,33 @@ def test_a_tree_of_one_class_is_an_error(tmp_path):
     Image.new('RGB', (4, 4)).save(tmp_path / 'tree' / split / 'only' / '0.png')
   with pytest.raises(image_tree.LocalDataError, match=r'has one class folder \(only\); a '
                      'classifier needs two or more'):
-    image_tree.class_names(str(tmp_path / 'tree'))
+    root = str(tmp_path / 'tree')
+    image_tree.class_names(image_tree.list_tree(root), root)
+
+
+def test_an_image_folder_is_listed_once_per_load(tmp_path, monkeypatch, caplog):
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  Image.new('RGB', (4, 4)).save(os.path.join(root, 'train', 'loose.png'))
+  listings = []
+  list_directory = image_tree._directory_files
+  monkeypatch.setattr(image_tree, '_directory_files',
+                      lambda path: listings.append(path) or list_directory(path))
+  options = datasets.DataOptions('image_folder', local_data_dir=root, image_size=8, channels=3,
+                                 train_split='train', val_split='', test_split='test')
+  dataset = datasets.load_dataset(options, datasets.describe(options))
+  assert listings == [root]
+  assert (len(dataset.train), len(dataset.test)) == (6, 6)
+  assert [r.getMessage().split(',')[0] for r in caplog.records
+          if 'outside any class folder' in r.getMessage()] == [
+              f'Left out 1 file(s) lying directly in train/ of {root}']
+
+
+def test_a_missing_image_folder_is_named(tmp_path):
+  missing = str(tmp_path / 'no_such_tree')
+  options = datasets.DataOptions('image_folder', local_data_dir=missing, image_size=8,
+                                 channels=3)
+  with pytest.raises(image_tree.LocalDataError, match=f'{missing!r} does not exist'):
+    datasets.describe(options)
 
 
 def test_image_folder_needs_a_size(tmp_path):

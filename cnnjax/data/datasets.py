@@ -38,6 +38,10 @@ IN_MEMORY_CHOICES = ('auto', 'true', 'false')
 class DatasetSpec:
   image_shape: tuple[int, int, int]
   class_names: tuple[str, ...]
+  # An image folder's listing, made when it is described: loading its splits then does not
+  # walk (or unpack) the tree a second time.
+  tree: dict[str, list[image_tree.TreeFile]] | None = dataclasses.field(
+      default=None, compare=False, repr=False)
 
   def to_json(self) -> dict[str, Any]:
     return {'image_shape': list(self.image_shape), 'class_names': list(self.class_names)}
@@ -153,8 +157,10 @@ def describe(options: DataOptions) -> DatasetSpec:
     if not (options.image_size and options.channels):
       raise ConfigError('Image folders are read at a size you choose: set --config.image_size=N '
                         'and --config.channels=3 (RGB) or 1 (grey).')
-    return DatasetSpec(_sized((None, None, None), options, options.local_data_dir),
-                       image_tree.class_names(options.local_data_dir))
+    root = _existing(options.local_data_dir)
+    tree = image_tree.list_tree(root)
+    return DatasetSpec(_sized((None, None, None), options, root),
+                       image_tree.class_names(tree, root), tree)
   info = tfds_source.builder_info(name, options.tfds_data_dir)
   keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
   return DatasetSpec(_sized(tfds_source.native_shape(info, keys[0]), options, f'TFDS {name}'),
@@ -194,19 +200,23 @@ def _fits_in_memory(options: DataOptions, num_examples: int | None,
   return decoded <= MEMORY_FRACTION * _physical_memory()
 
 
+def _existing(local_data_dir: str) -> str:
+  if not os.path.exists(local_data_dir):
+    raise image_tree.LocalDataError(f'config.local_data_dir={local_data_dir!r} does not exist.')
+  return local_data_dir
+
+
 class _Loader:
   """Reads the splits of one dataset, sharing what several splits need (a tree's listing,
   a decoded IDX split that two slices take from)."""
 
   def __init__(self, options: DataOptions, spec: DatasetSpec):
     self.options, self.spec = options, spec
-    root = options.local_data_dir
-    if root and not os.path.exists(root):
-      raise image_tree.LocalDataError(f'config.local_data_dir={root!r} does not exist.')
+    root = options.local_data_dir and _existing(options.local_data_dir)
     self.kind = ('idx' if idx_files.is_idx_dir(root) else 'tree') if root else 'tfds'
     self.source = f'local:{root}' if root else 'tfds'
     self._whole: dict[str, Any] = {}
-    self._tree: dict[str, list[image_tree.TreeFile]] | None = None  # Listed once, if a tree.
+    self._tree = spec.tree  # A tree is listed once: here if `describe` did not.
     if self.kind == 'tfds':
       info = tfds_source.builder_info(options.dataset, options.tfds_data_dir)
       self.keys = tfds_source.feature_keys(info, options.image_key, options.label_key)

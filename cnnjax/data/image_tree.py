@@ -67,16 +67,10 @@ def _visible(name: str) -> bool:
   return not name.startswith('.')
 
 
-_warned_loose: set[tuple[str, str, tuple[str, ...]]] = set()  # A run lists a tree twice.
-
-
 def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
   """One warning per split for files lying in it outside any class folder (a class is a
-  folder: such a file has no label), once per process."""
+  folder: such a file has no label)."""
   for split, names in sorted(loose.items()):
-    if (root, split, tuple(names)) in _warned_loose:
-      continue
-    _warned_loose.add((root, split, tuple(names)))
     more = f' and {len(names) - _SHOWN_SKIPPED} more' if len(names) > _SHOWN_SKIPPED else ''
     logging.warning('Left out %d file(s) lying directly in %s/ of %s, outside any class folder: '
                     '%s%s. Put each in %s/<class>/ to use it.', len(names), split, root,
@@ -163,9 +157,11 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
   return files
 
 
-def class_names(root: str, split: str = 'train') -> tuple[str, ...]:
-  """A tree's classes: its `split`'s class folders, sorted (label i = the i-th)."""
-  names = tuple(sorted({f.cls for f in split_files(list_tree(root), root, split)}))
+def class_names(tree: dict[str, list[TreeFile]], root: str, split: str = 'train'
+                ) -> tuple[str, ...]:
+  """The classes of a listing of the tree at `root` (`list_tree`): its `split`'s class
+  folders, sorted (label i = the i-th)."""
+  names = tuple(sorted({f.cls for f in split_files(tree, root, split)}))
   if len(names) < 2:  # One softmax output: loss 0 and accuracy 1 whatever the images.
     raise LocalDataError(f'{split}/ in {root} has one class folder ({names[0]}); a classifier '
                          f'needs two or more: put each class\'s images in its own '
