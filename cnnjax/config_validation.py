@@ -3,6 +3,7 @@
 Each error names the field and says what would be valid, so a typo costs a
 second, not a failed hour-long run.
 """
+import math
 import os
 import re
 
@@ -39,6 +40,19 @@ def _unknown_fields(config: ml_collections.ConfigDict, default: ml_collections.C
   return sorted(unknown)
 
 
+def _check_positive(config: ml_collections.ConfigDict, field: str, zero_means_off: bool = False
+                    ) -> None:
+  """`config.<field>` (dotted) is a finite number above 0 (or 0, where it turns a feature
+  off): `inf` passes a plain `> 0` and turns the first step's loss into NaN."""
+  value = config
+  for part in field.split('.'):
+    value = value[part]
+  if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+          and (value > 0 or (zero_means_off and value == 0))):
+    allowed = '0 (off) or a positive finite number' if zero_means_off else 'positive and finite'
+    raise ConfigError(f'config.{field} must be {allowed}, got {value!r}.')
+
+
 def _check_fine_tune(config: ml_collections.ConfigDict, backbone: str | None) -> None:
   fine_tune = config.fine_tune
   if not isinstance(fine_tune.num_epochs, int) or fine_tune.num_epochs < 0:
@@ -65,9 +79,7 @@ def _check_fine_tune(config: ml_collections.ConfigDict, backbone: str | None) ->
                         f'{backbone} backbone has {blocks} blocks), got '
                         f'{fine_tune.unfreeze_blocks!r}; or name a layer in '
                         'config.fine_tune.unfreeze_from.')
-  if not fine_tune.learning_rate > 0:
-    raise ConfigError('config.fine_tune.learning_rate must be positive, got '
-                      f'{fine_tune.learning_rate!r}.')
+  _check_positive(config, 'fine_tune.learning_rate')
   if fine_tune.batchnorm not in stages.BATCHNORM_MODES:
     raise ConfigError(f'config.fine_tune.batchnorm must be one of {stages.BATCHNORM_MODES}, got '
                       f'{fine_tune.batchnorm!r}.')
@@ -106,8 +118,9 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
     if config[field] not in choices:
       raise ConfigError(f'config.{field} must be one of {choices}, got {config[field]!r}.')
   for field in ('weight_decay', 'grad_clip_norm'):
-    if not config[field] >= 0:
-      raise ConfigError(f'config.{field} must be 0 (off) or positive, got {config[field]!r}.')
+    _check_positive(config, field, zero_means_off=True)
+  for field in ('learning_rate', 'adam_epsilon'):
+    _check_positive(config, field)
   if config.weight_decay and config.optimizer == 'adam':
     raise ConfigError('config.weight_decay needs --config.optimizer=adamw (decoupled) or sgd; '
                       "Adam's would be L2 through the moments, which cnnjax does not offer.")
@@ -120,9 +133,13 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.momentum must be in [0, 1), got {config.momentum!r}.')
   if not 0 <= config.label_smoothing < 1:
     raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.')
-  if not all(0 < b < 1 for b in config.lr_boundaries):
-    raise ConfigError('config.lr_boundaries are fractions of a stage\'s steps, each in (0, 1); '
-                      f'got {tuple(config.lr_boundaries)!r}.')
+  boundaries = tuple(config.lr_boundaries)
+  if not (all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(set(boundaries))):
+    raise ConfigError('config.lr_boundaries are fractions of a stage\'s steps, each in (0, 1), '
+                      f'increasing (e.g. 0.5,0.75); got {boundaries!r}.')
+  if not 0 < config.lr_decay_factor < 1:  # 0 would stop training without a word.
+    raise ConfigError('config.lr_decay_factor multiplies the learning rate at each cut: it must '
+                      f'be in (0, 1), got {config.lr_decay_factor!r}.')
   augment = config.augment
   if not isinstance(augment.crop_padding, int) or augment.crop_padding < 0:
     raise ConfigError(f'config.augment.crop_padding must be 0 (off) or a positive integer, got '
@@ -179,17 +196,13 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     value = config.collapse_guard[field.split('.')[1]]
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
-  if not config.collapse_guard.loss_band > 0:
-    raise ConfigError('config.collapse_guard.loss_band must be positive, got '
-                      f'{config.collapse_guard.loss_band!r}.')
+  _check_positive(config, 'collapse_guard.loss_band')
   if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
     raise ConfigError(f'config.warmup_steps must be 0 or a positive integer, got '
                       f'{config.warmup_steps!r}.')
   if config.adam_update not in optimizers.UPDATES:
     raise ConfigError(f'config.adam_update must be one of {optimizers.UPDATES}, got '
                       f'{config.adam_update!r}.')
-  if not config.learning_rate > 0:
-    raise ConfigError(f'config.learning_rate must be positive, got {config.learning_rate!r}.')
   # JAX keys hold 32 bits of the seed: 2**32 would initialise as 0 does.
   if not isinstance(config.seed, int) or not 0 <= config.seed < 2 ** 32:
     raise ConfigError(f'config.seed must be an integer from 0 to 2**32 - 1, got {config.seed!r}.')

@@ -176,6 +176,26 @@ def test_clipping_bounds_the_global_norm():
   assert float(optax.global_norm(updates)) == pytest.approx(1.0)
 
 
+@pytest.mark.parametrize('overrides, message', [
+    ({'learning_rate': float('inf')}, 'learning_rate must be positive and finite, got inf'),
+    ({'learning_rate': float('nan')}, 'learning_rate must be positive and finite, got nan'),
+    ({'adam_epsilon': -1.0}, 'adam_epsilon must be positive and finite'),
+    ({'weight_decay': float('inf'), 'optimizer': 'adamw'},
+     'weight_decay must be 0 \\(off\\) or a positive finite number, got inf'),
+    ({'grad_clip_norm': float('nan')}, 'grad_clip_norm must be 0 \\(off\\) or a positive'),
+    ({'lr_boundaries': (0.9, 0.5), 'schedule': 'piecewise'}, 'lr_boundaries .* increasing'),
+    ({'lr_boundaries': (0.5, 0.5), 'schedule': 'piecewise'}, 'lr_boundaries .* increasing'),
+    ({'lr_decay_factor': 0.0, 'schedule': 'piecewise'}, 'lr_decay_factor .* in \\(0, 1\\)'),
+    ({'lr_decay_factor': 1.5, 'schedule': 'plateau'}, 'lr_decay_factor .* in \\(0, 1\\)'),
+])
+def test_recipe_numbers_that_would_train_silently_wrong_are_refused(overrides, message):
+  from cnnjax.errors import ConfigError
+  config = load_config('cnn_simple')
+  config.update(overrides)
+  with pytest.raises(ConfigError, match=message):
+    validate(config)
+
+
 def test_label_smoothing_loss_equals_the_formula():
   from cnnjax.training import steps
   logits = jnp.array([[2.0, 0.5, -1.0]])
