@@ -122,9 +122,7 @@ def plot_suite_curves(runs: list[dict], path: str, suite: str) -> None:
                 label=run['name'])
     report.style_epoch_axis(ax, label)
   figure.suptitle(f'{suite}: accuracy per epoch')
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  report.save_figure(figure, path)
 
 
 def _fmt(value, spec: str) -> str:

@@ -68,6 +68,15 @@ def test_worst_confusions_are_the_largest_off_diagonal_counts():
   assert pairs[0]['fraction_of_true'] == pytest.approx(7 / 9)
 
 
+def test_class_names_the_font_lacks_are_drawn_without_a_warning(tmp_path, recwarn):
+  names = ['dög 🐕', '猫', 'bird']
+  path = str(tmp_path / 'matrix.png')
+  report.plot_confusion_matrix(np.array([[2, 1, 0], [0, 3, 0], [1, 0, 2]]), names, path, 'run 🐕')
+  assert [str(w.message) for w in recwarn] == []
+  with open(path, 'rb') as f:
+    assert f.read(8) == PNG_MAGIC
+
+
 def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, capsys):
   workdir = str(tmp_path / 'stopped')
   config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=4,

@@ -11,6 +11,7 @@ and the console lists the most confused pairs of classes.
 import csv
 import json
 import os
+import warnings
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,6 +29,17 @@ def pyplot():
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
   return plt
+
+
+def save_figure(figure, path: str) -> None:
+  """Lays `figure` out, writes it and frees it. A class name in a script the font lacks
+  (an emoji, CJK) is drawn as a box: matplotlib's warning about each such glyph would only
+  break into the console's lines."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', message='Glyph .* missing from font')
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+  pyplot().close(figure)
 
 
 def style_epoch_axis(ax, ylabel: str) -> None:
@@ -76,9 +88,7 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
       ax.axvline(epoch - 0.5, color='grey', linestyle=':', label='fine-tuning starts')
     style_epoch_axis(ax, metric)
   figure.suptitle(title)
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
@@ -100,9 +110,7 @@ def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: 
       ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
               color='white' if matrix[i, j] > threshold else 'black')
   ax.set_title(f'{title}: {int(np.trace(matrix))} of {int(matrix.sum())} correct')
-  figure.tight_layout()
-  figure.savefig(path, dpi=120)
-  plt.close(figure)
+  save_figure(figure, path)
 
 
 def classification_report(labels: np.ndarray, predictions: np.ndarray,
