@@ -60,17 +60,44 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
 
   def parse(argv: list[str]) -> list[str]:
     try:
+      if 'config' in flags.FLAGS:
+        reordered = config_file_first(argv)
+        if argv == sys.argv:  # ml_collections reads the overrides' order from sys.argv.
+          sys.argv[:] = reordered
+        argv = reordered
       remaining = flags.FLAGS(argv)
       if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
         flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
         expand_home_in_paths(flags.FLAGS['config'].value)
       if 'workdir' in flags.FLAGS and flags.FLAGS.workdir:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
-      return remaining
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
-      print(f'{tool}: error: {flag_error_message(error)}', file=sys.stderr, flush=True)
-      sys.exit(2)
+      _exit_with_usage_error(tool, flag_error_message(error))
+    if len(remaining) > 1:
+      _exit_with_usage_error(tool, f'unexpected argument(s) {" ".join(remaining[1:])}: every '
+                             'option is a flag, written --name=value (e.g. '
+                             '--config.batch_size=128).')
+    return remaining
   return parse
+
+
+def _exit_with_usage_error(tool: str, message: str) -> None:
+  print(f'{tool}: error: {message}', file=sys.stderr, flush=True)
+  sys.exit(2)
+
+
+def config_file_first(argv: list[str]) -> list[str]:
+  """`argv` with `--config=FILE` (or `--config FILE`) moved before the other flags.
+  ml_collections refuses a `--config.<field>=` override met before the file it overrides;
+  a user may write them in any order."""
+  args = list(argv[1:])
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    if arg.startswith('--config=') or (arg == '--config' and i + 1 < len(args)):
+      taken = args[i:i + (1 if arg.startswith('--config=') else 2)]
+      return [argv[0], *taken, *args[:i], *args[i + len(taken):]]
+  return list(argv)
 
 
 def expand_home_in_paths(config) -> None:
@@ -83,6 +110,12 @@ def expand_home_in_paths(config) -> None:
 def flag_error_message(error: Exception) -> str:
   """What went wrong parsing a command line's config flags, as one line."""
   text = str(error)
+  from absl import flags
+  mistyped = getattr(error, 'flagname', 'config.').split('.')[0] != 'config'  # e.g. --confg
+  if ('config' in flags.FLAGS and not mistyped
+      and not any(arg == '--config' or arg.startswith('--config=') for arg in sys.argv)):
+    return ('no config file given: pass --config=FILE (e.g. --config=configs/cnn_simple.py); '
+            '--config.<field>=value flags then override its fields.')
   if isinstance(error, AttributeError):  # ml_collections: --config.<field> names no field.
     match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
     field = match[2] if match else text.strip('\'"').split('\'')[0].strip('\\')
@@ -95,10 +128,11 @@ def flag_error_message(error: Exception) -> str:
             'configs/default.py.')
   if isinstance(error, SyntaxError):
     return f'the config file does not parse: {error}.'
-  if isinstance(error, OSError) and 'config file' in text:
+  if isinstance(error, OSError):
     reason = text.strip().splitlines()[-1].strip()
-    return f'cannot load the config file: {reason}'
-  from absl import flags
+    return ('cannot load the config file: '
+            + reason.removeprefix('Configuration is not available because of an earlier '
+                                  'failure to load: '))
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())

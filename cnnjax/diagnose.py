@@ -97,8 +97,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
+  del argv  # cli.flags_parser refuses stray arguments.
   cli.quiet_console_by_default()
   from configs import default
   with cli.reporting_user_errors('cnnjax.diagnose'):

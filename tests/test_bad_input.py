@@ -138,6 +138,31 @@ def test_bad_input_to_main_is_one_line_and_makes_no_workdir(case, data, tmp_path
   assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'run.lock')
 
 
+COMMAND_LINE_CASES = {
+    # Overrides before the file they override: applied all the same (batch 64 > 40 examples).
+    'overrides before --config': (lambda data, tmp_path: [
+        f'--config.local_data_dir={data}', '--config.batch_size=64', CNN_SIMPLE],
+        'config.batch_size=64 is larger than the 40'),
+    'no --config': (lambda data, tmp_path: ['--config.batch_size=3'],
+                    'no config file given: pass --config=FILE'),
+    'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
+                          "Unknown command line flag 'confg'"),
+    'a directory as --config': (lambda data, tmp_path: [f'--config={tmp_path}'],
+                                'cannot load the config file: [Errno 21] Is a directory'),
+    'a stray argument': (lambda data, tmp_path: [CNN_SIMPLE, 'batch_size=3'],
+                         'unexpected argument(s) batch_size=3: every option is a flag'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(COMMAND_LINE_CASES))
+def test_a_command_line_in_any_order_or_malformed(case, data, tmp_path):
+  make_args, message = COMMAND_LINE_CASES[case]
+  result = run_tool('cnnjax.main', [*make_args(data, tmp_path), f'--workdir={tmp_path}/run'],
+                    tmp_path)
+  assert_one_line_error(result, 'cnnjax', message)
+  assert not os.path.exists(tmp_path / 'run')
+
+
 def trained_run(data, tmp_path, *extra):
   """A finished 1-epoch cnn_simple run on the IDX files; its workdir."""
   workdir = tmp_path / 'run'
