@@ -29,12 +29,16 @@ def reporting_user_errors(tool: str) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def running_as_tool(tool: str) -> Iterator[None]:
+def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iterator[None]:
   """Around a tool's work: user errors as one line, exit status 2 (`reporting_user_errors`);
   a stop signal as one line, exit status 128 + the signal (`cnnjax.runs.preemption`: a run
-  inside saves where nothing is lost)."""
+  inside saves where nothing is lost). A tool with nothing to save passes
+  `stopped_before_saving`, the end of that line (e.g. 'before writing anything.'), and stops
+  where the signal finds it."""
   from cnnjax.runs import preemption
-  with reporting_user_errors(tool), preemption.guard_signals():
+  stops = (preemption.guard_signals() if stopped_before_saving is None
+           else preemption.stopping_at_once(stopped_before_saving))
+  with reporting_user_errors(tool), stops:
     try:
       yield
     except preemption.StopRequested as stop:

@@ -11,6 +11,7 @@ confused classes.
 """
 import argparse
 import os
+import signal
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
@@ -26,7 +27,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   """
   from cnnjax import sharding
   from cnnjax.data import datasets
-  from cnnjax.runs import report, saved, writers
+  from cnnjax.runs import preemption, report, saved, writers
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
   if local_data_dir is not None:
@@ -40,16 +41,19 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
   metrics, predictions, labels = trainer.evaluate(state, data)
-  confusions = report.write_report(workdir, labels, predictions, spec.class_names,
-                                   writers.read_metrics(workdir), config.name)
-  evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(data),
-                'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
-                'worst_confusions': confusions}
-  writers.write_json(os.path.join(workdir, EVALUATION_FILE), evaluation)
-  weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
-  print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
-        f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {workdir}.')
-  print(report.format_confusions(confusions), flush=True)
+  # A second of writing and printing, which a stop signal does not cut short: it would leave
+  # the reports of two evaluations mixed.
+  with preemption.handling(preemption.SIGNALS, signal.SIG_IGN):
+    confusions = report.write_report(workdir, labels, predictions, spec.class_names,
+                                     writers.read_metrics(workdir), config.name)
+    evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(data),
+                  'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
+                  'worst_confusions': confusions}
+    writers.write_json(os.path.join(workdir, EVALUATION_FILE), evaluation)
+    weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
+    print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
+          f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {workdir}.')
+    print(report.format_confusions(confusions), flush=True)
   return evaluation
 
 
@@ -64,8 +68,9 @@ def main(argv: list[str] | None = None) -> None:
                       help="Split to evaluate (TFDS syntax); default the run's test split.")
   args = parser.parse_args(argv)
   from cnnjax import cli
-  from configs import default
-  with cli.reporting_user_errors('cnnjax.evaluate'):
+  with cli.running_as_tool('cnnjax.evaluate', 'before writing anything: the run\'s files '
+                          'are as they were.'):
+    from configs import default  # Imports take seconds: a stop signal ends them in one line.
     evaluate(args.workdir, default.get_config(), args.local_data_dir, args.split)
 
 

@@ -64,11 +64,13 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--json', action='store_true', help='Print JSON instead of text.')
   parser.add_argument('images', nargs='+', metavar='IMAGE')
   args = parser.parse_args(argv)
+  if args.top < 1:
+    parser.error(f'--top={args.top}: print at least 1 class per image.')
   from cnnjax import cli
-  from configs import default
-  with cli.reporting_user_errors('cnnjax.predict'):
+  with cli.running_as_tool('cnnjax.predict', 'before it finished (it writes nothing).'):
+    from configs import default  # Imports take seconds: a stop signal ends them in one line.
     predictions = predict(args.workdir, args.images, default.get_config(), args.top)
-  print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
+    print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
 
 
 if __name__ == '__main__':

@@ -231,6 +231,27 @@ def run_tool(module, args, cwd, env_extra=None):
                         capture_output=True, text=True, timeout=300)
 
 
+def ctrl_c_after(delay, argv):
+  """Runs `argv` (a script path, or `-m MODULE`, and its arguments) from the repository root
+  as a terminal runs it, where Ctrl-C raises KeyboardInterrupt whatever the test runner's own
+  handling, in a session of its own; after `delay` seconds sends SIGINT to its whole process
+  group, as Ctrl-C does. Returns the finished `subprocess.Popen` and its stdout and stderr."""
+  import signal
+  import time
+  run = ('runpy.run_module(sys.argv[0], run_name="__main__", alter_sys=True)'
+         if argv[0] == '-m' else 'runpy.run_path(sys.argv[0], run_name="__main__")')
+  as_a_terminal_runs_it = (
+      'import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
+      f'sys.argv = {list(argv[1:] if argv[0] == "-m" else argv)!r}; {run}')
+  process = subprocess.Popen([sys.executable, '-c', as_a_terminal_runs_it], cwd=REPO_ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             start_new_session=True)
+  time.sleep(delay)
+  os.killpg(process.pid, signal.SIGINT)
+  stdout, stderr = process.communicate(timeout=120)
+  return process, stdout, stderr
+
+
 def run_cnnjax(args, cwd, devices=1, timeout=600):
   """Runs `python -m cnnjax.main ARGS` with `devices` fake CPU devices; returns the result."""
   env = {**os.environ, 'PYTHONPATH': REPO_ROOT,

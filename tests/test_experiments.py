@@ -218,21 +218,10 @@ def test_benchmark_times_cnnjax_alone_and_a_dead_worker_ends_it(tmp_path, capsys
 @pytest.mark.parametrize('delay', [0.2, 1.5, 6.0])  # Importing; starting workers; measuring.
 def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   import signal
-  import subprocess
-  import sys
-  import time
-  from tests.helpers import make_idx_dataset
+  from tests.helpers import ctrl_c_after, make_idx_dataset
   make_idx_dataset(str(tmp_path))
-  args = ['experiments/benchmark.py', *benchmark_args(tmp_path, '--no-keras', '--epochs=1000')]
-  as_a_terminal_runs_it = (  # Ctrl-C raises, whatever the test runner's own handling.
-      'import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); '
-      f'sys.argv = {args!r}; runpy.run_path(sys.argv[0], run_name="__main__")')
-  process = subprocess.Popen(  # In a session of its own: Ctrl-C reaches the workers too.
-      [sys.executable, '-c', as_a_terminal_runs_it], cwd=REPO_ROOT, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True, start_new_session=True)
-  time.sleep(delay)
-  os.killpg(process.pid, signal.SIGINT)
-  _, stderr = process.communicate(timeout=120)
+  process, _, stderr = ctrl_c_after(delay, ['experiments/benchmark.py', *benchmark_args(
+      tmp_path, '--no-keras', '--epochs=1000')])  # Ctrl-C reaches the workers too.
   assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
   assert stderr.strip().splitlines()[-1].startswith('benchmark.py: stopped by SIGINT;')

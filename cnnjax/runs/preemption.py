@@ -75,7 +75,10 @@ class SignalGuard:
 def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iterator[None]:
   """`handler` for each of `signals` that the process does not ignore (a signal a background
   job was started with ignored stays ignored, as Python leaves it); the previous handlers are
-  put back afterwards. Main thread only."""
+  put back afterwards. Only the main thread receives signals: elsewhere, nothing changes."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
   previous = {s: signal.getsignal(s) for s in signals}
   for s, old in previous.items():
     if old is not signal.SIG_IGN:
@@ -86,6 +89,17 @@ def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iter
     for s, old in previous.items():
       if old is not None:  # None: installed outside Python, nothing to put back.
         signal.signal(s, old)
+
+
+@contextlib.contextmanager
+def stopping_at_once(detail: str) -> Iterator[None]:
+  """For work with nothing to save (evaluating, predicting): the first stop signal raises
+  `StopRequested(signum, detail)` wherever it finds the work."""
+  def stop(signum, frame):
+    del frame
+    raise StopRequested(signum, detail)
+  with handling(SIGNALS, stop):
+    yield
 
 
 @contextlib.contextmanager

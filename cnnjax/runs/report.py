@@ -16,6 +16,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cnnjax.runs import atomic
+
 CURVES_FILE = 'curves.png'
 CONFUSION_PNG = 'confusion_matrix.png'
 CONFUSION_CSV = 'confusion_matrix.csv'
@@ -38,7 +40,8 @@ def save_figure(figure, path: str) -> None:
   with warnings.catch_warnings():
     warnings.filterwarnings('ignore', message='Glyph .* missing from font')
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    with atomic.replaced_whole(path, 'wb') as f:
+      figure.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=120)
   pyplot().close(figure)
 
 
@@ -128,16 +131,16 @@ def write_report(workdir: str, labels: np.ndarray, predictions: np.ndarray,
                  ) -> list[dict[str, Any]]:
   """Writes every report file into `workdir`; returns the worst confusions."""
   matrix = confusion_matrix(labels, predictions, len(class_names))
-  with open(os.path.join(workdir, CONFUSION_CSV), 'w', newline='') as f:
+  with atomic.replaced_whole(os.path.join(workdir, CONFUSION_CSV), newline='') as f:
     writer = csv.writer(f)
     writer.writerow(['true \\ predicted', *class_names])
     for name, counts in zip(class_names, matrix):
       writer.writerow([name, *counts.tolist()])
   plot_confusion_matrix(matrix, class_names, os.path.join(workdir, CONFUSION_PNG), title)
   text, as_dict = classification_report(labels, predictions, class_names)
-  with open(os.path.join(workdir, REPORT_TXT), 'w') as f:
+  with atomic.replaced_whole(os.path.join(workdir, REPORT_TXT)) as f:
     f.write(text)
-  with open(os.path.join(workdir, REPORT_JSON), 'w') as f:
+  with atomic.replaced_whole(os.path.join(workdir, REPORT_JSON)) as f:
     json.dump(as_dict, f, indent=2)
   if rows:
     plot_curves(rows, os.path.join(workdir, CURVES_FILE), title)

@@ -15,6 +15,8 @@ from typing import Any
 
 import jax
 
+from cnnjax.runs import atomic
+
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
@@ -22,11 +24,9 @@ RESULTS_FILE = 'results.json'
 
 def write_json(path: str, payload: Any) -> None:
   """Writes `payload` atomically: a reader never sees a half-written file."""
-  tmp = path + '.tmp'
-  with open(tmp, 'w') as f:
+  with atomic.replaced_whole(path) as f:
     json.dump(payload, f, indent=2, sort_keys=True)
     f.write('\n')
-  os.replace(tmp, path)
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -85,10 +85,8 @@ class RunWriter:
     partial_epoch_end = step % self.steps_per_epoch != 0
     kept = [r for r in rows
             if r['step'] < step or (r['step'] == step and not (continues and partial_epoch_end))]
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
+    with atomic.replaced_whole(path) as f:
       f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
-    os.replace(tmp, path)
 
   def write_config(self, config: dict[str, Any]) -> None:
     if self.is_writer:
