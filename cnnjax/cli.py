@@ -33,8 +33,8 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
   """Around a tool's work: user errors as one line, exit status 2 (`reporting_user_errors`);
   a stop signal as one line, exit status 128 + the signal (`cnnjax.runs.preemption`: a run
   inside saves where nothing is lost). A tool with nothing to save passes
-  `stopped_before_saving`, the end of that line (e.g. 'before writing anything.'), and stops
-  where the signal finds it."""
+  `stopped_before_saving`, the end of that line (e.g. 'before writing anything.'), and exits
+  where the signal finds it (`preemption.stopping_at_once`)."""
   from cnnjax.runs import preemption
   stops = (preemption.guard_signals() if stopped_before_saving is None
            else preemption.stopping_at_once(stopped_before_saving))

@@ -100,7 +100,7 @@ def main(argv):
   del argv  # cli.flags_parser refuses stray arguments.
   cli.quiet_console_by_default()
   from configs import default
-  with cli.reporting_user_errors('cnnjax.diagnose'):
+  with cli.running_as_tool('cnnjax.diagnose', 'before it finished (it writes nothing).'):
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,
              lambda report: print(format_report(report), flush=True))
 

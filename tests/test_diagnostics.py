@@ -13,7 +13,7 @@ from flax import traverse_util
 from cnnjax import diagnose
 from cnnjax.training import diagnostics
 from cnnjax.training import steps
-from tests.helpers import (REPO_ROOT, experiment, load_config, read_jsonl, restore_latest, shrink,
+from tests.helpers import (REPO_ROOT, experiment, load_config, restore_latest, shrink,
                            train_and_evaluate, validate, write_idx)
 
 FIXES = {  # Config -> the one field it changes against vgg_scratch, and its value.

@@ -17,7 +17,6 @@ from cnnjax.training import stages
 from cnnjax.training.steps import Metrics
 from cnnjax.pretrained import __main__ as cli
 from cnnjax.pretrained import files
-from cnnjax.pretrained import ports
 from cnnjax.pretrained.h5 import WeightsFileError
 from tests.helpers import (REPO_ROOT, backbone_variables, experiment, final_state,
                            jitted_train_step, load_config, shared_weights_file, shrink,
@@ -248,6 +247,21 @@ def test_converter_round_trip(tmp_path, capsys):
     pretrained.read_weights(str(out), 'vgg16')
   assert cli.main(['convert', shared_weights_file('mobilenet_v2'), str(out)]) == 2  # No overwrite.
   assert 'not empty' in capsys.readouterr().err
+
+
+def test_a_conversion_that_fails_midway_leaves_no_directory(tmp_path):
+  variables, _ = pretrained.read_weights(shared_weights_file('mobilenet_v2'), 'mobilenet_v2')
+  out = tmp_path / 'converted'
+  with pytest.raises(TypeError):  # After the arrays are saved: source.json cannot be written.
+    pretrained.save_converted(variables, str(out), {'backbone': object()})
+  assert os.listdir(tmp_path) == []  # Neither OUT_DIR nor its .partial sibling.
+  out.mkdir()  # An empty OUT_DIR is written into.
+  pretrained.save_converted(variables, str(out), {'backbone': 'mobilenet_v2', 'file': 'x.h5',
+                                                  'md5': '0'})
+  assert_trees_equal(variables, pretrained.read_weights(str(out), 'mobilenet_v2')[0])
+  (out / 'source.json').write_text('{"backbone": "mobilenet_v2"}')  # Edited by hand.
+  with pytest.raises(WeightsFileError, match='source.json lacks file, md5.*convert IN.h5'):
+    pretrained.read_weights(str(out), 'mobilenet_v2')
 
 
 def test_run_starts_from_the_file_and_records_it(tmp_path, mock_tfds):

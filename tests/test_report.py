@@ -104,24 +104,32 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
-def test_evaluate_and_predict_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path):
+def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
-  from tests.helpers import ctrl_c_after, tree_digest
+  from tests.helpers import ctrl_c_after, shared_weights_file, tree_digest
   _, workdir = trained
   image = str(tmp_path / 'photo.png')
   Image.new('RGB', (9, 7)).save(image)
   before = tree_digest(workdir)
-  for argv, line in (
-      (['-m', 'cnnjax.evaluate', f'--workdir={workdir}'],
+  nothing = 'Stopped by SIGINT before it finished (it writes nothing).'
+  # After `delay` seconds a tool is past its start (its handler is in place) and still
+  # importing jax or working: these tools take seconds more on the tiny run.
+  for delay, argv, line in (
+      (1.0, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'],
        "Stopped by SIGINT before writing anything: the run's files are as they were."),
-      (['-m', 'cnnjax.predict', f'--workdir={workdir}', image],
-       'Stopped by SIGINT before it finished (it writes nothing).')):
-    # 1 s: past the start (the handler is in place) and still importing jax or evaluating.
-    process, stdout, stderr = ctrl_c_after(1.0, argv)
+      (1.0, ['-m', 'cnnjax.predict', f'--workdir={workdir}', image], nothing),
+      (1.0, ['-m', 'cnnjax.pretrained', 'convert', shared_weights_file('mobilenet_v2'),
+             str(tmp_path / 'converted')],
+       'Stopped by SIGINT before it finished: nothing was written.'),
+      (2.0, ['-m', 'cnnjax.diagnose', f'--config={REPO_ROOT}/configs/cnn_simple.py',
+             f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
+             '--steps=100000'], nothing)):  # Training: it would run for minutes.
+    process, stdout, stderr = ctrl_c_after(delay, argv)
     assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
     assert 'Traceback' not in stderr, stderr[-2000:]
     assert stdout.strip().splitlines()[-1] == line
   assert tree_digest(workdir) == before
+  assert not os.path.exists(tmp_path / 'converted')
 
 
 def test_predict_classifies_an_image_of_any_size_and_colour(trained, tmp_path):

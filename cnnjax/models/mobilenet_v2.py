@@ -92,7 +92,6 @@ class MobileNetV2(nn.Module):
       if block_id:
         x = conv(expansion * in_channels, (1, 1), name=prefix + 'expand')(x)
         x = layers.ReLU(6.0, name=prefix + 'expand_relu')(bn(name=prefix + 'expand_BN')(x, train))
-      channels = x.shape[-1]
       if stride == 2:
         x = jnp.pad(x, ((0, 0),) + correct_pad(x.shape[1], x.shape[2]) + ((0, 0),))
       x = layers.DepthwiseConv((3, 3), strides=(stride, stride), dtype=self.dtype,

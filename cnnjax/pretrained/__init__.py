@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from typing import Any
 
 import jax
@@ -70,19 +71,34 @@ def port_h5(path: str, backbone: str | None = None) -> tuple[dict[str, Any], str
   return ports.port(layers, backbone, expected_variables(backbone), path), backbone
 
 
+SOURCE_KEYS = ('backbone', 'file', 'md5')  # What `source.json` says of the .h5 file.
+
+
 def save_converted(variables: dict[str, Any], directory: str, source: dict[str, Any]) -> None:
-  """Writes ported variables as an orbax checkpoint plus `source.json`."""
+  """Writes ported variables as an orbax checkpoint plus `source.json`, into a sibling
+  `.partial` directory first: `directory` appears whole or not at all, whatever stops the
+  writing."""
   import orbax.checkpoint as ocp
   if os.path.exists(directory) and not os.path.isdir(directory):
     raise FileExistsError(f'{directory} is a file; choose a new directory to write to.')
   if os.path.exists(directory) and os.listdir(directory):
     raise FileExistsError(f'{directory} exists and is not empty; choose a new directory.')
-  os.makedirs(directory, exist_ok=True)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(os.path.join(os.path.abspath(directory), VARIABLES_DIR), variables)
-  checkpointer.wait_until_finished()
-  with open(os.path.join(directory, SOURCE_FILE), 'w') as f:
-    json.dump(source, f, indent=2, sort_keys=True)
+  partial = os.path.abspath(directory).rstrip(os.sep) + '.partial'
+  shutil.rmtree(partial, ignore_errors=True)  # Left by a writer that was killed.
+  os.makedirs(partial)
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    try:
+      checkpointer.save(os.path.join(partial, VARIABLES_DIR), variables)
+    finally:
+      checkpointer.wait_until_finished()
+    with open(os.path.join(partial, SOURCE_FILE), 'w') as f:
+      json.dump(source, f, indent=2, sort_keys=True)
+    if os.path.isdir(directory):
+      os.rmdir(directory)  # Empty (checked above); a rename cannot replace it on every system.
+    os.replace(partial, directory)
+  finally:
+    shutil.rmtree(partial, ignore_errors=True)
 
 
 def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -91,6 +107,9 @@ def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[
   try:
     with open(os.path.join(directory, SOURCE_FILE)) as f:
       source = json.load(f)
+    missing = [key for key in SOURCE_KEYS if key not in source]
+    if missing:
+      raise KeyError(f'{SOURCE_FILE} lacks {", ".join(missing)}')
     variables = ocp.StandardCheckpointer().restore(
         os.path.join(os.path.abspath(directory), VARIABLES_DIR))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.

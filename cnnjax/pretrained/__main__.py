@@ -12,13 +12,12 @@ import argparse
 import os
 import sys
 
-from cnnjax import pretrained
-from cnnjax.pretrained import files
-from cnnjax.pretrained import h5
-from cnnjax.pretrained.h5 import WeightsFileError
+from cnnjax import cli
 
 
 def convert(source: str, directory: str) -> str:
+  from cnnjax import pretrained
+  from cnnjax.pretrained import h5
   variables, backbone = pretrained.port_h5(source)
   pretrained.save_converted(variables, directory, {
       'backbone': backbone, 'file': os.path.basename(source), 'md5': h5.md5sum(source)})
@@ -27,6 +26,8 @@ def convert(source: str, directory: str) -> str:
 
 
 def download(backbone: str, image_size: int) -> str:
+  from cnnjax import pretrained
+  from cnnjax.pretrained import files
   file = files.imagenet_weights_file(backbone, image_size)
   path = files.ensure_cached(file, lambda p: pretrained.port_h5(p, backbone))
   return f'{file.name} is in the cache: {path}'
@@ -43,14 +44,16 @@ def main(argv: list[str] | None = None) -> int:
   download_parser.add_argument('backbone', choices=('vgg16', 'mobilenet_v2'))
   download_parser.add_argument('--image_size', type=int, default=96)
   args = parser.parse_args(argv)
-  try:
-    if args.command == 'convert':
-      print(convert(args.source, args.directory))
-    else:
-      print(download(args.backbone, args.image_size))
-  except (WeightsFileError, OSError) as e:  # OSError: OUT_DIR exists, is a file, is not writable.
-    print(f'cnnjax.pretrained: error: {e}', file=sys.stderr)
-    return 2
+  # Imports (jax, orbax) take seconds: a stop signal from here on ends in one line.
+  with cli.running_as_tool('cnnjax.pretrained', 'before it finished: nothing was written.'):
+    try:
+      if args.command == 'convert':
+        print(convert(args.source, args.directory))
+      else:
+        print(download(args.backbone, args.image_size))
+    except OSError as e:  # OUT_DIR exists, is a file, is not writable; the cache likewise.
+      print(f'cnnjax.pretrained: error: {e}', file=sys.stderr)
+      return 2
   return 0
 
 

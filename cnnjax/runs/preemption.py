@@ -93,11 +93,14 @@ def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iter
 
 @contextlib.contextmanager
 def stopping_at_once(detail: str) -> Iterator[None]:
-  """For work with nothing to save (evaluating, predicting): the first stop signal raises
-  `StopRequested(signum, detail)` wherever it finds the work."""
+  """For work with nothing to save (evaluating, predicting): the first stop signal ends the
+  process where it finds it, with `StopRequested`'s line (`detail` its end) and exit status
+  128 + the signal. It exits rather than raises: an exception from a signal handler can land
+  in a garbage-collection callback, which prints it and carries on."""
   def stop(signum, frame):
     del frame
-    raise StopRequested(signum, detail)
+    os.write(1, f'{StopRequested(signum, detail)}\n'.encode())
+    os._exit(128 + signum)
   with handling(SIGNALS, stop):
     yield
 
