@@ -7,7 +7,11 @@ std and fraction of dead units (zero for the whole batch), each layer's
 gradient norm, and the loss, and flags dead layers. Nothing is written: no
 workdir, no checkpoints. Config overrides work as for cnnjax.main.
 """
-import dataclasses
+if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
+  from cnnjax.runs import preemption
+  preemption.exit_on_stop_from_now(preemption.WRITES_NOTHING)
+
+import dataclasses  # pylint: disable=wrong-import-position
 import math
 import os
 from typing import Any, Callable
@@ -17,6 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import cli
+from cnnjax.runs import preemption
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -100,7 +105,7 @@ def main(argv):
   del argv  # cli.flags_parser refuses stray arguments.
   cli.quiet_console_by_default()
   from configs import default
-  with cli.running_as_tool('cnnjax.diagnose', 'before it finished (it writes nothing).'):
+  with cli.running_as_tool('cnnjax.diagnose', preemption.WRITES_NOTHING):
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,
              lambda report: print(format_report(report), flush=True))
 

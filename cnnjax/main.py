@@ -4,7 +4,11 @@ Flags: --config (an ml_collections config file; fields can be overridden as
 --config.batch_size=128) and --workdir (default checkpoints/<config.name>).
 Everything else lives in importable modules (see cnnjax.train).
 """
-import logging
+if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
+  from cnnjax.runs import preemption
+  preemption.exit_on_stop_from_now(preemption.NOTHING_STARTED)
+
+import logging  # pylint: disable=wrong-import-position
 import os
 
 from absl import app
@@ -12,6 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import cli
+from cnnjax.runs import preemption
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -32,18 +37,21 @@ def main(argv):
   cli.quiet_console_by_default()
   # Errors in what the user gave us: one clear line, no traceback. A stop signal from here
   # on, imports included, ends in one line too (see cnnjax.cli.running_as_tool).
-  with cli.running_as_tool('cnnjax'):
-    # Imported after flags: keeps --help fast.
-    from cnnjax import sharding
-    from cnnjax import train
-    from configs import default
-    if _MULTIHOST.value:
-      sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
-                                      _PROCESS_ID.value)
-    config = _CONFIG.value
-    workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
-    logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
-    train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
+  try:
+    with cli.running_as_tool('cnnjax'):
+      # Imported after flags: keeps --help fast.
+      from cnnjax import sharding
+      from cnnjax import train
+      from configs import default
+      if _MULTIHOST.value:
+        sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
+                                        _PROCESS_ID.value)
+      config = _CONFIG.value
+      workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
+      logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
+      train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
+  finally:  # Ended, whichever way: a signal while the process winds down stops nothing.
+    preemption.exit_on_stop_from_now('after the run ended: what it saved stands.')
 
 
 if __name__ == '__main__':

@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> None:
   if args.top < 1:
     parser.error(f'--top={args.top}: print at least 1 class per image.')
   from cnnjax import cli
-  with cli.running_as_tool('cnnjax.predict', 'before it finished (it writes nothing).'):
+  from cnnjax.runs import preemption
+  with cli.running_as_tool('cnnjax.predict', preemption.WRITES_NOTHING):
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
     predictions = predict(args.workdir, args.images, default.get_config(), args.top)
     print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))

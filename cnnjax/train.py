@@ -92,8 +92,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: preemption.SignalGuard) -> dict[str, Any]:
   # --- Describe the data, check the workdir, build the experiment, read the weights file.
   signals.note = preemption.BEFORE_TRAINING
-  signals.stop_if_requested('before training started: nothing to save. Run the same command '
-                            'again to start.')
+  signals.stop_if_requested(preemption.NOTHING_STARTED)
   data_options = datasets.DataOptions.from_config(config)
   spec = datasets.describe(data_options)  # An unknown dataset or a bad tree: nothing written.
   sharding.sync_processes('before preparing the workdir')

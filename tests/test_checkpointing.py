@@ -242,6 +242,21 @@ def test_a_signal_before_training_stops_with_nothing_lost(tmp_path, mock_tfds, m
   assert_same_run(straight, stopped, config)
 
 
+@pytest.mark.parametrize('delay', [0.3, 1.0])  # Importing absl and the config; importing jax.
+def test_ctrl_c_in_the_first_second_is_one_line(delay, tmp_path):
+  from tests.helpers import ctrl_c_after
+  make_idx_dataset(str(tmp_path))
+  workdir = tmp_path / 'run'
+  process, stdout, stderr = ctrl_c_after(delay, [
+      '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_simple.py',
+      f'--config.local_data_dir={tmp_path}', f'--workdir={workdir}'])
+  assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+  assert 'Traceback' not in stderr, stderr[-2000:]
+  assert stdout.strip().splitlines()[-1] == ('Stopped by SIGINT before training started: '
+                                             'nothing to save. Run the same command again.')
+  assert not workdir.exists()
+
+
 def test_a_signal_during_the_test_evaluation_lets_it_finish(tmp_path, mock_tfds, monkeypatch,
                                                             caplog):
   from cnnjax.runs import selection

@@ -28,6 +28,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 BEFORE_TRAINING = 'stopping before training starts (nothing new to save)'
 WHILE_TRAINING = 'saving a checkpoint at the end of this step, then exiting'
 AFTER_TRAINING = 'the training is saved; finishing the test evaluation and the report first'
+# How a run stopped before training started ends its line: its workdir was not touched.
+NOTHING_STARTED = 'before training started: nothing to save. Run the same command again.'
+# How a tool that writes nothing (predict, diagnose) ends its line when stopped.
+WRITES_NOTHING = 'before it finished (it writes nothing).'
 _active: 'SignalGuard | None' = None  # The guard installed now, if any (guards nest).
 
 
@@ -91,17 +95,31 @@ def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iter
         signal.signal(s, old)
 
 
-@contextlib.contextmanager
-def stopping_at_once(detail: str) -> Iterator[None]:
-  """For work with nothing to save (evaluating, predicting): the first stop signal ends the
-  process where it finds it, with `StopRequested`'s line (`detail` its end) and exit status
-  128 + the signal. It exits rather than raises: an exception from a signal handler can land
-  in a garbage-collection callback, which prints it and carries on."""
+def _exiting(detail: str) -> Callable[[int, Any], None]:
+  """A handler that ends the process with `StopRequested`'s line (`detail` its end) and exit
+  status 128 + the signal. It exits rather than raises: an exception from a signal handler
+  can land in a garbage-collection callback, which prints it and carries on."""
   def stop(signum, frame):
     del frame
     os.write(1, f'{StopRequested(signum, detail)}\n'.encode())
     os._exit(128 + signum)
-  with handling(SIGNALS, stop):
+  return stop
+
+
+def exit_on_stop_from_now(detail: str) -> None:
+  """For a tool's first moments (imports, flag parsing: a second or so), until a guard
+  takes over: a stop signal ends the process at once, in one line (`_exiting`). Signals the
+  process was started with ignored stay ignored."""
+  for s in SIGNALS:
+    if signal.getsignal(s) is not signal.SIG_IGN:
+      signal.signal(s, _exiting(detail))
+
+
+@contextlib.contextmanager
+def stopping_at_once(detail: str) -> Iterator[None]:
+  """For work with nothing to save (evaluating, predicting): the first stop signal ends the
+  process where it finds it (`_exiting`)."""
+  with handling(SIGNALS, _exiting(detail)):
     yield
 
 
