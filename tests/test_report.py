@@ -120,7 +120,8 @@ def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
       (1.0, ['-m', 'cnnjax.predict', f'--workdir={workdir}', image], nothing),
       (1.0, ['-m', 'cnnjax.pretrained', 'convert', shared_weights_file('mobilenet_v2'),
              str(tmp_path / 'converted')],
-       'Stopped by SIGINT before it finished: nothing was written.'),
+       'Stopped by SIGINT before it finished: no converted directory or cached weights file '
+       'was made.'),
       (2.0, ['-m', 'cnnjax.diagnose', f'--config={REPO_ROOT}/configs/cnn_simple.py',
              f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
              '--steps=100000'], nothing)):  # Training: it would run for minutes.

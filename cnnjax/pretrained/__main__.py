@@ -45,7 +45,8 @@ def main(argv: list[str] | None = None) -> int:
   download_parser.add_argument('--image_size', type=int, default=96)
   args = parser.parse_args(argv)
   # Imports (jax, orbax) take seconds: a stop signal from here on ends in one line.
-  with cli.running_as_tool('cnnjax.pretrained', 'before it finished: nothing was written.'):
+  with cli.running_as_tool('cnnjax.pretrained', 'before it finished: no converted directory '
+                          'or cached weights file was made.'):
     try:
       if args.command == 'convert':
         print(convert(args.source, args.directory))
