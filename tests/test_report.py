@@ -106,7 +106,7 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path):
 
 def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
-  from tests.helpers import ctrl_c_after, shared_weights_file, tree_digest
+  from tests.helpers import ctrl_c_after, tree_digest
   _, workdir = trained
   image = str(tmp_path / 'photo.png')
   Image.new('RGB', (9, 7)).save(image)
@@ -118,10 +118,6 @@ def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
       (1.0, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'],
        "Stopped by SIGINT before writing anything: the run's files are as they were."),
       (1.0, ['-m', 'cnnjax.predict', f'--workdir={workdir}', image], nothing),
-      (1.0, ['-m', 'cnnjax.pretrained', 'convert', shared_weights_file('mobilenet_v2'),
-             str(tmp_path / 'converted')],
-       'Stopped by SIGINT before it finished: no converted directory or cached weights file '
-       'was made.'),
       (2.0, ['-m', 'cnnjax.diagnose', f'--config={REPO_ROOT}/configs/cnn_simple.py',
              f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
              '--steps=100000'], nothing)):  # Training: it would run for minutes.
@@ -130,7 +126,6 @@ def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
     assert 'Traceback' not in stderr, stderr[-2000:]
     assert stdout.strip().splitlines()[-1] == line
   assert tree_digest(workdir) == before
-  assert not os.path.exists(tmp_path / 'converted')
 
 
 def test_predict_classifies_an_image_of_any_size_and_colour(trained, tmp_path):
