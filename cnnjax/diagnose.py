@@ -9,7 +9,7 @@ workdir, no checkpoints. Config overrides work as for cnnjax.main.
 """
 if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
   from cnnjax.runs import preemption
-  preemption.exit_on_stop_from_now(preemption.WRITES_NOTHING)
+  preemption.exit_on_stop_from_now(preemption.stop_line(preemption.WRITES_NOTHING))
 
 import dataclasses  # pylint: disable=wrong-import-position
 import math

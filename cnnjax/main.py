@@ -6,7 +6,7 @@ Everything else lives in importable modules (see cnnjax.train).
 """
 if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
   from cnnjax.runs import preemption
-  preemption.exit_on_stop_from_now(preemption.NOTHING_STARTED)
+  preemption.exit_on_stop_from_now(preemption.stop_line(preemption.NOTHING_STARTED))
 
 import logging  # pylint: disable=wrong-import-position
 import os
@@ -51,7 +51,8 @@ def main(argv):
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
       train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
   finally:  # Ended, whichever way: a signal while the process winds down stops nothing.
-    preemption.exit_on_stop_from_now('after the run ended: what it saved stands.')
+    preemption.exit_on_stop_from_now(
+        preemption.stop_line('after the run ended: what it saved stands.'))
 
 
 if __name__ == '__main__':

@@ -39,32 +39,23 @@ from typing import Callable, Sequence
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
 TOOL = 'benchmark.py'
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 sys.path.insert(0, REPO_ROOT)
 
 
 def _stopped_line(signum: int) -> str:
   return (f'{TOOL}: stopped by {signal.Signals(signum).name}; nothing is reported (a benchmark '
-          'has nothing to save). Run it again to measure.\n')
+          'has nothing to save). Run it again to measure.')
 
 
-def _exit_at_once(signum, frame):
-  """Before the workers start (`stoppable`), and for `--ops`, nothing needs stopping."""
-  del frame
-  os.write(2, _stopped_line(signum).encode())
-  os._exit(128 + signum)
+from cnnjax.runs import preemption  # pylint: disable=wrong-import-position  # Light.
 
-
-if __name__ == '__main__':  # Before the imports below, which take seconds.
-  for _signum in STOP_SIGNALS:
-    if signal.getsignal(_signum) is not signal.SIG_IGN:  # Ignored (a background job): stays so.
-      signal.signal(_signum, _exit_at_once)
+if __name__ == '__main__':  # Before the imports below, which take seconds: before the workers
+  preemption.exit_on_stop_from_now(_stopped_line, fd=2)  # start, nothing needs stopping.
 
 import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError, UserError  # pylint: disable=wrong-import-position
-from cnnjax.runs import preemption  # pylint: disable=wrong-import-position
 from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
 
 _stopped_by: int | None = None  # The signal that stopped the benchmark, if one did.
@@ -440,12 +431,12 @@ def stoppable(measure: Callable[[], dict]) -> dict:
   global _stopped_by
   _stopped_by = None
   try:
-    with preemption.handling(STOP_SIGNALS, _stop), cli.reporting_user_errors(TOOL):
+    with preemption.handling(preemption.SIGNALS, _stop), cli.reporting_user_errors(TOOL):
       return measure()
   except (KeyboardInterrupt, RuntimeError):  # A worker killed by the same signal, too.
     if _stopped_by is None:
       raise
-    sys.stderr.write(_stopped_line(_stopped_by))
+    print(_stopped_line(_stopped_by), file=sys.stderr)
     sys.exit(128 + _stopped_by)
 
 

@@ -95,31 +95,36 @@ def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iter
         signal.signal(s, old)
 
 
-def _exiting(detail: str) -> Callable[[int, Any], None]:
-  """A handler that ends the process with `StopRequested`'s line (`detail` its end) and exit
-  status 128 + the signal. It exits rather than raises: an exception from a signal handler
-  can land in a garbage-collection callback, which prints it and carries on."""
+def stop_line(detail: str) -> Callable[[int], str]:
+  """The line of a stop by signal `signum`: `StopRequested`'s, `detail` its end."""
+  return lambda signum: str(StopRequested(signum, detail))
+
+
+def _exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, Any], None]:
+  """A handler that writes `line(signum)` to `fd` and ends the process with exit status
+  128 + the signal. It exits rather than raises: an exception from a signal handler can land
+  in a garbage-collection callback, which prints it and carries on."""
   def stop(signum, frame):
     del frame
-    os.write(1, f'{StopRequested(signum, detail)}\n'.encode())
+    os.write(fd, f'{line(signum)}\n'.encode())
     os._exit(128 + signum)
   return stop
 
 
-def exit_on_stop_from_now(detail: str) -> None:
+def exit_on_stop_from_now(line: Callable[[int], str], fd: int = 1) -> None:
   """For a tool's first moments (imports, flag parsing: a second or so), until a guard
-  takes over: a stop signal ends the process at once, in one line (`_exiting`). Signals the
-  process was started with ignored stay ignored."""
+  takes over: a stop signal ends the process at once, writing `line(signum)` to `fd`
+  (`_exiting`). Signals the process was started with ignored stay ignored."""
   for s in SIGNALS:
     if signal.getsignal(s) is not signal.SIG_IGN:
-      signal.signal(s, _exiting(detail))
+      signal.signal(s, _exiting(line, fd))
 
 
 @contextlib.contextmanager
 def stopping_at_once(detail: str) -> Iterator[None]:
   """For work with nothing to save (evaluating, predicting): the first stop signal ends the
-  process where it finds it (`_exiting`)."""
-  with handling(SIGNALS, _exiting(detail)):
+  process where it finds it, with `stop_line(detail)` (`_exiting`)."""
+  with handling(SIGNALS, _exiting(stop_line(detail))):
     yield
 
 
