@@ -180,7 +180,7 @@ def markdown(suite: str, name: str, runs: list[dict], args, device: str,
 
 
 def write_suite(suite: str, runs: list[dict], args, kept: Sequence[str] = ()) -> str:
-  from cnnjax.runs import report
+  from cnnjax.runs import atomic, report
   import jax
   name = f'{suite}_quick' if args.quick else suite
   os.makedirs(os.path.join(args.results_dir, name), exist_ok=True)
@@ -193,9 +193,9 @@ def write_suite(suite: str, runs: list[dict], args, kept: Sequence[str] = ()) ->
   device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
             f'{os.cpu_count()} CPU cores, {platform.platform()}, jax {jax.__version__}')
   path = os.path.join(args.results_dir, f'{name}.md')
-  with open(path, 'w') as f:
+  with atomic.replaced_whole(path) as f:  # The recorded page is replaced whole or not at all.
     f.write(markdown(suite, name, runs, args, device, kept))
-  with open(os.path.join(args.results_dir, f'{name}.json'), 'w') as f:
+  with atomic.replaced_whole(os.path.join(args.results_dir, f'{name}.json')) as f:
     json.dump([{k: v for k, v in run.items() if k != 'workdir'} for run in runs], f, indent=2)
   return path
 
