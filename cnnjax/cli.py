@@ -24,8 +24,7 @@ def reporting_user_errors(tool: str) -> Iterator[None]:
   try:
     yield
   except UserError as error:
-    print(f'{tool}: error: {error}', file=sys.stderr, flush=True)
-    sys.exit(2)
+    exit_with_error(tool, str(error))
 
 
 @contextlib.contextmanager
@@ -76,16 +75,16 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
       if 'workdir' in flags.FLAGS and flags.FLAGS.workdir:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
-      _exit_with_usage_error(tool, flag_error_message(error))
+      exit_with_error(tool, flag_error_message(error))
     if len(remaining) > 1:
-      _exit_with_usage_error(tool, f'unexpected argument(s) {" ".join(remaining[1:])}: every '
-                             'option is a flag, written --name=value (e.g. '
-                             '--config.batch_size=128).')
+      exit_with_error(tool, f'unexpected argument(s) {" ".join(remaining[1:])}: every option '
+                      'is a flag, written --name=value (e.g. --config.batch_size=128).')
     return remaining
   return parse
 
 
-def _exit_with_usage_error(tool: str, message: str) -> None:
+def exit_with_error(tool: str, message: str) -> None:
+  """`<tool>: error: <message>` on stderr, exit status 2: how every tool ends on bad input."""
   print(f'{tool}: error: {message}', file=sys.stderr, flush=True)
   sys.exit(2)
 
