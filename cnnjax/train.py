@@ -17,10 +17,10 @@ import ml_collections
 
 from cnnjax import config_validation
 from cnnjax import sharding
-from cnnjax import pretrained
 from cnnjax.data import datasets
 from cnnjax.data import examples
 from cnnjax.data import pipeline
+from cnnjax.pretrained import weights as pretrained_weights
 from cnnjax.runs import checkpoints
 from cnnjax.runs import hooks
 from cnnjax.runs import lock
@@ -104,10 +104,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """The random initialisation, with the backbone from the weights file if there is one."""
     if not config.pretrained:
       return experiment.variables, {'pretrained': False}
-    path = pretrained.weights_path(config.pretrained_path, experiment.backbone,
-                                   config.model_kwargs.get('image_size', 96))
-    return pretrained.load_into(experiment.variables, config.pretrained_load,
-                                experiment.backbone, path)
+    path = pretrained_weights.weights_path(config.pretrained_path, experiment.backbone,
+                                           config.model_kwargs.get('image_size', 96))
+    return pretrained_weights.load_into(experiment.variables, config.pretrained_load,
+                                        experiment.backbone, path)
 
   # A fresh start reads (or downloads) the weights before the data: a bad file fails at once.
   fresh = None if checkpoints.has_checkpoints(workdir) else initial_variables()

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from cnnjax import pretrained
+from cnnjax.pretrained import weights as pretrained
 from cnnjax.models import transfer
 from cnnjax.training import params as params_lib
 from cnnjax.training import stages
@@ -262,6 +262,26 @@ def test_a_conversion_that_fails_midway_leaves_no_directory(tmp_path):
   (out / 'source.json').write_text('{"backbone": "mobilenet_v2"}')  # Edited by hand.
   with pytest.raises(WeightsFileError, match='source.json lacks file, md5.*convert IN.h5'):
     pretrained.read_weights(str(out), 'mobilenet_v2')
+
+
+def test_command_line_stopped_at_its_start_ends_in_one_line(tmp_path):
+  import signal
+  from tests.helpers import ctrl_c_after
+  # Its package imports nothing heavy, so its own handler is in place within a blink.
+  check = subprocess.run([sys.executable, '-c', 'import sys, cnnjax.pretrained.__main__; '
+                          'print(sorted({"jax", "flax", "h5py"} & set(sys.modules)))'],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+  assert check.stdout.strip() == '[]', check.stderr[-2000:]
+  source = str(tmp_path / 'weights.h5')
+  write_keras_weights(source, 'mobilenet_v2', backbone_variables('mobilenet_v2'))
+  for delay in (0.1, 0.3):  # While python, then jax and the rest import.
+    process, stdout, stderr = ctrl_c_after(
+        delay, ['-m', 'cnnjax.pretrained', 'convert', source, str(tmp_path / 'out')])
+    assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+    assert 'Traceback' not in stderr, stderr[-2000:]
+    assert stdout.strip() == ('Stopped by SIGINT before it finished: no converted directory '
+                              'or cached weights file was made.')
+  assert sorted(os.listdir(tmp_path)) == ['weights.h5']
 
 
 def test_run_starts_from_the_file_and_records_it(tmp_path, mock_tfds):

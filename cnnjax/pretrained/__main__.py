@@ -8,7 +8,14 @@
     python -m cnnjax.pretrained download {vgg16,mobilenet_v2} [--image_size=96]
         Fills the cache ($CNNJAX_CACHE, default ~/.cache/cnnjax) ahead of a run.
 """
-import argparse
+# How a stop signal's line ends, whenever it comes.
+NOTHING_MADE = 'before it finished: no converted directory or cached weights file was made.'
+
+if __name__ == '__main__':  # From the first moment: the imports take a second or two.
+  from cnnjax.runs import preemption
+  preemption.exit_on_stop_from_now(preemption.stop_line(NOTHING_MADE))
+
+import argparse  # pylint: disable=wrong-import-position
 import os
 import sys
 
@@ -16,20 +23,20 @@ from cnnjax import cli
 
 
 def convert(source: str, directory: str) -> str:
-  from cnnjax import pretrained
   from cnnjax.pretrained import h5
-  variables, backbone = pretrained.port_h5(source)
-  pretrained.save_converted(variables, directory, {
+  from cnnjax.pretrained import weights
+  variables, backbone = weights.port_h5(source)
+  weights.save_converted(variables, directory, {
       'backbone': backbone, 'file': os.path.basename(source), 'md5': h5.md5sum(source)})
   return (f'Converted {source} ({backbone}) to {directory}; use it with '
           f'--config.pretrained_path={directory}')
 
 
 def download(backbone: str, image_size: int) -> str:
-  from cnnjax import pretrained
   from cnnjax.pretrained import files
+  from cnnjax.pretrained import weights
   file = files.imagenet_weights_file(backbone, image_size)
-  path = files.ensure_cached(file, lambda p: pretrained.port_h5(p, backbone))
+  path = files.ensure_cached(file, lambda p: weights.port_h5(p, backbone))
   return f'{file.name} is in the cache: {path}'
 
 
@@ -45,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
   download_parser.add_argument('--image_size', type=int, default=96)
   args = parser.parse_args(argv)
   # Imports (jax, orbax) take seconds: a stop signal from here on ends in one line.
-  with cli.running_as_tool('cnnjax.pretrained', 'before it finished: no converted directory '
-                          'or cached weights file was made.'):
+  with cli.running_as_tool('cnnjax.pretrained', NOTHING_MADE):
     try:
       if args.command == 'convert':
         print(convert(args.source, args.directory))
