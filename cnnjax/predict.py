@@ -15,8 +15,8 @@ import json
 import os
 import sys
 
-import numpy as np
-
+# Nothing heavy above `main`: a stop signal before its handler is in place would print a
+# traceback (numpy, jax and the rest load inside `predict`, under the handler).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 
@@ -26,6 +26,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   `defaults`: configs/default.py's config, under the run's saved one.
   """
   import jax
+  import numpy as np
   from cnnjax import compilation
   from cnnjax.data import datasets, images, pipeline
   from cnnjax.runs import saved

@@ -104,6 +104,17 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path):
   assert 'Traceback' not in result.stderr
 
 
+def test_tools_import_nothing_heavy_before_their_stop_handler():
+  # Their handlers go in place at the top of `main` (cnnjax.main and diagnose, which import
+  # absl first, install one on their first line); a module top loading numpy or jax would
+  # leave a tenth of a second where Ctrl-C prints a traceback.
+  tools = ('cnnjax.evaluate', 'cnnjax.predict', 'cnnjax.pretrained.__main__')
+  check = subprocess.run([sys.executable, '-c', f'import sys, {", ".join(tools)}; print(sorted('
+                          '{"numpy", "jax", "flax", "h5py", "tensorflow"} & set(sys.modules)))'],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+  assert check.stdout.strip() == '[]', check.stderr[-2000:]
+
+
 def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
   from tests.helpers import ctrl_c_after, tree_digest
