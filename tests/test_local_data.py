@@ -33,6 +33,28 @@ def test_truncated_idx_file_is_named(tmp_path):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
+def test_idx_files_under_the_names_and_packings_they_travel_by(tmp_path):
+  arrays = make_idx_dataset(str(tmp_path))
+  # Unpacked; unpacked but still named .gz; gzipped without .gz; a mirror's dotted names.
+  renamed = {'train-images-idx3-ubyte.gz': ('train-images-idx3-ubyte', gzip.decompress),
+             'train-labels-idx1-ubyte.gz': ('train-labels-idx1-ubyte.gz', gzip.decompress),
+             't10k-images-idx3-ubyte.gz': ('t10k-images.idx3-ubyte', lambda b: b),
+             't10k-labels-idx1-ubyte.gz': ('t10k-labels.idx1-ubyte', gzip.decompress)}
+  for old, (new, transform) in renamed.items():
+    payload = transform((tmp_path / old).read_bytes())
+    (tmp_path / old).unlink()
+    (tmp_path / new).write_bytes(payload)
+  data = load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  np.testing.assert_array_equal(data.train.images[..., 0], arrays['train'][0])
+  np.testing.assert_array_equal(data.train.labels, arrays['train'][1])
+  np.testing.assert_array_equal(data.test.images[..., 0], arrays['t10k'][0])
+  np.testing.assert_array_equal(data.test.labels, arrays['t10k'][1])
+  (tmp_path / 't10k-labels.idx1-ubyte').unlink()
+  with pytest.raises(image_tree.LocalDataError, match=r'Missing t10k-labels-idx1-ubyte.gz in .* '
+                     r'\(also looked for t10k-labels-idx1-ubyte and t10k-labels.idx1-ubyte\)'):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
 def test_wrong_image_size_is_rejected(tmp_path):
   make_idx_dataset(str(tmp_path))
   write_idx(str(tmp_path / 'train-images-idx3-ubyte.gz'), np.zeros((40, 32, 32), np.uint8))

@@ -3,11 +3,15 @@
 Machines without network (and GPU/TPU boxes without TensorFlow) train from
 files the user already has: the four IDX .gz files as distributed, or an
 image tree (`image_tree`). Both give uint8 NHWC images and int32 labels, as
-the TFDS path does.
+the TFDS path does. The files are found under the names they travel by
+(`train-images-idx3-ubyte.gz`, unpacked `train-images-idx3-ubyte`, or the
+`train-images.idx3-ubyte` of some mirrors), and a gzip stream is recognised
+by its content, whatever the name says.
 """
 import gzip
 import os
 import struct
+import zlib
 
 import numpy as np
 
@@ -16,16 +20,19 @@ from cnnjax.data.image_tree import LocalDataError
 # IDX file name prefix of each split, as distributed.
 IDX_PREFIX = {'train': 'train', 'test': 't10k'}
 _IDX_UBYTE = 0x08
+_GZIP_MAGIC = b'\x1f\x8b'
 
 
 def read_idx(path: str, expected_ndim: int) -> np.ndarray:
   """Reads one (optionally gzipped) IDX file of unsigned bytes."""
-  opener = gzip.open if path.endswith('.gz') else open
   try:
-    with opener(path, 'rb') as f:
+    with open(path, 'rb') as f:
       data = f.read()
-  except (OSError, EOFError) as e:
-    raise LocalDataError(f'Cannot read IDX file {path}: {e}') from e
+    if data[:2] == _GZIP_MAGIC:
+      data = gzip.decompress(data)
+  except (OSError, EOFError, zlib.error) as e:
+    raise LocalDataError(f'Cannot read IDX file {path} ({type(e).__name__}: {e}): copy or '
+                         'download it again.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != _IDX_UBYTE or data[3] != expected_ndim:
     raise LocalDataError(f'{path} is not an IDX file of {expected_ndim}-d unsigned bytes '
                          f'(header {data[:4].hex()}).')
@@ -44,10 +51,13 @@ def idx_files(data_dir: str, split: str) -> tuple[str, str]:
     raise LocalDataError(f"IDX datasets have splits {sorted(IDX_PREFIX)}, not {split!r}.")
   found = []
   for kind, ndim in (('images', 3), ('labels', 1)):
-    stem = os.path.join(data_dir, f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte')
-    path = next((p for p in (stem + '.gz', stem) if os.path.exists(p)), None)
+    name = f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte'
+    names = [name + '.gz', name, f'{IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte']
+    path = next((p for p in (os.path.join(data_dir, n) for n in names) if os.path.isfile(p)),
+                None)
     if path is None:
-      raise LocalDataError(f'Missing {stem}.gz in {data_dir}.')
+      raise LocalDataError(f'Missing {name}.gz in {data_dir} (also looked for '
+                           f'{" and ".join(names[1:])}).')
     found.append(path)
   return found[0], found[1]
 
