@@ -162,7 +162,9 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         log.report_finished(saved_results)
         return saved_results
       log.truncate_metrics(restored.step, continues=not done)
-      log.announce(f'Resumed from the checkpoint at step {restored.step} (epoch '
+      log.announce(f'Training had finished (step {restored.step}), its results were not all '
+                   'written: evaluating again.' if done else
+                   f'Resumed from the checkpoint at step {restored.step} (epoch '
                    f'{restored.step // steps_per_epoch + 1}, step '
                    f'{restored.step % steps_per_epoch}/{steps_per_epoch} of it).')
     else:
@@ -254,9 +256,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                                            config.ema_decay)
   if selection.active:
     results['selection'] = progress.summary(selection)
+  # The reports first: results.json is what marks the run finished, so a report the disk
+  # refused is written by the next run of the same command, not skipped.
+  confusions = (report.write_report(workdir, labels, predictions, data.class_names,
+                                    writers.read_metrics(workdir), config.name)
+                if log.is_writer else None)
   log.write_results(results)
   if log.is_writer:
-    confusions = report.write_report(workdir, labels, predictions, data.class_names,
-                                     writers.read_metrics(workdir), config.name)
     log.announce(report.format_confusions(confusions))
   return results

@@ -249,12 +249,18 @@ def test_ctrl_c_in_the_first_second_is_one_line(delay, tmp_path):
   workdir = tmp_path / 'run'
   process, stdout, stderr = ctrl_c_after(delay, [
       '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_simple.py',
-      f'--config.local_data_dir={tmp_path}', f'--workdir={workdir}'])
+      f'--config.local_data_dir={tmp_path}', f'--workdir={workdir}',
+      '--config.batch_size=8'])  # A valid run: on a fast machine it reaches validation by 1 s.
   assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
-  assert stdout.strip().splitlines()[-1] == ('Stopped by SIGINT before training started: '
-                                             'nothing to save. Run the same command again.')
-  assert not workdir.exists()
+  last = stdout.strip().splitlines()[-1]
+  if last == ('Stopped by SIGINT before training started: nothing new to save. Run the same '
+              'command again to continue.'):  # A fast machine: the run's own guard had it.
+    assert not checkpoints.has_checkpoints(str(workdir))
+  else:
+    assert last == ('Stopped by SIGINT before training started: nothing to save. Run the same '
+                    'command again.')
+    assert not workdir.exists()
 
 
 def test_a_signal_during_the_test_evaluation_lets_it_finish(tmp_path, mock_tfds, monkeypatch,
@@ -341,6 +347,88 @@ def test_a_second_run_on_the_same_workdir_is_refused(tmp_path, bigger_idx_dir):
   assert not os.path.exists(f'{workdir}.lock')  # Released at the end.
 
 
+def test_a_checkpoint_that_cannot_fit_is_refused_before_orbax_writes_it(tmp_path, mock_tfds,
+                                                                         monkeypatch):
+  import collections
+  import shutil
+  config = resumable_config('cnn_simple', 9)
+  train_and_evaluate(config, tmp_path / 'uninterrupted')
+  workdir = tmp_path / 'run'
+  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)  # A checkpoint at step 3.
+  os.remove(workdir / 'results.json')
+  usage = collections.namedtuple('usage', 'total used free')
+  monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage(10**9, 10**9 - 4096, 4096))
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match=r'checkpoint at step 6 .*needs up to 0\.\d\d MiB and the disk has '
+                     r'0\.00 MiB free\. The checkpoints before it are kept'):
+    train_and_evaluate(config, workdir)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3']  # Nothing half-written.
+  monkeypatch.undo()  # Space freed: the same command resumes, as if never stopped.
+  train_and_evaluate(config, workdir)
+  assert_same_run(str(tmp_path / 'uninterrupted'), str(workdir), config)
+
+
+def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds):
+  from cnnjax.runs import writers
+  config = resumable_config('cnn_simple', 6)
+  train_and_evaluate(config, tmp_path / 'uninterrupted')
+  workdir = tmp_path / 'run'
+  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)
+  os.remove(workdir / 'results.json')
+  with open(workdir / 'metrics.jsonl', 'a') as f:
+    f.write('{"epoch": 2, "step": 6, "train_lo')  # Killed mid-append: no newline.
+  assert [row['step'] for row in writers.read_metrics(str(workdir))] == [3]
+  train_and_evaluate(config, workdir)
+  assert_same_run(str(tmp_path / 'uninterrupted'), str(workdir), config)
+  lines = (workdir / 'metrics.jsonl').read_text().splitlines()
+  (workdir / 'metrics.jsonl').write_text('\n'.join(['{"epoch": 1, "ste', *lines]) + '\n')
+  with pytest.raises(writers.MetricsFileError, match=r'Line 1 of .*metrics.jsonl is not an '
+                     r"epoch's row .*delete that line"):
+    writers.read_metrics(str(workdir))
+
+
+def test_a_metrics_row_the_disk_refuses_is_not_left_half_written(tmp_path, monkeypatch):
+  import errno
+  from cnnjax.runs import atomic
+  path = str(tmp_path / 'metrics.jsonl')
+  atomic.append_line(path, '{"step": 3}')
+  real_write = os.write
+
+  def half_then_full(fd, payload):
+    real_write(fd, payload[:len(payload) // 2])
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(os, 'write', half_then_full)
+  with pytest.raises(atomic.WriteRefusedError, match=r'Could not write .*metrics.jsonl \(No '
+                     r'space left on device\)\. Free some space'):
+    atomic.append_line(path, '{"step": 6}')
+  assert open(path).read() == '{"step": 3}\n'
+  with pytest.raises(atomic.WriteRefusedError, match='results.json'):
+    with atomic.replaced_whole(str(tmp_path / 'results.json')) as f:
+      f.write('{"test_loss": ')
+      raise OSError(errno.ENOSPC, 'No space left on device')  # As the file's write would.
+  assert os.listdir(tmp_path) == ['metrics.jsonl']  # No results.json, no .tmp left.
+
+
+def test_reports_the_disk_refused_are_written_by_the_next_run(tmp_path, mock_tfds, monkeypatch):
+  import errno
+  from matplotlib.figure import Figure
+  from cnnjax.runs import atomic
+  config = resumable_config('cnn_simple', 3)
+  workdir = tmp_path / 'run'
+
+  def disk_full(*args, **kwargs):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+  monkeypatch.setattr(Figure, 'savefig', disk_full)
+  with pytest.raises(atomic.WriteRefusedError, match='confusion_matrix.png'):
+    train_and_evaluate(config, workdir)
+  assert not os.path.exists(workdir / 'results.json')  # Not marked finished: reports missing.
+  monkeypatch.undo()
+  results = train_and_evaluate(config, workdir)
+  assert results['steps'] == 3 and [r['step'] for r in read_jsonl(workdir / 'metrics.jsonl')] == [3]
+  for name in ('results.json', 'confusion_matrix.png', 'curves.png', 'classification_report.txt'):
+    assert os.path.exists(workdir / name), name
+
+
 def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
   from cnnjax.runs import lock
   workdir = str(tmp_path / 'run')
@@ -354,7 +442,9 @@ def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
       lock.WorkdirLock(workdir).__enter__()
 
 
-def test_a_full_disk_during_a_save_is_one_clear_error(tmp_path, mock_tfds, monkeypatch):
+@pytest.mark.parametrize('raised_as', ['OSError', 'tensorstore'])
+def test_a_full_disk_during_a_save_is_one_clear_error(raised_as, tmp_path, mock_tfds,
+                                                       monkeypatch):
   import errno
   import orbax.checkpoint as ocp
   workdir = tmp_path / 'run'
@@ -362,6 +452,10 @@ def test_a_full_disk_during_a_save_is_one_clear_error(tmp_path, mock_tfds, monke
   os.remove(workdir / 'results.json')
 
   def disk_full(*args, **kwargs):
+    if raised_as == 'tensorstore':  # What orbax's OCDBT writer raises, with no OSError.
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing "params.conv_0.kernel/0" in OCDBT '
+                       'database: Failed to write 999 bytes to file 12: No space left on '
+                       "device [os_error_code='28']")
     raise RuntimeError('save failed') from OSError(errno.ENOSPC, 'No space left on device')
   monkeypatch.setattr(ocp.CheckpointManager, 'save', disk_full)
   with pytest.raises(checkpoints.CheckpointWriteError, match='No space left on device.*kept'):

@@ -25,6 +25,7 @@ from cnnjax.data import splits
 from cnnjax.data import tfds_source
 from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.errors import ConfigError
+from cnnjax.runs import atomic
 from cnnjax.errors import UserError
 
 DatasetUnavailableError = tfds_source.DatasetUnavailableError
@@ -341,7 +342,7 @@ DATASET_FILE = 'dataset.json'
 def write_spec(workdir: str, spec: DatasetSpec) -> None:
   """Records the classes and image shape a run trains on, for evaluate and predict later
   (an image folder's classes cannot be found again without its files)."""
-  with open(os.path.join(workdir, DATASET_FILE), 'w') as f:
+  with atomic.replaced_whole(os.path.join(workdir, DATASET_FILE)) as f:
     json.dump(spec.to_json(), f, indent=2)
 
 

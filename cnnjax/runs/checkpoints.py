@@ -13,9 +13,9 @@ used. A checkpoint whose shapes do not fit the model is an error that
 leaves the workdir untouched.
 """
 import contextlib
-import errno
 import logging
 import os
+import re
 import shutil
 import time
 from typing import Any, Iterator, NamedTuple, Sequence
@@ -24,6 +24,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from cnnjax import sharding
+from cnnjax.runs import atomic
 from cnnjax.errors import UserError
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -62,6 +63,36 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
+def _refusal_errno(error: BaseException | None) -> int | None:
+  """The errno of a refused write somewhere in `error`'s chain: an `OSError`'s, or the
+  `os_error_code='28'` of the ValueError that tensorstore (under orbax) raises instead."""
+  while error is not None:
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None:
+      found = re.search(r"os_error_code='(\d+)'", str(error))
+      code = int(found.group(1)) if found else None
+    if code in atomic.REFUSALS:
+      return code
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
+  """Refuses a save that cannot fit on the disk before orbax starts it. A disk that fills
+  up during an asynchronous save is still reported (`_reporting_write_errors`), but only
+  after orbax's background threads have logged their own tracebacks. Only a single-process
+  run checks: processes that disagreed would leave each other waiting."""
+  if jax.process_count() > 1:
+    return
+  needed = sum(leaf.nbytes for leaf in jax.tree.leaves(trees))  # Uncompressed: an upper bound.
+  free = shutil.disk_usage(directory).free
+  if free < needed:
+    raise CheckpointWriteError(
+        f'Could not write {what} in {directory}: it needs up to {needed / 2**20:.2f} MiB and '
+        f'the disk has {free / 2**20:.2f} MiB free. The checkpoints before it are kept: free '
+        'some space and run the same command to resume from them.')
+
+
 @contextlib.contextmanager
 def _reporting_write_errors(directory: str, what: str) -> Iterator[None]:
   """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
@@ -69,14 +100,11 @@ def _reporting_write_errors(directory: str, what: str) -> Iterator[None]:
   try:
     yield
   except Exception as error:  # pylint: disable=broad-except  # Orbax wraps OSErrors variously.
-    cause = error
-    while cause is not None and not isinstance(cause, OSError):
-      cause = cause.__cause__ or cause.__context__
-    if cause is None or cause.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS,
-                                            errno.EACCES):
+    code = _refusal_errno(error)
+    if code is None:
       raise
     raise CheckpointWriteError(
-        f'Could not write {what} in {directory} ({cause.strerror}). The checkpoints '
+        f'Could not write {what} in {directory} ({os.strerror(code)}). The checkpoints '
         'before it are kept: free some space (or make the workdir writable) and run the '
         'same command to resume from them.') from error
 
@@ -95,7 +123,9 @@ class Checkpointer:
   def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; training goes on while it is written."""
     meta = dict(meta, shapes=shape_fingerprint(state))
-    with _reporting_write_errors(self.directory, f'the checkpoint at step {step}'):
+    _check_free_space(self.directory, (state, running_metrics), f'the checkpoint at step {step}')
+    # Saves are asynchronous: a refusal may be the previous save's, surfacing here.
+    with _reporting_write_errors(self.directory, f'the checkpoint at step {step} or before'):
       self.manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state),
           running_metrics=ocp.args.StandardSave(running_metrics),
@@ -181,6 +211,7 @@ class BestWeights:
 
   def save(self, step: int, variables: Any, meta: dict[str, Any]) -> None:
     """Writes the weights of the epoch ending at `step`; returns once they are on disk."""
+    _check_free_space(self.directory, variables, f'the best weights at step {step}')
     with _reporting_write_errors(self.directory, f'the best weights at step {step}'):
       self.manager.save(step, args=ocp.args.Composite(
           variables=ocp.args.StandardSave(variables), meta=ocp.args.JsonSave(

@@ -14,6 +14,7 @@ import socket
 import time
 
 from cnnjax.errors import UserError
+from cnnjax.runs import atomic
 
 
 class WorkdirBusyError(UserError, RuntimeError):
@@ -32,8 +33,13 @@ class WorkdirLock:
     self.workdir, self.path, self.enabled, self._fd = workdir, lock_path(workdir), enabled, None
 
   def __enter__(self) -> 'WorkdirLock':
-    if not self.enabled:
-      return self
+    if self.enabled:
+      with atomic.refusals_reported(self.path):  # A full or read-only disk: one line.
+        self._fd = self._acquire()
+    return self
+
+  def _acquire(self) -> int:
+    """The locked file's descriptor, with this process written in it."""
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -53,11 +59,14 @@ class WorkdirLock:
       if same:
         break
       os.close(fd)
-    os.ftruncate(fd, 0)
-    os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, since '
-                 f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode())
-    self._fd = fd
-    return self
+    try:
+      os.ftruncate(fd, 0)
+      os.write(fd, f'pid {os.getpid()} on {socket.gethostname()}, since '
+                   f'{time.strftime("%Y-%m-%d %H:%M:%S")}\n'.encode())
+    except OSError:
+      os.close(fd)  # Unlocks it; the file left behind blocks no later run.
+      raise
+    return fd
 
   def __exit__(self, *exc_info) -> None:
     if self._fd is None:

@@ -37,12 +37,14 @@ def save_figure(figure, path: str) -> None:
   """Lays `figure` out, writes it and frees it. A class name in a script the font lacks
   (an emoji, CJK) is drawn as a box: matplotlib's warning about each such glyph would only
   break into the console's lines."""
-  with warnings.catch_warnings():
-    warnings.filterwarnings('ignore', message='Glyph .* missing from font')
-    figure.tight_layout()
-    with atomic.replaced_whole(path, 'wb') as f:
-      figure.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=120)
-  pyplot().close(figure)
+  try:
+    with warnings.catch_warnings():
+      warnings.filterwarnings('ignore', message='Glyph .* missing from font')
+      figure.tight_layout()
+      with atomic.replaced_whole(path, 'wb') as f:
+        figure.savefig(f, format=os.path.splitext(path)[1][1:] or 'png', dpi=120)
+  finally:
+    pyplot().close(figure)
 
 
 def style_epoch_axis(ax, ylabel: str) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 
+from cnnjax.errors import UserError
 from cnnjax.runs import atomic
 
 CONFIG_FILE = 'config.json'
@@ -29,13 +30,39 @@ def write_json(path: str, payload: Any) -> None:
     f.write('\n')
 
 
+class MetricsFileError(UserError, ValueError):
+  """A run's metrics.jsonl has a line that is not one epoch's JSON row."""
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
-  """The rows of a run's metrics.jsonl, one per epoch ([] if there is none)."""
+  """The rows of a run's metrics.jsonl, one per epoch ([] if there is none).
+
+  A last line cut off mid-write (a process killed in the middle of appending it; it has no
+  newline) is left out with a warning: the resumed run writes that epoch's row again.
+  """
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split('\n')
+  rows = []
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+      if not isinstance(row, dict) or not isinstance(row.get('step'), int):
+        raise ValueError('not an object with an integer "step"')
+    except ValueError as error:
+      if number == len(lines):  # No newline after it: cut off while being written.
+        logging.warning('Left out the last line of %s, cut off while it was written (%s).',
+                        path, line[:80])
+        break
+      raise MetricsFileError(
+          f'Line {number} of {path} is not an epoch\'s row ({error}): {line[:80]!r}. Restore '
+          'the file, or delete that line (its epoch then has no row).') from error
+    rows.append(row)
+  return rows
 
 
 def _tensorboard_writer(logdir: str):
@@ -107,8 +134,7 @@ class RunWriter:
   def write_epoch(self, row: dict[str, Any]) -> None:
     if not self.is_writer:
       return
-    with open(self.path(METRICS_FILE), 'a') as f:
-      f.write(json.dumps(row, sort_keys=True) + '\n')
+    atomic.append_line(self.path(METRICS_FILE), json.dumps(row, sort_keys=True))
     print(format_epoch_line(row, self.num_epochs, self.devices), flush=True)
     if self._tensorboard is not None:
       scalars = {k: v for k, v in row.items() if k not in ('epoch', 'step')}
