@@ -1,7 +1,9 @@
 """Local IDX and image-folder sources: exact arrays, split slicing, clear errors."""
 import gzip
 import os
+import shutil
 import tarfile
+import zipfile
 
 import numpy as np
 import pytest
@@ -103,15 +105,40 @@ def test_image_folder_tarball_and_slicing(tmp_path):
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(tree / 'train', arcname='train')
     tar.add(tree / 'test', arcname='test')
+  zipped = shutil.make_archive(str(tmp_path / 'cifar'), 'zip', tree)  # As Kaggle ships them.
   from_dir = load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
                                    local_data_dir=str(tree))
-  from_tar = load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
-                                   local_data_dir=str(archive))
   assert len(from_dir.train) == 15 and len(from_dir.val) == 5 and len(from_dir.test) == 10
   np.testing.assert_array_equal(from_dir.train.images, images[local_order(labels, names)][:15])
-  for split in ('train', 'val', 'test'):
-    np.testing.assert_array_equal(getattr(from_dir, split).images, getattr(from_tar, split).images)
-    np.testing.assert_array_equal(getattr(from_dir, split).labels, getattr(from_tar, split).labels)
+  for packed in (archive, zipped):
+    from_archive = load_dataset('cifar10', 'train[:75%]', 'train[75%:]', 'test',
+                                local_data_dir=str(packed))
+    for split in ('train', 'val', 'test'):
+      np.testing.assert_array_equal(getattr(from_dir, split).images,
+                                    getattr(from_archive, split).images)
+      np.testing.assert_array_equal(getattr(from_dir, split).labels,
+                                    getattr(from_archive, split).labels)
+
+
+def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
+  tree = tmp_path / 'tree'
+  write_image_tree(str(tree), np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 0, 1],
+                   datasets.DATASETS['cifar10'].class_names, 'train')
+  payload = open(shutil.make_archive(str(tmp_path / 'cifar'), 'zip', tree), 'rb').read()
+  cut, flipped, notes = tmp_path / 'cut.zip', tmp_path / 'flipped.zip', tmp_path / 'notes.rar'
+  cut.write_bytes(payload[:len(payload) // 2])
+  with zipfile.ZipFile(flipped, 'w', zipfile.ZIP_STORED) as archive:  # Images as they are.
+    for path in sorted(tree.rglob('*.png')):
+      archive.write(path, path.relative_to(tree).as_posix())
+  corrupt = bytearray(flipped.read_bytes())
+  corrupt[corrupt.index(b'\x89PNG') + 60] ^= 0xFF  # Inside the first image: its CRC fails.
+  flipped.write_bytes(bytes(corrupt))
+  notes.write_text('Rar!' + 'x' * 1000)
+  for path, message in ((cut, 'cut.zip is truncated or corrupt'),
+                        (flipped, 'flipped.zip is truncated or corrupt'),
+                        (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar or .zip')):
+    with pytest.raises(image_tree.LocalDataError, match=message):
+      load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(path))
 
 
 def test_unknown_class_folder_is_named(tmp_path):

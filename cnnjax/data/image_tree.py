@@ -1,4 +1,5 @@
-"""Image trees `<split>/<class>/<file>`, as a directory or a .tar.gz: listing and reading.
+"""Image trees `<split>/<class>/<file>`, as a directory or an archive (.tar.gz, .tar or
+.zip): listing and reading.
 
 A tree is listed once (`list_tree`): every file of every split, in a fixed
 pseudo-random order (`example_order_key`). A split is then either decoded
@@ -18,6 +19,7 @@ import io
 import logging
 import os
 import tarfile
+import zipfile
 import zlib
 from typing import Callable, Sequence
 
@@ -101,40 +103,76 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   return _in_example_order(tree)
 
 
+def _archive_kind(root: str) -> str:
+  """'gzip', 'zip' or 'tar', from the file's first bytes; an error for anything else."""
+  with open(root, 'rb') as f:
+    head = f.read(512)
+  if head[:2] == b'\x1f\x8b':
+    return 'gzip'
+  if head[:4] in (b'PK\x03\x04', b'PK\x05\x06'):  # A zip with members; an empty one.
+    return 'zip'
+  if head[257:262] == b'ustar' or (len(head) == 512 and not head.strip(b'\0')):
+    return 'tar'
+  raise LocalDataError(f'{root} is neither a directory nor a .tar.gz, .tar or .zip archive '
+                       '(of train/<class>/<image> files): point config.local_data_dir at one.')
+
+
+def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]], name: str,
+                read: Callable[[], bytes]) -> None:
+  """Files `<split>/<class>/<file>` go in `tree`; `<split>/<file>` ones in `loose`."""
+  parts = name.lstrip('./').split('/')
+  if len(parts) == 3 and all(map(_visible, parts)):
+    tree.setdefault(parts[0], []).append(TreeFile(parts[1], parts[2], payload=read()))
+  elif len(parts) == 2 and all(map(_visible, parts)):
+    loose.setdefault(parts[0], []).append(parts[1])
+
+
+def _read_tar(root: str, gzipped: bool, tree: dict[str, list[TreeFile]],
+              loose: dict[str, list[str]]) -> None:
+  """One sequential pass (seeking in a gzip stream decompresses it again each time), read
+  to the very end of the file: tarfile's stream mode takes a short read for the end of the
+  archive, so a cut-off file would otherwise yield part of a split without a word. The gzip
+  stream's own end marker, or a plain tar's closing zero blocks, say the file is whole."""
+  if not gzipped:
+    with open(root, 'rb') as raw:
+      raw.seek(0, os.SEEK_END)
+      end = raw.tell()
+      raw.seek(max(end - 1024, 0))
+      if end % 512 or raw.read(1024).strip(b'\0'):
+        raise tarfile.ReadError('the archive does not end with its closing zero blocks')
+  with (gzip.open(root, 'rb') if gzipped else open(root, 'rb')) as stream:
+    with tarfile.open(fileobj=stream, mode='r|') as tar:
+      for member in tar:
+        if member.isfile():
+          _add_member(tree, loose, member.name, lambda: tar.extractfile(member).read())
+    while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
+      pass
+
+
+def _read_zip(root: str, tree: dict[str, list[TreeFile]], loose: dict[str, list[str]]) -> None:
+  """A zip's directory is at its end, so a cut-off zip does not open; each member's CRC is
+  checked as it is read."""
+  with zipfile.ZipFile(root) as archive:
+    for member in archive.infolist():
+      if not member.is_dir():
+        _add_member(tree, loose, member.filename,
+                    lambda: archive.read(member))
+
+
 @functools.lru_cache(maxsize=2)
 def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFile]]:
-  """Every file of a .tar.gz (or .tar) of a tree, keyed by split (cached per file version).
-
-  One sequential pass (seeking in a gzip stream decompresses it again each
-  time), read to the very end of the file: tarfile's stream mode takes a
-  short read for the end of the archive, so a cut-off file would otherwise
-  yield part of a split without a word. The gzip stream's own end marker,
-  or a plain tar's closing zero blocks, say the file is whole.
-  """
+  """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
+  version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[str]] = {}
+  kind = _archive_kind(root)
   try:
-    with open(root, 'rb') as raw:
-      gzipped = raw.read(2) == b'\x1f\x8b'
-      if not gzipped:
-        raw.seek(0, os.SEEK_END)
-        end = raw.tell()
-        raw.seek(max(end - 1024, 0))
-        if end % 512 or raw.read(1024).strip(b'\0'):
-          raise tarfile.ReadError('the archive does not end with its closing zero blocks')
-    with (gzip.open(root, 'rb') if gzipped else open(root, 'rb')) as stream:
-      with tarfile.open(fileobj=stream, mode='r|') as tar:
-        for member in tar:
-          parts = member.name.lstrip('./').split('/')
-          if member.isfile() and len(parts) == 3 and all(map(_visible, parts)):
-            tree.setdefault(parts[0], []).append(
-                TreeFile(parts[1], parts[2], payload=tar.extractfile(member).read()))
-          elif member.isfile() and len(parts) == 2 and all(map(_visible, parts)):
-            loose.setdefault(parts[0], []).append(parts[1])
-      while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
-        pass
-  except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+    if kind == 'zip':
+      _read_zip(root, tree, loose)
+    else:
+      _read_tar(root, kind == 'gzip', tree, loose)
+  except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
     raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
                          'give only part of the dataset. Copy or download it again.') from e
   _warn_loose(loose, root)
