@@ -3,6 +3,7 @@ at all, and a disk that refuses them (full, read-only) reported in one line."""
 import contextlib
 import errno
 import os
+import re
 from typing import IO, Iterator
 
 from cnnjax.errors import UserError
@@ -15,17 +16,34 @@ class WriteRefusedError(UserError, OSError):
   """The disk refused a file of the run (full, over quota, read-only)."""
 
 
+def refusal_errno(error: BaseException | None) -> int | None:
+  """The errno of a refused write somewhere in `error`'s chain: an `OSError`'s, or the
+  `os_error_code='28'` of the ValueError that tensorstore (under orbax) raises instead."""
+  while error is not None:
+    code = error.errno if isinstance(error, OSError) else None
+    if code is None:
+      found = re.search(r"os_error_code='(\d+)'", str(error))
+      code = int(found.group(1)) if found else None
+    if code in REFUSALS:
+      return code
+    error = error.__cause__ or error.__context__
+  return None
+
+
 @contextlib.contextmanager
-def refusals_reported(path: str) -> Iterator[None]:
-  """Turns the disk refusing `path` into a `WriteRefusedError` that names the fix."""
+def refusals_reported(what: str, then: str = 'run the same command again.',
+                      error_type: type[WriteRefusedError] = WriteRefusedError
+                      ) -> Iterator[None]:
+  """Turns the disk refusing to write `what` (a path, or words naming it) into one
+  `error_type` line that names the fix; any other exception passes unchanged."""
   try:
     yield
-  except OSError as error:
-    if error.errno not in REFUSALS:
+  except Exception as error:  # pylint: disable=broad-except  # Libraries wrap OSErrors.
+    code = refusal_errno(error)
+    if code is None:
       raise
-    raise WriteRefusedError(
-        f'Could not write {path} ({os.strerror(error.errno)}). Free some space (or make the '
-        'directory writable) and run the same command again.') from error
+    raise error_type(f'Could not write {what} ({os.strerror(code)}). Free some space (or make '
+                     f'the directory writable) and {then}') from error
 
 
 @contextlib.contextmanager

@@ -15,10 +15,9 @@ leaves the workdir untouched.
 import contextlib
 import logging
 import os
-import re
 import shutil
 import time
-from typing import Any, Iterator, NamedTuple, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -32,7 +31,7 @@ UNREADABLE_DIR = 'checkpoints_unreadable'
 BEST_DIR = 'best_weights'
 
 
-class CheckpointWriteError(UserError, OSError):
+class CheckpointWriteError(atomic.WriteRefusedError):
   """The disk refused a checkpoint (full, read-only)."""
 
 
@@ -63,20 +62,6 @@ def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
 
-def _refusal_errno(error: BaseException | None) -> int | None:
-  """The errno of a refused write somewhere in `error`'s chain: an `OSError`'s, or the
-  `os_error_code='28'` of the ValueError that tensorstore (under orbax) raises instead."""
-  while error is not None:
-    code = error.errno if isinstance(error, OSError) else None
-    if code is None:
-      found = re.search(r"os_error_code='(\d+)'", str(error))
-      code = int(found.group(1)) if found else None
-    if code in atomic.REFUSALS:
-      return code
-    error = error.__cause__ or error.__context__
-  return None
-
-
 def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
   """Refuses a save that cannot fit on the disk before orbax starts it. A disk that fills
   up during an asynchronous save is still reported (`_reporting_write_errors`), but only
@@ -93,20 +78,12 @@ def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
         'some space and run the same command to resume from them.')
 
 
-@contextlib.contextmanager
-def _reporting_write_errors(directory: str, what: str) -> Iterator[None]:
+def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractContextManager:
   """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
   finalises a step only once it is whole, so the checkpoints before it are kept."""
-  try:
-    yield
-  except Exception as error:  # pylint: disable=broad-except  # Orbax wraps OSErrors variously.
-    code = _refusal_errno(error)
-    if code is None:
-      raise
-    raise CheckpointWriteError(
-        f'Could not write {what} in {directory} ({os.strerror(code)}). The checkpoints '
-        'before it are kept: free some space (or make the workdir writable) and run the '
-        'same command to resume from them.') from error
+  return atomic.refusals_reported(
+      f'{what} in {directory}', error_type=CheckpointWriteError,
+      then='run the same command to resume from the checkpoints before it, which are kept.')
 
 
 class Checkpointer:
