@@ -120,6 +120,24 @@ def test_image_folder_tarball_and_slicing(tmp_path):
                                     getattr(from_archive, split).labels)
 
 
+def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
+  tree = tmp_path / 'tree'
+  names = ['train/cat/a.png', 'train/cat/2019/b.png', 'train/cat/2019/x/c.png',
+           'train/dog/d.png', 'train/dog/.thumbnails/d.png', 'train/dog/.e.png']
+  for i, name in enumerate(names):
+    os.makedirs(tree / os.path.dirname(name), exist_ok=True)
+    Image.fromarray(np.full((4, 4, 3), i, np.uint8)).save(tree / name)
+  archive = tmp_path / 'tree.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tree / 'train', arcname='train')
+  zipped = shutil.make_archive(str(tmp_path / 'tree'), 'zip', tree)
+  for root in (tree, archive, zipped):
+    listed = image_tree.list_tree(str(root))
+    assert sorted((f.cls, f.name) for f in listed['train']) == [
+        ('cat', '2019/b.png'), ('cat', '2019/x/c.png'), ('cat', 'a.png'), ('dog', 'd.png')]
+    assert [f.read()[:4] for f in listed['train']] == [b'\x89PNG'] * 4
+
+
 def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
   tree = tmp_path / 'tree'
   write_image_tree(str(tree), np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 0, 1],

@@ -2,7 +2,9 @@
 .zip): listing and reading.
 
 A tree is listed once (`list_tree`): every file of every split, in a fixed
-pseudo-random order (`example_order_key`). A split is then either decoded
+pseudo-random order (`example_order_key`). As in Keras'
+`image_dataset_from_directory`, a class folder's sub-folders are part of it:
+`train/cat/2019/a.jpg` is a cat named `2019/a.jpg`. A split is then either decoded
 whole into memory (`read_split`, files that are not readable images skipped
 with one warning) or kept as a list of files that a streamed run decodes when
 a batch needs them (`stream_split`, files whose header is not an image's
@@ -84,6 +86,19 @@ def _in_example_order(tree: dict[str, list[TreeFile]]) -> dict[str, list[TreeFil
           for split, files in tree.items()}
 
 
+def _files_under(directory: str) -> list[str]:
+  """The visible files under `directory`, at any depth, as '/'-joined relative names.
+  Linked sub-folders are not followed (a link back up would never end)."""
+  names = []
+  for parent, folders, files in os.walk(directory):
+    folders[:] = sorted(filter(_visible, folders))
+    relative = os.path.relpath(parent, directory)
+    for name in sorted(filter(_visible, files)):
+      if os.path.isfile(os.path.join(parent, name)):  # Not a dangling link.
+        names.append(name if relative == '.' else f'{relative.replace(os.sep, "/")}/{name}')
+  return names
+
+
 def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[str]] = {}
@@ -95,10 +110,9 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
       cls_dir = os.path.join(split_dir, cls)
       if os.path.isfile(cls_dir):
         loose.setdefault(split, []).append(cls)
-      for fname in sorted(filter(_visible, os.listdir(cls_dir))) if os.path.isdir(cls_dir) else ():
-        path = os.path.join(cls_dir, fname)
-        if os.path.isfile(path):
-          tree.setdefault(split, []).append(TreeFile(cls, fname, path=path))
+      elif os.path.isdir(cls_dir):
+        tree.setdefault(split, []).extend(
+            TreeFile(cls, name, path=os.path.join(cls_dir, name)) for name in _files_under(cls_dir))
   _warn_loose(loose, root)
   return _in_example_order(tree)
 
@@ -119,10 +133,11 @@ def _archive_kind(root: str) -> str:
 
 def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]], name: str,
                 read: Callable[[], bytes]) -> None:
-  """Files `<split>/<class>/<file>` go in `tree`; `<split>/<file>` ones in `loose`."""
+  """Files `<split>/<class>/<file>` (or deeper in the class) go in `tree`;
+  `<split>/<file>` ones in `loose`."""
   parts = name.lstrip('./').split('/')
-  if len(parts) == 3 and all(map(_visible, parts)):
-    tree.setdefault(parts[0], []).append(TreeFile(parts[1], parts[2], payload=read()))
+  if len(parts) >= 3 and all(map(_visible, parts)):
+    tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=read()))
   elif len(parts) == 2 and all(map(_visible, parts)):
     loose.setdefault(parts[0], []).append(parts[1])
 
