@@ -131,7 +131,13 @@ def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(tree / 'train', arcname='train')
   zipped = shutil.make_archive(str(tmp_path / 'tree'), 'zip', tree)
-  for root in (tree, archive, zipped):
+  # Archives of the folder itself, as a file manager makes them: tree/train/cat/...
+  wrapped = shutil.make_archive(str(tmp_path / 'wrapped'), 'zip', tmp_path, 'tree')
+  (tree / 'README.txt').write_text('My photos.')  # Beside train/: not an image of any split.
+  wrapped_tar = tmp_path / 'wrapped.tar'
+  with tarfile.open(wrapped_tar, 'w') as tar:
+    tar.add(tree, arcname='tree')
+  for root in (tree, archive, zipped, wrapped, wrapped_tar):
     listed = image_tree.list_tree(str(root))
     assert sorted((f.cls, f.name) for f in listed['train']) == [
         ('cat', '2019/b.png'), ('cat', '2019/x/c.png'), ('cat', 'a.png'), ('dog', 'd.png')]

@@ -23,7 +23,7 @@ import os
 import tarfile
 import zipfile
 import zlib
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -131,23 +131,22 @@ def _archive_kind(root: str) -> str:
                        '(of train/<class>/<image> files): point config.local_data_dir at one.')
 
 
-def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]], name: str,
-                read: Callable[[], bytes]) -> None:
+def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]],
+                parts: list[str], payload: bytes) -> None:
   """Files `<split>/<class>/<file>` (or deeper in the class) go in `tree`;
   `<split>/<file>` ones in `loose`."""
-  parts = name.lstrip('./').split('/')
   if len(parts) >= 3 and all(map(_visible, parts)):
-    tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=read()))
+    tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=payload))
   elif len(parts) == 2 and all(map(_visible, parts)):
     loose.setdefault(parts[0], []).append(parts[1])
 
 
-def _read_tar(root: str, gzipped: bool, tree: dict[str, list[TreeFile]],
-              loose: dict[str, list[str]]) -> None:
-  """One sequential pass (seeking in a gzip stream decompresses it again each time), read
-  to the very end of the file: tarfile's stream mode takes a short read for the end of the
-  archive, so a cut-off file would otherwise yield part of a split without a word. The gzip
-  stream's own end marker, or a plain tar's closing zero blocks, say the file is whole."""
+def _tar_members(root: str, gzipped: bool) -> Iterator[tuple[str, bytes]]:
+  """(name, content) of each file. One sequential pass (seeking in a gzip stream
+  decompresses it again each time), read to the very end of the file: tarfile's stream
+  mode takes a short read for the end of the archive, so a cut-off file would otherwise
+  yield part of a split without a word. The gzip stream's own end marker, or a plain tar's
+  closing zero blocks, say the file is whole."""
   if not gzipped:
     with open(root, 'rb') as raw:
       raw.seek(0, os.SEEK_END)
@@ -159,19 +158,28 @@ def _read_tar(root: str, gzipped: bool, tree: dict[str, list[TreeFile]],
     with tarfile.open(fileobj=stream, mode='r|') as tar:
       for member in tar:
         if member.isfile():
-          _add_member(tree, loose, member.name, lambda: tar.extractfile(member).read())
+          yield member.name, tar.extractfile(member).read()
     while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
       pass
 
 
-def _read_zip(root: str, tree: dict[str, list[TreeFile]], loose: dict[str, list[str]]) -> None:
-  """A zip's directory is at its end, so a cut-off zip does not open; each member's CRC is
-  checked as it is read."""
+def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
+  """(name, content) of each file. A zip's directory is at its end, so a cut-off zip does
+  not open; each member's CRC is checked as it is read."""
   with zipfile.ZipFile(root) as archive:
     for member in archive.infolist():
       if not member.is_dir():
-        _add_member(tree, loose, member.filename,
-                    lambda: archive.read(member))
+        yield member.filename, archive.read(member)
+
+
+def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[str], bytes]]:
+  """Members without the one folder an archive may wrap the tree in (`cifar10/train/...`,
+  as archives made of a folder are): stripped when every member lies in one folder that is
+  not `train/` itself and holds `train/` (the split every tree has)."""
+  tops = {parts[0] for parts, _ in members}
+  if len(tops) == 1 and tops != {'train'} and any(parts[1:2] == ['train'] for parts, _ in members):
+    return [(parts[1:], payload) for parts, payload in members]
+  return members
 
 
 @functools.lru_cache(maxsize=2)
@@ -179,17 +187,17 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFi
   """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
-  tree: dict[str, list[TreeFile]] = {}
-  loose: dict[str, list[str]] = {}
   kind = _archive_kind(root)
   try:
-    if kind == 'zip':
-      _read_zip(root, tree, loose)
-    else:
-      _read_tar(root, kind == 'gzip', tree, loose)
+    members = [(name.lstrip('./').split('/'), payload) for name, payload in
+               (_zip_members(root) if kind == 'zip' else _tar_members(root, kind == 'gzip'))]
   except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
     raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
                          'give only part of the dataset. Copy or download it again.') from e
+  tree: dict[str, list[TreeFile]] = {}
+  loose: dict[str, list[str]] = {}
+  for parts, payload in _without_wrapper(members):
+    _add_member(tree, loose, parts, payload)
   _warn_loose(loose, root)
   return _in_example_order(tree)
 
