@@ -19,6 +19,14 @@ def resumable_config(name, steps, **overrides):
   return shrink(load_config(name), num_train_steps=steps, num_epochs=100, **overrides)
 
 
+def stopped_at_step_3(workdir):
+  """`workdir` holding a `cnn_simple` run with its checkpoint at step 3 and no results, as
+  if stopped there: the same command with more steps resumes it."""
+  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)
+  os.remove(workdir / 'results.json')
+  return workdir
+
+
 @pytest.mark.parametrize('name,model_kwargs', [
     ('cnn_deep', {}),                                      # Dropout.
     pytest.param('cifar_mobilenet_transfer', {'image_size': 32},  # BatchNorm, training.
@@ -353,9 +361,7 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_orbax_writes_it(tmp_path
   import shutil
   config = resumable_config('cnn_simple', 9)
   train_and_evaluate(config, tmp_path / 'uninterrupted')
-  workdir = tmp_path / 'run'
-  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)  # A checkpoint at step 3.
-  os.remove(workdir / 'results.json')
+  workdir = stopped_at_step_3(tmp_path / 'run')
   usage = collections.namedtuple('usage', 'total used free')
   monkeypatch.setattr(shutil, 'disk_usage', lambda path: usage(10**9, 10**9 - 4096, 4096))
   with pytest.raises(checkpoints.CheckpointWriteError,
@@ -372,9 +378,7 @@ def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds):
   from cnnjax.runs import writers
   config = resumable_config('cnn_simple', 6)
   train_and_evaluate(config, tmp_path / 'uninterrupted')
-  workdir = tmp_path / 'run'
-  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)
-  os.remove(workdir / 'results.json')
+  workdir = stopped_at_step_3(tmp_path / 'run')
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"epoch": 2, "step": 6, "train_lo')  # Killed mid-append: no newline.
   assert [row['step'] for row in writers.read_metrics(str(workdir))] == [3]
@@ -447,9 +451,7 @@ def test_a_full_disk_during_a_save_is_one_clear_error(raised_as, tmp_path, mock_
                                                        monkeypatch):
   import errno
   import orbax.checkpoint as ocp
-  workdir = tmp_path / 'run'
-  train_and_evaluate(resumable_config('cnn_simple', 3), workdir)  # A checkpoint at step 3.
-  os.remove(workdir / 'results.json')
+  workdir = stopped_at_step_3(tmp_path / 'run')
 
   def disk_full(*args, **kwargs):
     if raised_as == 'tensorstore':  # What orbax's OCDBT writer raises, with no OSError.
