@@ -16,6 +16,7 @@ from cnnjax.errors import ConfigError
 from cnnjax.models import build_model
 from cnnjax.models import transfer
 from cnnjax.runs import selection
+from cnnjax.training import dispatch
 from cnnjax.training import features
 from cnnjax.training import optimizers
 from cnnjax.training import recipes
@@ -189,6 +190,13 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
       or config.num_train_steps < -1):
     raise ConfigError('config.num_train_steps must be -1 (the whole run) or a positive integer, '
                       f'got {config.num_train_steps!r}.')
+  if not isinstance(config.steps_per_dispatch, int) or config.steps_per_dispatch < 0:
+    raise ConfigError('config.steps_per_dispatch must be 0 (1 on CPU, '
+                      f'{dispatch.ACCELERATOR_STEPS_PER_DISPATCH} on GPU/TPU) or a positive '
+                      f'integer, got {config.steps_per_dispatch!r}.')
+  if str(config.data_on_device).lower() not in dispatch.DATA_ON_DEVICE_CHOICES:
+    raise ConfigError(f'config.data_on_device must be one of {dispatch.DATA_ON_DEVICE_CHOICES}, '
+                      f'got {config.data_on_device!r}.')
   if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
     raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
                       f'got {config.checkpoint_every_steps!r}.')

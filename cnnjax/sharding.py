@@ -47,6 +47,11 @@ def batch_sharded(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
 
 
+def stacked_batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Batches stacked on a leading axis (one per step of a call), each sharded as a batch."""
+  return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def check_batch_size(batch_size: int) -> None:
   """Fails early, with valid alternatives, when the global training batch does not split
   evenly over the devices (and so over the processes, each of which feeds its own)."""
@@ -78,11 +83,14 @@ def host_local_rows(mesh: Mesh, global_size: int) -> np.ndarray:
   return np.concatenate([np.arange(start, stop) for start, stop in shards])
 
 
-def put_global_batch(mesh: Mesh, arrays: tuple[np.ndarray, ...]) -> tuple[jax.Array, ...]:
-  """Makes global, data-sharded arrays from this process's slice of a batch."""
-  sharding = batch_sharded(mesh)
+def put_global_batch(mesh: Mesh, arrays: tuple[np.ndarray, ...], batch_axis: int = 0
+                     ) -> tuple[jax.Array, ...]:
+  """Makes global, data-sharded arrays from this process's slice of a batch (of batches
+  stacked on a leading axis, with `batch_axis=1`)."""
+  sharding = stacked_batch_sharded(mesh) if batch_axis else batch_sharded(mesh)
   out = []
   for local in arrays:
-    global_shape = (local.shape[0] * jax.process_count(),) + local.shape[1:]
-    out.append(jax.make_array_from_process_local_data(sharding, local, global_shape))
+    global_shape = list(local.shape)
+    global_shape[batch_axis] *= jax.process_count()
+    out.append(jax.make_array_from_process_local_data(sharding, local, tuple(global_shape)))
   return tuple(out)

@@ -30,6 +30,7 @@ from cnnjax.runs import selection as selection_lib
 from cnnjax.runs import workdir as workdir_lib
 from cnnjax.runs import writers
 from cnnjax.training import diagnostics
+from cnnjax.training import dispatch
 from cnnjax.training import features
 from cnnjax.training import params as params_lib
 from cnnjax.training import setup
@@ -124,6 +125,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               for i in range(len(experiment.stages))]
   counts = experiment.param_counts()
   devices = f'{jax.device_count()}x {jax.devices()[0].device_kind}'
+  steps_per_call = dispatch.steps_per_dispatch(config.steps_per_dispatch, jax.default_backend())
+  on_device = dispatch.data_on_device(config.data_on_device, data.train, jax.default_backend())
   log = writers.RunWriter(workdir, math.ceil(total_steps / steps_per_epoch), steps_per_epoch,
                           devices=devices)
   eval_batch = trainers[0].eval_batch_size
@@ -135,8 +138,11 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       + (f', streamed by {data_options.workers} thread(s)' if data.streamed else '')
       + f': {len(data.train):,} train, '
       + (f'{len(data.val):,} validation, ' if data.val is not None else '')
-      + f'{len(data.test):,} test. {log.num_epochs} epoch(s) of {steps_per_epoch} steps at '
-      f'batch {config.batch_size}; evaluation batch {eval_batch}'
+      + f'{len(data.test):,} test'
+      + (', training split held on the device' if on_device else '')
+      + f'. {log.num_epochs} epoch(s) of {steps_per_epoch} steps at batch {config.batch_size}'
+      + (f', {steps_per_call} per call' if steps_per_call > 1 else '')
+      + f'; evaluation batch {eval_batch}'
       + (f' ({config.eval_batch_size} rounded up to split over {jax.device_count()} devices)'
          if eval_batch != config.eval_batch_size else '')
       + f'. Workdir {workdir}.')
@@ -210,7 +216,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     hooks.ProgressHook(log), guard, rows, *chooser,
                     hooks.CheckpointHook(checkpointer, config.checkpoint_every_steps, guard, {
                         'pretrained': pretrained_info, 'data': data_fingerprints}),
-                    hooks.SignalHook(signals)], **timings)
+                    hooks.SignalHook(signals)], steps_per_dispatch=steps_per_call,
+                data_on_device=on_device, **timings)
     loop.ended = progress.stopped  # Stopped early, before its results were written.
     for stage, trainer in zip(experiment.stages, trainers):
       end_step = stage.end_step(steps_per_epoch, total_steps)

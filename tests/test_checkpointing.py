@@ -309,7 +309,7 @@ def test_stop_on_collapse_at_an_epochs_end_saves_it_and_resumes(tmp_path, mock_t
   real_check = diagnostics.CollapseGuard.check_losses
 
   def collapsed_at_step_6(guard):
-    steps = [step for step, _ in guard._pending]  # pylint: disable=protected-access
+    steps = [step for step, _, _ in guard._pending]  # pylint: disable=protected-access
     symptom = real_check(guard)
     return 'a scripted collapse' if 6 in steps else symptom
   with monkeypatch.context() as patch:

@@ -64,7 +64,7 @@ class _Log:
 
 
 def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch):
-  log, loop = _Log(), type('Loop', (), {'running': _Running()})()
+  log, loop = _Log(), type('Loop', (), {'running': _Running(), 'call_steps': 1})()
   hook = hooks.ProgressHook(log)
   monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 0.0)  # Every epoch counts as long.
   hook.epoch_start(loop, 1, 8)
@@ -76,6 +76,11 @@ def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch
   for _ in range(8):
     hook.after_step(loop, None, None)
   assert len(log.lines) == 3
+  monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 0.0)  # Calls of 3 steps (and 2): a
+  hook.epoch_start(loop, 3, 8)                               # line where a call passes a mark.
+  for loop.call_steps in (3, 3, 2):
+    hook.after_step(loop, None, None)
+  assert log.lines[3:] == [(3, 3, 8, 0.5), (3, 6, 8, 0.5)]
 
 
 def test_tensorflow_is_not_an_install_requirement():

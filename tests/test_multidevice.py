@@ -105,6 +105,17 @@ def test_one_two_and_eight_devices_train_alike(name, extra, atol, tmp_path, data
     assert_close_runs(str(tmp_path / 'd1'), str(tmp_path / f'd{devices}'), config, atol)
 
 
+def test_calls_from_data_held_on_8_devices_train_like_one_device(tmp_path, data_dir):
+  """Four steps per call, batches gathered on the devices from the split each holds, each
+  device training on its rows: the one-device, one-step-per-call run."""
+  adam = '--config.adam_epsilon=1.0'  # As in test_one_two_and_eight_devices_train_alike.
+  train_on(1, 'cnn_deep', str(tmp_path / 'one'), data_dir, adam)
+  result = train_on(8, 'cnn_deep', str(tmp_path / 'calls'), data_dir, adam,
+                    '--config.steps_per_dispatch=4', '--config.data_on_device=true')
+  assert 'training split held on the device' in result.stdout and '4 per call' in result.stdout
+  assert_close_runs(str(tmp_path / 'one'), str(tmp_path / 'calls'), load_config('cnn_deep'))
+
+
 EVALUATE_ON_8_DEVICES = '''
 import jax, numpy as np
 from configs import cnn_simple

@@ -30,9 +30,10 @@ class GuardHook(Hook):
 
   def __init__(self, guard: diagnostics.CollapseGuard, stop: bool, log: writers.RunWriter):
     self.guard, self.stop, self.log = guard, stop, log
+    self.every_steps = guard.every_steps
 
   def after_step(self, loop, images, loss):
-    self.guard.record(loop.step, loss)
+    self.guard.record(loop.step, loss, loop.call_steps)
     if self.guard.due(loop.step):
       self.check_losses(loop)
       stats = loop.trainer.activation_statistics(loop.state, images)
@@ -158,12 +159,12 @@ class ProgressHook(Hook):
     self.marks = [round(f * steps) for f in PROGRESS_LINE_FRACTIONS]
 
   def after_step(self, loop, images, loss):
-    self.done += 1
+    before, self.done = self.done, self.done + loop.call_steps
     if self.bar is not None:
-      self.bar.update(1)
-      if self.done % PROGRESS_REFRESH_STEPS == 0:
+      self.bar.update(loop.call_steps)
+      if self.done // PROGRESS_REFRESH_STEPS > before // PROGRESS_REFRESH_STEPS:
         self.bar.set_postfix({k: f'{v:.4f}' for k, v in self._metrics(loop).items()})
-    elif (self.log.is_writer and self.done in self.marks
+    elif (self.log.is_writer and any(before < mark <= self.done for mark in self.marks)
           and time.perf_counter() - self.start >= PROGRESS_LINE_SECONDS):
       self.log.progress_line(self.epoch, self.done, self.steps,
                              time.perf_counter() - self.start, self._metrics(loop))

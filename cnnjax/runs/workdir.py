@@ -20,9 +20,10 @@ from cnnjax.runs import writers
 
 # Fields that may change between a run and its resumption: how long to train (and how
 # patiently), how often to save, where the (same) data and weights live, the evaluation
-# batch, which weights to report.
+# batch, which weights to report, how many steps a device call trains and where it finds them.
 RESUMABLE_CHANGES = frozenset({
     'num_epochs', 'num_train_steps', 'checkpoint_every_steps', 'keep_checkpoints', 'resume',
+    'steps_per_dispatch', 'data_on_device',
     'eval_batch_size', 'local_data_dir', 'tfds_data_dir', 'pretrained_path',
     'fine_tune.num_epochs', 'collapse_guard.every_steps', 'collapse_guard.patience_steps',
     'collapse_guard.loss_band', 'stop_on_collapse', 'selection.patience',

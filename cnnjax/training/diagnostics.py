@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import traverse_util
 
@@ -81,25 +82,27 @@ class CollapseGuard:
   def __init__(self, num_classes: int, every_steps: int, patience_steps: int, loss_band: float):
     self.every_steps, self.patience_steps, self.loss_band = every_steps, patience_steps, loss_band
     self.chance_loss = math.log(num_classes)
-    self._pending: list[tuple[int, jax.Array]] = []
+    self._pending: list[tuple[int, jax.Array, int]] = []
     self.steps_near_chance = 0  # Consecutive steps with the loss within the band of ln(C).
     self.dead_reported: set[str] = set()
 
-  def record(self, step: int, loss: jax.Array) -> None:
-    """Keeps the (device) loss of the step that ended at `step`."""
-    self._pending.append((step, loss))
+  def record(self, step: int, loss: jax.Array, steps: int = 1) -> None:
+    """Keeps the (device) loss of the step that ended at `step`, or the losses of the
+    `steps` steps of a call that ended there (the first `steps` of a vector)."""
+    self._pending.append((step, loss, steps))
 
   def due(self, step: int) -> bool:
     return step % self.every_steps == 0
 
   def check_losses(self) -> str | None:
     """Raises NonFiniteLossError at the first bad step; the symptom of a collapse, if any."""
-    steps = [step for step, _ in self._pending]
-    losses = jax.device_get([loss for _, loss in self._pending])
+    ends = [(end, count) for end, _, count in self._pending]
+    losses = jax.device_get([loss for _, loss, _ in self._pending])
     self._pending = []
     symptom = None
-    for step, loss in zip(steps, losses):
-      loss = float(loss)
+    for step, loss in ((end - count + 1 + i, float(value))
+                       for (end, count), call in zip(ends, losses)
+                       for i, value in enumerate(np.atleast_1d(call)[:count])):
       if not math.isfinite(loss):
         raise NonFiniteLossError(
             f'Training loss became {loss} at step {step}. The run was stopped before saving '

@@ -1,15 +1,20 @@
 """The one training loop; everything periodic plugs into it as a hook.
 
 `Loop.run` trains from the current step to an end step: the batches of each
-epoch come in the order of (seed, epoch), each step is one jitted call, and
-an epoch's running metrics start afresh at its first step. What else happens
+epoch come in the order of (seed, epoch), each step is one jitted call (or
+each call several steps, `steps_per_dispatch`: see `dispatch`), and an
+epoch's running metrics start afresh at its first step. What else happens
 (the epoch's metrics row, checkpoints, the collapse guard, signals, a
 progress bar, `cnnjax.diagnose`'s per-layer reports, the benchmark's timers)
 is done by hooks, in the spirit of clu's periodic actions:
 
 - `epoch_start(loop, epoch, steps)` before an epoch's first step of this run;
-- `before_step(loop, images, labels)` with the batch about to be trained;
-- `after_step(loop, images, loss)` after it (`loop.step` counts it);
+- `before_step(loop, images, labels)` with the batch about to be trained
+  (a call of several steps: its batches, stacked on a leading axis);
+- `after_step(loop, images, loss)` after it (`loop.step` counts it); after a
+  call of several steps, once, with the last step's batch and the losses of
+  all `loop.call_steps` steps. A call ends at every multiple of a hook's
+  `every_steps`, so a hook that acts there sees the state of that step;
 - `epoch_end(loop, epoch)` when an epoch ends, or the run ends inside one;
 - `stopping(loop)` when a stop was requested, before the loop raises it.
 
@@ -29,13 +34,19 @@ import jax
 from cnnjax import sharding
 from cnnjax.data import datasets
 from cnnjax.data import pipeline
+from cnnjax.data.examples import Split, StreamedSplit
+from cnnjax.training import dispatch
 from cnnjax.training.steps import Metrics
 from cnnjax.training.steps import Trainer
 from cnnjax.training.steps import TrainState
 
 
 class Hook:
-  """Work done around the loop's steps; every method does nothing unless overridden."""
+  """Work done around the loop's steps; every method does nothing unless overridden.
+
+  `every_steps` > 0: calls of several steps end at its multiples (see the module docstring).
+  """
+  every_steps = 0
 
   def epoch_start(self, loop: 'Loop', epoch: int, steps: int) -> None:
     pass
@@ -57,15 +68,20 @@ class Loop:
   """Steps a state through epochs of a split; holds what the hooks read and change.
 
   Wall-clock totals can start from a resumed run's: `train_seconds` and
-  `epoch_seconds` continue from the values given.
+  `epoch_seconds` continue from the values given. `steps_per_dispatch` > 1 trains that many
+  steps per call, with batches from the device where `data_on_device` (see `dispatch`).
   """
 
   def __init__(self, state: TrainState, running: Metrics, *, mesh: jax.sharding.Mesh,
                batch_size: int, seed: int, steps_per_epoch: int, hooks: Sequence[Hook] = (),
-               train_seconds: float = 0.0, epoch_seconds: float = 0.0):
+               train_seconds: float = 0.0, epoch_seconds: float = 0.0,
+               steps_per_dispatch: int = 1, data_on_device: bool = False):
     self.state, self.running, self.step = state, running, int(state.step)
     self.mesh, self.batch_size, self.seed = mesh, batch_size, seed
     self.steps_per_epoch = steps_per_epoch
+    self.steps_per_dispatch, self.data_on_device = steps_per_dispatch, data_on_device
+    self.call_steps = 1  # Steps the last call trained.
+    self._feed: tuple[Any, Any] = (None, None)  # (split, its dispatch feed).
     self.hooks = list(hooks)
     self.trainer: Trainer | None = None  # The stage being trained, and its data.
     self.data: datasets.Dataset | None = None
@@ -106,19 +122,10 @@ class Loop:
         self.running = trainer.empty_metrics()
       for hook in self.hooks:
         hook.epoch_start(self, epoch, epoch_end_step - self.step)
-      batches = pipeline.train_batches(data.train, self.batch_size, self.seed, epoch, self.mesh,
-                                       first_step=self.step - epoch * spe)
-      for batch in itertools.islice(batches, epoch_end_step - self.step):
-        images, labels = sharding.put_global_batch(self.mesh, batch)
-        for hook in self.hooks:
-          hook.before_step(self, images, labels)
-        self.state, self.running, loss = trainer.train_step(self.state, images, labels,
-                                                            self.running)
-        self.step += 1
-        for hook in self.hooks:
-          hook.after_step(self, images, loss)
-        if self._stop is not None:
-          break
+      if self.steps_per_dispatch == 1 and not self.data_on_device:
+        self._step_by_step(trainer, data.train, epoch, epoch_end_step)
+      else:
+        self._in_calls(trainer, data.train, epoch, epoch_end_step)
       if self.step == epoch_end_step:
         for hook in self.hooks:
           hook.epoch_end(self, epoch)
@@ -127,3 +134,45 @@ class Loop:
         for hook in self.hooks:
           hook.stopping(self)
         raise self._stop
+
+  def _step_by_step(self, trainer: Trainer, split: Split | StreamedSplit, epoch: int,
+                    end_step: int) -> None:
+    """One call per step, each batch read on the host."""
+    batches = pipeline.train_batches(split, self.batch_size, self.seed, epoch, self.mesh,
+                                     first_step=self.step - epoch * self.steps_per_epoch)
+    for batch in itertools.islice(batches, end_step - self.step):
+      images, labels = sharding.put_global_batch(self.mesh, batch)
+      for hook in self.hooks:
+        hook.before_step(self, images, labels)
+      self.state, self.running, loss = trainer.train_step(self.state, images, labels,
+                                                          self.running)
+      self.step += 1
+      for hook in self.hooks:
+        hook.after_step(self, images, loss)
+      if self._stop is not None:
+        break
+
+  def _in_calls(self, trainer: Trainer, split: Split | StreamedSplit, epoch: int,
+                end_step: int) -> None:
+    """Up to `steps_per_dispatch` steps per call, ending where a hook must see the state."""
+    if self._feed[0] is not split:
+      self._feed = (split, dispatch.make_feed(split, self.data_on_device, self.mesh,
+                                              self.batch_size, self.seed,
+                                              self.steps_per_dispatch))
+    feed = self._feed[1]
+    feed.start_epoch(epoch, self.step - epoch * self.steps_per_epoch)
+    periods = [self.steps_per_dispatch] + [hook.every_steps for hook in self.hooks]
+    while self.step < end_step:
+      steps = dispatch.call_end(self.step, end_step, periods) - self.step
+      images, labels = feed.take(steps)
+      for hook in self.hooks:
+        hook.before_step(self, images, labels)
+      self.state, self.running, losses = trainer.train_steps(self.state, images, labels,
+                                                             self.running, steps)
+      self.step += steps
+      self.call_steps = steps
+      last_images = images[steps - 1]
+      for hook in self.hooks:
+        hook.after_step(self, last_images, losses)
+      if self._stop is not None:
+        break

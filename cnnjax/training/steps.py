@@ -23,6 +23,7 @@ from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.data import pipeline
 from cnnjax.training import augment as augment_lib
 from cnnjax.training import diagnostics
+from cnnjax.training import dispatch
 from cnnjax.training import params as params_lib
 from cnnjax.training import recipes
 
@@ -183,10 +184,15 @@ class Trainer:
     # asked for is rounded up to split over the devices (and never exceeds what a split needs).
     self.eval_batch_size = sharding.round_up_to_devices(eval_batch_size)
     replicated = sharding.replicated(mesh)
-    self.train_step = compilation.jit(
-        functools.partial(train_step, model=model, tx=tx, part=part, augmentation=augmentation,
-                          label_smoothing=label_smoothing, feeds_loss=feeds_loss),
-        out_shardings=(replicated, replicated, replicated), donate_argnums=(0, 3))
+    step = functools.partial(train_step, model=model, tx=tx, part=part,
+                             augmentation=augmentation, label_smoothing=label_smoothing,
+                             feeds_loss=feeds_loss)
+    self.train_step = compilation.jit(step, out_shardings=(replicated, replicated, replicated),
+                                      donate_argnums=(0, 3))
+    # Several steps per call (`dispatch`): batches stacked on a leading axis.
+    self.train_steps = compilation.jit(functools.partial(dispatch.train_steps, step=step),
+                                       out_shardings=(replicated, replicated, replicated),
+                                       donate_argnums=(0, 3))
     self.activation_statistics = compilation.jit(
         functools.partial(activation_statistics, model=model, part=part),
         out_shardings=replicated)
