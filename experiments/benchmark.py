@@ -72,9 +72,10 @@ def load_config(path: str, overrides: Sequence[str] = ()):
   from ml_collections import config_flags
   argv = [sys.argv[0], f'--config={path}', *overrides]
   flag_values = flags.FlagValues()
-  holder = config_flags.DEFINE_config_file('config', path, flag_values=flag_values)
-  saved, sys.argv = sys.argv, argv  # config_flags reads the overrides from sys.argv.
+  # config_flags reads the overrides from sys.argv, from the definition on.
+  saved, sys.argv = sys.argv, argv
   try:
+    holder = config_flags.DEFINE_config_file('config', path, flag_values=flag_values)
     flag_values(argv)
     config = holder.value
     config.to_dict()  # ml_collections loads the file only when the config is first used.
@@ -440,6 +441,20 @@ def stoppable(measure: Callable[[], dict]) -> dict:
     sys.exit(128 + _stopped_by)
 
 
+def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
+                         ) -> argparse.Namespace:
+  """`parser`'s arguments, and `--config.field=value` overrides (as `args.overrides`), in any
+  order; anything else is the parser's one-line error."""
+  parser.add_argument('overrides', nargs='*', help='--config.field=value overrides.')
+  args, unknown = parser.parse_known_args(argv)
+  args.overrides = args.overrides + unknown
+  stray = [o for o in args.overrides if not o.startswith('--config.')]
+  if stray:
+    parser.error(f'unrecognized arguments: {" ".join(stray)} (config fields go as '
+                 '--config.field=value)')
+  return args
+
+
 def main(argv: list[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -451,13 +466,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--ops', action='store_true', help='Benchmark the op rewrites instead.')
   parser.add_argument('--vs', default='', help='A second cnnjax config to run end to end.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
-  parser.add_argument('overrides', nargs='*', help='--config.field=value overrides.')
-  args, unknown = parser.parse_known_args(argv)
-  args.overrides = args.overrides + unknown
-  stray = [o for o in args.overrides if not o.startswith('--config.')]
-  if stray:
-    parser.error(f'unrecognized arguments: {" ".join(stray)} (config fields go as '
-                 '--config.field=value)')
+  args = parse_with_overrides(parser, argv)
   if args.epochs < 1 or args.evals < 1:
     parser.error('--epochs and --evals must be 1 or more.')
   if args.local_data_dir:

@@ -225,3 +225,53 @@ def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
   assert 'Traceback' not in stderr, stderr[-2000:]
   assert stderr.strip().splitlines()[-1].startswith('benchmark.py: stopped by SIGINT;')
+
+
+def device_benchmark_args(data_dir, *extra):
+  return [f'--fashion_mnist={data_dir}', '--configs=cnn_simple', '--warmup=2', '--window=2',
+          '--windows=3', '--steps_per_dispatch=2', '--peak_tflops=1', '--config.batch_size=8',
+          *extra]
+
+
+def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
+  from experiments import device_benchmark
+  from tests.helpers import make_idx_dataset
+  make_idx_dataset(str(tmp_path))  # 40 train: 5 steps of 8.
+  device_benchmark.main(device_benchmark_args(tmp_path, f'--json={tmp_path}/report.json'))
+  out = capsys.readouterr().out
+  report = json.loads((tmp_path / 'report.json').read_text())
+  (result,) = report['results']
+  variants = result['variants']
+  assert list(variants) == ['one_step', 'calls', 'calls_bf16']
+  assert [v['steps_per_dispatch'] for v in variants.values()] == [1, 2, 2]
+  assert [v['data_on_device'] for v in variants.values()] == [False, True, True]
+  assert variants['calls_bf16']['half_precision'] and variants['one_step']['steps_per_epoch'] == 5
+  assert variants['one_step']['speedup_over_one_step'] == 1.0
+  for row in variants.values():
+    assert len(row['window_step_ms']) == 3 and row['step_ms'] in row['window_step_ms']
+    assert row['images_per_second'] == pytest.approx(8 / (row['step_ms'] / 1e3))
+  # cnn_simple's convolutions and dense layer, forward and backward, at batch 8: the lowered
+  # step's count is what the FLOPs-only mode prints too.
+  flops = variants['one_step']['step_flops']
+  assert 1e8 < flops < 1e9 and 'GFLOP per training step' in out
+  assert variants['calls']['model_flop_utilisation'] == pytest.approx(
+      flops / (variants['calls']['step_ms'] / 1e3) / 1e12)
+  device_benchmark.main(device_benchmark_args(tmp_path, '--flops_only'))
+  assert json.loads(capsys.readouterr().out)['cnn_simple']['step_flops'] == flops
+
+
+@pytest.mark.parametrize('extra,message', [
+    (['--configs=cnn_simpel'], 'no configs/cnn_simpel.py'),
+    (['--config.batchsize=3'], "config field 'batchsize' does not"),
+    (['--stepz=3'], 'unrecognized arguments: --stepz'),
+    (['--fashion_mnist=/nonexistent'], "local_data_dir='/nonexistent' does not exist"),
+])
+def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
+  from tests.helpers import make_idx_dataset, run_tool
+  make_idx_dataset(str(tmp_path))
+  result = run_tool('experiments.device_benchmark', device_benchmark_args(tmp_path, *extra),
+                    tmp_path)
+  assert result.returncode == 2, result.stderr[-2000:]
+  assert 'Traceback' not in result.stderr, result.stderr[-2000:]
+  errors = [line for line in result.stderr.splitlines() if 'error:' in line]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
