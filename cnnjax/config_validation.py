@@ -197,6 +197,10 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   if str(config.data_on_device).lower() not in dispatch.DATA_ON_DEVICE_CHOICES:
     raise ConfigError(f'config.data_on_device must be one of {dispatch.DATA_ON_DEVICE_CHOICES}, '
                       f'got {config.data_on_device!r}.')
+  if (str(config.data_on_device).lower(), str(config.data_in_memory).lower()) == ('true',
+                                                                                  'false'):
+    raise ConfigError('config.data_on_device=true needs the training split in memory, and '
+                      'config.data_in_memory=false streams it: pass one of them as auto.')
   if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
     raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
                       f'got {config.checkpoint_every_steps!r}.')

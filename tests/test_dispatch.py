@@ -53,13 +53,17 @@ def test_data_on_device_is_refused_for_a_streamed_split():
     dispatch.data_on_device('true', split, 'gpu')
 
 
-@pytest.mark.parametrize('field,value', [('steps_per_dispatch', -1),
-                                         ('data_on_device', 'yes')])
-def test_bad_dispatch_settings_are_named(field, value):
+@pytest.mark.parametrize('fields,message', [
+    ({'steps_per_dispatch': -1}, 'config.steps_per_dispatch must be'),
+    ({'data_on_device': 'yes'}, 'config.data_on_device must be'),
+    ({'data_on_device': 'True', 'data_in_memory': 'false'}, 'config.data_in_memory=false streams'),
+])
+def test_bad_dispatch_settings_are_named(fields, message):
   from tests.helpers import validate
   config = load_config('cnn_simple')
-  config[field] = value
-  with pytest.raises(ConfigError, match=f'config.{field} must be'):
+  for field, value in fields.items():
+    config[field] = value
+  with pytest.raises(ConfigError, match=message):
     validate(config)
 
 
@@ -132,10 +136,13 @@ def test_calls_end_where_checkpoints_are_due(tmp_path, mock_tfds):
   try:
     hooks.SignalHook = lambda signals: Steps()
     train_and_evaluate(config_with(4, 'true', steps=8, checkpoint_every_steps=5,
-                                   keep_checkpoints=10), tmp_path / 'run')
+                                   keep_checkpoints=10, batch_size=4), tmp_path / 'run')
+    # Epochs of 6 steps, calls of up to 4, a checkpoint every 5 steps.
+    assert [(step, n) for step, n, _ in seen] == [(4, 4), (5, 1), (6, 1), (8, 2)]
+    assert all(shape == (4, 28, 28, 1) for _, _, shape in seen)  # The last step's batch.
+    assert sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints')) == [5, 6, 8]
+    seen.clear()  # More steps per call than an epoch has: calls of an epoch.
+    train_and_evaluate(config_with(1000, 'true', steps=8, batch_size=4), tmp_path / 'long')
+    assert [(step, n) for step, n, _ in seen] == [(6, 6), (8, 2)]
   finally:
     hooks.SignalHook = original
-  # Epochs of 3 steps, calls of up to 4, a checkpoint every 5 steps.
-  assert [(step, n) for step, n, _ in seen] == [(3, 3), (4, 1), (5, 1), (6, 1), (8, 2)]
-  assert all(shape == (8, 28, 28, 1) for _, _, shape in seen)  # The last step's batch.
-  assert sorted(int(s) for s in os.listdir(tmp_path / 'run' / 'checkpoints')) == [3, 5, 6, 8]

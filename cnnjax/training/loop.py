@@ -79,7 +79,9 @@ class Loop:
     self.state, self.running, self.step = state, running, int(state.step)
     self.mesh, self.batch_size, self.seed = mesh, batch_size, seed
     self.steps_per_epoch = steps_per_epoch
-    self.steps_per_dispatch, self.data_on_device = steps_per_dispatch, data_on_device
+    # A call never spans an epoch: more steps than an epoch's would only cost memory.
+    self.steps_per_dispatch = min(steps_per_dispatch, steps_per_epoch)
+    self.data_on_device = data_on_device
     self.call_steps = 1  # Steps the last call trained.
     self._feed: tuple[Any, Any] = (None, None)  # (split, its dispatch feed).
     self.hooks = list(hooks)
