@@ -102,23 +102,30 @@ def check_config(path: str, overrides: list[str], keras: bool):
   return config
 
 
+def first_stage(config, image_shape: tuple[int, ...], num_classes: int, steps_per_epoch: int):
+  """The config's first training stage, on images: its trainer and initial state, on every
+  device (what the benchmarks time)."""
+  from cnnjax import sharding
+  from cnnjax.training import setup
+  experiment = setup.build(config, image_shape, num_classes)
+  mesh = sharding.create_mesh()
+  trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False,
+                               steps_per_epoch=steps_per_epoch)
+  return trainer, jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
+
+
 class CnnjaxSide:
   """The library's training loop and evaluation, as `python -m cnnjax.main` runs them."""
   name = 'cnnjax'
 
   def __init__(self, config, data):
-    from cnnjax import sharding
     from cnnjax.data import pipeline
-    from cnnjax.training import setup
     from cnnjax.training.loop import Loop
     self.data = data
-    experiment = setup.build(config, data.image_shape, data.num_classes)
-    mesh = sharding.create_mesh()
     self.steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
-    self.trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False,
-                                      steps_per_epoch=self.steps_per_epoch)
-    state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
-    self.loop = Loop(state, self.trainer.empty_metrics(), mesh=mesh,
+    self.trainer, state = first_stage(config, data.image_shape, data.num_classes,
+                                      self.steps_per_epoch)
+    self.loop = Loop(state, self.trainer.empty_metrics(), mesh=self.trainer.mesh,
                      batch_size=config.batch_size, seed=config.seed,
                      steps_per_epoch=self.steps_per_epoch)
     self.epoch = 0

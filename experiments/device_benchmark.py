@@ -50,6 +50,7 @@ import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError  # pylint: disable=wrong-import-position
+from experiments import benchmark  # pylint: disable=wrong-import-position
 
 STUDY_CONFIGS = ('mlp_128_64', 'mlp_256_128', 'mlp_512_256_128', 'cnn_simple', 'cnn_deep',
                  'vgg_scratch', 'vgg_transfer', 'cifar_cnn', 'cifar_mobilenet_transfer')
@@ -75,24 +76,14 @@ def step_flops(trainer, state, image_shape: tuple[int, ...], batch_size: int) ->
   return float(flops) if flops else None
 
 
-def first_stage(config, image_shape: tuple[int, ...], num_classes: int, steps_per_epoch: int):
-  """The config's first training stage: its trainer and initial state, on every device."""
-  from cnnjax import sharding
-  from cnnjax.training import setup
-  experiment = setup.build(config, image_shape, num_classes)
-  mesh = sharding.create_mesh()
-  trainer = experiment.trainer(0, mesh, config.eval_batch_size, on_features=False,
-                               steps_per_epoch=steps_per_epoch)
-  return trainer, jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
-
-
 def measure(config, data, args) -> dict:
   """One variant of one config: median step seconds over the timed windows."""
   from cnnjax.data import pipeline
   from cnnjax.training import dispatch
   from cnnjax.training.loop import Loop
   steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
-  trainer, state = first_stage(config, data.image_shape, data.num_classes, steps_per_epoch)
+  trainer, state = benchmark.first_stage(config, data.image_shape, data.num_classes,
+                                         steps_per_epoch)
   mesh = trainer.mesh
   k = dispatch.steps_per_dispatch(config.steps_per_dispatch, jax.default_backend())
   loop = Loop(state, trainer.empty_metrics(), mesh=mesh, batch_size=config.batch_size,
@@ -121,14 +112,13 @@ def measure(config, data, args) -> dict:
 def study_config(name: str, args):
   """Config `name` with the overrides, its data path from the flags, and random weights (the
   same work per step, no weights file needed); checked as `cnnjax.main` checks it."""
-  from experiments.benchmark import check_config, load_config
   path = os.path.join(REPO_ROOT, 'configs', f'{name}.py')
   if not os.path.exists(path):
     raise ConfigError(f'--configs: no configs/{name}.py (the study configs are '
                       f'{",".join(STUDY_CONFIGS)}).')
-  data_dir = (args.cifar10 if load_config(path, args.overrides).dataset == 'cifar10'
-              else args.fashion_mnist)
-  return check_config(path, [*args.overrides, '--config.pretrained=',
+  cifar = benchmark.load_config(path, args.overrides).dataset == 'cifar10'
+  data_dir = args.cifar10 if cifar else args.fashion_mnist
+  return benchmark.check_config(path, [*args.overrides, '--config.pretrained=',
                              f'--config.local_data_dir={data_dir}'], keras=False)
 
 
@@ -141,7 +131,7 @@ def flop_counts(args) -> dict:
     cifar = config.dataset == 'cifar10'
     shape = (config.image_size or (32 if cifar else 28),) * 2 + (
         config.channels or (3 if cifar else 1),)
-    trainer, state = first_stage(config, shape, 10, steps_per_epoch=1)
+    trainer, state = benchmark.first_stage(config, shape, 10, steps_per_epoch=1)
     counts[name] = {'batch_size': config.batch_size,
                     'step_flops': step_flops(trainer, state, shape, config.batch_size)}
   return counts
@@ -186,7 +176,6 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  from experiments.benchmark import parse_with_overrides
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--fashion_mnist', default='', help='Fashion-MNIST IDX files.')
@@ -200,7 +189,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--flops_only', action='store_true', help='FLOP counts; nothing runs.')
   parser.add_argument('--json', default='', help='Also write the report to this file.')
-  args = parse_with_overrides(parser, argv)
+  args = benchmark.parse_with_overrides(parser, argv)
   with cli.running_as_tool(TOOL, 'before reporting anything.'):
     if args.flops_only:
       print(json.dumps(flop_counts(args), indent=1))

@@ -94,13 +94,20 @@ def _stacked(batches: list[tuple[np.ndarray, np.ndarray]], size: int
                for a in (images, labels))
 
 
-class HostFeed:
-  """`k` batches per call, read on the host in the pipeline's order and sent together."""
+class _Feed:
+  """The batches of one split's calls, `k` of them a call, in the pipeline's order."""
 
   def __init__(self, split: Split | StreamedSplit, mesh: jax.sharding.Mesh, batch_size: int,
                seed: int, steps_per_call: int):
     self.split, self.mesh, self.batch_size, self.seed = split, mesh, batch_size, seed
     self.k = steps_per_call
+
+
+class HostFeed(_Feed):
+  """Batches read on the host and sent together."""
+
+  def __init__(self, *args):
+    super().__init__(*args)
     self._batches: Iterator[tuple[np.ndarray, np.ndarray]] = iter(())
 
   def start_epoch(self, epoch: int, first_step: int) -> None:
@@ -113,18 +120,16 @@ class HostFeed:
     return sharding.put_global_batch(self.mesh, (images, labels), batch_axis=1)
 
 
-class DeviceFeed:
+class DeviceFeed(_Feed):
   """The whole split on every device; each call sends the indices of its batches."""
 
-  def __init__(self, split: Split, mesh: jax.sharding.Mesh, batch_size: int, seed: int,
-               steps_per_call: int):
-    self.split, self.mesh, self.batch_size, self.seed = split, mesh, batch_size, seed
-    self.k = steps_per_call
-    replicated = sharding.replicated(mesh)
-    self.images = jax.device_put(split.images, replicated)
-    self.labels = jax.device_put(split.labels, replicated)
+  def __init__(self, *args):
+    super().__init__(*args)
+    replicated = sharding.replicated(self.mesh)
+    self.images = jax.device_put(self.split.images, replicated)
+    self.labels = jax.device_put(self.split.labels, replicated)
     self._gather = jax.jit(lambda images, labels, index: (images[index], labels[index]),
-                           out_shardings=sharding.stacked_batch_sharded(mesh))
+                           out_shardings=sharding.stacked_batch_sharded(self.mesh))
     self._indices: list[np.ndarray] = []
 
   def start_epoch(self, epoch: int, first_step: int) -> None:

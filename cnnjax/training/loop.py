@@ -83,7 +83,7 @@ class Loop:
     self.steps_per_dispatch = min(steps_per_dispatch, steps_per_epoch)
     self.data_on_device = data_on_device
     self.call_steps = 1  # Steps the last call trained.
-    self._feed: tuple[Any, Any] = (None, None)  # (split, its dispatch feed).
+    self._feed: dispatch.HostFeed | dispatch.DeviceFeed | None = None  # Of the last split.
     self.hooks = list(hooks)
     self.trainer: Trainer | None = None  # The stage being trained, and its data.
     self.data: datasets.Dataset | None = None
@@ -157,11 +157,10 @@ class Loop:
   def _in_calls(self, trainer: Trainer, split: Split | StreamedSplit, epoch: int,
                 end_step: int) -> None:
     """Up to `steps_per_dispatch` steps per call, ending where a hook must see the state."""
-    if self._feed[0] is not split:
-      self._feed = (split, dispatch.make_feed(split, self.data_on_device, self.mesh,
-                                              self.batch_size, self.seed,
-                                              self.steps_per_dispatch))
-    feed = self._feed[1]
+    if self._feed is None or self._feed.split is not split:
+      self._feed = dispatch.make_feed(split, self.data_on_device, self.mesh, self.batch_size,
+                                      self.seed, self.steps_per_dispatch)
+    feed = self._feed
     feed.start_epoch(epoch, self.step - epoch * self.steps_per_epoch)
     periods = [self.steps_per_dispatch] + [hook.every_steps for hook in self.hooks]
     while self.step < end_step:
