@@ -217,6 +217,9 @@ def test_a_workdir_that_is_a_file(data, tmp_path):
   result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
                                     f'--workdir={tmp_path}/run'], tmp_path)
   assert_one_line_error(result, 'cnnjax', 'is a file, not a directory')
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/run/inside'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', f'{tmp_path}/run is not a writable directory')
   assert (tmp_path / 'run').read_text() == 'my notes'
 
 

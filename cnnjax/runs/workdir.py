@@ -80,8 +80,8 @@ def check_writable(workdir: str) -> None:
 
 def prepare(config: ml_collections.ConfigDict, workdir: str,
             defaults: ml_collections.ConfigDict) -> None:
-  """Checks that `config` may run in `workdir`; moves an old run aside if asked to."""
-  check_writable(workdir)
+  """Checks that `config` may run in `workdir` (one `check_writable` has passed); moves an
+  old run aside if asked to."""
   if not holds_run(workdir):
     return
   if not config.resume:
