@@ -158,9 +158,21 @@ def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
   corrupt[corrupt.index(b'\x89PNG') + 60] ^= 0xFF  # Inside the first image: its CRC fails.
   flipped.write_bytes(bytes(corrupt))
   notes.write_text('Rar!' + 'x' * 1000)
+  csv = tmp_path / 'labels.csv.gz'  # Gzip, but no tar inside.
+  csv.write_bytes(gzip.compress(b'file,label\n' * 100))
+  idx_dir = tmp_path / 'idx'  # One file of an IDX dataset, gzipped or not.
+  idx_dir.mkdir()
+  make_idx_dataset(str(idx_dir))
+  labels = idx_dir / 'train-labels-idx1-ubyte.gz'
+  unpacked = tmp_path / 'train-images-idx3-ubyte'
+  unpacked.write_bytes(gzip.decompress((idx_dir / 'train-images-idx3-ubyte.gz').read_bytes()))
   for path, message in ((cut, 'cut.zip is truncated or corrupt'),
                         (flipped, 'flipped.zip is truncated or corrupt'),
-                        (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar or .zip')):
+                        (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar or .zip'),
+                        (csv, 'labels.csv.gz is gzip-compressed but holds no tar archive'),
+                        (labels, 'train-labels-idx1-ubyte.gz is one IDX file: config.local_data_'
+                                 'dir takes the folder that holds the four'),
+                        (unpacked, 'train-images-idx3-ubyte is one IDX file')):
     with pytest.raises(image_tree.LocalDataError, match=message):
       load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(path))
 

@@ -117,18 +117,34 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   return _in_example_order(tree)
 
 
+def _is_tar_header(block: bytes) -> bool:
+  return block[257:262] == b'ustar' or (len(block) == 512 and not block.strip(b'\0'))
+
+
 def _archive_kind(root: str) -> str:
-  """'gzip', 'zip' or 'tar', from the file's first bytes; an error for anything else."""
+  """'gzip', 'zip' or 'tar', from the file's first bytes (a gzip's, once decompressed); an
+  error naming what the file is instead (one IDX file, say) for anything else."""
   with open(root, 'rb') as f:
     head = f.read(512)
-  if head[:2] == b'\x1f\x8b':
-    return 'gzip'
-  if head[:4] in (b'PK\x03\x04', b'PK\x05\x06'):  # A zip with members; an empty one.
+  kind = 'gzip' if head[:2] == b'\x1f\x8b' else None
+  if kind:
+    try:
+      with gzip.open(root, 'rb') as f:
+        head = f.read(512)
+    except (OSError, EOFError, zlib.error):  # Damaged: reading the archive says how.
+      return kind
+  if head[:3] == b'\0\0\x08':  # An IDX file's magic number: unsigned bytes.
+    raise LocalDataError(f'{root} is one IDX file: config.local_data_dir takes the folder that '
+                         'holds the four (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,'
+                         ' t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz).')
+  if kind is None and head[:4] in (b'PK\x03\x04', b'PK\x05\x06'):  # Members; none.
     return 'zip'
-  if head[257:262] == b'ustar' or (len(head) == 512 and not head.strip(b'\0')):
-    return 'tar'
-  raise LocalDataError(f'{root} is neither a directory nor a .tar.gz, .tar or .zip archive '
-                       '(of train/<class>/<image> files): point config.local_data_dir at one.')
+  if _is_tar_header(head):
+    return kind or 'tar'
+  raise LocalDataError(
+      f'{root} is ' + ('gzip-compressed but holds no tar archive' if kind else
+                       'neither a directory nor a .tar.gz, .tar or .zip archive')
+      + ' (of train/<class>/<image> files): point config.local_data_dir at one.')
 
 
 def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]],
