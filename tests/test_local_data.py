@@ -177,6 +177,19 @@ def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
       load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(path))
 
 
+def test_a_missing_split_names_what_the_tree_has_and_the_way_out(tmp_path):
+  write_image_tree(str(tmp_path / 'tree'), np.zeros((4, 32, 32, 3), np.uint8), [0, 1, 0, 1],
+                   datasets.DATASETS['cifar10'].class_names, 'train')
+  with pytest.raises(image_tree.LocalDataError,
+                     match=r"No test/<class>/<image> files in .*tree \(it has train/\): add "
+                           r"test/<class>/ folders, or take the split from part of train"):
+    load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path / 'tree'))
+  (tmp_path / 'empty').mkdir()
+  with pytest.raises(image_tree.LocalDataError,
+                     match=r'No train/<class>/<image> files in .*empty\.$'):
+    load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path / 'empty'))
+
+
 def test_unknown_class_folder_is_named(tmp_path):
   write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
   with pytest.raises(image_tree.LocalDataError, match='train/airplanes.*not a class'):

@@ -230,7 +230,11 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
   """Split `split`'s files in a listing of the tree at `root` (`list_tree`)."""
   files = tree.get(split)
   if not files:
-    raise LocalDataError(f'No {split}/<class>/<image> files in {root}.')
+    has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
+    hint = ('' if split == 'train' or 'train' not in tree else
+            f': add {split}/<class>/ folders, or take the split from part of train (e.g. '
+            f"'train[90%:]', with the train split ending at 'train[:90%]')")
+    raise LocalDataError(f'No {split}/<class>/<image> files in {root}{has}{hint}.')
   return files
 
 
