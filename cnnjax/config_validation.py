@@ -158,14 +158,16 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
                       'cannot be cached: set --config.cache_features=False.')
 
 
-def _nominal_classes(config: ml_collections.ConfigDict) -> int:
-  """The class count to check the model's options with (any count builds the same layers)."""
+def nominal_classes(config: ml_collections.ConfigDict) -> int:
+  """The class count to check the model's options with (any count builds the same layers);
+  exact for a dataset cnnjax knows."""
   known = datasets.DATASETS.get(config.dataset)
   return len(known.class_names) if known else 2
 
 
-def _nominal_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
-  """An image shape to check which parameters train (any shape has the same parameters)."""
+def nominal_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
+  """An image shape to check which parameters train (any shape has the same parameters);
+  exact for a dataset cnnjax knows, before any data is read."""
   known = datasets.DATASETS.get(config.dataset)
   height, width, channels = known.image_shape if known else (32, 32, 3)
   return (config.image_size or height, config.image_size or width, config.channels or channels)
@@ -239,7 +241,7 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     # Unknown model names and model options fail here, with the valid ones listed;
     # so does a training batch that does not divide over the devices (evaluation rounds its
     # batch up to a multiple of the devices instead: see steps.Trainer).
-    model = build_model(config.model, _nominal_classes(config), config.trainable,
+    model = build_model(config.model, nominal_classes(config), config.trainable,
                         config.model_kwargs)
     sharding.check_batch_size(config.batch_size)
   except ValueError as e:
@@ -249,6 +251,6 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   _check_fine_tune(config, backbone)
   if config.cache_features:
     try:
-      features.check_cacheable(model, _nominal_shape(config), config.trainable)
+      features.check_cacheable(model, nominal_shape(config), config.trainable)
     except ValueError as e:
       raise ConfigError(str(e)) from e

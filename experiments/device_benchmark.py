@@ -84,9 +84,8 @@ def measure(config, data, args) -> dict:
   steps_per_epoch = pipeline.steps_per_epoch(len(data.train), config.batch_size)
   trainer, state = benchmark.first_stage(config, data.image_shape, data.num_classes,
                                          steps_per_epoch)
-  mesh = trainer.mesh
   k = dispatch.steps_per_dispatch(config.steps_per_dispatch, jax.default_backend())
-  loop = Loop(state, trainer.empty_metrics(), mesh=mesh, batch_size=config.batch_size,
+  loop = Loop(state, trainer.empty_metrics(), mesh=trainer.mesh, batch_size=config.batch_size,
               seed=config.seed, steps_per_epoch=steps_per_epoch, steps_per_dispatch=k,
               data_on_device=dispatch.data_on_device(config.data_on_device, data.train,
                                                      jax.default_backend()))
@@ -119,19 +118,19 @@ def study_config(name: str, args):
   cifar = benchmark.load_config(path, args.overrides).dataset == 'cifar10'
   data_dir = args.cifar10 if cifar else args.fashion_mnist
   return benchmark.check_config(path, [*args.overrides, '--config.pretrained=',
-                             f'--config.local_data_dir={data_dir}'], keras=False)
+                                       f'--config.local_data_dir={data_dir}'], keras=False)
 
 
 def flop_counts(args) -> dict:
   """Each config's training-step FLOPs (first stage, XLA's count as lowered): no data read,
   nothing run."""
+  from cnnjax import config_validation
   counts = {}
   for name in args.configs.split(','):
     config = study_config(name, args)
-    cifar = config.dataset == 'cifar10'
-    shape = (config.image_size or (32 if cifar else 28),) * 2 + (
-        config.channels or (3 if cifar else 1),)
-    trainer, state = benchmark.first_stage(config, shape, 10, steps_per_epoch=1)
+    shape = config_validation.nominal_shape(config)  # The study datasets' own shapes.
+    trainer, state = benchmark.first_stage(config, shape, config_validation.nominal_classes(
+        config), steps_per_epoch=1)
     counts[name] = {'batch_size': config.batch_size,
                     'step_flops': step_flops(trainer, state, shape, config.batch_size)}
   return counts

@@ -74,8 +74,9 @@ def data_on_device(requested: str, split: Split | StreamedSplit, backend: str) -
                   f'has {jax.process_count()} processes') + '. Pass --config.data_on_device=auto.')
   if requested != 'auto':
     return requested == 'true'
-  size = split.images.nbytes + split.labels.nbytes if possible else 0
-  return possible and backend != 'cpu' and size <= DEVICE_MEMORY_FRACTION * _device_memory()
+  if not possible or backend == 'cpu':
+    return False
+  return split.images.nbytes + split.labels.nbytes <= DEVICE_MEMORY_FRACTION * _device_memory()
 
 
 def call_end(step: int, end_step: int, periods: list[int]) -> int:
