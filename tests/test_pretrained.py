@@ -245,7 +245,9 @@ def test_converter_round_trip(tmp_path, capsys):
   assert info_h5 == info_dir  # The source file's name and MD5 travel with the conversion.
   with pytest.raises(WeightsFileError, match='holds mobilenet_v2 weights'):
     pretrained.read_weights(str(out), 'vgg16')
-  assert cli.main(['convert', shared_weights_file('mobilenet_v2'), str(out)]) == 2  # No overwrite.
+  with pytest.raises(SystemExit) as stopped:  # No overwrite: one line, exit status 2.
+    cli.main(['convert', shared_weights_file('mobilenet_v2'), str(out)])
+  assert stopped.value.code == 2
   assert 'not empty' in capsys.readouterr().err
 
 

@@ -59,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
       else:
         print(download(args.backbone, args.image_size))
     except OSError as e:  # OUT_DIR exists, is a file, is not writable; the cache likewise.
-      print(f'cnnjax.pretrained: error: {e}', file=sys.stderr)
-      return 2
+      cli.exit_with_error('cnnjax.pretrained', str(e))
   return 0
 
 
