@@ -25,6 +25,16 @@ def initialize_distributed(coordinator_address: str | None = None,
   jax.distributed.initialize(coordinator_address, num_processes, process_id)
 
 
+def gathered_from_processes(value: float) -> list[float]:
+  """`value` as each process has it, in process order (`[value]` in a single-process run):
+  what a decision every process must take alike is made from. A collective: every process
+  calls it at the same point."""
+  if jax.process_count() == 1:
+    return [value]
+  from jax.experimental import multihost_utils
+  return [float(v) for v in multihost_utils.process_allgather(np.float32(value))]
+
+
 def sync_processes(name: str) -> None:
   """A barrier across processes (a no-op in a single-process run)."""
   if jax.process_count() > 1:

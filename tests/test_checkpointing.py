@@ -374,6 +374,28 @@ def test_a_checkpoint_that_cannot_fit_is_refused_before_orbax_writes_it(tmp_path
   assert_same_run(str(tmp_path / 'uninterrupted'), str(workdir), config)
 
 
+def test_every_process_refuses_a_save_that_one_process_cannot_fit(tmp_path, monkeypatch):
+  """Each process checks its own disk; one refusing alone would leave the others waiting in
+  orbax's save, so all refuse, naming the process that is short of space."""
+  import numpy as np
+  from cnnjax import sharding
+  gathered = []
+
+  def two_processes(free_mib):  # This process's free space, then process 1's: 0.5 MiB.
+    gathered.append(free_mib)
+    return [free_mib, 0.5]
+  monkeypatch.setattr(sharding, 'gathered_from_processes', two_processes)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=None)
+  state = {'kernel': np.zeros((3, 2**18), np.float32)}  # 3 MiB.
+  with pytest.raises(checkpoints.CheckpointWriteError,
+                     match=r'checkpoint at step 7 .*needs up to 3\.00 MiB and the disk of '
+                     r'process 1 has 0\.50 MiB free\. The checkpoints before it are kept'):
+    checkpointer.save(7, state, {}, {})
+  assert gathered[0] > 3  # This process's own disk had room: the refusal is process 1's.
+  checkpointer.close()
+  assert os.listdir(checkpointer.directory) == []  # Nothing was started.
+
+
 def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds):
   from cnnjax.runs import writers
   config = resumable_config('cnn_simple', 6)

@@ -65,17 +65,18 @@ def _abstract(tree: Any) -> Any:
 def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
   """Refuses a save that cannot fit on the disk before orbax starts it. A disk that fills
   up during an asynchronous save is still reported (`_reporting_write_errors`), but only
-  after orbax's background threads have logged their own tracebacks. Only a single-process
-  run checks: processes that disagreed would leave each other waiting."""
-  if jax.process_count() > 1:
-    return
+  after orbax's background threads have logged their own tracebacks. In a multi-process run
+  each process checks its own disk and all of them refuse together: one refusing alone
+  would leave the others waiting in orbax's save."""
   needed = sum(leaf.nbytes for leaf in jax.tree.leaves(trees))  # Uncompressed: an upper bound.
-  free = shutil.disk_usage(directory).free
-  if free < needed:
+  free_mib = sharding.gathered_from_processes(shutil.disk_usage(directory).free / 2**20)
+  short = [process for process, free in enumerate(free_mib) if free * 2**20 < needed]
+  if short:
+    disk = 'the disk' if len(free_mib) == 1 else f'the disk of process {short[0]}'
     raise CheckpointWriteError(
         f'Could not write {what} in {directory}: it needs up to {needed / 2**20:.2f} MiB and '
-        f'the disk has {free / 2**20:.2f} MiB free. The checkpoints before it are kept: free '
-        'some space and run the same command to resume from them.')
+        f'{disk} has {free_mib[short[0]]:.2f} MiB free. The checkpoints before it are kept: '
+        'free some space and run the same command to resume from them.')
 
 
 def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractContextManager:
