@@ -381,9 +381,9 @@ def test_every_process_refuses_a_save_that_one_process_cannot_fit(tmp_path, monk
   from cnnjax import sharding
   gathered = []
 
-  def two_processes(free_mib):  # This process's free space, then process 1's: 0.5 MiB.
-    gathered.append(free_mib)
-    return [free_mib, 0.5]
+  def two_processes(free):  # This process's free bytes, then process 1's: 0.5 MiB.
+    gathered.append(free)
+    return [free, 0.5 * 2**20]
   monkeypatch.setattr(sharding, 'gathered_from_processes', two_processes)
   checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=None)
   state = {'kernel': np.zeros((3, 2**18), np.float32)}  # 3 MiB.
@@ -391,7 +391,7 @@ def test_every_process_refuses_a_save_that_one_process_cannot_fit(tmp_path, monk
                      match=r'checkpoint at step 7 .*needs up to 3\.00 MiB and the disk of '
                      r'process 1 has 0\.50 MiB free\. The checkpoints before it are kept'):
     checkpointer.save(7, state, {}, {})
-  assert gathered[0] > 3  # This process's own disk had room: the refusal is process 1's.
+  assert gathered[0] > 3 * 2**20  # This process's own disk had room: the refusal is process 1's.
   checkpointer.close()
   assert os.listdir(checkpointer.directory) == []  # Nothing was started.
 

@@ -69,13 +69,13 @@ def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
   each process checks its own disk and all of them refuse together: one refusing alone
   would leave the others waiting in orbax's save."""
   needed = sum(leaf.nbytes for leaf in jax.tree.leaves(trees))  # Uncompressed: an upper bound.
-  free_mib = sharding.gathered_from_processes(shutil.disk_usage(directory).free / 2**20)
-  short = [process for process, free in enumerate(free_mib) if free * 2**20 < needed]
+  free = sharding.gathered_from_processes(float(shutil.disk_usage(directory).free))
+  short = [process for process, bytes_free in enumerate(free) if bytes_free < needed]
   if short:
-    disk = 'the disk' if len(free_mib) == 1 else f'the disk of process {short[0]}'
+    disk = 'the disk' if len(free) == 1 else f'the disk of process {short[0]}'
     raise CheckpointWriteError(
         f'Could not write {what} in {directory}: it needs up to {needed / 2**20:.2f} MiB and '
-        f'{disk} has {free_mib[short[0]]:.2f} MiB free. The checkpoints before it are kept: '
+        f'{disk} has {free[short[0]] / 2**20:.2f} MiB free. The checkpoints before it are kept: '
         'free some space and run the same command to resume from them.')
 
 
