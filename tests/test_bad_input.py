@@ -1,5 +1,6 @@
 """What users really feed cnnjax: each bad input ends in one line, exit status 2, and leaves
 the workdir as it was (or never made)."""
+import io
 import os
 import tarfile
 
@@ -239,6 +240,22 @@ def test_evaluate_and_predict_bad_input(data, tmp_path):
   result = run_tool('cnnjax.predict', [f'--workdir={workdir}', str(tmp_path)], tmp_path)
   assert_one_line_error(result, 'cnnjax.predict', 'is a directory')
   assert tree_digest(workdir) == before
+
+
+@pytest.mark.parametrize('payload, reason', [
+    (b'', 'the file is empty'),
+    (b'hello, not a picture', 'not in an image format Pillow reads'),
+    (None, 'OSError: '),  # A PNG cut in half.
+])
+def test_an_unreadable_image_names_why(payload, reason):
+  from cnnjax.data import images
+  if payload is None:
+    encoded = io.BytesIO()
+    Image.fromarray(np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)).save(encoded, 'PNG')
+    payload = encoded.getvalue()[:len(encoded.getvalue()) // 2]
+  with pytest.raises(images.ImageInputError) as error:
+    images.decode(payload, (28, 28, 1))
+  assert str(error.value).startswith(f'is not an image that can be read ({reason}')
 
 
 def test_predict_reads_a_16_bit_png_as_its_8_bit_twin(data, tmp_path):

@@ -160,7 +160,8 @@ def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_p
   text.write_text('not a picture')
   result = run_module('cnnjax.predict', f'--workdir={workdir}', str(text))
   assert result.returncode == 2
-  assert f'cnnjax.predict: error: {text} is not an image that can be read' in result.stderr
+  assert (f'cnnjax.predict: error: {text} is not an image that can be read (not in an image '
+          'format Pillow reads).') in result.stderr
   empty = tmp_path / 'empty_run'
   empty.mkdir()
   (empty / 'config.json').write_text(open(os.path.join(workdir, 'config.json')).read())

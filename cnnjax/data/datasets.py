@@ -183,7 +183,7 @@ def check_split(split: Split | StreamedSplit, split_spec: str, num_classes: int,
     raise BadLabelsError(
         f'{int(bad.sum())} label(s) of split {split_spec!r} of {source} are not classes 0..'
         f'{num_classes - 1} (e.g. {values}): the label file is corrupt or belongs to another '
-        'dataset. Nothing was trained on them.')
+        'dataset. Nothing was trained or evaluated on this split.')
   return split
 
 

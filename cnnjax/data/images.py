@@ -9,7 +9,6 @@ RGB, transparency dropped; then stretched to the target height and width with
 bilinear interpolation (the aspect ratio is not kept, nothing is cropped).
 """
 import io
-import re
 
 import numpy as np
 
@@ -80,9 +79,13 @@ def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = Tru
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     if isinstance(e, ImageSizeError):
       raise
-    reason = re.sub(r'<_io\.BytesIO object at 0x[0-9a-f]+>', 'it', str(e))
-    raise ImageInputError(f'is not an image that can be read ({type(e).__name__}: '
-                          f'{reason})') from e
+    if not payload:
+      reason = 'the file is empty'
+    elif isinstance(e, UnidentifiedImageError):
+      reason = 'not in an image format Pillow reads'
+    else:
+      reason = f'{type(e).__name__}: {e}'
+    raise ImageInputError(f'is not an image that can be read ({reason})') from e
 
 
 def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
