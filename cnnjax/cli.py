@@ -6,6 +6,7 @@ image; every `cnnjax.errors.UserError`) are printed as
 and keeps its traceback.
 """
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -45,14 +46,35 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
       sys.exit(128 + stop.signum)
 
 
-def quiet_console_by_default() -> None:
+def quiet_console_by_default(tool: str) -> None:
   """Library logging (orbax's per-save lines, jax's backend probing, TensorFlow's C++ logs)
-  stays off unless asked for: without --verbosity, absl logs warnings only; --verbosity=0
-  (or 1) brings the INFO (and debug) lines back. The run's own lines are printed, not logged.
-  Call it from an absl `main`, once the flags are parsed."""
+  stays off unless asked for: without --verbosity, absl logs warnings only, and cnnjax's own
+  warnings read `<tool>: warning: <message>`, like its errors, rather than behind absl's
+  time, thread and source line; --verbosity=0 (or 1) brings the INFO (and debug) lines and
+  absl's format back. The run's own lines are printed, not logged. Call it from an absl
+  `main`, once the flags are parsed."""
   from absl import flags
+  from absl import logging as absl_logging
   if not flags.FLAGS['verbosity'].present:
     flags.FLAGS.verbosity = -1  # absl's WARNING.
+    handler = absl_logging.get_absl_handler().python_handler
+    handler.setFormatter(OwnWarningsPlain(tool, handler.formatter))
+
+
+class OwnWarningsPlain(logging.Formatter):
+  """Records logged by cnnjax's modules as `<tool>: warning: <message>` (`error` for
+  errors); a library's records as `library` formats them."""
+
+  PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+  def __init__(self, tool: str, library: logging.Formatter | None):
+    super().__init__()
+    self.tool, self.library = tool, library or logging.Formatter()
+
+  def format(self, record: logging.LogRecord) -> str:
+    if not os.path.abspath(record.pathname).startswith(self.PACKAGE_DIR):
+      return self.library.format(record)
+    return f'{self.tool}: {record.levelname.lower()}: {record.getMessage()}'
 
 
 def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:

@@ -256,6 +256,7 @@ def test_an_unreadable_image_names_why(payload, reason):
   with pytest.raises(images.ImageInputError) as error:
     images.decode(payload, (28, 28, 1))
   assert str(error.value).startswith(f'is not an image that can be read ({reason}')
+  assert error.value.reason.startswith(reason)  # What a list of skipped files shows.
 
 
 def test_predict_reads_a_16_bit_png_as_its_8_bit_twin(data, tmp_path):

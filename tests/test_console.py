@@ -1,6 +1,7 @@
 """What a user sees and installs: a quiet console, and no TensorFlow unless TFDS needs it."""
 import configparser
 import json
+import logging
 import os
 import re
 import subprocess
@@ -36,6 +37,33 @@ def test_default_console_prints_only_the_runs_own_lines_once(idx_dir, tmp_path):
       'Epoch 1/2', 'Epoch 2/2']
   assert lines[0].startswith('cnn_simple: model cnn_simple, 50,186 parameters')
   assert len(lines) <= 1 + 2 * 4 + 1 + 6  # Summary, <= 4 per epoch, results, confusions.
+
+
+def test_own_warnings_read_like_the_errors_and_library_logs_keep_their_format(tmp_path):
+  from PIL import Image
+  for split, count in (('train', 8), ('test', 2)):
+    for label in ('ash', 'oak'):
+      os.makedirs(tmp_path / 'tree' / split / label)
+      for i in range(count):
+        image = Image.new('RGB', (12, 12), (40 * i, 0, 0))
+        image.save(tmp_path / 'tree' / split / label / f'{i}.png')
+  (tmp_path / 'tree' / 'train' / 'oak' / 'notes.txt').write_text('not a picture')
+  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py', '--config.dataset=image_folder',
+                     f'--config.local_data_dir={tmp_path}/tree', '--config.image_size=12',
+                     '--config.channels=3', '--config.batch_size=4', '--config.num_epochs=1',
+                     f'--workdir={tmp_path}/run'], tmp_path)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert [line for line in result.stderr.splitlines() if 'Skipped' in line] == [
+      f'cnnjax: warning: Skipped 1 file(s) of train/ in {tmp_path}/tree that are not readable '
+      'images: train/oak/notes.txt (not in an image format Pillow reads).']
+  from cnnjax import cli
+  library = logging.Formatter('library: %(message)s')
+  plain = cli.OwnWarningsPlain('cnnjax', library)
+  record = lambda path: logging.LogRecord('x', logging.WARNING, path, 1, 'full %s', ('disk',), None)
+  assert plain.format(record(os.path.join(REPO_ROOT, 'cnnjax', 'runs', 'writers.py'))) == (
+      'cnnjax: warning: full disk')
+  assert plain.format(record(os.path.join(REPO_ROOT, 'elsewhere', 'orbax.py'))) == (
+      'library: full disk')
 
 
 def test_verbosity_brings_the_library_logs_back(idx_dir, tmp_path):

@@ -61,7 +61,8 @@ def test_image_folder_trains_reports_and_predicts_its_own_classes(tmp_path, capl
     results = train_and_evaluate(folder_config(root), workdir)
   skipped = [r.getMessage() for r in caplog.records if 'Skipped' in r.getMessage()]
   assert len(skipped) == 2 and all('Skipped 2 file(s)' in m for m in skipped), skipped
-  assert 'notes.txt' in skipped[0] and 'broken.png' in skipped[0]
+  assert 'notes.txt (not in an image format Pillow reads)' in skipped[0]
+  assert 'broken.png (' in skipped[0]
   assert results['epochs'] == 2 and len(read_jsonl(workdir / 'metrics.jsonl')) == 2
   assert results['params_total'] > 0
   header = (workdir / 'confusion_matrix.csv').read_text().splitlines()[0]

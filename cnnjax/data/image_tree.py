@@ -299,7 +299,7 @@ def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: S
     except images_lib.ImageSizeError as e:
       raise LocalDataError(f'{split}/{f.cls}/{f.name} in {root} {e}.') from e
     except images_lib.ImageInputError as e:
-      skipped.append((f, str(e).split(' (')[0].removeprefix('is ')))
+      skipped.append((f, e.reason))
       continue
     labels.append(index[f.cls])
     kept.append(f)

@@ -16,7 +16,12 @@ from cnnjax.errors import UserError
 
 
 class ImageInputError(UserError, ValueError):
-  """An input file is missing or is not an image that can be read."""
+  """An input file is missing or is not an image that can be read; `reason` says why in a
+  few words (for a list of skipped files)."""
+
+  def __init__(self, message: str, reason: str = ''):
+    super().__init__(message)
+    self.reason = reason or message
 
 
 class ImageSizeError(UserError, ValueError):
@@ -75,7 +80,8 @@ def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = Tru
     with Image.open(io.BytesIO(payload)) as image:
       return fit(image, image_shape, resize)
   except Image.DecompressionBombError as e:
-    raise ImageInputError(f'is too large to be read safely ({e})') from e
+    raise ImageInputError(f'is too large to be read safely ({e})',
+                          'too large to be read safely') from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     if isinstance(e, ImageSizeError):
       raise
@@ -85,7 +91,7 @@ def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = Tru
       reason = 'not in an image format Pillow reads'
     else:
       reason = f'{type(e).__name__}: {e}'
-    raise ImageInputError(f'is not an image that can be read ({reason})') from e
+    raise ImageInputError(f'is not an image that can be read ({reason})', reason) from e
 
 
 def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
@@ -100,4 +106,4 @@ def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
   try:
     return decode(payload, image_shape)
   except ImageInputError as e:
-    raise ImageInputError(f'{path} {e}.') from e
+    raise ImageInputError(f'{path} {e}.', e.reason) from e
