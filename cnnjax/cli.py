@@ -38,6 +38,7 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
   from cnnjax.runs import preemption
   stops = (preemption.guard_signals() if stopped_before_saving is None
            else preemption.stopping_at_once(stopped_before_saving))
+  show_own_warnings_plainly(tool)
   with reporting_user_errors(tool), stops:
     try:
       yield
@@ -46,19 +47,33 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
       sys.exit(128 + stop.signum)
 
 
-def quiet_console_by_default(tool: str) -> None:
+def quiet_console_by_default() -> None:
   """Library logging (orbax's per-save lines, jax's backend probing, TensorFlow's C++ logs)
-  stays off unless asked for: without --verbosity, absl logs warnings only, and cnnjax's own
-  warnings read `<tool>: warning: <message>`, like its errors, rather than behind absl's
-  time, thread and source line; --verbosity=0 (or 1) brings the INFO (and debug) lines and
-  absl's format back. The run's own lines are printed, not logged. Call it from an absl
-  `main`, once the flags are parsed."""
+  stays off unless asked for: without --verbosity, absl logs warnings only; --verbosity=0
+  (or 1) brings the INFO (and debug) lines back. The run's own lines are printed, not logged.
+  Call it from an absl `main`, once the flags are parsed."""
   from absl import flags
-  from absl import logging as absl_logging
   if not flags.FLAGS['verbosity'].present:
     flags.FLAGS.verbosity = -1  # absl's WARNING.
+
+
+def show_own_warnings_plainly(tool: str) -> None:
+  """cnnjax's own warnings on stderr as `<tool>: warning: <message>`, like its errors, rather
+  than behind absl's time, thread and source line (an absl tool without --verbosity) or
+  Python's `WARNING:root:` (an argparse tool). Logging that someone else set up (--verbosity,
+  a notebook, pytest) is left as it is."""
+  from absl import flags
+  from absl import logging as absl_logging
+  if absl_logging.get_absl_handler() in logging.root.handlers:  # An absl app.
+    if flags.FLAGS['verbosity'].present:
+      return
     handler = absl_logging.get_absl_handler().python_handler
-    handler.setFormatter(OwnWarningsPlain(tool, handler.formatter))
+  elif not logging.root.handlers:
+    handler = logging.StreamHandler()
+    logging.root.addHandler(handler)
+  else:
+    return
+  handler.setFormatter(OwnWarningsPlain(tool, handler.formatter))
 
 
 class OwnWarningsPlain(logging.Formatter):

@@ -103,7 +103,7 @@ def format_report(report: dict[str, Any]) -> str:
 
 def main(argv):
   del argv  # cli.flags_parser refuses stray arguments.
-  cli.quiet_console_by_default('cnnjax.diagnose')
+  cli.quiet_console_by_default()
   from configs import default
   with cli.running_as_tool('cnnjax.diagnose', preemption.WRITES_NOTHING):
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,

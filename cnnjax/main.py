@@ -34,7 +34,7 @@ flags.mark_flags_as_required(['config'])
 
 def main(argv):
   del argv  # cli.flags_parser refuses stray arguments.
-  cli.quiet_console_by_default('cnnjax')
+  cli.quiet_console_by_default()
   # Errors in what the user gave us: one clear line, no traceback. A stop signal from here
   # on, imports included, ends in one line too (see cnnjax.cli.running_as_tool).
   try:
