@@ -188,6 +188,34 @@ def test_a_missing_split_names_what_the_tree_has_and_the_way_out(tmp_path):
   with pytest.raises(image_tree.LocalDataError,
                      match=r'No train/<class>/<image> files in .*empty\.$'):
     load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path / 'empty'))
+  with pytest.raises(image_tree.LocalDataError,  # A directory holding the tree's folder.
+                     match=r'\(it has tree/\): the tree seems to be in .*tree; point '
+                           r'config.local_data_dir at it\.$'):
+    load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
+def test_utf8_names_in_a_zip_without_the_utf8_flag_are_read_as_utf8(tmp_path):
+  """Info-ZIP's zip and macOS write UTF-8 names without the flag that says so; Python alone
+  would read them as cp437 and make up a class (`├⌐t├⌐` for `été`)."""
+  placeholder, name = 'XXXXX', 'été'  # The same length in UTF-8 bytes.
+  assert len(placeholder) == len(name.encode())
+  path = tmp_path / 'tree.zip'
+  with zipfile.ZipFile(path, 'w') as archive:  # ASCII names: Python sets no UTF-8 flag.
+    for split in ('train', 'test'):
+      for cls in ('hiver', placeholder):
+        png = tmp_path / 'image.png'
+        Image.new('RGB', (4, 4)).save(png)
+        archive.write(png, f'{split}/{cls}/0.png')
+  path.write_bytes(path.read_bytes().replace(placeholder.encode(), name.encode()))
+  with zipfile.ZipFile(path) as archive:
+    assert not any(member.flag_bits & 0x800 for member in archive.infolist())
+    assert 'train/├⌐t├⌐/0.png' in archive.namelist()  # Python's reading.
+  listing = image_tree.list_tree(str(path))
+  assert image_tree.class_names(listing, str(path)) == ('hiver', name)
+  # A name whose bytes are not UTF-8 (an old DOS zip's cp437) stays as Python reads it.
+  dos = zipfile.ZipInfo('train/café/0.png')
+  dos.flag_bits = 0
+  assert image_tree._zip_name(dos) == 'train/café/0.png'  # pylint: disable=protected-access
 
 
 def test_unknown_class_folder_is_named(tmp_path):

@@ -185,7 +185,20 @@ def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
   with zipfile.ZipFile(root) as archive:
     for member in archive.infolist():
       if not member.is_dir():
-        yield member.filename, archive.read(member)
+        yield _zip_name(member), archive.read(member)
+
+
+def _zip_name(member: zipfile.ZipInfo) -> str:
+  """A member's name as its maker wrote it. Python reads a name without the zip's UTF-8 flag
+  as cp437, but common tools (Info-ZIP's zip, macOS' Archive Utility) write UTF-8 names
+  without the flag: `été/` would become `├⌐t├⌐/`, a class nobody named. Such a name is read
+  as UTF-8 where its bytes are valid UTF-8, as cp437 where they are not."""
+  if member.flag_bits & 0x800:
+    return member.filename
+  try:
+    return member.filename.encode('cp437').decode('utf-8')
+  except UnicodeError:
+    return member.filename
 
 
 def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[str], bytes]]:
@@ -231,9 +244,14 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
   files = tree.get(split)
   if not files:
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
-    hint = ('' if split == 'train' or 'train' not in tree else
-            f': add {split}/<class>/ folders, or take the split from part of train (e.g. '
-            f"'train[90%:]', with the train split ending at 'train[:90%]')")
+    wrappers = [name for name in sorted(tree) if os.path.isdir(os.path.join(root, name, split))]
+    if wrappers:  # A directory holding the tree one level down (archives are unwrapped).
+      hint = f': the tree seems to be in {os.path.join(root, wrappers[0])}; point config.local_data_dir at it'
+    elif split == 'train' or 'train' not in tree:
+      hint = ''
+    else:
+      hint = (f': add {split}/<class>/ folders, or take the split from part of train (e.g. '
+              f"'train[90%:]', with the train split ending at 'train[:90%]')")
     raise LocalDataError(f'No {split}/<class>/<image> files in {root}{has}{hint}.')
   return files
 
