@@ -246,7 +246,8 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
     wrappers = [name for name in sorted(tree) if os.path.isdir(os.path.join(root, name, split))]
     if wrappers:  # A directory holding the tree one level down (archives are unwrapped).
-      hint = f': the tree seems to be in {os.path.join(root, wrappers[0])}; point config.local_data_dir at it'
+      hint = (f': the tree seems to be in {os.path.join(root, wrappers[0])}; point '
+              'config.local_data_dir at it')
     elif split == 'train' or 'train' not in tree:
       hint = ''
     else:
