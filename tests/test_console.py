@@ -7,6 +7,8 @@ import re
 import subprocess
 import sys
 
+import numpy as np
+
 from cnnjax.runs import hooks
 from tests.helpers import REPO_ROOT, run_tool
 
@@ -167,6 +169,42 @@ def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
   assert result.returncode == 2
   assert result.stderr.count('cnnjax: error:') == 1 and 'Traceback' not in result.stderr
   assert 'pip install -e ".[tfds]"' in result.stderr and '--config.local_data_dir' in result.stderr
+
+
+def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
+  """No mock: TFDS generates a dataset on first use as it does after a download, which needs
+  what its own requirements left out on Python 3.9+ (importlib_resources, for a builder that
+  lives in a package, as every TFDS dataset does)."""
+  import tensorflow_datasets as tfds
+  from tests.helpers import load_dataset
+  rng = np.random.default_rng(0)
+  splits = {'train': rng.integers(0, 256, (12, 8, 8, 1), np.uint8),
+            'test': rng.integers(0, 256, (4, 8, 8, 1), np.uint8)}
+
+  class CnnjaxTinyImages(tfds.core.GeneratorBasedBuilder):  # Registered as cnnjax_tiny_images.
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, supervised_keys=('image', 'label'),
+                                   features=tfds.features.FeaturesDict({
+                                       'image': tfds.features.Image(shape=(8, 8, 1)),
+                                       'label': tfds.features.ClassLabel(names=['a', 'b'])}))
+
+    def _split_generators(self, dl_manager):
+      del dl_manager  # Nothing to download.
+      return {name: self._generate_examples(images) for name, images in splits.items()}
+
+    def _generate_examples(self, images):
+      for i, image in enumerate(images):
+        yield i, {'image': image, 'label': i % 2}
+
+  data = load_dataset('cnnjax_tiny_images', 'train', '', 'test', tfds_data_dir=str(tmp_path))
+  assert (tmp_path / 'cnnjax_tiny_images' / '1.0.0' / 'dataset_info.json').exists()
+  order = np.argsort([image.tobytes() for image in data.train.images])  # TFDS shuffles.
+  expected = np.argsort([image.tobytes() for image in splits['train']])
+  np.testing.assert_array_equal(data.train.images[order], splits['train'][expected])
+  np.testing.assert_array_equal(data.train.labels[order], expected % 2)
+  assert data.class_names == ('a', 'b') and len(data.test.images) == 4
 
 
 def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mock_tfds):
