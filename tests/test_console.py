@@ -172,9 +172,10 @@ def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
 
 
 def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
-  """No mock: TFDS generates a dataset on first use as it does after a download, which needs
-  what its own requirements left out on Python 3.9+ (importlib_resources, for a builder that
-  lives in a package, as every TFDS dataset does)."""
+  """No mock: TFDS generates a dataset on first use as it does after a download (held in
+  memory, and as ArrayRecord files to stream), which needs what its own requirements left out
+  on Python 3.9+ (importlib_resources, for a builder that lives in a package, as every TFDS
+  dataset does)."""
   import tensorflow_datasets as tfds
   from tests.helpers import load_dataset
   rng = np.random.default_rng(0)
@@ -205,6 +206,13 @@ def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
   np.testing.assert_array_equal(data.train.images[order], splits['train'][expected])
   np.testing.assert_array_equal(data.train.labels[order], expected % 2)
   assert data.class_names == ('a', 'b') and len(data.test.images) == 4
+  streamed = load_dataset('cnnjax_tiny_images', 'train', '', 'test', data_in_memory='false',
+                          tfds_data_dir=str(tmp_path / 'array_record')).train
+  assert streamed.streamed and len(streamed) == 12
+  images, labels = streamed.read(np.arange(12))
+  order = np.argsort([image.tobytes() for image in images])
+  np.testing.assert_array_equal(images[order], splits['train'][expected])
+  np.testing.assert_array_equal(labels[order], expected % 2)
 
 
 def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mock_tfds):
