@@ -218,6 +218,20 @@ def test_utf8_names_in_a_zip_without_the_utf8_flag_are_read_as_utf8(tmp_path):
   assert image_tree._zip_name(dos) == 'train/café/0.png'  # pylint: disable=protected-access
 
 
+def test_a_zip_with_backslashes_between_folders_is_read_as_a_tree(tmp_path):
+  """.NET Framework's zip writer (older PowerShell Compress-Archive) wrote 'train\\cat\\0.png'."""
+  path, png = tmp_path / 'windows.zip', tmp_path / 'image.png'
+  Image.new('RGB', (4, 4)).save(png)
+  with zipfile.ZipFile(path, 'w') as archive:
+    for split in ('train', 'test'):
+      for cls in ('cat', 'dog'):
+        archive.writestr(f'{split}\\{cls}\\', b'')  # A folder entry, as such tools write one.
+        archive.write(png, f'{split}\\{cls}\\0.png')
+  listing = image_tree.list_tree(str(path))
+  assert sorted(f'{f.cls}/{f.name}' for f in listing['train']) == ['cat/0.png', 'dog/0.png']
+  assert image_tree.class_names(listing, str(path)) == ('cat', 'dog')
+
+
 def test_unknown_class_folder_is_named(tmp_path):
   write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
   with pytest.raises(image_tree.LocalDataError, match='train/airplanes.*not a class'):

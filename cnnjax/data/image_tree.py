@@ -184,21 +184,28 @@ def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
   not open; each member's CRC is checked as it is read."""
   with zipfile.ZipFile(root) as archive:
     for member in archive.infolist():
-      if not member.is_dir():
-        yield _zip_name(member), archive.read(member)
+      name = _zip_name(member)
+      if not name.endswith('/'):  # Folders.
+        yield name, archive.read(member)
 
 
 def _zip_name(member: zipfile.ZipInfo) -> str:
-  """A member's name as its maker wrote it. Python reads a name without the zip's UTF-8 flag
-  as cp437, but common tools (Info-ZIP's zip, macOS' Archive Utility) write UTF-8 names
-  without the flag: `été/` would become `├⌐t├⌐/`, a class nobody named. Such a name is read
-  as UTF-8 where its bytes are valid UTF-8, as cp437 where they are not."""
-  if member.flag_bits & 0x800:
-    return member.filename
-  try:
-    return member.filename.encode('cp437').decode('utf-8')
-  except UnicodeError:
-    return member.filename
+  """A member's name as its maker wrote it, with '/' between folders.
+
+  Python reads a name without the zip's UTF-8 flag as cp437, but common tools
+  (Info-ZIP's zip, macOS' Archive Utility) write UTF-8 names without the flag:
+  `été/` would become `├⌐t├⌐/`, a class nobody named. Such a name is read as
+  UTF-8 where its bytes are valid UTF-8, as cp437 where they are not. Some
+  Windows tools (.NET Framework's, so older PowerShell `Compress-Archive`)
+  separate folders with '\\', which the zip format does not allow in names.
+  """
+  name = member.filename
+  if not member.flag_bits & 0x800:
+    try:
+      name = name.encode('cp437').decode('utf-8')
+    except UnicodeError:
+      pass
+  return name.replace('\\', '/')
 
 
 def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[str], bytes]]:
