@@ -1,7 +1,8 @@
 """What a run trains on: a dataset described (classes, image shape) and its splits loaded.
 
 Sources: the studies' datasets by name (their shapes and class names are
-known here, so local IDX files and image folders need no TensorFlow), any
+known here, so local IDX files, CIFAR-10 batches and image folders need no
+TensorFlow), any
 TFDS image-classification dataset by name (described by its `DatasetInfo`),
 and `image_folder`, the user's own tree `train/<class>/*`, `test/<class>/*`
 (classes from the folder names).
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from cnnjax.data import cifar_batches
 from cnnjax.data import idx_files
 from cnnjax.data import image_tree
 from cnnjax.data import splits
@@ -214,8 +216,10 @@ class _Loader:
   def __init__(self, options: DataOptions, spec: DatasetSpec):
     self.options, self.spec = options, spec
     root = options.local_data_dir and _existing(options.local_data_dir)
-    self.kind = ('idx' if idx_files.is_idx_dir(root) else 'tree') if root else 'tfds'
+    self.kind = _local_kind(root) if root else 'tfds'
     self.source = f'local:{root}' if root else 'tfds'
+    if self.kind == 'cifar':
+      _check_batch_classes(root, spec.class_names)
     self._whole: dict[str, Any] = {}
     self._tree = spec.tree  # A tree is listed once: here if `describe` did not.
     if self.kind == 'tfds':
@@ -225,7 +229,7 @@ class _Loader:
 
   def in_memory(self, split_specs: list[str]) -> bool:
     """One decision for the whole dataset: every split held, or every split streamed."""
-    if self.kind == 'idx':  # One array per file, read whole however large.
+    if self.kind in ARRAY_KINDS:  # Arrays in files, read whole however large.
       return self.options.data_in_memory != 'false'
     counts = [self._count(split_spec) for split_spec in split_specs]
     total = None if None in counts else sum(counts)
@@ -259,7 +263,7 @@ class _Loader:
     for part in splits.parse_split(split_spec):
       whole = self._whole_split(part.name, in_memory)
       parts.append((whole, np.asarray(splits.slice_indices(part, len(whole[1])), np.int64)))
-    if self.kind == 'idx':
+    if self.kind in ARRAY_KINDS:
       split = Split(*(np.concatenate([whole[k][index] for whole, index in parts]) for k in (0, 1)))
       return split if in_memory else self._streamed_arrays(split)
     files = [whole[2][i] for whole, index in parts for i in index]
@@ -279,12 +283,13 @@ class _Loader:
 
   def _whole_split(self, name: str, in_memory: bool) -> tuple:
     """(images or None, labels, files or None) of a whole split, read once."""
-    key = (name, in_memory or self.kind == 'idx')
+    key = (name, in_memory or self.kind in ARRAY_KINDS)
     if key not in self._whole:
       root, shape = self.options.local_data_dir, self.spec.image_shape
-      if self.kind == 'idx':
-        images, labels = idx_files.read_idx_split(root, name)
-        self._whole[key] = (_idx_shaped(images, shape, self._resize_allowed(), root), labels, None)
+      if self.kind in ARRAY_KINDS:
+        read = idx_files.read_idx_split if self.kind == 'idx' else cifar_batches.read_split
+        images, labels = read(root, name)
+        self._whole[key] = (_shaped(images, shape, self._resize_allowed(), root), labels, None)
       elif in_memory:
         self._whole[key] = image_tree.read_split(self._tree_files(name), root, name,
                                                  self.spec.class_names, shape,
@@ -296,18 +301,37 @@ class _Loader:
     return self._whole[key]
 
   def _streamed_arrays(self, split: Split) -> StreamedSplit:
-    """IDX examples through the streaming reader (the arrays are in memory regardless)."""
+    """IDX or CIFAR examples through the streaming reader (the arrays are in memory
+    regardless)."""
     return StreamedSplit(lambda i: (split.images[i], split.labels[i]), len(split),
                          self.spec.image_shape, split.fingerprint(), self.options.workers)
 
 
-def _idx_shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool, root: str
-                ) -> np.ndarray:
+# Local sources read as whole arrays: IDX files, CIFAR-10 batches.
+ARRAY_KINDS = ('idx', 'cifar')
+
+
+def _local_kind(root: str) -> str:
+  if idx_files.is_idx_dir(root):
+    return 'idx'
+  return 'cifar' if cifar_batches.is_cifar_batches(root) else 'tree'
+
+
+def _check_batch_classes(root: str, class_names: tuple[str, ...]) -> None:
+  listed = cifar_batches.class_names(root)
+  if listed is not None and listed != tuple(class_names):
+    raise image_tree.LocalDataError(
+        f'{root} holds CIFAR batches of the classes {", ".join(listed)}; this dataset\'s are '
+        f'{", ".join(class_names)}.')
+
+
+def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool, root: str
+            ) -> np.ndarray:
   from cnnjax.data import images as images_lib
   if images.shape[1:] == tuple(shape):
     return images
   if not resize:
-    raise image_tree.LocalDataError(f'IDX images in {root} have shape {images.shape[1:]}; '
+    raise image_tree.LocalDataError(f'The images in {root} have shape {images.shape[1:]}; '
                                     f'this dataset has {tuple(shape)}.')
   return np.stack([images_lib.fit_array(image, shape) for image in images])
 

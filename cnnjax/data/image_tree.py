@@ -218,18 +218,24 @@ def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[
   return members
 
 
+def archive_members(root: str) -> Iterator[tuple[str, bytes]]:
+  """(name, content) of each file of the .tar.gz, .tar or .zip at \`root\`, in the archive's
+  order. Damage is a \`LocalDataError\` where it is met: read to the end, a cut-off archive
+  always fails."""
+  kind = _archive_kind(root)
+  try:
+    yield from _zip_members(root) if kind == 'zip' else _tar_members(root, kind == 'gzip')
+  except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
+                         'give only part of the dataset. Copy or download it again.') from e
+
+
 @functools.lru_cache(maxsize=2)
 def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFile]]:
   """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
-  kind = _archive_kind(root)
-  try:
-    members = [(name.lstrip('./').split('/'), payload) for name, payload in
-               (_zip_members(root) if kind == 'zip' else _tar_members(root, kind == 'gzip'))]
-  except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
-    raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
-                         'give only part of the dataset. Copy or download it again.') from e
+  members = [(name.lstrip('./').split('/'), payload) for name, payload in archive_members(root)]
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[str]] = {}
   for parts, payload in _without_wrapper(members):

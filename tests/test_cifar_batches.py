@@ -1,0 +1,116 @@
+"""CIFAR-10 as distributed (Python and binary batches): read as Keras reads them, safely."""
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+
+from cnnjax.data import cifar_batches
+from cnnjax.data import datasets
+from cnnjax.data.image_tree import LocalDataError
+from tests.helpers import load_dataset
+
+CLASSES = datasets.DATASETS['cifar10'].class_names
+PER_BATCH = 6
+
+
+def batch_arrays(seed):
+  rng = np.random.default_rng(seed)
+  return (rng.integers(0, 256, (PER_BATCH, 3072), dtype=np.uint8),
+          [int(label) for label in rng.integers(0, 10, PER_BATCH)])
+
+
+def write_python_batches(folder):
+  """The Python version's files: dicts with bytes keys, as Python 2 pickled the originals."""
+  os.makedirs(folder)
+  for seed, name in enumerate([*cifar_batches.SPLIT_BATCHES['train'], 'test_batch']):
+    data, labels = batch_arrays(seed)
+    with open(os.path.join(folder, name), 'wb') as f:
+      pickle.dump({b'batch_label': name.encode(), b'labels': labels, b'data': data,
+                   b'filenames': [b'x.png'] * PER_BATCH}, f, protocol=4)
+  with open(os.path.join(folder, 'batches.meta'), 'wb') as f:
+    pickle.dump({b'label_names': [name.encode() for name in CLASSES], b'num_vis': 3072}, f,
+                protocol=4)
+
+
+def write_binary_batches(folder):
+  os.makedirs(folder)
+  for seed, name in enumerate([*cifar_batches.SPLIT_BATCHES['train'], 'test_batch']):
+    data, labels = batch_arrays(seed)
+    records = np.concatenate([np.asarray(labels, np.uint8)[:, None], data], axis=1)
+    with open(os.path.join(folder, name + '.bin'), 'wb') as f:
+      f.write(records.tobytes())
+  with open(os.path.join(folder, 'batches.meta.txt'), 'w') as f:
+    f.write('\n'.join(CLASSES) + '\n\n')
+
+
+def test_python_batches_read_as_keras_reads_them(tmp_path):
+  from keras.src.datasets import cifar
+  folder = tmp_path / 'cifar-10-batches-py'
+  write_python_batches(str(folder))
+  keras_train = [cifar.load_batch(str(folder / name))
+                 for name in cifar_batches.SPLIT_BATCHES['train']]
+  images, labels = cifar_batches.read_split(str(tmp_path), 'train')
+  np.testing.assert_array_equal(  # Keras' arrays are NCHW; load_data transposes them.
+      images, np.concatenate([x for x, _ in keras_train]).transpose(0, 2, 3, 1))
+  np.testing.assert_array_equal(labels, np.concatenate([y for _, y in keras_train]))
+  assert images.dtype == np.uint8 and labels.dtype == np.int32
+  assert cifar_batches.class_names(str(tmp_path)) == CLASSES
+
+
+def test_every_form_gives_the_same_splits(tmp_path):
+  write_python_batches(str(tmp_path / 'py' / 'cifar-10-batches-py'))
+  write_binary_batches(str(tmp_path / 'bin' / 'cifar-10-batches-bin'))
+  with tarfile.open(tmp_path / 'cifar-10-python.tar.gz', 'w:gz') as archive:
+    archive.add(tmp_path / 'py' / 'cifar-10-batches-py', arcname='cifar-10-batches-py')
+  roots = [tmp_path / 'py', tmp_path / 'py' / 'cifar-10-batches-py', tmp_path / 'bin',
+           tmp_path / 'cifar-10-python.tar.gz']
+  loaded = [load_dataset('cifar10', 'train[:80%]', 'train[80%:]', 'test',
+                         local_data_dir=str(root)) for root in roots]
+  first = loaded[0]
+  assert (len(first.train), len(first.val), len(first.test)) == (24, 6, 6)
+  _, labels = batch_arrays(4)  # train[80%:] is the last batch, as Keras' validation_split.
+  np.testing.assert_array_equal(first.val.labels, labels)
+  for data in loaded[1:]:
+    for split in ('train', 'val', 'test'):
+      np.testing.assert_array_equal(getattr(data, split).images, getattr(first, split).images)
+      np.testing.assert_array_equal(getattr(data, split).labels, getattr(first, split).labels)
+  streamed = load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(roots[0]),
+                          data_in_memory='false')
+  assert streamed.streamed
+  np.testing.assert_array_equal(streamed.test.read(np.arange(6))[0], first.test.images)
+
+
+def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path):
+  folder = tmp_path / 'cifar-10-batches-py'
+  write_python_batches(str(folder))
+  marker = tmp_path / 'ran'
+
+  class Payload:
+    def __reduce__(self):
+      return (os.system, (f'touch {marker}',))
+  with open(folder / 'data_batch_3', 'wb') as f:
+    pickle.dump({b'data': Payload(), b'labels': []}, f, protocol=4)
+  with pytest.raises(LocalDataError, match=r'data_batch_3 in .* is not a CIFAR-10 batch \(it '
+                     r'would build (posix|nt)\.system, which no CIFAR batch holds\)'):
+    cifar_batches.read_split(str(tmp_path), 'train')
+  assert not marker.exists()
+
+
+def test_damaged_or_mismatched_batches_are_named(tmp_path):
+  write_binary_batches(str(tmp_path / 'cut'))
+  path = tmp_path / 'cut' / 'data_batch_2.bin'
+  path.write_bytes(path.read_bytes()[:-100])  # Cut short.
+  with pytest.raises(LocalDataError, match='data_batch_2.bin in .* is not a CIFAR-10 batch'):
+    cifar_batches.read_split(str(tmp_path / 'cut'), 'train')
+  write_binary_batches(str(tmp_path / 'four'))
+  os.remove(tmp_path / 'four' / 'data_batch_5.bin')
+  with pytest.raises(LocalDataError, match='has no data_batch_5.bin'):
+    cifar_batches.read_split(str(tmp_path / 'four'), 'train')
+  with pytest.raises(LocalDataError, match="splits \\['test', 'train'\\], not 'val'"):
+    cifar_batches.read_split(str(tmp_path / 'four'), 'val')
+  write_python_batches(str(tmp_path / 'py'))  # Fashion-MNIST's classes are not CIFAR-10's.
+  with pytest.raises(LocalDataError, match='CIFAR batches of the classes airplane.*this '
+                     "dataset's are T-shirt/top"):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'py'))
