@@ -114,3 +114,21 @@ def test_damaged_or_mismatched_batches_are_named(tmp_path):
   with pytest.raises(LocalDataError, match='CIFAR batches of the classes airplane.*this '
                      "dataset's are T-shirt/top"):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'py'))
+
+
+def test_offline_tfds_points_at_the_copy_keras_downloaded(tmp_path, monkeypatch):
+  import tensorflow_datasets as tfds
+
+  def offline(*args, **kwargs):
+    raise ConnectionError('network unreachable')
+  monkeypatch.setattr(tfds, 'load', offline)
+  monkeypatch.setenv('KERAS_HOME', str(tmp_path / 'keras'))
+  with pytest.raises(datasets.DatasetUnavailableError, match=r'--config.local_data_dir=DIR, '):
+    load_dataset('cifar10', 'train', '', 'test', tfds_data_dir=str(tmp_path / 'tfds'))
+  cache = tmp_path / 'keras' / 'datasets' / 'cifar-10-batches-py-target'  # As Keras 3 unpacks it.
+  write_python_batches(str(cache / 'cifar-10-batches-py'))
+  with pytest.raises(datasets.DatasetUnavailableError,
+                     match=f'Keras downloaded this dataset to {cache} before: train from it with '
+                           f'--config.local_data_dir={cache} '):
+    load_dataset('cifar10', 'train', '', 'test', tfds_data_dir=str(tmp_path / 'tfds'))
+  assert len(load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(cache)).train) == 30

@@ -9,6 +9,7 @@ imports TensorFlow, and only because TFDS reads its files with it.
 """
 import functools
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -23,12 +24,31 @@ class DatasetUnavailableError(UserError, RuntimeError):
   """The dataset can be neither loaded from TFDS nor read from local files."""
 
 
+# Where Keras' `load_data()` keeps the studies' datasets, in forms cnnjax reads: the IDX
+# files, and the CIFAR-10 batches (Keras 3 unpacks them one folder further down).
+KERAS_CACHE_FOLDERS = {'fashion_mnist': ('fashion-mnist',),
+                       'cifar10': ('cifar-10-batches-py-target', 'cifar-10-batches-py')}
+
+
+def keras_cache(name: str) -> str | None:
+  """The folder of Keras' download of dataset \`name\` on this machine, if there is one."""
+  root = os.path.join(os.environ.get('KERAS_HOME') or os.path.expanduser('~/.keras'),
+                      'datasets')
+  return next((os.path.join(root, folder) for folder in KERAS_CACHE_FOLDERS.get(name, ())
+               if os.path.isdir(os.path.join(root, folder))), None)
+
+
 def offline_help(name: str) -> str:
+  cached = keras_cache(name)
+  if cached:
+    return (f'Keras downloaded this dataset to {cached} before: train from it with '
+            f'--config.local_data_dir={cached} (no network, no TensorFlow).')
   return (f'To train from files you have instead (no network, no TensorFlow): '
           f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
-          f'(MNIST/Fashion-MNIST) or train/<class>/* and test/<class>/* image folders '
-          f'(or a .tar.gz of that tree), e.g. --config.local_data_dir=data/'
-          f'{"cifar10_jpg.tar.gz" if name == "cifar10" else name}.')
+          f'(MNIST/Fashion-MNIST), the CIFAR-10 batches (cifar-10-python.tar.gz), or '
+          f'train/<class>/* and test/<class>/* image folders (or a .tar.gz of that tree), '
+          f'e.g. --config.local_data_dir=data/'
+          f'{"cifar-10-python.tar.gz" if name == "cifar10" else name}.')
 
 
 def hide_accelerators_from_tensorflow(tf) -> None:
