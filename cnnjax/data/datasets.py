@@ -1,8 +1,8 @@
 """What a run trains on: a dataset described (classes, image shape) and its splits loaded.
 
 Sources: the studies' datasets by name (their shapes and class names are
-known here, so local IDX files, CIFAR-10 batches and image folders need no
-TensorFlow), any
+known here, so local IDX or CSV files, CIFAR-10 batches and image folders need
+no TensorFlow), any
 TFDS image-classification dataset by name (described by its `DatasetInfo`),
 and `image_folder`, the user's own tree `train/<class>/*`, `test/<class>/*`
 (classes from the folder names).
@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from cnnjax.data import cifar_batches
+from cnnjax.data import csv_files
 from cnnjax.data import idx_files
 from cnnjax.data import image_tree
 from cnnjax.data import splits
@@ -287,8 +288,7 @@ class _Loader:
     if key not in self._whole:
       root, shape = self.options.local_data_dir, self.spec.image_shape
       if self.kind in ARRAY_KINDS:
-        read = idx_files.read_idx_split if self.kind == 'idx' else cifar_batches.read_split
-        images, labels = read(root, name)
+        images, labels = ARRAY_KINDS[self.kind](root, name)
         self._whole[key] = (_shaped(images, shape, self._resize_allowed(), root), labels, None)
       elif in_memory:
         self._whole[key] = image_tree.read_split(self._tree_files(name), root, name,
@@ -307,13 +307,16 @@ class _Loader:
                          self.spec.image_shape, split.fingerprint(), self.options.workers)
 
 
-# Local sources read as whole arrays: IDX files, CIFAR-10 batches.
-ARRAY_KINDS = ('idx', 'cifar')
+# Local sources read as whole arrays, and how to read a split of each.
+ARRAY_KINDS = {'idx': idx_files.read_idx_split, 'csv': csv_files.read_csv_split,
+               'cifar': cifar_batches.read_split}
 
 
 def _local_kind(root: str) -> str:
   if idx_files.is_idx_dir(root):
     return 'idx'
+  if csv_files.is_csv_dir(root):
+    return 'csv'
   return 'cifar' if cifar_batches.is_cifar_batches(root) else 'tree'
 
 

@@ -44,8 +44,8 @@ def offline_help(name: str) -> str:
     return (f'Keras downloaded this dataset to {cached} before: train from it with '
             f'--config.local_data_dir={cached} (no network, no TensorFlow).')
   return (f'To train from files you have instead (no network, no TensorFlow): '
-          f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files '
-          f'(MNIST/Fashion-MNIST), the CIFAR-10 batches (cifar-10-python.tar.gz), or '
+          f'--config.local_data_dir=DIR, where DIR holds the four IDX .gz files or the two '
+          f'CSV files (MNIST/Fashion-MNIST), the CIFAR-10 batches (cifar-10-python.tar.gz), or '
           f'train/<class>/* and test/<class>/* image folders (or a .tar.gz of that tree), '
           f'e.g. --config.local_data_dir=data/'
           f'{"cifar-10-python.tar.gz" if name == "cifar10" else name}.')

@@ -1,0 +1,59 @@
+"""MNIST and Fashion-MNIST as CSV files, as Kaggle distributes them, read without TensorFlow.
+
+A folder holding one `.csv` file with `train` in its name and one with `test`
+(`fashion-mnist_train.csv`, `fashion-mnist_test.csv`; `mnist_train.csv`, ...).
+Each row is one example: its label, then its pixels row by row (784 of them for
+28x28 images). A header row of column names (`label,pixel1,...`) is skipped where
+there is one. Rows keep the file's order.
+"""
+import os
+
+import numpy as np
+
+from cnnjax.data.image_tree import LocalDataError
+
+SPLITS = ('train', 'test')
+
+
+def _split_files(root: str) -> dict[str, list[str]]:
+  names = sorted(name for name in os.listdir(root) if name.lower().endswith('.csv'))
+  return {split: [name for name in names if split in name.lower()] for split in SPLITS}
+
+
+def is_csv_dir(root: str) -> bool:
+  """Whether `root` is a folder of a train and a test CSV file (rather than an image tree)."""
+  return os.path.isdir(root) and all(_split_files(root).values())
+
+
+def _csv_path(root: str, split: str) -> str:
+  if split not in SPLITS:
+    raise LocalDataError(f'CSV datasets have splits {list(SPLITS)}, not {split!r}.')
+  found = _split_files(root)[split]
+  if len(found) != 1:
+    raise LocalDataError(
+        f'{root} holds {len(found) or "no"} .csv file(s) with {split!r} in the name'
+        + (f' ({", ".join(found)})' if found else '') + ': it needs exactly one per split '
+        '(e.g. fashion-mnist_train.csv and fashion-mnist_test.csv).')
+  return os.path.join(root, found[0])
+
+
+def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+  """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
+  path = _csv_path(root, split)
+  try:
+    with open(path) as f:
+      header = 0 if f.readline().split(',', 1)[0].strip().lstrip('-').isdigit() else 1
+    rows = np.loadtxt(path, delimiter=',', dtype=np.int64, skiprows=header, ndmin=2)
+  except (OSError, ValueError, UnicodeError) as e:
+    raise LocalDataError(f'{path} is not a CSV of a label and pixel values per row '
+                         f'({type(e).__name__}: {e}).') from e
+  pixels = rows.shape[1] - 1
+  side = int(round(pixels ** 0.5))
+  if side * side != pixels or not len(rows):
+    raise LocalDataError(f'{path} has {len(rows)} rows of a label and {pixels} pixel values; '
+                         'a square grey image per row was expected (784 values for 28x28).')
+  images = rows[:, 1:]
+  if images.min() < 0 or images.max() > 255:
+    raise LocalDataError(f'{path} holds pixel values outside 0..255 ({images.min()} to '
+                         f'{images.max()}).')
+  return images.astype(np.uint8).reshape(-1, side, side, 1), rows[:, 0].astype(np.int32)

@@ -1,0 +1,50 @@
+"""MNIST / Fashion-MNIST as Kaggle's CSV files: the same arrays as the IDX files."""
+import numpy as np
+import pytest
+
+from cnnjax.data import csv_files
+from cnnjax.data.image_tree import LocalDataError
+from tests.helpers import load_dataset, make_idx_dataset
+
+
+def write_csv(path, images, labels, header=True):
+  rows = np.concatenate([labels[:, None], images.reshape(len(images), -1)], axis=1)
+  with open(path, 'w') as f:
+    if header:
+      f.write('label,' + ','.join(f'pixel{i + 1}' for i in range(rows.shape[1] - 1)) + '\n')
+    np.savetxt(f, rows, fmt='%d', delimiter=',')
+
+
+def test_kaggle_csv_files_give_the_idx_files_arrays(tmp_path):
+  for kind in ('idx', 'csv'):
+    (tmp_path / kind).mkdir()
+  arrays = make_idx_dataset(str(tmp_path / 'idx'), num_train=30, num_test=10)
+  write_csv(tmp_path / 'csv' / 'fashion-mnist_train.csv', *arrays['train'])
+  write_csv(tmp_path / 'csv' / 'fashion-mnist_test.csv', *arrays['t10k'], header=False)
+  from_idx, from_csv = (
+      load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+                   local_data_dir=str(tmp_path / kind)) for kind in ('idx', 'csv'))
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(getattr(from_csv, split).images, getattr(from_idx, split).images)
+    np.testing.assert_array_equal(getattr(from_csv, split).labels, getattr(from_idx, split).labels)
+  assert from_csv.source == f'local:{tmp_path}/csv'
+
+
+def test_csv_files_that_do_not_fit_are_named(tmp_path):
+  images = np.zeros((4, 28, 28), np.uint8)
+  labels = np.arange(4)
+  write_csv(tmp_path / 'train.csv', images, labels)
+  write_csv(tmp_path / 'test.csv', images[:, :27, :], labels)  # 756 pixels: not a square.
+  with pytest.raises(LocalDataError, match='test.csv has 4 rows of a label and 756 pixel values'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  with open(tmp_path / 'test.csv', 'a') as f:
+    f.write('3,1,2\n')  # A short row.
+  with pytest.raises(LocalDataError, match='test.csv is not a CSV of a label and pixel values'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  write_csv(tmp_path / 'test.csv', images.astype(np.int64) + 300, labels)
+  with pytest.raises(LocalDataError, match='pixel values outside 0..255 \\(300 to 300\\)'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  write_csv(tmp_path / 'old_train.csv', images, labels)
+  with pytest.raises(LocalDataError, match="holds 2 .csv file\\(s\\) with 'train' in the name"):
+    csv_files.read_csv_split(str(tmp_path), 'train')
+  assert not csv_files.is_csv_dir(str(tmp_path / 'nowhere')) and csv_files.is_csv_dir(str(tmp_path))
