@@ -48,3 +48,5 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   with pytest.raises(LocalDataError, match="holds 2 .csv file\\(s\\) with 'train' in the name"):
     csv_files.read_csv_split(str(tmp_path), 'train')
   assert not csv_files.is_csv_dir(str(tmp_path / 'nowhere')) and csv_files.is_csv_dir(str(tmp_path))
+  (tmp_path / 'train').mkdir()  # An image tree with CSV files beside it is a tree.
+  assert not csv_files.is_csv_dir(str(tmp_path))

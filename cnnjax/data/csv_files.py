@@ -21,8 +21,10 @@ def _split_files(root: str) -> dict[str, list[str]]:
 
 
 def is_csv_dir(root: str) -> bool:
-  """Whether `root` is a folder of a train and a test CSV file (rather than an image tree)."""
-  return os.path.isdir(root) and all(_split_files(root).values())
+  """Whether `root` is a folder of a train and a test CSV file (not an image tree, which may
+  have CSV files of its own beside its train/ folder)."""
+  return (os.path.isdir(root) and not os.path.isdir(os.path.join(root, 'train'))
+          and all(_split_files(root).values()))
 
 
 def _csv_path(root: str, split: str) -> str:
