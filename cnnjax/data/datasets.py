@@ -301,8 +301,8 @@ class _Loader:
     return self._whole[key]
 
   def _streamed_arrays(self, split: Split) -> StreamedSplit:
-    """IDX or CIFAR examples through the streaming reader (the arrays are in memory
-    regardless)."""
+    """An array source's examples (`ARRAY_KINDS`) through the streaming reader (the arrays
+    are in memory regardless)."""
     return StreamedSplit(lambda i: (split.images[i], split.labels[i]), len(split),
                          self.spec.image_shape, split.fingerprint(), self.options.workers)
 

@@ -219,8 +219,8 @@ def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[
 
 
 def archive_members(root: str) -> Iterator[tuple[str, bytes]]:
-  """(name, content) of each file of the .tar.gz, .tar or .zip at \`root\`, in the archive's
-  order. Damage is a \`LocalDataError\` where it is met: read to the end, a cut-off archive
+  """(name, content) of each file of the .tar.gz, .tar or .zip at `root`, in the archive's
+  order. Damage is a `LocalDataError` where it is met: read to the end, a cut-off archive
   always fails."""
   kind = _archive_kind(root)
   try:

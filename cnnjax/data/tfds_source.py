@@ -31,7 +31,7 @@ KERAS_CACHE_FOLDERS = {'fashion_mnist': ('fashion-mnist',),
 
 
 def keras_cache(name: str) -> str | None:
-  """The folder of Keras' download of dataset \`name\` on this machine, if there is one."""
+  """The folder of Keras' download of dataset `name` on this machine, if there is one."""
   root = os.path.join(os.environ.get('KERAS_HOME') or os.path.expanduser('~/.keras'),
                       'datasets')
   return next((os.path.join(root, folder) for folder in KERAS_CACHE_FOLDERS.get(name, ())
