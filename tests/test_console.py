@@ -223,3 +223,16 @@ def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mo
                       lambda devices, kind: hidden.append((list(devices), kind)))
   datasets.load_split(datasets.DataOptions('fashion_mnist'), 'test')
   assert ([], 'GPU') in hidden and ([], 'TPU') in hidden
+
+
+def test_no_source_file_warns_when_compiled():
+  """An invalid escape such as '\\`' in a docstring is a SyntaxWarning on Python 3.12+ (Colab):
+  noise on every user's console the first time the module is compiled."""
+  import warnings
+  for folder in ('cnnjax', 'configs', 'experiments'):
+    for directory, _, names in os.walk(os.path.join(REPO_ROOT, folder)):
+      for name in (n for n in names if n.endswith('.py')):
+        path = os.path.join(directory, name)
+        with open(path, encoding='utf-8') as f, warnings.catch_warnings():
+          warnings.simplefilter('error')
+          compile(f.read(), path, 'exec')
