@@ -262,6 +262,17 @@ def test_files_outside_class_folders_are_left_out_with_a_warning(tmp_path, caplo
                       'use it.']
 
 
+def test_an_empty_class_folder_is_left_out_with_a_warning(tmp_path, caplog):
+  for cls in ('a', 'b'):
+    os.makedirs(tmp_path / 'train' / cls)
+    Image.new('L', (4, 4)).save(tmp_path / 'train' / cls / '0.png')
+  os.makedirs(tmp_path / 'train' / 'c' / 'later')  # Nothing in it yet, at any depth.
+  listing = image_tree.list_tree(str(tmp_path))
+  assert image_tree.class_names(listing, str(tmp_path)) == ('a', 'b')
+  assert [r.getMessage() for r in caplog.records if 'empty' in r.getMessage()] == [
+      f'Left out empty class folder(s) train/c in {tmp_path}: a class is a folder with images.']
+
+
 def test_offline_tfds_failure_says_how_to_use_local_files(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
 

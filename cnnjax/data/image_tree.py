@@ -102,6 +102,7 @@ def _files_under(directory: str) -> list[str]:
 def _directory_files(root: str) -> dict[str, list[TreeFile]]:
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[str]] = {}
+  empty: list[str] = []
   for split in sorted(filter(_visible, os.listdir(root))):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
@@ -111,9 +112,15 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
       if os.path.isfile(cls_dir):
         loose.setdefault(split, []).append(cls)
       elif os.path.isdir(cls_dir):
-        tree.setdefault(split, []).extend(
-            TreeFile(cls, name, path=os.path.join(cls_dir, name)) for name in _files_under(cls_dir))
+        files = [TreeFile(cls, name, path=os.path.join(cls_dir, name))
+                 for name in _files_under(cls_dir)]
+        tree.setdefault(split, []).extend(files)
+        if not files:
+          empty.append(f'{split}/{cls}')
   _warn_loose(loose, root)
+  if empty:  # Keras would make each a class that no example has.
+    logging.warning('Left out empty class folder(s) %s in %s: a class is a folder with images.',
+                    ', '.join(empty), root)
   return _in_example_order(tree)
 
 
