@@ -102,20 +102,20 @@ def _binary_batch(payload: bytes) -> tuple[np.ndarray, np.ndarray]:
   return records[:, 1:], records[:, 0].astype(np.int64)
 
 
-def _version(files: dict[str, bytes], root: str) -> str:
-  """'' for the Python version, '.bin' for the binary one."""
+def _batches(root: str) -> tuple[dict[str, bytes], str]:
+  """The files at `root` by name, and their version: '' Python, '.bin' binary."""
+  files = _batch_files(root, os.stat(root).st_mtime_ns)
   versions = [suffix for suffix in ('', '.bin') if f'data_batch_1{suffix}' in files]
   if len(versions) != 1:
     raise LocalDataError(f'{root} holds ' + ('both the Python and the binary' if versions else
                                              'no data_batch_1 of either') +
                          ' version of the CIFAR-10 batches: point config.local_data_dir at one.')
-  return versions[0]
+  return files, versions[0]
 
 
 def class_names(root: str) -> tuple[str, ...] | None:
   """The class names the batches' meta file lists (None without one)."""
-  files = _batch_files(root, os.stat(root).st_mtime_ns)
-  suffix = _version(files, root)
+  files, suffix = _batches(root)
   meta = files.get(_META[suffix])
   if meta is None:
     return None
@@ -134,8 +134,7 @@ def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   if split not in SPLIT_BATCHES:
     raise LocalDataError(f'The CIFAR-10 batches have splits {sorted(SPLIT_BATCHES)}, not '
                          f'{split!r}.')
-  files = _batch_files(root, os.stat(root).st_mtime_ns)
-  suffix = _version(files, root)
+  files, suffix = _batches(root)
   images, labels = [], []
   for batch in SPLIT_BATCHES[split]:
     name = batch + suffix
