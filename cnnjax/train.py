@@ -149,9 +149,10 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       + f'. Workdir {workdir}.')
 
   # --- Restore the latest checkpoint, or start from the initialisation (and the weights file).
-  checkpointer = checkpoints.Checkpointer(workdir, config.keep_checkpoints)
+  checkpointer = checkpoints.Checkpointer(workdir, config.keep_checkpoints, owns_workdir=True)
   selection = selection_lib.Selection.from_config(config)
-  best = checkpoints.BestWeights(workdir) if selection.keeps_best_weights else None
+  best = (checkpoints.BestWeights(workdir, owns_workdir=True) if selection.keeps_best_weights
+          else None)
   try:
     running = trainers[0].empty_metrics()
     restored = checkpointer.restore_latest(experiment.state_templates(replicated), running)

@@ -455,6 +455,24 @@ def test_reports_the_disk_refused_are_written_by_the_next_run(tmp_path, mock_tfd
     assert os.path.exists(workdir / name), name
 
 
+def test_a_killed_runs_unfinished_saves_are_removed_by_the_next_run_only(tmp_path, mock_tfds,
+                                                                        caplog):
+  from cnnjax import evaluate
+  workdir = stopped_at_step_3(tmp_path)
+  # A kill during a save leaves orbax's temporary directory: one for step 6, which the resumed
+  # run saves again, and one for step 5, which it never saves.
+  unfinished = [workdir / 'checkpoints' / f'{step}.orbax-checkpoint-tmp' for step in (5, 6)]
+  for path in unfinished:
+    path.mkdir()
+    (path / 'part').write_bytes(b'cut off')
+  evaluate.evaluate(str(workdir), defaults())  # A reader: the files may be a live run's save.
+  assert all((path / 'part').exists() for path in unfinished)
+  train_and_evaluate(resumable_config('cnn_simple', 6), workdir)
+  assert not any(path.exists() for path in unfinished)
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['3', '6']
+  assert 'already exists' not in caplog.text  # Orbax's warning at the save of step 6.
+
+
 def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
   from cnnjax.runs import lock
   workdir = str(tmp_path / 'run')

@@ -79,6 +79,19 @@ def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
         'free some space and run the same command to resume from them.')
 
 
+def _manager(directory: str, owns_workdir: bool, **options: Any) -> ocp.CheckpointManager:
+  """An orbax manager of `directory`.
+
+  `owns_workdir` (the training run, which holds the workdir's lock): first remove the
+  unfinished saves (`<step>.orbax-checkpoint-tmp`) of a run that was killed. Left there, a
+  partial save of a step that is not saved again would hold its disk space for good, and one
+  that is would print orbax's warning. Readers (`cnnjax.evaluate`, `cnnjax.predict`) hold
+  no lock and may look at a run that is saving: they leave its files alone.
+  """
+  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=True, cleanup_tmp_directories=owns_workdir, **options))
+
+
 def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractContextManager:
   """A save that the disk refuses (full, read-only) is the user's to fix: one line. Orbax
   finalises a step only once it is whole, so the checkpoints before it are kept."""
@@ -90,13 +103,12 @@ def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractCon
 class Checkpointer:
   """Saves (asynchronously) and restores one run's checkpoints under `workdir`."""
 
-  def __init__(self, workdir: str, keep: int | None):
+  def __init__(self, workdir: str, keep: int | None, owns_workdir: bool = False):
+    """`owns_workdir`: the training run, which removes a killed run's unfinished saves."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
-    self.manager = ocp.CheckpointManager(
-        self.directory,
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                             enable_async_checkpointing=True))
+    self.manager = _manager(self.directory, owns_workdir, max_to_keep=keep,
+                            enable_async_checkpointing=True)
 
   def save(self, step: int, state: Any, running_metrics: Any, meta: dict[str, Any]) -> None:
     """Starts an asynchronous save; training goes on while it is written."""
@@ -182,10 +194,10 @@ class BestWeights:
   past a best saved after it, and the best before that must still be there.
   """
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, owns_workdir: bool = False):
+    """`owns_workdir`: as for `Checkpointer`."""
     self.directory = os.path.join(os.path.abspath(workdir), BEST_DIR)
-    self.manager = ocp.CheckpointManager(
-        self.directory, options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True))
+    self.manager = _manager(self.directory, owns_workdir, max_to_keep=2)
 
   def save(self, step: int, variables: Any, meta: dict[str, Any]) -> None:
     """Writes the weights of the epoch ending at `step`; returns once they are on disk."""
