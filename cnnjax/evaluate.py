@@ -4,19 +4,49 @@
 
 Works on a finished run and on one that was stopped: the latest checkpoint
 (or, where config.selection keeps them, the best epoch's weights so far) is
-evaluated on the run's test split (or --split), and the workdir gets
-`evaluation.json`, the curves so far, the confusion matrix and the
-classification report (see cnnjax.runs.report). The console lists the most
-confused classes.
+evaluated on the run's test split, and the workdir gets `evaluation.json`,
+the curves so far, the confusion matrix and the classification report (see
+cnnjax.runs.report). Another split (--split), or other data
+(--local_data_dir with other examples than the run was tested on), writes its
+reports to `evaluations/<split>` (`<data>-<split>`) in the workdir instead, so
+that the run's own reports stay those of the test split `results.json` gives.
+The console lists the most confused classes.
 """
 import argparse
 import os
+import re
 import signal
 import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 EVALUATION_FILE = 'evaluation.json'
+EVALUATIONS_DIR = 'evaluations'
+
+
+def _name_part(text: str) -> str:
+  """`text` (a split such as 'train[:80%]', a folder's name) as part of a folder name:
+  ':' as '..' ('train[..80%]'), characters that are unsafe in file names as '_'."""
+  return re.sub(r'[^\w.%+\[\]-]+', '_', text.replace(':', '..')).strip('_') or '_'
+
+
+def reports_dir(workdir: str, config, split: str, local_data_dir: str | None,
+                fingerprint: str, tested_on: dict[str, str]) -> str:
+  """Where an evaluation of `split` writes its reports.
+
+  The workdir itself for the run's test split on the examples it was tested on
+  (`tested_on`: the fingerprints its checkpoint recorded; `fingerprint`: those of the
+  examples loaded now, compared where --local_data_dir points elsewhere). Any other split
+  or data goes to `evaluations/`, never over the run's reports.
+  """
+  roles = {config.train_split: 'train', config.val_split: 'val', config.test_split: 'test'}
+  same_data = local_data_dir is None or (split in roles
+                                         and tested_on.get(roles[split]) == fingerprint)
+  if same_data and split == config.test_split:
+    return workdir
+  name = _name_part(split) if same_data else (
+      f'{_name_part(os.path.basename(os.path.normpath(local_data_dir)))}-{_name_part(split)}')
+  return os.path.join(workdir, EVALUATIONS_DIR, name)
 
 
 def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
@@ -27,7 +57,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   """
   from cnnjax import sharding
   from cnnjax.data import datasets
-  from cnnjax.runs import preemption, report, saved, writers
+  from cnnjax.runs import atomic, preemption, report, saved, writers
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
   if local_data_dir is not None:
@@ -36,23 +66,32 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   options = datasets.DataOptions.from_config(config)
   spec = datasets.saved_spec(workdir, options)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  state, weights, step = saved.evaluation_state(experiment, workdir, config)
+  reported = saved.evaluation_state(experiment, workdir, config)
+  step, weights = reported.step, reported.weights
   data = datasets.load_split(options, split, spec)
+  where = reports_dir(workdir, config, split, local_data_dir,
+                      data.fingerprint() if local_data_dir is not None else '', reported.data)
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
-  metrics, predictions, labels = trainer.evaluate(state, data)
+  metrics, predictions, labels = trainer.evaluate(reported.state, data)
   # A second of writing and printing, which a stop signal does not cut short: it would leave
   # the reports of two evaluations mixed.
   with preemption.handling(preemption.SIGNALS, signal.SIG_IGN):
-    confusions = report.write_report(workdir, labels, predictions, spec.class_names,
-                                     writers.read_metrics(workdir), config.name)
+    with atomic.refusals_reported(where):
+      os.makedirs(where, exist_ok=True)
+    own = where == workdir  # The run's reports: with its curves, titled with its name.
+    confusions = report.write_report(where, labels, predictions, spec.class_names,
+                                     writers.read_metrics(workdir) if own else [],
+                                     config.name if own else f'{config.name} on {split}')
     evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(data),
                   'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
                   'worst_confusions': confusions}
-    writers.write_json(os.path.join(workdir, EVALUATION_FILE), evaluation)
+    if local_data_dir is not None:
+      evaluation['local_data_dir'] = os.path.abspath(local_data_dir)
+    writers.write_json(os.path.join(where, EVALUATION_FILE), evaluation)
     weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
     print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
-          f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {workdir}.')
+          f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {where}.')
     print(report.format_confusions(confusions), flush=True)
   return evaluation
 

@@ -35,7 +35,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   spec = datasets.saved_spec(workdir, datasets.DataOptions.from_config(config))
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  state, _, _ = saved.evaluation_state(experiment, workdir, config)
+  state = saved.evaluation_state(experiment, workdir, config).state
   logits = compilation.jit(lambda v, x: experiment.model.apply(v, pipeline.to_inputs(x)))(
       state.evaluation_variables, batch)
   probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))

@@ -91,6 +91,44 @@ def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, ca
   assert 'at step 4 on test (20 examples)' in capsys.readouterr().out
 
 
+def test_evaluating_another_split_or_data_keeps_the_runs_reports(trained, tmp_path, capsys):
+  import shutil
+  from tests.helpers import tree_digest
+  config, workdir = trained
+  own = tree_digest(workdir)
+  train = evaluate_lib.evaluate(workdir, defaults(), split='train[:30]')
+  other_dir = tmp_path / 'shifted'
+  other_dir.mkdir()
+  make_idx_dataset(str(other_dir), seed=1)  # Other examples under the same split names.
+  other = evaluate_lib.evaluate(workdir, defaults(), local_data_dir=str(other_dir))
+  assert {k: v for k, v in tree_digest(workdir).items()
+          if not k.startswith('evaluations')} == own  # The test split's reports, untouched.
+  for folder, evaluation, examples in (('train[..30]', train, 30), ('shifted-test', other, 20)):
+    saved = json.load(open(os.path.join(workdir, 'evaluations', folder, 'evaluation.json')))
+    assert saved == evaluation and saved['examples'] == examples
+    table = list(csv.reader(open(os.path.join(workdir, 'evaluations', folder,
+                                              report.CONFUSION_CSV))))
+    assert sum(int(v) for row in table[1:] for v in row[1:]) == examples
+  assert other['local_data_dir'] == str(other_dir)
+  out = capsys.readouterr().out
+  assert f"Reports in {os.path.join(workdir, 'evaluations', 'train[..30]')}." in out
+  # The same examples where they are now (--local_data_dir's purpose): the run's reports.
+  moved = str(tmp_path / 'moved')
+  shutil.copytree(config.local_data_dir, moved)
+  evaluate_lib.evaluate(workdir, defaults(), local_data_dir=moved)
+  assert os.path.getmtime(os.path.join(workdir, 'evaluation.json')) > os.path.getmtime(
+      os.path.join(workdir, 'results.json'))
+  assert sorted(os.listdir(os.path.join(workdir, 'evaluations'))) == ['shifted-test',
+                                                                      'train[..30]']
+
+
+@pytest.mark.parametrize('split,name', [('train[:80%]', 'train[..80%]'),
+                                        ('test[10:20]+train[5%:]', 'test[10..20]+train[5%..]'),
+                                        ('my data/v2', 'my_data_v2'), ('/', '_')])
+def test_evaluation_folders_are_named_after_the_split(split, name):
+  assert evaluate_lib._name_part(split) == name
+
+
 def run_module(module, *args):
   env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
   return subprocess.run([sys.executable, '-m', module, *args], env=env, capture_output=True,

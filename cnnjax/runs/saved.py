@@ -5,6 +5,7 @@ finished or stopped, with nothing but its workdir.
 """
 import json
 import os
+from typing import NamedTuple
 
 import jax
 import ml_collections
@@ -76,15 +77,24 @@ def restore_latest(experiment: setup.Experiment, workdir: str) -> checkpoints.Re
   return restored
 
 
+class Reported(NamedTuple):
+  """What `evaluation_state` finds: the state to evaluate or predict with, which weights
+  they are, the latest checkpoint's step, and the fingerprints of the examples the run was
+  trained and tested on (`{}` for a run from before they were recorded)."""
+  state: TrainState
+  weights: str
+  step: int
+  data: dict[str, str]
+
+
 def evaluation_state(experiment: setup.Experiment, workdir: str,
-                     config: ml_collections.ConfigDict) -> tuple[TrainState, str, int]:
-  """The weights the run in `workdir` reports (the best epoch's so far where
-  `config.selection` keeps them, else the latest checkpoint's) as a state to evaluate or
-  predict with, which they are, and the latest checkpoint's step."""
+                     config: ml_collections.ConfigDict) -> Reported:
+  """The weights the run in `workdir` reports: the best epoch's so far where
+  `config.selection` keeps them, else the latest checkpoint's."""
   restored = restore_latest(experiment, workdir)
   selection = selection_lib.Selection.from_config(config)
   progress = selection_lib.progress_at(selection, workdir, restored.step)
   state = selection_lib.evaluation_state(restored.state, workdir, selection, progress)
   which = selection_lib.weights_description(selection, progress, config.ema_decay,
                                             last=f'step {restored.step}')
-  return state, which, restored.step
+  return Reported(state, which, restored.step, restored.meta.get('data', {}))
