@@ -6,6 +6,7 @@ image; every `cnnjax.errors.UserError`) are printed as
 and keeps its traceback.
 """
 import contextlib
+import errno
 import logging
 import os
 import re
@@ -38,13 +39,66 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
   from cnnjax.runs import preemption
   stops = (preemption.guard_signals() if stopped_before_saving is None
            else preemption.stopping_at_once(stopped_before_saving))
-  show_own_warnings_plainly(tool)
-  with reporting_user_errors(tool), stops:
+  with outliving_the_console():
+    show_own_warnings_plainly(tool)
+    with reporting_user_errors(tool), stops:
+      try:
+        yield
+      except preemption.StopRequested as stop:
+        print(stop, flush=True)
+        sys.exit(128 + stop.signum)
+
+
+@contextlib.contextmanager
+def outliving_the_console() -> Iterator[None]:
+  """A tool's stdout and stderr, while it works, as streams that fall silent when their
+  console goes away (`SilentWhenGone`): a closed terminal, or a reader that exited (`| head`,
+  a `| tee` ended with its SSH session), would otherwise end a run in BrokenPipeError at its
+  next line. The run goes on to the end (or, on the SIGHUP of a closed terminal, to its
+  checkpoint) and writes its records (metrics, results, reports) as ever."""
+  streams = sys.stdout, sys.stderr
+  sys.stdout, sys.stderr = SilentWhenGone(streams[0]), SilentWhenGone(streams[1])
+  try:
+    yield
+  finally:
+    sys.stdout, sys.stderr = streams
+
+
+class SilentWhenGone:
+  """A text stream whose writes, once its reader is gone (EPIPE, or EIO from a closed
+  terminal), go nowhere instead of raising. /dev/null then takes the place of the file
+  descriptor itself, so that what holds the stream too (tqdm's bars, logging) follows."""
+  GONE = (errno.EPIPE, errno.EIO)
+
+  def __init__(self, stream):
+    self._stream = stream
+
+  def write(self, text: str) -> int:
     try:
-      yield
-    except preemption.StopRequested as stop:
-      print(stop, flush=True)
-      sys.exit(128 + stop.signum)
+      return self._stream.write(text)
+    except OSError as error:
+      self._gone(error)
+      return len(text)
+
+  def flush(self) -> None:
+    try:
+      self._stream.flush()
+    except OSError as error:
+      self._gone(error)
+
+  def _gone(self, error: OSError) -> None:
+    if error.errno not in self.GONE:
+      raise error
+    try:
+      devnull = os.open(os.devnull, os.O_WRONLY)
+      os.dup2(devnull, self._stream.fileno())
+      os.close(devnull)
+      self._stream.flush()  # What the reader never took, to /dev/null.
+    except (OSError, ValueError):  # A stream without a descriptor: its writes are dropped.
+      pass
+
+  def __getattr__(self, name: str):
+    return getattr(self._stream, name)
 
 
 def quiet_console_by_default() -> None:

@@ -181,6 +181,34 @@ def test_killed_run_resumes_to_the_same_result(signum, tmp_path, bigger_idx_dir)
   assert_same_run(straight, killed, config)
 
 
+def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tmp_path, bigger_idx_dir):
+  import select
+  workdir = str(tmp_path / 'run')
+  command = main_command(bigger_idx_dir, workdir, '--config.num_epochs=2')
+  # The run in a session of its own whose controlling terminal is a new pseudo-terminal: its
+  # stdout and stderr are that terminal, as in a shell.
+  terminal, its_end = os.openpty()
+  in_a_terminal = ('import fcntl, os, sys, termios; fcntl.ioctl(0, termios.TIOCSCTTY, 0); '
+                   'os.execv(sys.executable, sys.argv[1:])')
+  process = subprocess.Popen([sys.executable, '-c', in_a_terminal, *command],
+                             env={**os.environ, 'PYTHONPATH': REPO_ROOT}, stdin=its_end,
+                             stdout=its_end, stderr=its_end, start_new_session=True)
+  os.close(its_end)
+  metrics, deadline, seen = os.path.join(workdir, 'metrics.jsonl'), time.time() + 300, b''
+  while not (os.path.exists(metrics) and os.path.getsize(metrics)) and time.time() < deadline:
+    if select.select([terminal], [], [], 0.05)[0]:  # Drained, or the run would block.
+      seen += os.read(terminal, 1 << 16)
+  time.sleep(0.3)
+  os.close(terminal)  # The terminal closes: SIGHUP, then every write to it fails (EIO).
+  assert process.wait(timeout=300) == 128 + signal.SIGHUP, seen[-2000:]
+  assert not os.path.exists(os.path.join(workdir, 'results.json'))
+  saved = [int(s) for s in os.listdir(os.path.join(workdir, 'checkpoints')) if s.isdigit()]
+  assert max(saved) % 500, 'the hangup should save at the step it arrived'
+  resumed = run_to_end(command)
+  assert f'Resumed from the checkpoint at step {max(saved)}' in resumed.stdout
+  assert [row['epoch'] for row in read_jsonl(metrics)] == [1, 2]
+
+
 def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, mock_tfds):
   """Fields added to configs/default.py after a run started take their defaults."""
   from cnnjax import evaluate

@@ -236,3 +236,40 @@ def test_no_source_file_warns_when_compiled():
         with open(path, encoding='utf-8') as f, warnings.catch_warnings():
           warnings.simplefilter('error')
           compile(f.read(), path, 'exec')
+
+
+def test_a_reader_that_goes_away_does_not_end_the_run(idx_dir, tmp_path):
+  # `python -m cnnjax.main ... | head -1`: the reader exits after the first line.
+  command = [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/cnn_simple.py',
+             f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
+             '--config.num_epochs=3', f'--workdir={tmp_path}/run']
+  process = subprocess.Popen(command, cwd=tmp_path, env={**os.environ, 'PYTHONPATH': REPO_ROOT},
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  assert process.stdout.readline().startswith('cnn_simple: model')
+  process.stdout.close()
+  stderr = process.communicate(timeout=600)[1]
+  assert process.returncode == 0, stderr[-3000:]
+  assert 'Traceback' not in stderr and 'Error' not in stderr
+  results = json.load(open(tmp_path / 'run' / 'results.json'))
+  assert results['epochs'] == 3
+
+
+def test_a_stream_whose_reader_is_gone_falls_silent_and_other_errors_still_raise(tmp_path):
+  from cnnjax import cli
+  read_end, write_end = os.pipe()
+  os.close(read_end)
+  stream = cli.SilentWhenGone(os.fdopen(write_end, 'w'))
+  print('lost', file=stream, flush=True)  # EPIPE: /dev/null takes the descriptor's place.
+  print('and more', file=stream, flush=True)
+  assert os.readlink(f'/proc/self/fd/{write_end}') == os.devnull
+  stream.close()
+
+  class FullDisk:
+    def write(self, text):
+      raise OSError(28, 'No space left on device')
+  try:
+    cli.SilentWhenGone(FullDisk()).write('x')
+  except OSError as error:
+    assert error.errno == 28
+  else:
+    raise AssertionError('a full disk is not a console gone away')

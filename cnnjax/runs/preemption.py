@@ -1,7 +1,8 @@
-"""SIGTERM/SIGINT handling: stop where nothing is lost, then exit cleanly.
+"""SIGTERM/SIGINT/SIGHUP handling: stop where nothing is lost, then exit cleanly.
 
-Colab and preemptible VMs send SIGTERM (a user Ctrl-C sends SIGINT) shortly
-before a machine goes away, and it can come at any moment of a run. The
+Colab and preemptible VMs send SIGTERM (a user Ctrl-C sends SIGINT, a closed
+terminal or SSH session SIGHUP) shortly before a machine goes away, and it
+can come at any moment of a run. The
 first signal only sets a flag; what it leads to depends on where the run is
 (`SignalGuard.note`, which the run updates as it goes):
 
@@ -23,7 +24,8 @@ import signal
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, 'SIGHUP')
+                                             else ())
 # What the first signal leads to, by where the run is (`SignalGuard.note`).
 BEFORE_TRAINING = 'stopping before training starts (nothing new to save)'
 WHILE_TRAINING = 'saving a checkpoint at the end of this step, then exiting'
@@ -59,8 +61,8 @@ class SignalGuard:
     del frame
     name = signal.Signals(signum).name
     if self.signum is not None:  # Second signal: the user means it.
-      os.write(2, f'Stopped at once by a second {name}; the last saved checkpoint stands. Run '
-                  'the same command again to continue from it.\n'.encode())
+      _say(2, f'Stopped at once by a second {name}; the last saved checkpoint stands. Run the '
+              'same command again to continue from it.')
       os._exit(128 + signum)
     self.signum = signum
     logging.warning('Received %s: %s (send it again to exit at once).', name, self.note)
@@ -106,9 +108,17 @@ def _exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, Any], No
   in a garbage-collection callback, which prints it and carries on."""
   def stop(signum, frame):
     del frame
-    os.write(fd, f'{line(signum)}\n'.encode())
+    _say(fd, line(signum))
     os._exit(128 + signum)
   return stop
+
+
+def _say(fd: int, line: str) -> None:
+  """`line` on `fd` if it still leads somewhere (a closed terminal: the exit matters more)."""
+  try:
+    os.write(fd, f'{line}\n'.encode())
+  except OSError:
+    pass
 
 
 def exit_on_stop_from_now(line: Callable[[int], str], fd: int = 1) -> None:
