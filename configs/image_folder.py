@@ -4,7 +4,9 @@
 
 DIR (or DIR.tar.gz) holds `train/<class>/*` and `test/<class>/*`, and optionally
 `val/<class>/*` (pass --config.val_split=val); or hold out part of train with
---config.train_split='train[:90%]' --config.val_split='train[90%:]'. The classes
+--config.train_split='train[:90%]' --config.val_split='train[90%:]'. Keras'
+layout, `<class>/*` with no split folders, is the train split: take all three
+from it (--config.test_split='train[90%:]', ...). The classes
 are the train folders' names, sorted. Any image Pillow reads (PNG, JPEG, BMP, WebP,
 GIF, TIFF; grey, RGB, RGBA, palette, CMYK) is stretched to image_size x image_size
 with bilinear interpolation and converted to `channels`; files that are not

@@ -293,3 +293,54 @@ def test_image_folder_slices_draw_from_every_class(tmp_path):
                                local_data_dir=str(tmp_path))
   assert len(np.unique(data.val.labels)) >= 8
   assert len(np.unique(data.train.labels)) == 10
+
+
+@pytest.mark.parametrize('form', ['folder', 'tar.gz in its folder', 'zip'])
+def test_keras_class_folders_without_splits_are_the_train_split(tmp_path, caplog, form):
+  """`<class>/<image>`, as `image_dataset_from_directory` reads it (and TF's flower_photos.tgz
+  holds it, in its folder and beside a LICENSE.txt): one pool, the train split."""
+  tree, rng = tmp_path / 'flower_photos', np.random.default_rng(0)
+  pixels = {}
+  for cls, names in (('daisy', ('a.jpg', 'b.png')), ('tulips', ('c.png', 'old/d.png'))):
+    for name in names:
+      os.makedirs(os.path.dirname(tree / cls / name), exist_ok=True)
+      pixels[f'{cls}/{name}'] = rng.integers(0, 256, (6, 6, 3), np.uint8)
+      Image.fromarray(pixels[f'{cls}/{name}']).save(tree / cls / name, 'PNG')
+  (tree / 'LICENSE.txt').write_text('not an example')
+  root = str(tree)
+  if form == 'tar.gz in its folder':
+    root = str(tmp_path / 'flower_photos.tgz')
+    with tarfile.open(root, 'w:gz') as tar:
+      tar.add(tree, arcname='flower_photos')
+  elif form == 'zip':
+    root = shutil.make_archive(str(tmp_path / 'flowers'), 'zip', tree)
+  listing = image_tree.list_tree(root)
+  assert listing.keras_layout and list(listing) == ['train']
+  assert sorted(f'{f.cls}/{f.name}' for f in listing['train']) == sorted(pixels)
+  assert image_tree.class_names(listing, root) == ('daisy', 'tulips')
+  assert not [r for r in caplog.records if r.levelno >= 30]  # Nothing left out to warn about.
+  data = datasets.load_dataset(datasets.DataOptions(
+      'image_folder', 'train[:50%]', '', 'train[50%:]', local_data_dir=root, image_size=6,
+      channels=3))
+  both = np.concatenate([data.train.images, data.test.images])
+  ordered = sorted(pixels, key=lambda path: image_tree.example_order_key(*path.split('/', 1)))
+  np.testing.assert_array_equal(both, np.stack([pixels[path] for path in ordered]))
+  np.testing.assert_array_equal(np.concatenate([data.train.labels, data.test.labels]),
+                                [path.startswith('tulips') for path in ordered])
+  with pytest.raises(image_tree.LocalDataError,
+                     match=r"no split folders \(Keras' <class>/<image> layout\), read as the "
+                           r"train split: there is no test/ split.*--config.test_split="):
+    datasets.load_dataset(datasets.DataOptions('image_folder', 'train', '', 'test',
+                                               local_data_dir=root, image_size=6, channels=3))
+  if form == 'folder':  # The folder that holds it: named.
+    with pytest.raises(image_tree.LocalDataError,
+                       match=r'the tree seems to be in .*flower_photos; point'):
+      image_tree.class_names(image_tree.list_tree(str(tmp_path)), str(tmp_path))
+
+
+def test_folders_named_as_splits_are_never_read_as_keras_classes(tmp_path, caplog):
+  for split in ('test', 'val'):  # No train/: an error naming it, not classes 'test', 'val'.
+    os.makedirs(tmp_path / split)
+    Image.new('L', (4, 4)).save(tmp_path / split / '0.png')
+  with pytest.raises(image_tree.LocalDataError, match=r'No train/<class>/<image> files'):
+    image_tree.class_names(image_tree.list_tree(str(tmp_path)), str(tmp_path))

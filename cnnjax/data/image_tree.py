@@ -1,6 +1,10 @@
 """Image trees `<split>/<class>/<file>`, as a directory or an archive (.tar.gz, .tar or
 .zip): listing and reading.
 
+Keras' own layout, `<class>/<file>` with no split folders (what
+`image_dataset_from_directory` reads, and how TF's flower_photos.tgz comes), is
+read as the train split alone: the other splits are slices of it.
+
 A tree is listed once (`list_tree`): every file of every split, in a fixed
 pseudo-random order (`example_order_key`). As in Keras'
 `image_dataset_from_directory`, a class folder's sub-folders are part of it:
@@ -71,6 +75,44 @@ def _visible(name: str) -> bool:
   return not name.startswith('.')
 
 
+SPLIT_NAMES = ('train', 'test', 'val', 'validation')
+
+
+class Listing(dict):
+  """Each split's files (`dict[str, list[TreeFile]]`); `keras_layout`: the tree had no split
+  folders, and its class folders are the train split."""
+  keras_layout = False
+
+
+def _as_keras_layout(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]]
+                     ) -> Listing | None:
+  """Keras' `<class>/<file>` layout, read as split `train`, where the top folders are no
+  splits: none is named as one, and two or more hold images directly. Sub-folders of a
+  class folder stay part of it."""
+  tops = set(tree) | set(loose)
+  if tops & set(SPLIT_NAMES) or len(loose) < 2:
+    return None
+  train = [dataclasses.replace(f, cls=top) for top, files in loose.items() for f in files]
+  train += [dataclasses.replace(f, cls=top, name=f'{f.cls}/{f.name}')
+            for top, files in tree.items() for f in files]
+  listing = Listing(train=train)
+  listing.keras_layout = True
+  return listing
+
+
+def _listing(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]], root: str
+             ) -> Listing:
+  """The listing of a tree read as `<split>/<class>/<file>` (or in Keras' layout), in example
+  order; files outside any class folder are warned about."""
+  listing = _as_keras_layout(tree, loose)
+  if listing is None:
+    _warn_loose({split: [f.name for f in files] for split, files in loose.items()}, root)
+    listing = Listing(tree)
+  for split, files in listing.items():
+    listing[split] = sorted(files, key=lambda f: example_order_key(f.cls, f.name))
+  return listing
+
+
 def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
   """One warning per split for files lying in it outside any class folder (a class is a
   folder: such a file has no label)."""
@@ -79,11 +121,6 @@ def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
     logging.warning('Left out %d file(s) lying directly in %s/ of %s, outside any class folder: '
                     '%s%s. Put each in %s/<class>/ to use it.', len(names), split, root,
                     ', '.join(names[:_SHOWN_SKIPPED]), more, split)
-
-
-def _in_example_order(tree: dict[str, list[TreeFile]]) -> dict[str, list[TreeFile]]:
-  return {split: sorted(files, key=lambda f: example_order_key(f.cls, f.name))
-          for split, files in tree.items()}
 
 
 def _files_under(directory: str) -> list[str]:
@@ -99,9 +136,9 @@ def _files_under(directory: str) -> list[str]:
   return names
 
 
-def _directory_files(root: str) -> dict[str, list[TreeFile]]:
+def _directory_files(root: str) -> Listing:
   tree: dict[str, list[TreeFile]] = {}
-  loose: dict[str, list[str]] = {}
+  loose: dict[str, list[TreeFile]] = {}
   empty: list[str] = []
   for split in sorted(filter(_visible, os.listdir(root))):
     split_dir = os.path.join(root, split)
@@ -110,18 +147,17 @@ def _directory_files(root: str) -> dict[str, list[TreeFile]]:
     for cls in sorted(filter(_visible, os.listdir(split_dir))):
       cls_dir = os.path.join(split_dir, cls)
       if os.path.isfile(cls_dir):
-        loose.setdefault(split, []).append(cls)
+        loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir))
       elif os.path.isdir(cls_dir):
         files = [TreeFile(cls, name, path=os.path.join(cls_dir, name))
                  for name in _files_under(cls_dir)]
         tree.setdefault(split, []).extend(files)
         if not files:
           empty.append(f'{split}/{cls}')
-  _warn_loose(loose, root)
   if empty:  # Keras would make each a class that no example has.
     logging.warning('Left out empty class folder(s) %s in %s: a class is a folder with images.',
                     ', '.join(empty), root)
-  return _in_example_order(tree)
+  return _listing(tree, loose, root)
 
 
 def _is_tar_header(block: bytes) -> bool:
@@ -154,14 +190,14 @@ def _archive_kind(root: str) -> str:
       + ' (of train/<class>/<image> files): point config.local_data_dir at one.')
 
 
-def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[str]],
+def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]],
                 parts: list[str], payload: bytes) -> None:
   """Files `<split>/<class>/<file>` (or deeper in the class) go in `tree`;
   `<split>/<file>` ones in `loose`."""
   if len(parts) >= 3 and all(map(_visible, parts)):
     tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=payload))
   elif len(parts) == 2 and all(map(_visible, parts)):
-    loose.setdefault(parts[0], []).append(parts[1])
+    loose.setdefault(parts[0], []).append(TreeFile('', parts[1], payload=payload))
 
 
 def _tar_members(root: str, gzipped: bool) -> Iterator[tuple[str, bytes]]:
@@ -217,10 +253,13 @@ def _zip_name(member: zipfile.ZipInfo) -> str:
 
 def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[str], bytes]]:
   """Members without the one folder an archive may wrap the tree in (`cifar10/train/...`,
-  as archives made of a folder are): stripped when every member lies in one folder that is
-  not `train/` itself and holds `train/` (the split every tree has)."""
+  `flower_photos/daisy/...`, as archives made of a folder are): stripped when every member
+  lies in one folder that is no split itself and holds `train/` (the split every tree has)
+  or two or more folders with files (Keras' layout)."""
   tops = {parts[0] for parts, _ in members}
-  if len(tops) == 1 and tops != {'train'} and any(parts[1:2] == ['train'] for parts, _ in members):
+  holds = {parts[1] for parts, _ in members if len(parts) >= 3}
+  if (len(tops) == 1 and not tops & set(SPLIT_NAMES)
+      and ('train' in holds or len(holds - set(SPLIT_NAMES)) >= 2)):
     return [(parts[1:], payload) for parts, payload in members]
   return members
 
@@ -238,20 +277,19 @@ def archive_members(root: str) -> Iterator[tuple[str, bytes]]:
 
 
 @functools.lru_cache(maxsize=2)
-def _archive_files(root: str, mtime_ns: int, size: int) -> dict[str, list[TreeFile]]:
+def _archive_files(root: str, mtime_ns: int, size: int) -> Listing:
   """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
   members = [(name.lstrip('./').split('/'), payload) for name, payload in archive_members(root)]
   tree: dict[str, list[TreeFile]] = {}
-  loose: dict[str, list[str]] = {}
+  loose: dict[str, list[TreeFile]] = {}
   for parts, payload in _without_wrapper(members):
     _add_member(tree, loose, parts, payload)
-  _warn_loose(loose, root)
-  return _in_example_order(tree)
+  return _listing(tree, loose, root)
 
 
-def list_tree(root: str) -> dict[str, list[TreeFile]]:
+def list_tree(root: str) -> Listing:
   """Each split's files of the tree at `root` (directory or archive), in example order."""
   if os.path.isdir(root):
     return _directory_files(root)
@@ -262,9 +300,19 @@ def list_tree(root: str) -> dict[str, list[TreeFile]]:
 def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[TreeFile]:
   """Split `split`'s files in a listing of the tree at `root` (`list_tree`)."""
   files = tree.get(split)
+  if not files and getattr(tree, 'keras_layout', False):
+    raise LocalDataError(
+        f'{root} holds class folders with no split folders (Keras\' <class>/<image> layout), '
+        f'read as the train split: there is no {split}/ split. Take it from part of train, e.g. '
+        "--config.train_split='train[:80%]' --config.val_split='train[80%:90%]' "
+        "--config.test_split='train[90%:]'; or put the folders in train/ beside test/<class>/ "
+        'ones.')
   if not files:
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
-    wrappers = [name for name in sorted(tree) if os.path.isdir(os.path.join(root, name, split))]
+    keras_inside = (len(tree) == 1 and not set(tree) & set(SPLIT_NAMES)
+                    and len({f.cls for f in next(iter(tree.values()))}) >= 2)
+    wrappers = [name for name in sorted(tree)
+                if keras_inside or os.path.isdir(os.path.join(root, name, split))]
     if wrappers:  # A directory holding the tree one level down (archives are unwrapped).
       hint = (f': the tree seems to be in {os.path.join(root, wrappers[0])}; point '
               'config.local_data_dir at it')
