@@ -259,6 +259,49 @@ def test_an_unreadable_image_names_why(payload, reason):
   assert error.value.reason.startswith(reason)  # What a list of skipped files shows.
 
 
+def heic_photo(path, colour=(200, 60, 30)):
+  """A HEIC image (as iPhones save photos) of one colour, written by pillow-heif."""
+  import pillow_heif
+  pillow_heif.from_pillow(Image.new('RGB', (40, 30), colour)).save(path, quality=90)
+  return path
+
+
+def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path, monkeypatch,
+                                                                      caplog):
+  from cnnjax.data import image_tree, images
+  for split in ('train', 'test'):
+    for cls, colour in (('red', (200, 60, 30)), ('blue', (20, 40, 220))):
+      os.makedirs(tmp_path / split / cls)
+      heic_photo(str(tmp_path / split / cls / 'IMG_0001.HEIC'), colour)
+      Image.new('RGB', (40, 30), colour).save(tmp_path / split / cls / 'IMG_0002.png')
+  listing = image_tree.list_tree(str(tmp_path))
+  classes = image_tree.class_names(listing, str(tmp_path))
+  for streamed in (False, True):  # Decoded at once, or checked by header then decoded.
+    if streamed:
+      kept, _ = image_tree.stream_split(listing['train'], str(tmp_path), 'train', classes)
+      decode = image_tree.decoder(kept, 'train', str(tmp_path), (30, 40, 3), True)
+      pixels = np.stack([decode(i) for i in range(len(kept))])
+    else:
+      pixels, _, kept = image_tree.read_split(listing['train'], str(tmp_path), 'train', classes,
+                                              (30, 40, 3), True)
+    assert len(kept) == 4
+    for f, image in zip(kept, pixels):  # Lossy HEVC: within a few levels of the colour.
+      colour = (200, 60, 30) if f.cls == 'red' else (20, 40, 220)
+      assert np.abs(image.reshape(-1, 3).mean(0) - colour).max() < 4, (f.name, colour)
+  # Without pillow-heif, each is skipped with the extra to install named.
+  monkeypatch.setattr(images, '_heif_readable', lambda: False)
+  monkeypatch.setattr(Image, 'ID', [name for name in Image.ID if name != 'HEIF'])
+  for streamed in (False, True):
+    caplog.clear()
+    if streamed:
+      kept, _ = image_tree.stream_split(listing['train'], str(tmp_path), 'train', classes)
+    else:
+      kept = image_tree.read_split(listing['train'], str(tmp_path), 'train', classes,
+                                   (30, 40, 3), True)[2]
+    assert sorted(f.name for f in kept) == ['IMG_0002.png'] * 2
+    assert "(HEIC/HEIF (iPhone photos): pip install pillow-heif to read it)" in caplog.text
+
+
 def test_predict_reads_a_16_bit_png_as_its_8_bit_twin(data, tmp_path):
   from cnnjax import predict
   from cnnjax.data import images

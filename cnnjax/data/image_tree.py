@@ -21,7 +21,6 @@ import dataclasses
 import functools
 import gzip
 import hashlib
-import io
 import logging
 import os
 import tarfile
@@ -394,15 +393,6 @@ def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: S
   return np.stack(images), np.asarray(labels, np.int32), kept
 
 
-def _has_image_header(f: TreeFile) -> bool:
-  from PIL import Image, UnidentifiedImageError
-  try:
-    with Image.open(f.path or io.BytesIO(f.payload)):  # Reads the header only.
-      return True
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-    return False
-
-
 def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_: Sequence[str]
                  ) -> tuple[list[TreeFile], np.ndarray]:
   """Those of `files` (split `split`) whose header is an image's, and their labels, to
@@ -412,9 +402,10 @@ def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_:
   where the reader stops the run with its name (see `examples.StreamedSplit`).
   """
   _check_classes(files, split, root, class_names_)
-  is_image = [_has_image_header(f) for f in files]
-  kept = [f for f, ok in zip(files, is_image) if ok]
-  skipped = [(f, 'not an image') for f, ok in zip(files, is_image) if not ok]
+  problems = [images_lib.header_problem(f.payload if f.payload is not None else f.path)
+              for f in files]
+  kept = [f for f, problem in zip(files, problems) if not problem]
+  skipped = [(f, problem) for f, problem in zip(files, problems) if problem]
   _report(skipped, split, root, kept, class_names_, 'are not images')
   index = {name: i for i, name in enumerate(class_names_)}
   return kept, np.asarray([index[f.cls] for f in kept], np.int32)

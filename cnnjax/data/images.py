@@ -8,7 +8,9 @@ by default: EXIF orientation applied; 16/32-bit grey scaled (not clipped) to
 RGB, transparency dropped; then stretched to the target height and width with
 bilinear interpolation (the aspect ratio is not kept, nothing is cropped).
 """
+import functools
 import io
+from typing import Any, Callable
 
 import numpy as np
 
@@ -72,26 +74,69 @@ def fit_array(array: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarra
                                                   else array), mode), image_shape)
 
 
-def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = True
-           ) -> np.ndarray:
-  """Encoded image bytes as uint8 (H, W, C); a `ValueError` names why they cannot be read."""
-  from PIL import Image, UnidentifiedImageError
+# The ISO base media brands of HEIC/HEIF stills (what iPhones save), at bytes 8-12 after 'ftyp'.
+HEIF_BRANDS = (b'heic', b'heix', b'hevc', b'hevx', b'heim', b'heis', b'mif1', b'msf1')
+
+
+@functools.cache
+def _heif_readable() -> bool:
+  """Whether Pillow reads HEIC/HEIF here: with pillow-heif installed (cnnjax's `heif` extra),
+  its opener is registered once."""
   try:
-    with Image.open(io.BytesIO(payload)) as image:
-      return fit(image, image_shape, resize)
+    import pillow_heif
+  except ImportError:
+    return False
+  pillow_heif.register_heif_opener()
+  return True
+
+
+def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
+  """`use(image)` of the image in `source` (its bytes, or its file's path); an
+  `ImageInputError` says in a few words why Pillow cannot read it."""
+  from PIL import Image, UnidentifiedImageError
+  if isinstance(source, bytes):
+    head = source[:12]
+  else:
+    with open(source, 'rb') as f:
+      head = f.read(12)
+  heif = head[4:8] == b'ftyp' and head[8:12] in HEIF_BRANDS
+  try:
+    if heif:
+      _heif_readable()
+    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
+      return use(image)
   except Image.DecompressionBombError as e:
     raise ImageInputError(f'is too large to be read safely ({e})',
                           'too large to be read safely') from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     if isinstance(e, ImageSizeError):
       raise
-    if not payload:
+    if not head:
       reason = 'the file is empty'
+    elif heif and not _heif_readable():
+      reason = 'HEIC/HEIF (iPhone photos): pip install pillow-heif to read it'
     elif isinstance(e, UnidentifiedImageError):
       reason = 'not in an image format Pillow reads'
     else:
       reason = f'{type(e).__name__}: {e}'
     raise ImageInputError(f'is not an image that can be read ({reason})', reason) from e
+
+
+def decode(payload: bytes, image_shape: tuple[int, int, int], resize: bool = True
+           ) -> np.ndarray:
+  """Encoded image bytes as uint8 (H, W, C); a `ValueError` names why they cannot be read."""
+  return _opened(payload, lambda image: fit(image, image_shape, resize))
+
+
+def header_problem(source: bytes | str) -> str:
+  """Why the image in `source` (its bytes, or its file's path) cannot be read, from its
+  header alone; '' where it can (a streamed split checks each file so before training, and
+  decodes it later)."""
+  try:
+    _opened(source, lambda image: None)
+  except ImageInputError as e:
+    return e.reason
+  return ''
 
 
 def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
