@@ -1,4 +1,5 @@
 """Local IDX and image-folder sources: exact arrays, split slicing, clear errors."""
+import dataclasses
 import gzip
 import os
 import shutil
@@ -344,3 +345,34 @@ def test_folders_named_as_splits_are_never_read_as_keras_classes(tmp_path, caplo
     Image.new('L', (4, 4)).save(tmp_path / split / '0.png')
   with pytest.raises(image_tree.LocalDataError, match=r'No train/<class>/<image> files'):
     image_tree.class_names(image_tree.list_tree(str(tmp_path)), str(tmp_path))
+
+
+def test_a_zip_made_on_a_mac_is_read_without_its_macosx_folder(tmp_path, caplog):
+  """Finder's Compress wraps the tree in its folder and adds __MACOSX/ with a '._' resource
+  fork for every file: a second top folder, which used to hide the wrapper."""
+  tree = tmp_path / 'dataset'
+  for split in ('train', 'test'):
+    for cls in ('cat', 'dog'):
+      os.makedirs(tree / split / cls)
+      Image.new('RGB', (4, 4)).save(tree / split / cls / '0.png')
+  path = tmp_path / 'dataset.zip'
+  with zipfile.ZipFile(path, 'w') as archive:
+    for file in sorted(tree.rglob('*.png')):
+      name = file.relative_to(tmp_path).as_posix()
+      archive.write(file, name)
+      folder, base = os.path.split(name)
+      archive.writestr(f'__MACOSX/{folder}/._{base}', b'\0\5\26\7 resource fork')
+  listing = image_tree.list_tree(str(path))
+  assert {split: sorted(f'{f.cls}/{f.name}' for f in files) for split, files in listing.items()
+          } == {'train': ['cat/0.png', 'dog/0.png'], 'test': ['cat/0.png', 'dog/0.png']}
+  assert not caplog.records  # Nothing of __MACOSX/ is warned about.
+  with zipfile.ZipFile(path) as archive:  # Unzipped, its __MACOSX/ is passed over as well.
+    archive.extractall(tmp_path / 'unzipped')
+  assert image_tree.list_tree(str(tmp_path / 'unzipped' / 'dataset')) == listing.__class__(
+      {split: [dataclasses.replace(f, payload=None, path=str(tmp_path / 'unzipped' / 'dataset' /
+                                                             split / f.cls / f.name))
+               for f in files] for split, files in listing.items()})
+  with pytest.raises(image_tree.LocalDataError, match=r'the tree seems to be in .*unzipped/dataset'):
+    image_tree.split_files(image_tree.list_tree(str(tmp_path / 'unzipped')),
+                           str(tmp_path / 'unzipped'), 'train')
+  assert not caplog.records

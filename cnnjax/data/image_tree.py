@@ -70,8 +70,9 @@ def example_order_key(cls: str, fname: str) -> str:
 
 
 def _visible(name: str) -> bool:
-  """Hidden files (.DS_Store, ._resource forks) are no one's images and not worth a warning."""
-  return not name.startswith('.')
+  """Hidden files (.DS_Store, ._resource forks) and the __MACOSX/ folder of a zip made on a
+  Mac are no one's images and not worth a warning."""
+  return not name.startswith('.') and name != '__MACOSX'
 
 
 SPLIT_NAMES = ('train', 'test', 'val', 'validation')
@@ -193,9 +194,9 @@ def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]
                 parts: list[str], payload: bytes) -> None:
   """Files `<split>/<class>/<file>` (or deeper in the class) go in `tree`;
   `<split>/<file>` ones in `loose`."""
-  if len(parts) >= 3 and all(map(_visible, parts)):
+  if len(parts) >= 3:
     tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=payload))
-  elif len(parts) == 2 and all(map(_visible, parts)):
+  elif len(parts) == 2:
     loose.setdefault(parts[0], []).append(TreeFile('', parts[1], payload=payload))
 
 
@@ -280,7 +281,9 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> Listing:
   """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
-  members = [(name.lstrip('./').split('/'), payload) for name, payload in archive_members(root)]
+  members = [(parts, payload) for parts, payload in
+             ((name.lstrip('./').split('/'), payload) for name, payload in archive_members(root))
+             if all(map(_visible, parts))]
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[TreeFile]] = {}
   for parts, payload in _without_wrapper(members):
@@ -308,7 +311,7 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
         'ones.')
   if not files:
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
-    keras_inside = (len(tree) == 1 and not set(tree) & set(SPLIT_NAMES)
+    keras_inside = (os.path.isdir(root) and len(tree) == 1 and not set(tree) & set(SPLIT_NAMES)
                     and len({f.cls for f in next(iter(tree.values()))}) >= 2)
     wrappers = [name for name in sorted(tree)
                 if keras_inside or os.path.isdir(os.path.join(root, name, split))]
