@@ -245,8 +245,10 @@ def test_files_outside_class_folders_are_left_out_with_a_warning(tmp_path, caplo
   for cls in ('a', 'b'):
     os.makedirs(tree / 'train' / cls)
     Image.new('L', (4, 4)).save(tree / 'train' / cls / '0.png')
-  for name in ('loose1.png', 'loose2.png', '.DS_Store'):
+  for name in ('loose1.png', 'loose2.png', '.DS_Store', 'Thumbs.db', 'desktop.ini'):
     Image.new('L', (4, 4)).save(tree / 'train' / name, 'PNG')
+  for cls in ('a', 'b'):  # Windows' own files in a class folder: not images, not warned of.
+    (tree / 'train' / cls / 'Thumbs.db').write_bytes(b'\xd0\xcf\x11\xe0 thumbnail cache')
   (tree / 'README.txt').write_text('root files belong to no split')
   root = str(tree)
   if as_archive:

@@ -69,10 +69,15 @@ def example_order_key(cls: str, fname: str) -> str:
   return hashlib.sha256(f'{cls}/{fname}'.encode()).hexdigest()
 
 
+# What operating systems leave in folders: a Mac zip's folder, Windows' thumbnail caches and
+# folder settings.
+_SYSTEM_NAMES = ('__macosx', 'thumbs.db', 'ehthumbs.db', 'desktop.ini')
+
+
 def _visible(name: str) -> bool:
-  """Hidden files (.DS_Store, ._resource forks) and the __MACOSX/ folder of a zip made on a
-  Mac are no one's images and not worth a warning."""
-  return not name.startswith('.') and name != '__MACOSX'
+  """Hidden files (.DS_Store, ._resource forks) and the system's own (`_SYSTEM_NAMES`) are no
+  one's images and not worth a warning."""
+  return not name.startswith('.') and name.lower() not in _SYSTEM_NAMES
 
 
 SPLIT_NAMES = ('train', 'test', 'val', 'validation')
