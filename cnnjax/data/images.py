@@ -78,6 +78,10 @@ def fit_array(array: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarra
 HEIF_BRANDS = (b'heic', b'heix', b'hevc', b'hevx', b'heim', b'heis', b'mif1', b'msf1')
 
 
+def _is_heif(head: bytes) -> bool:
+  return head[4:8] == b'ftyp' and head[8:12] in HEIF_BRANDS
+
+
 @functools.cache
 def _heif_readable() -> bool:
   """Whether Pillow reads HEIC/HEIF here: with pillow-heif installed (cnnjax's `heif` extra),
@@ -94,14 +98,14 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
   """`use(image)` of the image in `source` (its bytes, or its file's path); an
   `ImageInputError` says in a few words why Pillow cannot read it."""
   from PIL import Image, UnidentifiedImageError
-  if isinstance(source, bytes):
-    head = source[:12]
-  else:
-    with open(source, 'rb') as f:
-      head = f.read(12)
-  heif = head[4:8] == b'ftyp' and head[8:12] in HEIF_BRANDS
+  head = None  # The first bytes, to tell HEIF and empty files by.
   try:
-    if heif:
+    if isinstance(source, bytes):
+      head = source[:12]
+    else:
+      with open(source, 'rb') as f:
+        head = f.read(12)
+    if _is_heif(head):
       _heif_readable()
     with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
       return use(image)
@@ -111,9 +115,9 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     if isinstance(e, ImageSizeError):
       raise
-    if not head:
+    if head == b'':
       reason = 'the file is empty'
-    elif heif and not _heif_readable():
+    elif head is not None and _is_heif(head) and not _heif_readable():
       reason = 'HEIC/HEIF (iPhone photos): pip install pillow-heif to read it'
     elif isinstance(e, UnidentifiedImageError):
       reason = 'not in an image format Pillow reads'
