@@ -1,10 +1,10 @@
 """SIGTERM/SIGINT/SIGHUP handling: stop where nothing is lost, then exit cleanly.
 
-Colab and preemptible VMs send SIGTERM (a user Ctrl-C sends SIGINT, a closed
-terminal or SSH session SIGHUP) shortly before a machine goes away, and it
-can come at any moment of a run. The
-first signal only sets a flag; what it leads to depends on where the run is
-(`SignalGuard.note`, which the run updates as it goes):
+Colab and preemptible VMs send SIGTERM shortly before a machine goes away, a
+user's Ctrl-C sends SIGINT, a closed terminal or SSH session SIGHUP; any of
+them can come at any moment of a run. The first signal only sets a flag;
+what it leads to depends on where the run is (`SignalGuard.note`, which the
+run updates as it goes):
 
 - before training starts (reading data, compiling): the run stops at the
   next check, with nothing new to save;
