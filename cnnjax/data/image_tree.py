@@ -80,7 +80,13 @@ def _visible(name: str) -> bool:
   return not name.startswith('.') and name.lower() not in _SYSTEM_NAMES
 
 
-SPLIT_NAMES = ('train', 'test', 'val', 'validation')
+SPLIT_NAMES = frozenset({'train', 'test', 'val', 'validation'})
+
+
+def _holds_a_tree(folders: set[str]) -> bool:
+  """Whether a folder whose sub-folders with files are `folders` holds a tree: a train/
+  split, or two or more class folders (Keras' layout)."""
+  return 'train' in folders or len(folders - SPLIT_NAMES) >= 2
 
 
 class Listing(dict):
@@ -95,7 +101,7 @@ def _as_keras_layout(tree: dict[str, list[TreeFile]], loose: dict[str, list[Tree
   splits: none is named as one, and two or more hold images directly. Sub-folders of a
   class folder stay part of it."""
   tops = set(tree) | set(loose)
-  if tops & set(SPLIT_NAMES) or len(loose) < 2:
+  if tops & SPLIT_NAMES or len(loose) < 2:
     return None
   train = [dataclasses.replace(f, cls=top) for top, files in loose.items() for f in files]
   train += [dataclasses.replace(f, cls=top, name=f'{f.cls}/{f.name}')
@@ -262,9 +268,8 @@ def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[
   lies in one folder that is no split itself and holds `train/` (the split every tree has)
   or two or more folders with files (Keras' layout)."""
   tops = {parts[0] for parts, _ in members}
-  holds = {parts[1] for parts, _ in members if len(parts) >= 3}
-  if (len(tops) == 1 and not tops & set(SPLIT_NAMES)
-      and ('train' in holds or len(holds - set(SPLIT_NAMES)) >= 2)):
+  if len(tops) == 1 and not tops & SPLIT_NAMES and _holds_a_tree(
+      {parts[1] for parts, _ in members if len(parts) >= 3}):
     return [(parts[1:], payload) for parts, payload in members]
   return members
 
@@ -316,10 +321,9 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
         'ones.')
   if not files:
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
-    keras_inside = (os.path.isdir(root) and len(tree) == 1 and not set(tree) & set(SPLIT_NAMES)
-                    and len({f.cls for f in next(iter(tree.values()))}) >= 2)
-    wrappers = [name for name in sorted(tree)
-                if keras_inside or os.path.isdir(os.path.join(root, name, split))]
+    wrappers = [name for name in sorted(tree) if os.path.isdir(os.path.join(root, name, split))
+                or (os.path.isdir(root) and len(tree) == 1 and name not in SPLIT_NAMES
+                    and _holds_a_tree({f.cls for f in tree[name]}))]
     if wrappers:  # A directory holding the tree one level down (archives are unwrapped).
       hint = (f': the tree seems to be in {os.path.join(root, wrappers[0])}; point '
               'config.local_data_dir at it')
