@@ -6,7 +6,10 @@ Images of any size, grey or colour, are converted as the training data was:
 to the dataset's channels (grey for Fashion-MNIST, RGB for CIFAR-10) and
 size (bilinear), then scaled to [0, 1]. Prints the top classes with their
 probabilities (softmax of the model's logits) from the weights the run reports:
-its latest checkpoint's, or its best epoch's where config.selection keeps them.
+its latest checkpoint's, or its best epoch's where config.selection keeps them;
+with its test-time views (config.augment.flip_test, translate_test) where it
+has them, and config.eval_batch_size images at a time: the classes its
+evaluation would give.
 Fashion-MNIST shows light garments on a black background; a photo on a
 white background looks nothing like it.
 """
@@ -25,10 +28,9 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
 
   `defaults`: configs/default.py's config, under the run's saved one.
   """
-  import jax
   import numpy as np
-  from cnnjax import compilation
-  from cnnjax.data import datasets, images, pipeline
+  from cnnjax import sharding
+  from cnnjax.data import datasets, images
   from cnnjax.runs import saved
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
@@ -36,9 +38,9 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   state = saved.evaluation_state(experiment, workdir, config).state
-  logits = compilation.jit(lambda v, x: experiment.model.apply(v, pipeline.to_inputs(x)))(
-      state.evaluation_variables, batch)
-  probabilities = np.asarray(jax.nn.softmax(logits.astype(np.float32)))
+  trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
+                               config.eval_batch_size, on_features=False)
+  probabilities = trainer.probabilities(state, batch)
   predictions = []
   for path, row in zip(paths, probabilities):
     best = np.argsort(row)[::-1][:top]

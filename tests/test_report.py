@@ -192,6 +192,36 @@ def test_predict_classifies_an_image_of_any_size_and_colour(trained, tmp_path):
   assert json.loads(result.stdout)[0]['top'][0]['class'] == top[0]['class']
 
 
+def test_predict_gives_the_probabilities_of_the_runs_evaluation(tmp_path, idx_dir):
+  """A run evaluated on test-time views (here the mirror and two shifts) predicts with them
+  too, batch by batch, as its evaluation does."""
+  from cnnjax.training import augment
+  config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=-1,
+                  num_epochs=1, eval_batch_size=8)  # 20 test images: 3 batches, one padded.
+  config.augment.flip_test, config.augment.translate_test = True, 1
+  workdir = str(tmp_path / 'run')
+  train_and_evaluate(config, workdir)
+  test = load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=idx_dir).test
+  paths = []
+  for i, image in enumerate(test.images):
+    paths.append(str(tmp_path / f'{i}.png'))
+    Image.fromarray(image[..., 0]).save(paths[-1])
+  predictions = predict_lib.predict(workdir, paths, defaults(), top=10)
+  state, model = final_state(config, workdir), experiment(config).model
+  def apply(x):
+    return model.apply(state.evaluation_variables, x)
+  inputs = pipeline.to_inputs(test.images)
+  expected = jax.nn.softmax(augment.test_logits(apply, inputs, augment.TestViews(True, 1)))
+  plain = jax.nn.softmax(apply(inputs).astype(np.float32))
+  assert np.abs(np.asarray(expected) - np.asarray(plain)).max() > 1e-3  # The views matter.
+  for prediction, row in zip(predictions, np.asarray(expected)):
+    got = {p['index']: p['probability'] for p in prediction['top']}
+    np.testing.assert_allclose([got[i] for i in range(10)], row, rtol=1e-5, atol=1e-6)
+  evaluated = json.load(open(os.path.join(workdir, report.REPORT_JSON)))
+  assert evaluated['accuracy'] == pytest.approx(np.mean(
+      [p['top'][0]['index'] == label for p, label in zip(predictions, test.labels)]))
+
+
 def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_path):
   _, workdir = trained
   text = tmp_path / 'notes.png'

@@ -141,18 +141,28 @@ def in_chunks(fun: Callable[[jax.Array], jax.Array], inputs: jax.Array,
   return outputs.reshape((chunks * chunk,) + outputs.shape[2:])[:size]
 
 
+def evaluation_logits(state: TrainState, images: jax.Array, *, model: nn.Module,
+                      part: str = 'all',
+                      test_views: augment_lib.TestViews = augment_lib.TestViews(),
+                      chunk_size: int | None = None) -> jax.Array:
+  """float32 logits of a batch as the run is evaluated: its evaluation weights, the mean
+  over the test-time views (`augment.test_logits`). `chunk_size`: the model sees the batch
+  in chunks of this many examples (`in_chunks`)."""
+  inputs, part_kwargs = _model_inputs(images, part)
+  variables = state.evaluation_variables
+  return in_chunks(functools.partial(
+      augment_lib.test_logits, lambda x: model.apply(variables, x, train=False, **part_kwargs),
+      views=test_views), inputs, chunk_size)
+
+
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
               *, model: nn.Module, part: str = 'all',
               test_views: augment_lib.TestViews = augment_lib.TestViews(),
               chunk_size: int | None = None) -> tuple[Metrics, jax.Array, jax.Array]:
   """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
-  labels (gathered: each process has only its rows of the batch, the report needs all).
-  `chunk_size`: the model sees the batch in chunks of this many examples (`in_chunks`)."""
-  inputs, part_kwargs = _model_inputs(images, part)
-  variables = state.evaluation_variables
-  logits = in_chunks(functools.partial(
-      augment_lib.test_logits, lambda x: model.apply(variables, x, train=False, **part_kwargs),
-      views=test_views), inputs, chunk_size)
+  labels (gathered: each process has only its rows of the batch, the report needs all)."""
+  logits = evaluation_logits(state, images, model=model, part=part, test_views=test_views,
+                             chunk_size=chunk_size)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
@@ -199,10 +209,11 @@ class Trainer:
     # Predictions and labels come back replicated: every process can read all of them.
     # Cached features go through a dense head: chunks pay off for convolutions only.
     chunk_size = compilation.eval_chunk_size() if part == 'all' else None
-    self.eval_step = compilation.jit(functools.partial(eval_step, model=model, part=part,
-                                                       test_views=test_views,
-                                                       chunk_size=chunk_size),
+    evaluation = dict(model=model, part=part, test_views=test_views, chunk_size=chunk_size)
+    self.eval_step = compilation.jit(functools.partial(eval_step, **evaluation),
                                      out_shardings=(replicated, replicated, replicated))
+    self.evaluation_logits = compilation.jit(
+        functools.partial(evaluation_logits, **evaluation), out_shardings=replicated)
 
   def empty_metrics(self) -> Metrics:
     return jax.device_put(Metrics.empty(), sharding.replicated(self.mesh))
@@ -223,3 +234,15 @@ class Trainer:
     predicted, labels = (np.concatenate([np.asarray(jax.device_get(p)) for p in arrays])[
         :len(split)] for arrays in (predictions, labels))
     return as_floats(total.compute()), predicted, labels
+
+  def probabilities(self, state: TrainState, images: np.ndarray) -> np.ndarray:
+    """Class probabilities of uint8 `images` (N, H, W, C): the softmax of the logits the
+    run's evaluation computes, a batch of `eval_batch_size` at a time."""
+    split = Split(images, np.zeros(len(images), np.int32))
+    batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
+    rows = []
+    for batch_images, _, _ in pipeline.eval_batches(split, batch_size, self.mesh):
+      logits = self.evaluation_logits(state, *sharding.put_global_batch(self.mesh,
+                                                                        (batch_images,)))
+      rows.append(np.asarray(jax.device_get(jax.nn.softmax(logits))))
+    return np.concatenate(rows)[:len(split)]
