@@ -67,7 +67,9 @@ def outliving_the_console() -> Iterator[None]:
 class SilentWhenGone:
   """A text stream whose writes, once its reader is gone (EPIPE, or EIO from a closed
   terminal), go nowhere instead of raising. /dev/null then takes the place of the file
-  descriptor itself, so that what holds the stream too (tqdm's bars, logging) follows."""
+  descriptor itself, so that what holds the stream too (tqdm's bars, logging) follows.
+  A character the console's encoding lacks (a class named '猫' on an ASCII or cp1252
+  console) is written as its escape, as Python's stderr does, not raised."""
   GONE = (errno.EPIPE, errno.EIO)
 
   def __init__(self, stream):
@@ -75,7 +77,12 @@ class SilentWhenGone:
 
   def write(self, text: str) -> int:
     try:
-      return self._stream.write(text)
+      try:
+        return self._stream.write(text)
+      except UnicodeEncodeError:
+        encoding = self._stream.encoding or 'ascii'
+        self._stream.write(text.encode(encoding, 'backslashreplace').decode(encoding))
+        return len(text)
     except OSError as error:
       self._gone(error)
       return len(text)

@@ -273,3 +273,36 @@ def test_a_stream_whose_reader_is_gone_falls_silent_and_other_errors_still_raise
     assert error.errno == 28
   else:
     raise AssertionError('a full disk is not a console gone away')
+
+
+def test_class_names_any_language_on_an_ascii_console_and_locale(tmp_path):
+  """Where the console and the locale's file encoding lack a class name's characters
+  (Windows' cp1252 with output redirected; here a plain C locale, UTF-8 mode off), the
+  console gets escapes, the report files UTF-8, and the run its end. The classes come from a
+  zip, whose names are UTF-8 whatever the machine's file names are."""
+  import io
+  import zipfile
+  from PIL import Image
+  with zipfile.ZipFile(tmp_path / 'tree.zip', 'w') as archive:
+    for split in ('train', 'test'):
+      for c, cls in enumerate(('été', '猫')):
+        for i in range(4):
+          png = io.BytesIO()
+          Image.new('L', (6, 6), 60 * c + i).save(png, 'PNG')
+          archive.writestr(f'{split}/{cls}/{i}.png', png.getvalue())
+  ascii_only = {'LC_ALL': 'C', 'LANG': 'C', 'PYTHONCOERCECLOCALE': '0', 'PYTHONUTF8': '0'}
+  args = [f'--config={REPO_ROOT}/configs/image_folder.py', f'--workdir={tmp_path}/run',
+          f'--config.local_data_dir={tmp_path}/tree.zip', '--config.image_size=12',
+          '--config.channels=1', "--config.val_split=", '--config.train_split=train',
+          '--config.batch_size=4', '--config.num_epochs=1']
+  result = run_main(args, tmp_path, ascii_only)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert 'Traceback' not in result.stderr
+  report = open(tmp_path / 'run' / 'classification_report.txt', encoding='utf-8').read()
+  assert 'été' in report and '猫' in report
+  assert json.load(open(tmp_path / 'run' / 'dataset.json'))['class_names'] == ['été', '猫']
+  evaluated = run_tool('cnnjax.evaluate', [f'--workdir={tmp_path}/run', '--split=train'],
+                       tmp_path, ascii_only)
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  assert 'on train (8 examples)' in evaluated.stdout
+  assert '猫' not in evaluated.stdout + result.stdout  # Never raw on an ASCII console.

@@ -43,7 +43,7 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
   path = _csv_path(root, split)
   try:
-    with open(path) as f:
+    with open(path, encoding='utf-8') as f:
       header = 0 if f.readline().split(',', 1)[0].strip().lstrip('-').isdigit() else 1
     rows = np.loadtxt(path, delimiter=',', dtype=np.int64, skiprows=header, ndmin=2)
   except (OSError, ValueError, UnicodeError) as e:

@@ -380,7 +380,7 @@ def saved_spec(workdir: str, options: DataOptions) -> DatasetSpec:
   path = os.path.join(workdir, DATASET_FILE)
   if os.path.exists(path):
     try:
-      with open(path) as f:
+      with open(path, encoding='utf-8') as f:
         return DatasetSpec.from_json(json.load(f))
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise DatasetRecordError(f'{path} is unreadable ({type(e).__name__}: {e}). It records the run\'s '

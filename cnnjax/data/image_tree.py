@@ -66,7 +66,8 @@ def example_order_key(cls: str, fname: str) -> str:
   A hash of the path gives such an order that is the same on every machine
   and for every reading of the same tree, directory or archive alike.
   """
-  return hashlib.sha256(f'{cls}/{fname}'.encode()).hexdigest()
+  # surrogateescape: a file name the file system's encoding could not decode keeps its bytes.
+  return hashlib.sha256(f'{cls}/{fname}'.encode('utf-8', 'surrogateescape')).hexdigest()
 
 
 # What operating systems leave in folders: a Mac zip's folder, Windows' thumbnail caches and

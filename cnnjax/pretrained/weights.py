@@ -92,7 +92,7 @@ def save_converted(variables: dict[str, Any], directory: str, source: dict[str, 
       checkpointer.save(os.path.join(partial, VARIABLES_DIR), variables)
     finally:
       checkpointer.wait_until_finished()
-    with open(os.path.join(partial, SOURCE_FILE), 'w') as f:
+    with open(os.path.join(partial, SOURCE_FILE), 'w', encoding='utf-8') as f:
       json.dump(source, f, indent=2, sort_keys=True)
     if os.path.isdir(directory):
       os.rmdir(directory)  # Empty (checked above); a rename cannot replace it on every system.
@@ -105,7 +105,7 @@ def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[
   """(backbone variables, source description) from a converted directory."""
   import orbax.checkpoint as ocp
   try:
-    with open(os.path.join(directory, SOURCE_FILE)) as f:
+    with open(os.path.join(directory, SOURCE_FILE), encoding='utf-8') as f:
       source = json.load(f)
     missing = [key for key in SOURCE_KEYS if key not in source]
     if missing:

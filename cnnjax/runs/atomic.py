@@ -50,7 +50,10 @@ def refusals_reported(what: str, then: str = 'run the same command again.',
 def replaced_whole(path: str, mode: str = 'w', **open_kwargs) -> Iterator[IO]:
   """A file to write `path`'s new content to; it replaces `path` only once all of it is
   written. A process killed mid-write leaves the previous file as it was, never half of
-  each (results, metrics and reports are what a user keeps of a run)."""
+  each (results, metrics and reports are what a user keeps of a run). Text is UTF-8 on
+  every system (class names in a report may be any language's)."""
+  if 'b' not in mode:
+    open_kwargs.setdefault('encoding', 'utf-8')
   tmp = path + '.tmp'
   with refusals_reported(path):
     try:

@@ -52,7 +52,7 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
     raise RunNotFoundError(
         f'{workdir} holds no cnnjax run ({writers.CONFIG_FILE} is missing). Pass the --workdir '
         'of a run started with python -m cnnjax.main.')
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     saved = json.load(f)
   config = ml_collections.ConfigDict(defaults.to_dict())
   _merge(config, _as_tuples(saved))

@@ -94,7 +94,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
     try:
-      with open(config_path) as f:
+      with open(config_path, encoding='utf-8') as f:
         saved = json.load(f)
       if not isinstance(saved, dict):
         raise ValueError('not a JSON object')

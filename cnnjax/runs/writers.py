@@ -43,7 +43,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
   path = os.path.join(workdir, METRICS_FILE)
   if not os.path.exists(path):
     return []
-  with open(path) as f:
+  with open(path, encoding='utf-8') as f:
     lines = f.read().split('\n')
   rows = []
   for number, line in enumerate(lines, 1):
@@ -94,7 +94,7 @@ class RunWriter:
   def read_results(self) -> dict[str, Any] | None:
     if not os.path.exists(self.path(RESULTS_FILE)):
       return None
-    with open(self.path(RESULTS_FILE)) as f:
+    with open(self.path(RESULTS_FILE), encoding='utf-8') as f:
       return json.load(f)
 
   def truncate_metrics(self, step: int, continues: bool) -> None:
