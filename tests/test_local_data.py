@@ -378,3 +378,25 @@ def test_a_zip_made_on_a_mac_is_read_without_its_macosx_folder(tmp_path, caplog)
     image_tree.split_files(image_tree.list_tree(str(tmp_path / 'unzipped')),
                            str(tmp_path / 'unzipped'), 'train')
   assert not caplog.records
+
+
+def test_an_archive_larger_than_memory_allows_is_refused_before_it_is_read(tmp_path,
+                                                                          monkeypatch):
+  tree = tmp_path / 'tree'
+  for split in ('train', 'test'):
+    for cls in ('a', 'b'):
+      os.makedirs(tree / split / cls)
+      Image.new('L', (8, 8), 7).save(tree / split / cls / '0.png')
+  archive = shutil.make_archive(str(tmp_path / 'tree'), 'gztar', tree)
+  monkeypatch.setattr(datasets, '_physical_memory', lambda: 2 * os.path.getsize(archive) - 2)
+  read = []
+  monkeypatch.setattr(image_tree, 'archive_members', lambda root: read.append(root) or iter(()))
+  options = datasets.DataOptions('image_folder', 'train', '', 'test', local_data_dir=archive,
+                                 image_size=8, channels=1)
+  with pytest.raises(image_tree.LocalDataError,
+                     match=r'tree.tar.gz is 0.0 GiB, more than 50% of this machine.s 0.0 GiB of '
+                           r'memory, and an archive is read whole into memory: unpack it'):
+    datasets.load_dataset(options)
+  assert not read
+  unpacked = datasets.load_dataset(dataclasses.replace(options, local_data_dir=str(tree)))
+  assert len(unpacked.train) == len(unpacked.test) == 2

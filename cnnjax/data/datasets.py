@@ -163,7 +163,7 @@ def describe(options: DataOptions) -> DatasetSpec:
       raise ConfigError('Image folders are read at a size you choose: set --config.image_size=N '
                         'and --config.channels=3 (RGB) or 1 (grey).')
     root = _existing(options.local_data_dir)
-    tree = image_tree.list_tree(root)
+    tree = _listed_tree(root)
     return DatasetSpec(_sized((None, None, None), options, root),
                        image_tree.class_names(tree, root), tree)
   info = tfds_source.builder_info(name, options.tfds_data_dir)
@@ -203,6 +203,21 @@ def _fits_in_memory(options: DataOptions, num_examples: int | None,
     return True
   decoded = num_examples * int(np.prod(image_shape))
   return decoded <= MEMORY_FRACTION * _physical_memory()
+
+
+def _listed_tree(root: str) -> image_tree.Listing:
+  """The listing of the image tree at `root`. An archive is read whole into memory, so one
+  larger than the share of memory a dataset may take is refused before it is read, where
+  the system would otherwise kill the run partway through, without a word."""
+  if not os.path.isdir(root):
+    size, memory = os.path.getsize(root), _physical_memory()
+    if size > MEMORY_FRACTION * memory:
+      raise image_tree.LocalDataError(
+          f'{root} is {size / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of this '
+          f"machine's {memory / 2**30:.1f} GiB of memory, and an archive is read whole into "
+          'memory: unpack it and point config.local_data_dir at the folder (streamed where '
+          'it does not fit in memory).')
+  return image_tree.list_tree(root)
 
 
 def _existing(local_data_dir: str) -> str:
@@ -250,7 +265,7 @@ class _Loader:
     """Split `split`'s files; the tree is listed once for all splits (a large directory
     takes a while to list and sort)."""
     if self._tree is None:
-      self._tree = image_tree.list_tree(self.options.local_data_dir)
+      self._tree = _listed_tree(self.options.local_data_dir)
     return image_tree.split_files(self._tree, self.options.local_data_dir, split)
 
   def load(self, split_spec: str, in_memory: bool) -> Split | StreamedSplit:
