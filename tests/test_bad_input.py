@@ -106,6 +106,9 @@ MAIN_CASES = {
         config_with_data('vgg_scratch_he', '--config.model_kwargs.kernel_init=he_uniform'),
         "Unknown kernel_init 'he_uniform'"),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
+    'dataset name with a hyphen': (with_data('--config.dataset=fashion-mnist'),
+                                   "Unknown dataset 'fashion-mnist' (config.dataset); did you "
+                                   "mean 'fashion_mnist'?"),
     'test-time shift as large as the image': (
         with_data('--config.augment.translate_test=28'),
         'config.augment.translate_test=28 shifts 28x28 images by their whole size'),

@@ -175,9 +175,10 @@ def test_auto_streams_what_would_not_fit_in_memory(tmp_path, monkeypatch):
   assert datasets.load_dataset(options).streamed
 
 
-def test_an_unknown_dataset_name_is_one_clear_error(tmp_path):
-  config = shrink(load_config('cnn_simple'), dataset='cifar1O')
-  with pytest.raises(datasets.ConfigError, match="Unknown dataset 'cifar1O'"):
+@pytest.mark.parametrize('name', ['cifar1O', 'cifar-100'])  # 'cifar-100': TFDS cannot parse.
+def test_an_unknown_dataset_name_is_one_clear_error(tmp_path, name):
+  config = shrink(load_config('cnn_simple'), dataset=name)
+  with pytest.raises(datasets.ConfigError, match=f"Unknown dataset '{name}'"):
     train_and_evaluate(config, tmp_path / 'run')
   assert not os.path.exists(tmp_path / 'run')
 

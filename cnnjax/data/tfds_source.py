@@ -81,7 +81,10 @@ def builder_info(name: str, data_dir: str):
   tfds = import_tfds(name)
   try:
     return tfds.builder(name, data_dir=data_dir or None).info
-  except tfds.core.registered.DatasetNotFoundError as e:
+  except ValueError as e:  # DatasetNotFoundError is one, and so is a name TFDS cannot parse.
+    if (not isinstance(e, tfds.core.registered.DatasetNotFoundError)
+        and 'builder name string' not in str(e)):
+      raise
     raise ConfigError(
         f'Unknown dataset {name!r} (config.dataset): it is neither one of cnnjax\'s '
         "(fashion_mnist, mnist, cifar10), nor 'image_folder' (your own folders, with "
