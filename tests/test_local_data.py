@@ -400,3 +400,14 @@ def test_an_archive_larger_than_memory_allows_is_refused_before_it_is_read(tmp_p
   assert not read
   unpacked = datasets.load_dataset(dataclasses.replace(options, local_data_dir=str(tree)))
   assert len(unpacked.train) == len(unpacked.test) == 2
+
+
+def test_local_arrays_convert_to_the_channels_the_config_asks_for(tmp_path):
+  arrays = make_idx_dataset(str(tmp_path))
+  rgb = load_dataset('fashion_mnist', local_data_dir=str(tmp_path), channels=3)
+  np.testing.assert_array_equal(rgb.train.images, np.repeat(arrays['train'][0][..., None], 3, -1))
+  with pytest.raises(image_tree.LocalDataError,  # Other sizes still need config.image_size.
+                     match=r'have shape \(28, 28, 1\); this dataset has \(32, 32, 1\)'):
+    datasets._shaped(rgb.train.images[..., :1], (32, 32, 1), False, True, 'files')
+  resized = datasets._shaped(rgb.train.images[..., :1], (32, 32, 3), True, True, 'files')
+  assert resized.shape == (40, 32, 32, 3)

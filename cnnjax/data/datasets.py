@@ -309,7 +309,8 @@ class _Loader:
       root, shape = self.options.local_data_dir, self.spec.image_shape
       if self.kind in ARRAY_KINDS:
         images, labels = ARRAY_KINDS[self.kind](root, name)
-        self._whole[key] = (_shaped(images, shape, self._resize_allowed(), root), labels, None)
+        self._whole[key] = (_shaped(images, shape, self._resize_allowed(),
+                                    bool(self.options.channels), root), labels, None)
       elif in_memory:
         self._whole[key] = image_tree.read_split(self._tree_files(name), root, name,
                                                  self.spec.class_names, shape,
@@ -348,12 +349,15 @@ def _check_batch_classes(root: str, class_names: tuple[str, ...]) -> None:
         f'{", ".join(class_names)}.')
 
 
-def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool, root: str
-            ) -> np.ndarray:
+def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool,
+            convert_channels: bool, root: str) -> np.ndarray:
+  """`images` in `shape`, by the image policy; resized only where `resize` (the studies'
+  files keep their one size unless config.image_size asks for another), converted to grey
+  or RGB where that or `convert_channels` (config.channels) allows it."""
   from cnnjax.data import images as images_lib
   if images.shape[1:] == tuple(shape):
     return images
-  if not resize:
+  if not resize and (images.shape[1:3] != tuple(shape[:2]) or not convert_channels):
     raise image_tree.LocalDataError(f'The images in {root} have shape {images.shape[1:]}; '
                                     f'this dataset has {tuple(shape)}.')
   return np.stack([images_lib.fit_array(image, shape) for image in images])
