@@ -166,10 +166,9 @@ def describe(options: DataOptions) -> DatasetSpec:
     tree = _listed_tree(root)
     return DatasetSpec(_sized((None, None, None), options, root),
                        image_tree.class_names(tree, root), tree)
-  meant = [known for known in (*DATASETS, IMAGE_FOLDER)
-           if known == name.strip().lower().replace('-', '_')]
-  if meant:  # A slip in one of cnnjax's names: said before TensorFlow takes seconds to load.
-    raise ConfigError(f'Unknown dataset {name!r} (config.dataset); did you mean {meant[0]!r}?')
+  meant = name.strip().lower().replace('-', '_')
+  if meant in DATASETS or meant == IMAGE_FOLDER:  # A slip: said before TensorFlow loads.
+    raise ConfigError(f'Unknown dataset {name!r} (config.dataset); did you mean {meant!r}?')
   info = tfds_source.builder_info(name, options.tfds_data_dir)
   keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
   return DatasetSpec(_sized(tfds_source.native_shape(info, keys[0]), options, f'TFDS {name}'),
