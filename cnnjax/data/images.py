@@ -100,15 +100,13 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
   from PIL import Image, UnidentifiedImageError
   head = None  # The first bytes, to tell HEIF and empty files by.
   try:
-    if isinstance(source, bytes):
-      head = source[:12]
-    else:
-      with open(source, 'rb') as f:
-        head = f.read(12)
-    if _is_heif(head):
-      _heif_readable()
-    with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-      return use(image)
+    with (io.BytesIO(source) if isinstance(source, bytes) else open(source, 'rb')) as f:
+      head = f.read(12)
+      if _is_heif(head):
+        _heif_readable()
+      f.seek(0)
+      with Image.open(f) as image:
+        return use(image)
   except Image.DecompressionBombError as e:
     raise ImageInputError(f'is too large to be read safely ({e})',
                           'too large to be read safely') from e
