@@ -7,7 +7,7 @@ are kept apart from the trainable ones (see `params`). Dropout keys derive
 from (seed, step), so a step is a pure function of its inputs.
 """
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import flax
 import flax.linen as nn
@@ -224,10 +224,8 @@ class Trainer:
     labels (a streamed split has no labels until it is read)."""
     total = Metrics.empty()
     predictions, labels = [], []
-    batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
-    for batch in pipeline.eval_batches(split, batch_size, self.mesh):
-      batch_metrics, predicted, batch_labels = self.eval_step(
-          state, *sharding.put_global_batch(self.mesh, batch))
+    for batch in self._evaluation_batches(split):
+      batch_metrics, predicted, batch_labels = self.eval_step(state, *batch)
       total = total.merge(batch_metrics)
       predictions.append(predicted)
       labels.append(batch_labels)
@@ -239,10 +237,14 @@ class Trainer:
     """Class probabilities of uint8 `images` (N, H, W, C): the softmax of the logits the
     run's evaluation computes, a batch of `eval_batch_size` at a time."""
     split = Split(images, np.zeros(len(images), np.int32))
-    batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
-    rows = []
-    for batch_images, _, _ in pipeline.eval_batches(split, batch_size, self.mesh):
-      logits = self.evaluation_logits(state, *sharding.put_global_batch(self.mesh,
-                                                                        (batch_images,)))
-      rows.append(np.asarray(jax.device_get(jax.nn.softmax(logits))))
+    rows = [np.asarray(jax.device_get(jax.nn.softmax(self.evaluation_logits(state, batch))))
+            for batch, _, _ in self._evaluation_batches(split)]
     return np.concatenate(rows)[:len(split)]
+
+  def _evaluation_batches(self, split: Split | StreamedSplit
+                          ) -> Iterator[tuple[jax.Array, jax.Array, jax.Array]]:
+    """(images, labels, mask) on the devices, covering each example of `split` once, in
+    batches of `eval_batch_size` (fewer where the split needs fewer)."""
+    batch_size = min(self.eval_batch_size, sharding.round_up_to_devices(len(split)))
+    for batch in pipeline.eval_batches(split, batch_size, self.mesh):
+      yield sharding.put_global_batch(self.mesh, batch)
