@@ -109,7 +109,9 @@ def main(argv: list[str] | None = None) -> None:
   from cnnjax import cli
   with cli.running_as_tool('cnnjax.evaluate', 'before writing anything: the run\'s files '
                           'are as they were.'):
+    from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
+    sharding.start_backend()
     evaluate(args.workdir, default.get_config(), args.local_data_dir, args.split)
 
 

@@ -46,6 +46,7 @@ def main(argv):
       if _MULTIHOST.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)
+      sharding.start_backend()
       config = _CONFIG.value
       workdir = _WORKDIR.value or os.path.join('checkpoints', config.name)
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))

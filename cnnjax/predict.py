@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
   from cnnjax import cli
   from cnnjax.runs import preemption
   with cli.running_as_tool('cnnjax.predict', preemption.WRITES_NOTHING):
+    from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
+    sharding.start_backend()
     predictions = predict(args.workdir, args.images, default.get_config(), args.top)
     print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
 

@@ -9,7 +9,32 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnnjax.errors import UserError
+
 DATA_AXIS = 'data'
+
+
+class BackendError(UserError, RuntimeError):
+  """jax cannot start the devices this environment asks for."""
+
+
+def start_backend() -> None:
+  """Starts jax's devices, so that a backend asked for and not to be had is one line naming
+  the fix, not jax's traceback (or its bare AssertionError, for `JAX_PLATFORMS=cuda` where
+  no CUDA jax is installed): a command copied from a GPU machine or a notebook set up for
+  another runtime. Call it after `initialize_distributed`, before anything else uses jax."""
+  try:
+    jax.devices()
+  except (RuntimeError, AssertionError) as error:
+    reason = (str(error).split(" (set JAX_PLATFORMS=''")[0].rstrip('.')
+              or 'no jax for them is installed')
+    asked = jax.config.jax_platforms
+    if not asked:
+      raise BackendError(f'jax cannot start this machine\'s devices: {reason}.') from error
+    raise BackendError(
+        f'jax cannot start the devices JAX_PLATFORMS={asked} asks for: {reason}. Install '
+        'the jax for them (pip install -U "jax[cuda12]" for NVIDIA GPUs, "jax[tpu]" for '
+        'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
 
 
 def initialize_distributed(coordinator_address: str | None = None,

@@ -1,5 +1,6 @@
 """What users really feed cnnjax: each bad input ends in one line, exit status 2, and leaves
 the workdir as it was (or never made)."""
+import importlib.util
 import io
 import os
 import tarfile
@@ -225,6 +226,23 @@ def test_a_workdir_that_is_a_file(data, tmp_path):
                                     f'--workdir={tmp_path}/run/inside'], tmp_path)
   assert_one_line_error(result, 'cnnjax', f'{tmp_path}/run is not a writable directory')
   assert (tmp_path / 'run').read_text() == 'my notes'
+
+
+@pytest.mark.skipif(importlib.util.find_spec('jax_cuda12_plugin') is not None
+                    or importlib.util.find_spec('jax_cuda13_plugin') is not None,
+                    reason='this jax can start CUDA devices')
+def test_devices_jax_cannot_start_are_one_line(data, tmp_path):
+  """A command copied from a GPU machine (JAX_PLATFORMS=cuda), where jax has no CUDA: jax's
+  own bare AssertionError, and its RuntimeError for a backend it does not know."""
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/run'], tmp_path,
+                    {'JAX_PLATFORMS': 'cuda'})
+  assert_one_line_error(result, 'cnnjax', 'JAX_PLATFORMS=cuda asks for: no jax for them',
+                        'pip install -U "jax[cuda12]"', 'or unset JAX_PLATFORMS')
+  assert not os.path.exists(tmp_path / 'run')
+  result = run_tool('cnnjax.predict', [f'--workdir={tmp_path}/run', 'shirt.png'], tmp_path,
+                    {'JAX_PLATFORMS': 'nosuch'})
+  assert_one_line_error(result, 'cnnjax.predict', "Unable to initialize backend 'nosuch'")
 
 
 def test_evaluate_and_predict_bad_input(data, tmp_path):
