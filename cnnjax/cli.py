@@ -234,6 +234,12 @@ def flag_error_message(error: Exception) -> str:
     return ('cannot load the config file: '
             + reason.removeprefix('Configuration is not available because of an earlier '
                                   'failure to load: '))
+  if isinstance(error, flags.Error) and 'Traceback (most recent call last)' in text:
+    raised = text.strip().splitlines()[-1].strip()  # ml_collections quotes the whole traceback.
+    hint = (" (the text after ':' in --config=FILE:ARGS is passed to get_config: leave it out, "
+            'and set fields with --config.<field>=value)' if 'get_config() takes' in raised
+            else '')
+    return f'the config file failed: {raised}{hint}.'
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())

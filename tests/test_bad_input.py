@@ -129,6 +129,10 @@ MAIN_CASES = {
     'config file that does not parse': (config_file('def get_config(:\n'), 'does not parse'),
     'config file that raises': (config_file('def get_config():\n  return 1 / 0\n'),
                                 'ZeroDivisionError'),
+    'config file given arguments it does not take': (
+        lambda data, tmp_path: [f'--config={REPO_ROOT}/configs/cnn_simple.py:batch_size=3'],
+        'the config file failed: TypeError: get_config() takes 0 positional arguments but 1 '
+        "was given (the text after ':' in --config=FILE:ARGS is passed to get_config"),
 }
 
 
