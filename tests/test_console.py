@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from cnnjax.runs import hooks
 from tests.helpers import REPO_ROOT, run_tool
@@ -213,6 +214,61 @@ def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
   order = np.argsort([image.tobytes() for image in images])
   np.testing.assert_array_equal(images[order], splits['train'][expected])
   np.testing.assert_array_equal(labels[order], expected % 2)
+
+
+def test_tensorflows_native_start_up_lines_are_hidden_and_its_other_output_kept(capfd,
+                                                                               monkeypatch):
+  """TensorFlow's C++ code logs 'oneDNN custom operations are on' and 'Could not find cuda
+  drivers' as it is imported, whatever TF_CPP_MIN_LOG_LEVEL says."""
+  from absl import logging as absl_logging
+  from cnnjax.data import tfds_source
+  monkeypatch.setattr(absl_logging, 'get_verbosity', lambda: absl_logging.WARNING)
+  native = ('WARNING: All log messages before absl::InitializeLog() is called are written to '
+            'STDERR\nI0000 00:00:1796295320.158397    5757 port.cc:153] oneDNN custom '
+            'operations are on.\nW1203 10:49:52.681487 139750725720960 cuda_dnn.cc:8579] no '
+            'cuDNN\nA line of its own\n')
+  with tfds_source._native_import_logs_hidden():
+    os.write(2, native.encode())
+  assert capfd.readouterr().err == 'A line of its own\n'
+  monkeypatch.setattr(absl_logging, 'get_verbosity', lambda: absl_logging.INFO)  # --verbosity=0
+  with tfds_source._native_import_logs_hidden():
+    os.write(2, native.encode())
+  assert capfd.readouterr().err == native
+  probe = subprocess.run([sys.executable, '-c', 'from cnnjax.data import tfds_source; '
+                          'tfds_source.import_tfds("mnist")'], cwd=REPO_ROOT,
+                         env={**os.environ, 'PYTHONPATH': REPO_ROOT}, capture_output=True,
+                         text=True)
+  assert probe.returncode == 0 and probe.stderr == '', probe.stderr[-2000:]
+
+
+def test_an_offline_download_fails_at_once_with_the_way_to_local_files(tmp_path):
+  """TFDS retries a download whose host does not resolve 10 times over 3.5 minutes, with a
+  warning for each; the run ends at the first instead. ('.invalid' never resolves.)"""
+  import tensorflow_datasets as tfds
+  from cnnjax.data import tfds_source
+  from tests.helpers import load_dataset
+
+  class CnnjaxOfflineImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, supervised_keys=('image', 'label'),
+                                   features=tfds.features.FeaturesDict({
+                                       'image': tfds.features.Image(shape=(8, 8, 1)),
+                                       'label': tfds.features.ClassLabel(names=['a', 'b'])}))
+
+    def _split_generators(self, dl_manager):
+      dl_manager.download('http://cnnjax-test.invalid/images.npz')
+      return {}
+
+    def _generate_examples(self):
+      yield from ()
+
+  with pytest.raises(tfds_source.DatasetUnavailableError) as error:
+    load_dataset('cnnjax_offline_images', 'train', '', 'test', tfds_data_dir=str(tmp_path))
+  assert ("a download host did not resolve, so this machine looks offline: HTTPConnection(host="
+          "'cnnjax-test.invalid'") in str(error.value)
+  assert '--config.local_data_dir=DIR' in str(error.value)
 
 
 def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mock_tfds):

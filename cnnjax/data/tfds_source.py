@@ -7,10 +7,13 @@ Images of varying size are converted to the configured size by
 `images.fit_array`, the policy every other source uses. Only this module
 imports TensorFlow, and only because TFDS reads its files with it.
 """
+import contextlib
 import functools
 import logging
 import os
-from typing import Any
+import re
+import tempfile
+from typing import Any, Iterator
 
 import numpy as np
 
@@ -61,15 +64,72 @@ def hide_accelerators_from_tensorflow(tf) -> None:
       logging.warning('Could not hide the %ss from TensorFlow (%s).', kind, e)
 
 
+# What TensorFlow's C++ code logs to stderr as it is imported, whatever TF_CPP_MIN_LOG_LEVEL
+# says (oneDNN is on, no CUDA driver, absl's banner): lines in absl's format, and the banner.
+_NATIVE_LOG_LINE = re.compile(r'^([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |'
+                              r'WARNING: All log messages before absl::InitializeLog\(\))')
+
+
+@contextlib.contextmanager
+def _native_import_logs_hidden() -> Iterator[None]:
+  """Hides what C++ code writes to stderr in absl's format while inside, where the console
+  is to show the run's own lines only (absl's verbosity WARNING or quieter: cnnjax's tools
+  without --verbosity); anything else written there is shown once inside is left. A crash
+  inside would take its message with it: `--verbosity=0` shows everything as written."""
+  from absl import logging as absl_logging
+  if absl_logging.get_verbosity() >= absl_logging.INFO:
+    yield
+    return
+  with tempfile.TemporaryFile('w+b') as captured:
+    kept = os.dup(2)
+    os.dup2(captured.fileno(), 2)
+    try:
+      yield
+    finally:
+      os.dup2(kept, 2)
+      os.close(kept)
+      captured.seek(0)
+      shown = [line for line in captured.read().decode('utf-8', 'replace').splitlines(True)
+               if not _NATIVE_LOG_LINE.match(line)]
+      if shown:
+        os.write(2, ''.join(shown).encode())
+
+
+class _HostNotFound(ConnectionError):
+  """A download's host name did not resolve: no network, or no such host."""
+
+
+class _NoRetryForAnUnresolvedHost(logging.Filter):
+  """On urllib3's logger, which warns of each retry before it waits: a retry after a host
+  name failed to resolve raises instead (where urllib3's warnings are on, as in cnnjax's
+  tools). TFDS retries a download 10 times, for 3.5 minutes
+  in all, which helps with a server's hiccup but not a machine that is offline; each retry
+  would also print a warning for every file. It stays for the process's life: TFDS downloads
+  in threads, and one still retrying after another's error ended the load would hold the
+  process's exit."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    cause = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else None
+    if type(cause).__name__ == 'NameResolutionError':
+      raise _HostNotFound(f'a download host did not resolve, so this machine looks offline: '
+                          f'{cause}')
+    return True
+
+
 def import_tfds(name: str):
-  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators."""
+  """tensorflow_datasets, with TensorFlow imported first (its native start-up lines hidden)
+  and kept off the accelerators."""
   try:
-    import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
+    with _native_import_logs_hidden():
+      import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
   except ImportError as e:
     raise DatasetUnavailableError(
         f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
         f'default ({e}). Add it with: pip install -e ".[tfds]". ' + offline_help(name)) from e
   hide_accelerators_from_tensorflow(tf)
+  downloads = logging.getLogger('urllib3.connectionpool')
+  if not any(isinstance(f, _NoRetryForAnUnresolvedHost) for f in downloads.filters):
+    downloads.addFilter(_NoRetryForAnUnresolvedHost())
   import tensorflow_datasets as tfds
   return tfds
 
