@@ -172,6 +172,15 @@ def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
   assert 'pip install -e ".[tfds]"' in result.stderr and '--config.local_data_dir' in result.stderr
 
 
+def tiny_tfds_info(builder):
+  """The `DatasetInfo` of the tests' own TFDS datasets: 8x8 grey images of classes a and b."""
+  import tensorflow_datasets as tfds
+  return tfds.core.DatasetInfo(builder=builder, supervised_keys=('image', 'label'),
+                               features=tfds.features.FeaturesDict({
+                                   'image': tfds.features.Image(shape=(8, 8, 1)),
+                                   'label': tfds.features.ClassLabel(names=['a', 'b'])}))
+
+
 def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
   """No mock: TFDS generates a dataset on first use as it does after a download (held in
   memory, and as ArrayRecord files to stream), which needs what its own requirements left out
@@ -187,10 +196,7 @@ def test_a_tfds_dataset_is_prepared_and_loaded_for_real(tmp_path):
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, supervised_keys=('image', 'label'),
-                                   features=tfds.features.FeaturesDict({
-                                       'image': tfds.features.Image(shape=(8, 8, 1)),
-                                       'label': tfds.features.ClassLabel(names=['a', 'b'])}))
+      return tiny_tfds_info(self)
 
     def _split_generators(self, dl_manager):
       del dl_manager  # Nothing to download.
@@ -252,10 +258,7 @@ def test_an_offline_download_fails_at_once_with_the_way_to_local_files(tmp_path)
     VERSION = tfds.core.Version('1.0.0')
 
     def _info(self):
-      return tfds.core.DatasetInfo(builder=self, supervised_keys=('image', 'label'),
-                                   features=tfds.features.FeaturesDict({
-                                       'image': tfds.features.Image(shape=(8, 8, 1)),
-                                       'label': tfds.features.ClassLabel(names=['a', 'b'])}))
+      return tiny_tfds_info(self)
 
     def _split_generators(self, dl_manager):
       dl_manager.download('http://cnnjax-test.invalid/images.npz')
