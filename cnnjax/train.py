@@ -98,7 +98,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   data_options = datasets.DataOptions.from_config(config)
   spec = datasets.describe(data_options)  # An unknown dataset or a bad tree: nothing written.
   sharding.sync_processes('before preparing the workdir')
-  workdir_lib.prepare(config, workdir, defaults)
+  resumed_config = workdir_lib.prepare(config, workdir, defaults)
   sharding.sync_processes('workdir prepared')
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
 
@@ -169,6 +169,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if done and saved_results is not None:
         log.report_finished(saved_results)
         return saved_results
+      if not done:
+        workdir_lib.warn_of_a_bent_schedule(resumed_config, config)
       log.truncate_metrics(restored.step, continues=not done)
       log.announce(f'Training had finished (step {restored.step}), its results were not all '
                    'written: evaluating again.' if done else

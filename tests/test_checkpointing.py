@@ -66,6 +66,24 @@ def test_finished_run_is_not_retrained(tmp_path, mock_tfds, capsys):
   assert os.path.getmtime(tmp_path / 'metrics.jsonl') == stamp
 
 
+@pytest.mark.parametrize('schedule', ['warmup_cosine', 'constant'])
+def test_a_longer_resumed_run_warns_where_its_schedule_spans_the_run(schedule, tmp_path,
+                                                                     mock_tfds, caplog):
+  """2 epochs of 3 steps, then 3: a cosine that had reached 0 at step 6 would start again part
+  way up. A constant rate is the same whatever the length; a shorter rerun trains nothing."""
+  def epochs(n):
+    return shrink(load_config('cnn_simple'), num_epochs=n, num_train_steps=-1,
+                  schedule=schedule)
+  train_and_evaluate(epochs(2), str(tmp_path))
+  caplog.clear()
+  train_and_evaluate(epochs(1), str(tmp_path))
+  assert 'learning rate spans the run' not in caplog.text
+  train_and_evaluate(epochs(3), str(tmp_path))
+  assert ((f'Resuming with config.num_epochs 2 -> 3: the {schedule} learning rate spans the run'
+           in caplog.text) == (schedule == 'warmup_cosine'))
+  assert [r['epoch'] for r in read_jsonl(tmp_path / 'metrics.jsonl')] == [1, 2, 3]
+
+
 def corrupt(step_dir):
   for path in glob.glob(os.path.join(step_dir, 'state', '**', '*'), recursive=True):
     if os.path.isfile(path) and 'commit_success' not in path:

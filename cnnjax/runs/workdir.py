@@ -6,6 +6,7 @@ that differ. `--config.resume=False` starts afresh and moves the old run
 aside (`DIR.previous-<time>`) instead of deleting anything.
 """
 import json
+import logging
 import os
 import shutil
 import time
@@ -28,6 +29,12 @@ RESUMABLE_CHANGES = frozenset({
     'fine_tune.num_epochs', 'collapse_guard.every_steps', 'collapse_guard.patience_steps',
     'collapse_guard.loss_band', 'stop_on_collapse', 'selection.patience',
     'selection.restore_best'})
+
+
+# What a resumed run may lengthen or shorten, and the schedules whose curve spans the whole
+# of a stage's steps: with one of them, the steps after the resumption follow another curve.
+LENGTH_FIELDS = ('num_epochs', 'fine_tune.num_epochs')
+STAGE_LONG_SCHEDULES = frozenset({'warmup_cosine', 'onecycle', 'piecewise'})
 
 
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
@@ -56,6 +63,24 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
           if k not in RESUMABLE_CHANGES and saved.get(k) != current.get(k)]
 
 
+def warn_of_a_bent_schedule(saved: dict[str, Any], config: ml_collections.ConfigDict) -> None:
+  """Warns where a resumed run's length changed under a schedule that spans it: the steps
+  already taken followed the old curve, those to come follow the new one (a cosine that had
+  reached 0 starts again part way up), which neither length alone would have given."""
+  if config.schedule not in STAGE_LONG_SCHEDULES:
+    return
+  saved, current = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
+  changed = [f'config.{k} {saved[k]} -> {current[k]}' for k in LENGTH_FIELDS
+             if k in saved and saved[k] != current.get(k)]
+  if changed:
+    logging.warning(
+        'Resuming with %s: the %s learning rate spans the run, so the steps already taken '
+        'followed the old length\'s curve and the rest follow the new one; the result is '
+        'that of neither length. For a run as this config describes it, pass '
+        '--config.resume=False (the old run is moved aside).', ', '.join(changed),
+        config.schedule)
+
+
 def holds_run(workdir: str) -> bool:
   return any(os.path.exists(os.path.join(workdir, name)) for name in (
       writers.CONFIG_FILE, writers.METRICS_FILE, checkpoints.CHECKPOINT_DIR))
@@ -79,18 +104,18 @@ def check_writable(workdir: str) -> None:
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str,
-            defaults: ml_collections.ConfigDict) -> None:
+            defaults: ml_collections.ConfigDict) -> dict[str, Any]:
   """Checks that `config` may run in `workdir` (one `check_writable` has passed); moves an
-  old run aside if asked to."""
+  old run aside if asked to. Returns the config of the run it will resume ({} if none)."""
   if not holds_run(workdir):
-    return
+    return {}
   if not config.resume:
     target = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
     if jax.process_index() == 0:
       shutil.move(workdir, target)
       print(f'config.resume=False: moved the previous run in {workdir} to {target}; starting '
             'afresh.', flush=True)
-    return
+    return {}
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
     try:
@@ -111,3 +136,5 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
           f'{"; ".join(differences)}. Nothing was changed. Resume with the same config, '
           'choose a new --workdir, or pass --config.resume=False to start afresh (the old '
           'run is moved aside, not deleted).')
+    return saved
+  return {}
