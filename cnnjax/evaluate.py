@@ -56,12 +56,16 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   `defaults`: configs/default.py's config, under the run's saved one.
   """
   from cnnjax import sharding
-  from cnnjax.data import datasets
+  from cnnjax.data import datasets, image_tree
   from cnnjax.runs import atomic, preemption, report, saved, writers
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
   if local_data_dir is not None:
     config.local_data_dir = local_data_dir
+  elif config.local_data_dir and not os.path.exists(config.local_data_dir):
+    raise image_tree.LocalDataError(
+        f'The run read its data from {config.local_data_dir}, which does not exist (any more, '
+        'or from here): pass --local_data_dir=DIR where those files are now.')
   split = split or config.test_split
   options = datasets.DataOptions.from_config(config)
   spec = datasets.saved_spec(workdir, options)
