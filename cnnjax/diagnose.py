@@ -106,6 +106,8 @@ def main(argv):
   cli.quiet_console_by_default()
   from configs import default
   with cli.running_as_tool('cnnjax.diagnose', preemption.WRITES_NOTHING):
+    from cnnjax import sharding
+    sharding.start_backend()
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,
              lambda report: print(format_report(report), flush=True))
 
