@@ -36,6 +36,18 @@ def test_truncated_idx_file_is_named(tmp_path):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
+def test_the_folder_above_the_data_names_the_data_folder(tmp_path):
+  """`--config.local_data_dir=data` where the files are in data/fashion_mnist/: read as an
+  image tree, it warned of 4 loose files, then found no train/<class>/ images."""
+  os.makedirs(tmp_path / 'data' / 'fashion_mnist')
+  make_idx_dataset(str(tmp_path / 'data' / 'fashion_mnist'))
+  (tmp_path / 'data' / 'notes.txt').write_text('downloaded on Monday')
+  with pytest.raises(image_tree.LocalDataError,
+                     match="holds no dataset files itself, but its folder fashion_mnist/ does: "
+                           f"point config.local_data_dir at {tmp_path}/data/fashion_mnist"):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'data'))
+
+
 def test_idx_files_under_the_names_and_packings_they_travel_by(tmp_path):
   arrays = make_idx_dataset(str(tmp_path))
   # Unpacked; unpacked but still named .gz; gzipped without .gz; a mirror's dotted names.

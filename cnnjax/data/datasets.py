@@ -332,12 +332,29 @@ ARRAY_KINDS = {'idx': idx_files.read_idx_split, 'csv': csv_files.read_csv_split,
                'cifar': cifar_batches.read_split}
 
 
-def _local_kind(root: str) -> str:
+def _array_kind(root: str) -> str | None:
+  """The kind of dataset files `root` holds, where they are arrays rather than a tree."""
   if idx_files.is_idx_dir(root):
     return 'idx'
   if csv_files.is_csv_dir(root):
     return 'csv'
-  return 'cifar' if cifar_batches.is_cifar_batches(root) else 'tree'
+  return 'cifar' if cifar_batches.is_cifar_batches(root) else None
+
+
+def _local_kind(root: str) -> str:
+  """How the files at `root` are read: 'idx', 'csv', 'cifar' or 'tree'. A folder with no
+  train/ split whose sub-folder holds array files (the folder above the data, say) is an
+  error naming that sub-folder, where it would be read as an empty image tree."""
+  kind = _array_kind(root)
+  if kind or not os.path.isdir(root) or os.path.isdir(os.path.join(root, 'train')):
+    return kind or 'tree'
+  for name in sorted(os.listdir(root)):
+    inner = os.path.join(root, name)
+    if os.path.isdir(inner) and _array_kind(inner):
+      raise image_tree.LocalDataError(
+          f'{root} holds no dataset files itself, but its folder {name}/ does: point '
+          f'config.local_data_dir at {inner}.')
+  return 'tree'
 
 
 def _check_batch_classes(root: str, class_names: tuple[str, ...]) -> None:
