@@ -7,12 +7,13 @@ from cnnjax.data.image_tree import LocalDataError
 from tests.helpers import load_dataset, make_idx_dataset
 
 
-def write_csv(path, images, labels, header=True):
+def write_csv(path, images, labels, header=True, delimiter=',', encoding='utf-8'):
   rows = np.concatenate([labels[:, None], images.reshape(len(images), -1)], axis=1)
-  with open(path, 'w') as f:
+  with open(path, 'w', encoding=encoding) as f:
     if header:
-      f.write('label,' + ','.join(f'pixel{i + 1}' for i in range(rows.shape[1] - 1)) + '\n')
-    np.savetxt(f, rows, fmt='%d', delimiter=',')
+      f.write(f'label{delimiter}'
+              + delimiter.join(f'pixel{i + 1}' for i in range(rows.shape[1] - 1)) + '\n')
+    np.savetxt(f, rows, fmt='%d', delimiter=delimiter)
 
 
 def test_kaggle_csv_files_give_the_idx_files_arrays(tmp_path):
@@ -30,6 +31,23 @@ def test_kaggle_csv_files_give_the_idx_files_arrays(tmp_path):
   assert from_csv.source == f'local:{tmp_path}/csv'
 
 
+@pytest.mark.parametrize('delimiter, encoding', [(',', 'utf-8-sig'), (';', 'utf-8'),
+                                                 ('\t', 'utf-8-sig')])
+@pytest.mark.parametrize('header', [False, True])
+def test_csv_files_as_excel_saves_them(delimiter, encoding, header, tmp_path):
+  """A byte-order mark ('CSV UTF-8'), semicolons (where ',' is the decimal mark) or tabs: every
+  row read. The mark before a first row of numbers once made it look like a header, dropped."""
+  arrays = make_idx_dataset(str(tmp_path), num_train=30, num_test=10)
+  for split, name in (('train', 'train'), ('t10k', 'test')):
+    write_csv(tmp_path / f'fashion-mnist_{name}.csv', *arrays[split], header, delimiter,
+              encoding)
+  for name in ('train', 'test'):
+    images, labels = csv_files.read_csv_split(str(tmp_path), name)
+    expected_images, expected_labels = arrays['train' if name == 'train' else 't10k']
+    np.testing.assert_array_equal(images[..., 0], expected_images)
+    np.testing.assert_array_equal(labels, expected_labels)
+
+
 def test_csv_files_that_do_not_fit_are_named(tmp_path):
   images = np.zeros((4, 28, 28), np.uint8)
   labels = np.arange(4)
@@ -40,6 +58,9 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   with open(tmp_path / 'test.csv', 'a') as f:
     f.write('3,1,2\n')  # A short row.
   with pytest.raises(LocalDataError, match='test.csv is not a CSV of a label and pixel values'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  write_csv(tmp_path / 'test.csv', images, labels, delimiter=' ')  # Neither , nor ; nor tab.
+  with pytest.raises(LocalDataError, match="not a CSV .* could not convert string '0 0 0"):
     csv_files.read_csv_split(str(tmp_path), 'test')
   write_csv(tmp_path / 'test.csv', images.astype(np.int64) + 300, labels)
   with pytest.raises(LocalDataError, match='pixel values outside 0..255 \\(300 to 300\\)'):

@@ -4,7 +4,8 @@ A folder holding one `.csv` file with `train` in its name and one with `test`
 (`fashion-mnist_train.csv`, `fashion-mnist_test.csv`; `mnist_train.csv`, ...).
 Each row is one example: its label, then its pixels row by row (784 of them for
 28x28 images). A header row of column names (`label,pixel1,...`) is skipped where
-there is one. Rows keep the file's order.
+there is one. Rows keep the file's order. Excel's ways of saving a CSV are read too:
+a UTF-8 byte-order mark, and semicolons or tabs between the values.
 """
 import os
 
@@ -43,9 +44,12 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
   path = _csv_path(root, split)
   try:
-    with open(path, encoding='utf-8') as f:
-      header = 0 if f.readline().split(',', 1)[0].strip().lstrip('-').isdigit() else 1
-    rows = np.loadtxt(path, delimiter=',', dtype=np.int64, skiprows=header, ndmin=2)
+    with open(path, encoding='utf-8-sig') as f:
+      first = f.readline()
+    delimiter = next((d for d in ',;\t' if d in first), ',')
+    header = 0 if first.split(delimiter, 1)[0].strip().lstrip('-').isdigit() else 1
+    rows = np.loadtxt(path, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2,
+                      encoding='utf-8-sig')
   except (OSError, ValueError, UnicodeError) as e:
     raise LocalDataError(f'{path} is not a CSV of a label and pixel values per row '
                          f'({type(e).__name__}: {e}).') from e
