@@ -208,6 +208,30 @@ def expand_home_in_paths(config) -> None:
       config[field] = os.path.expanduser(config[field])
 
 
+def _missing_path(reason: str) -> str | None:
+  match = re.search(r"No such file or directory: '(.+)'$", reason)
+  return match[1] if match else None
+
+
+def closest_config_file(missing: str | None) -> str:
+  """'; did you mean --config=FILE?' for a config path that does not exist, FILE the config
+  file nearest to it in spelling, in the folder it names or in cnnjax's configs/ (a typo,
+  a missing '.py', 'configs.cnn_simple'); '' where none is near."""
+  import difflib
+  import glob
+  if not missing or os.path.exists(missing):
+    return ''
+  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+  by_name = {}  # Each config file by its name alone, as the user's path would name it.
+  for folder in (configs, os.path.dirname(missing) or '.'):
+    for path in sorted(glob.glob(os.path.join(folder, '[!_]*.py'))):
+      shown = os.path.relpath(path)
+      by_name[os.path.basename(path)[:-3]] = shown if not shown.startswith('..') else path
+  name = re.split(r'[./\\]', missing.removesuffix('.py'))[-1]
+  match = difflib.get_close_matches(name, sorted(by_name), n=1, cutoff=0.75)
+  return f'; did you mean --config={by_name[match[0]]}?' if match else ''
+
+
 def flag_error_message(error: Exception) -> str:
   """What went wrong parsing a command line's config flags, as one line."""
   text = str(error)
@@ -233,7 +257,8 @@ def flag_error_message(error: Exception) -> str:
     reason = text.strip().splitlines()[-1].strip()
     return ('cannot load the config file: '
             + reason.removeprefix('Configuration is not available because of an earlier '
-                                  'failure to load: '))
+                                  'failure to load: ')
+            + closest_config_file(getattr(error, 'filename', None) or _missing_path(reason)))
   if isinstance(error, flags.Error) and 'Traceback (most recent call last)' in text:
     raised = text.strip().splitlines()[-1].strip()  # ml_collections quotes the whole traceback.
     hint = (" (the text after ':' in --config=FILE:ARGS is passed to get_config: leave it out, "
