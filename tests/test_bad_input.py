@@ -107,6 +107,9 @@ MAIN_CASES = {
         config_with_data('vgg_scratch_he', '--config.model_kwargs.kernel_init=he_uniform'),
         "Unknown kernel_init 'he_uniform'"),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
+    'dataset name spelt otherwise': (with_data('--config.dataset=FashionMNIST'),
+                                     "Unknown dataset 'FashionMNIST' (config.dataset); did "
+                                     "you mean 'fashion_mnist'?"),
     'dataset name with a hyphen': (with_data('--config.dataset=fashion-mnist'),
                                    "Unknown dataset 'fashion-mnist' (config.dataset); did you "
                                    "mean 'fashion_mnist'?"),

@@ -16,6 +16,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import numpy as np
@@ -166,8 +167,9 @@ def describe(options: DataOptions) -> DatasetSpec:
     tree = _listed_tree(root)
     return DatasetSpec(_sized((None, None, None), options, root),
                        image_tree.class_names(tree, root), tree)
-  meant = name.strip().lower().replace('-', '_')
-  if meant in DATASETS or meant == IMAGE_FOLDER:  # A slip: said before TensorFlow loads.
+  by_letters = {re.sub('[^a-z0-9]', '', known): known for known in (*DATASETS, IMAGE_FOLDER)}
+  meant = by_letters.get(re.sub('[^a-z0-9]', '', name.lower()))
+  if meant:  # A slip ('fashion-mnist', 'cifar_10', 'FashionMNIST'): said before TF loads.
     raise ConfigError(f'Unknown dataset {name!r} (config.dataset); did you mean {meant!r}?')
   info = tfds_source.builder_info(name, options.tfds_data_dir)
   keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
