@@ -84,6 +84,21 @@ def write_image_tree(root, images, labels, class_names, split):
     Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'))
 
 
+@pytest.mark.parametrize('test_class, message', [
+    ('Cat', 'Folder test/Cat in .* is not a class of this dataset: it differs from class cat in '
+            'case alone; rename one of the two folders'),
+    ('bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\)'),
+])
+def test_a_test_folder_that_names_no_training_class(test_class, message, tmp_path):
+  images = np.zeros((4, 6, 6, 3), np.uint8)
+  write_image_tree(str(tmp_path), images, [0, 0, 1, 1], ['cat', 'dog'], 'train')
+  write_image_tree(str(tmp_path), images, [0, 0, 1, 1], [test_class, 'dog'], 'test')
+  with pytest.raises(image_tree.LocalDataError, match=message):
+    datasets.load_dataset(datasets.DataOptions('image_folder', 'train', '', 'test',
+                                               local_data_dir=str(tmp_path), image_size=6,
+                                               channels=3))
+
+
 def local_order(labels, class_names):
   """The order the reader gives files written by `write_image_tree` (named by index)."""
   keys = [image_tree.example_order_key(class_names[label], f'{i:05d}.png')

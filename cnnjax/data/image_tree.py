@@ -354,8 +354,11 @@ def _check_classes(files: Sequence[TreeFile], split: str, root: str,
   known = set(class_names_)
   for f in files:
     if f.cls not in known:
-      raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset '
-                           f'({", ".join(class_names_)}).')
+      twin = next((name for name in class_names_ if name.casefold() == f.cls.casefold()), None)
+      hint = (f': it differs from class {twin} in case alone; rename one of the two folders'
+              if twin else f' ({", ".join(class_names_)})')
+      raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset'
+                           f'{hint}.')
 
 
 def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
