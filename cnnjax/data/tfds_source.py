@@ -74,8 +74,8 @@ _NATIVE_LOG_LINE = re.compile(r'^([IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] |'
 def _native_import_logs_hidden() -> Iterator[None]:
   """Hides what C++ code writes to stderr in absl's format while inside, where the console
   is to show the run's own lines only (absl's verbosity WARNING or quieter: cnnjax's tools
-  without --verbosity); anything else written there is shown once inside is left. A crash
-  inside would take its message with it: `--verbosity=0` shows everything as written."""
+  without --verbosity); whatever else is written there meanwhile is shown when it ends. A
+  crash inside would take its message with it: `--verbosity=0` shows everything as written."""
   from absl import logging as absl_logging
   if absl_logging.get_verbosity() >= absl_logging.INFO:
     yield
@@ -102,11 +102,10 @@ class _HostNotFound(ConnectionError):
 class _NoRetryForAnUnresolvedHost(logging.Filter):
   """On urllib3's logger, which warns of each retry before it waits: a retry after a host
   name failed to resolve raises instead (where urllib3's warnings are on, as in cnnjax's
-  tools). TFDS retries a download 10 times, for 3.5 minutes
-  in all, which helps with a server's hiccup but not a machine that is offline; each retry
-  would also print a warning for every file. It stays for the process's life: TFDS downloads
-  in threads, and one still retrying after another's error ended the load would hold the
-  process's exit."""
+  tools). TFDS retries a download 10 times, for 3.5 minutes in all, which helps with a
+  server's hiccup but not a machine that is offline; each retry would also print a warning
+  for every file. It stays for the process's life: TFDS downloads in threads, and one still
+  retrying after another's error ended the load would hold the process's exit."""
 
   def filter(self, record: logging.LogRecord) -> bool:
     cause = record.args[1] if isinstance(record.args, tuple) and len(record.args) > 1 else None

@@ -37,6 +37,11 @@ LENGTH_FIELDS = ('num_epochs', 'fine_tune.num_epochs')
 STAGE_LONG_SCHEDULES = frozenset({'warmup_cosine', 'onecycle', 'piecewise'})
 
 
+def _flat_config(config: ml_collections.ConfigDict) -> dict[str, Any]:
+  """`config`'s fields by dotted name, with its values as config.json holds them."""
+  return _flatten(json.loads(json.dumps(config.to_dict())))
+
+
 def _flatten(tree: dict[str, Any], prefix: str = '') -> dict[str, Any]:
   flat = {}
   for key, value in tree.items():
@@ -54,8 +59,7 @@ def config_differences(saved: dict[str, Any], config: ml_collections.ConfigDict,
   A field the saved run does not have (added to cnnjax later) counts as
   unchanged while the config keeps its default (`defaults`: configs/default.py).
   """
-  current = _flatten(json.loads(json.dumps(config.to_dict())))
-  defaults = _flatten(json.loads(json.dumps(defaults.to_dict())))
+  current, defaults = _flat_config(config), _flat_config(defaults)
   saved = _flatten(saved)
   saved.update({k: v for k, v in defaults.items() if k not in saved})
   return [f'{k}: {saved.get(k, "<unset>")!r} -> {current.get(k, "<unset>")!r}'
@@ -69,7 +73,7 @@ def warn_of_a_bent_schedule(saved: dict[str, Any], config: ml_collections.Config
   reached 0 starts again part way up), which neither length alone would have given."""
   if config.schedule not in STAGE_LONG_SCHEDULES:
     return
-  saved, current = _flatten(saved), _flatten(json.loads(json.dumps(config.to_dict())))
+  saved, current = _flatten(saved), _flat_config(config)
   changed = [f'config.{k} {saved[k]} -> {current[k]}' for k in LENGTH_FIELDS
              if k in saved and saved[k] != current.get(k)]
   if changed:
