@@ -162,8 +162,9 @@ COMMAND_LINE_CASES = {
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
                                "No such file or directory: 'configs/cnn_simpel.py'; did you "
                                f'mean --config={REPO_ROOT}/configs/cnn_simple.py?'),
-    'a config module name': (lambda data, tmp_path: [f'--config={REPO_ROOT}/configs.vgg_scratch_bn'],
-                             f'did you mean --config={REPO_ROOT}/configs/vgg_scratch_bn.py?'),
+    'a config module name': (
+        lambda data, tmp_path: [f'--config={REPO_ROOT}/configs.vgg_scratch_bn'],
+        f'did you mean --config={REPO_ROOT}/configs/vgg_scratch_bn.py?'),
     'a directory as --config': (lambda data, tmp_path: [f'--config={tmp_path}'],
                                 'cannot load the config file: [Errno 21] Is a directory'),
     'a stray argument': (lambda data, tmp_path: [CNN_SIMPLE, 'batch_size=3'],

@@ -41,11 +41,9 @@ def test_csv_files_as_excel_saves_them(delimiter, encoding, header, tmp_path):
   for split, name in (('train', 'train'), ('t10k', 'test')):
     write_csv(tmp_path / f'fashion-mnist_{name}.csv', *arrays[split], header, delimiter,
               encoding)
-  for name in ('train', 'test'):
     images, labels = csv_files.read_csv_split(str(tmp_path), name)
-    expected_images, expected_labels = arrays['train' if name == 'train' else 't10k']
-    np.testing.assert_array_equal(images[..., 0], expected_images)
-    np.testing.assert_array_equal(labels, expected_labels)
+    np.testing.assert_array_equal(images[..., 0], arrays[split][0])
+    np.testing.assert_array_equal(labels, arrays[split][1])
 
 
 def test_csv_files_that_do_not_fit_are_named(tmp_path):
