@@ -1,6 +1,12 @@
 """Classifies your own images with a trained run.
 
     python -m cnnjax.predict --workdir=checkpoints/cnn_simple shirt.png boot.jpg [--json]
+    python -m cnnjax.predict --workdir=checkpoints/cnn_simple photos/
+
+A folder stands for the files under it, at any depth, in name order; those
+that are not readable images are skipped with one warning (a named file that
+is not one is an error). Images are decoded and classified a few thousand at
+a time, so a folder of any size fits in memory.
 
 Images of any size, grey or colour, are converted as the training data was:
 to the dataset's channels (grey for Fashion-MNIST, RGB for CIFAR-10) and
@@ -22,12 +28,56 @@ import sys
 # traceback (numpy, jax and the rest load inside `predict`, under the handler).
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+CHUNK_IMAGES = 2048  # Decoded and classified at a time (rounded up to evaluation batches).
+_SHOWN_SKIPPED = 3  # Files the skip warning names.
+
+
+def image_files(paths: list[str]) -> list[tuple[str, bool]]:
+  """(path, named) for each image to classify: a path as given (named), a folder as the
+  visible files under it (`image_tree.files_under`), sorted by name. A named file that is missing, or whose
+  header is not an image's, is an error here, before the model is built."""
+  from cnnjax.data import image_tree, images
+  files = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = [os.path.join(path, name) for name in sorted(image_tree.files_under(path))]
+      if not found:
+        raise images.ImageInputError(f'{path} is a folder with no files in it; pass image '
+                                     'files, or a folder that holds them.')
+      files += [(file, False) for file in found]
+    elif not os.path.exists(path):
+      raise images.ImageInputError(f'{path} does not exist.')
+    elif problem := images.header_problem(path):
+      raise images.ImageInputError(f'{path} is not an image that can be read ({problem}).')
+    else:
+      files.append((path, True))
+  return files
+
+
+def _decoded(files: list[tuple[str, bool]], image_shape: tuple[int, int, int]
+             ) -> tuple[list[str], list, list[str]]:
+  """The paths and arrays of `files` that decode; a named file that does not is an error, a
+  folder's is skipped (its path and why, third)."""
+  from cnnjax.data import images
+  paths, arrays, skipped = [], [], []
+  for path, named in files:
+    try:
+      arrays.append(images.load_image(path, image_shape))
+      paths.append(path)
+    except images.ImageInputError as e:
+      if named:
+        raise
+      skipped.append(f'{path} ({e.reason})')
+  return paths, arrays, skipped
+
 
 def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict]:
-  """The `top` classes and probabilities for each image in `paths`.
+  """The `top` classes and probabilities for each image in `paths` (files, or folders of them).
 
   `defaults`: configs/default.py's config, under the run's saved one.
   """
+  import logging
+  import math
   import numpy as np
   from cnnjax import sharding
   from cnnjax.data import datasets, images
@@ -35,18 +85,31 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
   spec = datasets.saved_spec(workdir, datasets.DataOptions.from_config(config))
-  batch = np.stack([images.load_image(path, spec.image_shape) for path in paths])  # Fail early.
+  files = image_files(paths)  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   state = saved.evaluation_state(experiment, workdir, config).state
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
-  probabilities = trainer.probabilities(state, batch)
-  predictions = []
-  for path, row in zip(paths, probabilities):
-    best = np.argsort(row)[::-1][:top]
-    predictions.append({'image': path, 'top': [
-        {'class': spec.class_names[i], 'index': int(i), 'probability': float(row[i])}
-        for i in best]})
+  chunk = math.ceil(CHUNK_IMAGES / trainer.eval_batch_size) * trainer.eval_batch_size
+  predictions, skipped = [], []
+  for start in range(0, len(files), chunk):
+    chunk_paths, arrays, chunk_skipped = _decoded(files[start:start + chunk], spec.image_shape)
+    skipped += chunk_skipped
+    if not arrays:
+      continue
+    for path, row in zip(chunk_paths, trainer.probabilities(state, np.stack(arrays))):
+      best = np.argsort(row)[::-1][:top]
+      predictions.append({'image': path, 'top': [
+          {'class': spec.class_names[i], 'index': int(i), 'probability': float(row[i])}
+          for i in best]})
+  if skipped:
+    more = (f' and {len(skipped) - _SHOWN_SKIPPED} more' if len(skipped) > _SHOWN_SKIPPED
+            else '')
+    logging.warning('Skipped %d file(s) that are not readable images: %s%s.', len(skipped),
+                    '; '.join(skipped[:_SHOWN_SKIPPED]), more)
+  if not predictions:
+    raise images.ImageInputError(f'No readable images in {", ".join(paths)}: '
+                                 f'{len(skipped)} file(s), none an image Pillow reads.')
   return predictions
 
 
@@ -65,7 +128,8 @@ def main(argv: list[str] | None = None) -> None:
                       help='The run directory (as for cnnjax.main).')
   parser.add_argument('--top', type=int, default=3, help='Classes to print per image.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of text.')
-  parser.add_argument('images', nargs='+', metavar='IMAGE')
+  parser.add_argument('images', nargs='+', metavar='IMAGE',
+                      help='Image files, or folders of them.')
   args = parser.parse_args(argv)
   if args.top < 1:
     parser.error(f'--top={args.top}: print at least 1 class per image.')

@@ -222,6 +222,69 @@ def test_predict_gives_the_probabilities_of_the_runs_evaluation(tmp_path, idx_di
       [p['top'][0]['index'] == label for p, label in zip(predictions, test.labels)]))
 
 
+def test_predict_reads_a_folder_a_chunk_at_a_time_and_skips_what_is_no_image(
+    trained, tmp_path, monkeypatch):
+  """A folder stands for its images at any depth, in name order, with the probabilities each
+  gets when named alone; files that are not images are skipped with one warning, hidden ones
+  without; decoding a chunk at a time changes no probability."""
+  _, workdir = trained
+  photos = tmp_path / 'photos'
+  (photos / 'shoes' / '2024').mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  named = []
+  for name in ['b.png', 'shoes/a.jpg', 'shoes/2024/c.png', 'a.png']:
+    named.append(str(photos / name))
+    Image.fromarray(rng.integers(0, 256, (30, 20, 3), np.uint8)).save(named[-1])
+  (photos / 'notes.txt').write_text('sizes and prices')
+  (photos / '.DS_Store').write_bytes(b'\0\0\0\1Bud1')
+  alone = {path: predict_lib.predict(workdir, [path], defaults(), top=10)[0]['top']
+           for path in named}
+  result = run_module('cnnjax.predict', f'--workdir={workdir}', '--json', '--top=10',
+                      str(photos))
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr.strip() == (f'cnnjax.predict: warning: Skipped 1 file(s) that are not '
+                                   f'readable images: {photos}/notes.txt (not in an image '
+                                   'format Pillow reads).')
+  printed = json.loads(result.stdout)
+  assert [p['image'] for p in printed] == [str(photos / name) for name in [
+      'a.png', 'b.png', 'shoes/2024/c.png', 'shoes/a.jpg']]
+  for prediction in printed:
+    got = {p['index']: p['probability'] for p in prediction['top']}
+    want = {p['index']: p['probability'] for p in alone[prediction['image']]}
+    assert got.keys() == want.keys()
+    np.testing.assert_allclose([got[i] for i in want], list(want.values()), rtol=1e-6)
+
+  saved_config = os.path.join(workdir, 'config.json')
+  config = json.load(open(saved_config))
+  config['eval_batch_size'] = 2  # With CHUNK_IMAGES 1: chunks of 2 images.
+  json.dump(config, open(saved_config, 'w'))
+  monkeypatch.setattr(predict_lib, 'CHUNK_IMAGES', 1)
+  chunks = []
+  decoded = predict_lib._decoded
+  monkeypatch.setattr(predict_lib, '_decoded',
+                      lambda files, shape: chunks.append(len(files)) or decoded(files, shape))
+  chunked = predict_lib.predict(workdir, [str(photos)], defaults(), top=10)
+  assert chunks == [2, 2, 1]  # Four images and the text file, in name order.
+  for prediction, whole in zip(chunked, printed, strict=True):
+    assert prediction['image'] == whole['image']
+    np.testing.assert_allclose([p['probability'] for p in prediction['top']],
+                               [p['probability'] for p in whole['top']], rtol=1e-5, atol=1e-6)
+
+  for folder, contents, line in [
+      ('empty', {}, 'is a folder with no files in it; pass image files, or a folder that '
+       'holds them.'),
+      ('texts', {'a.txt': 'x', 'b.csv': '1,2'}, None)]:
+    (tmp_path / folder).mkdir()
+    for name, text in contents.items():
+      (tmp_path / folder / name).write_text(text)
+    result = run_module('cnnjax.predict', f'--workdir={workdir}', str(tmp_path / folder))
+    assert result.returncode == 2 and 'Traceback' not in result.stderr, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (f'cnnjax.predict: error: {tmp_path / folder} {line}' if line else
+                    f'cnnjax.predict: error: No readable images in {tmp_path / folder}: 2 '
+                    'file(s), none an image Pillow reads.')
+
+
 def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_path):
   _, workdir = trained
   text = tmp_path / 'notes.png'

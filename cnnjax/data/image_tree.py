@@ -135,7 +135,7 @@ def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
                     ', '.join(names[:_SHOWN_SKIPPED]), more, split)
 
 
-def _files_under(directory: str) -> list[str]:
+def files_under(directory: str) -> list[str]:
   """The visible files under `directory`, at any depth, as '/'-joined relative names.
   Linked sub-folders are not followed (a link back up would never end)."""
   names = []
@@ -162,7 +162,7 @@ def _directory_files(root: str) -> Listing:
         loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir))
       elif os.path.isdir(cls_dir):
         files = [TreeFile(cls, name, path=os.path.join(cls_dir, name))
-                 for name in _files_under(cls_dir)]
+                 for name in files_under(cls_dir)]
         tree.setdefault(split, []).extend(files)
         if not files:
           empty.append(f'{split}/{cls}')

@@ -148,8 +148,6 @@ def load_image(path: str, image_shape: tuple[int, int, int]) -> np.ndarray:
       payload = f.read()
   except FileNotFoundError as e:
     raise ImageInputError(f'{path} does not exist.') from e
-  except IsADirectoryError as e:
-    raise ImageInputError(f'{path} is a directory; pass image files.') from e
   try:
     return decode(payload, image_shape)
   except ImageInputError as e:
