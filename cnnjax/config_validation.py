@@ -22,7 +22,8 @@ from cnnjax.training import optimizers
 from cnnjax.training import recipes
 from cnnjax.training import stages
 
-POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints')
+POSITIVE_INT_FIELDS = ('batch_size', 'eval_batch_size', 'num_epochs', 'keep_checkpoints',
+                       'collapse_guard.every_steps', 'collapse_guard.patience_steps')
 
 
 # Sub-configs whose fields belong to someone else: model_kwargs are checked by the model.
@@ -41,24 +42,51 @@ def _unknown_fields(config: ml_collections.ConfigDict, default: ml_collections.C
   return sorted(unknown)
 
 
-def _check_positive(config: ml_collections.ConfigDict, field: str, zero_means_off: bool = False
-                    ) -> None:
-  """`config.<field>` (dotted) is a finite number above 0 (or 0, where it turns a feature
-  off): `inf` passes a plain `> 0` and turns the first step's loss into NaN."""
+def _value(config: ml_collections.ConfigDict, field: str):
+  """`config.<field>`, `field` dotted ('augment.crop_padding')."""
   value = config
   for part in field.split('.'):
     value = value[part]
-  if not (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+  return value
+
+
+def _is_number(value) -> bool:
+  return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_positive(config: ml_collections.ConfigDict, field: str, zero_means_off: bool = False
+                    ) -> None:
+  """`config.<field>` is a finite number above 0 (or 0, where it turns a feature off): `inf`
+  passes a plain `> 0` and turns the first step's loss into NaN."""
+  value = _value(config, field)
+  if not (_is_number(value) and math.isfinite(value)
           and (value > 0 or (zero_means_off and value == 0))):
     allowed = '0 (off) or a positive finite number' if zero_means_off else 'positive and finite'
     raise ConfigError(f'config.{field} must be {allowed}, got {value!r}.')
 
 
+def _check_count(config: ml_collections.ConfigDict, field: str, zero_means: str = '') -> None:
+  """`config.<field>` is an integer from 1, or from 0 where `zero_means` says what 0 does."""
+  value = _value(config, field)
+  if not (isinstance(value, int) and not isinstance(value, bool)
+          and value >= (0 if zero_means else 1)):
+    allowed = f'0 ({zero_means}) or a positive integer' if zero_means else 'a positive integer'
+    raise ConfigError(f'config.{field} must be {allowed}, got {value!r}.')
+
+
+def _check_fraction(config: ml_collections.ConfigDict, field: str, one_allowed: bool = False,
+                    zero_means: str = '') -> None:
+  """`config.<field>` is in [0, 1), or [0, 1] where `one_allowed`."""
+  value = _value(config, field)
+  if not (_is_number(value) and 0 <= value and (value < 1 or one_allowed and value == 1)):
+    interval = '[0, 1]' if one_allowed else '[0, 1)'
+    raise ConfigError(f'config.{field} must be in {interval}'
+                      + (f' ({zero_means})' if zero_means else '') + f', got {value!r}.')
+
+
 def _check_fine_tune(config: ml_collections.ConfigDict, backbone: str | None) -> None:
   fine_tune = config.fine_tune
-  if not isinstance(fine_tune.num_epochs, int) or fine_tune.num_epochs < 0:
-    raise ConfigError('config.fine_tune.num_epochs must be 0 (no fine-tuning) or a positive '
-                      f'integer, got {fine_tune.num_epochs!r}.')
+  _check_count(config, 'fine_tune.num_epochs', zero_means='no fine-tuning')
   if not fine_tune.num_epochs:
     return
   if backbone is None:
@@ -105,9 +133,7 @@ def _check_data(config: ml_collections.ConfigDict) -> None:
     raise ConfigError(f'config.data_in_memory must be one of {datasets.IN_MEMORY_CHOICES}, got '
                       f'{config.data_in_memory!r}.')
   for field in ('image_size', 'data_workers'):
-    if not isinstance(config[field], int) or config[field] < 0:
-      raise ConfigError(f'config.{field} must be 0 (the default) or a positive integer, got '
-                        f'{config[field]!r}.')
+    _check_count(config, field, zero_means='the default')
   if config.channels not in (0, 1, 3):
     raise ConfigError(f'config.channels must be 1 (grey), 3 (RGB) or 0 (the dataset\'s own), '
                       f'got {config.channels!r}.')
@@ -125,15 +151,10 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   if config.weight_decay and config.optimizer == 'adam':
     raise ConfigError('config.weight_decay needs --config.optimizer=adamw (decoupled) or sgd; '
                       "Adam's would be L2 through the moments, which cnnjax does not offer.")
-  if not isinstance(config.plateau_patience, int) or config.plateau_patience < 1:
-    raise ConfigError(f'config.plateau_patience must be a positive integer, got '
-                      f'{config.plateau_patience!r}.')
-  if not 0 <= config.ema_decay < 1:
-    raise ConfigError(f'config.ema_decay must be in [0, 1) (0 = off), got {config.ema_decay!r}.')
-  if not 0 <= config.momentum < 1:
-    raise ConfigError(f'config.momentum must be in [0, 1), got {config.momentum!r}.')
-  if not 0 <= config.label_smoothing < 1:
-    raise ConfigError(f'config.label_smoothing must be in [0, 1), got {config.label_smoothing!r}.')
+  _check_count(config, 'plateau_patience')
+  _check_fraction(config, 'ema_decay', zero_means='0 = off')
+  _check_fraction(config, 'momentum')
+  _check_fraction(config, 'label_smoothing')
   boundaries = tuple(config.lr_boundaries)
   if not (all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(set(boundaries))):
     raise ConfigError('config.lr_boundaries are fractions of a stage\'s steps, each in (0, 1), '
@@ -141,16 +162,10 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   if not 0 < config.lr_decay_factor < 1:  # 0 would stop training without a word.
     raise ConfigError('config.lr_decay_factor multiplies the learning rate at each cut: it must '
                       f'be in (0, 1), got {config.lr_decay_factor!r}.')
+  for field in ('augment.crop_padding', 'augment.translate_test'):
+    _check_count(config, field, zero_means='off')
+  _check_fraction(config, 'augment.erasing_prob', one_allowed=True)
   augment = config.augment
-  if not isinstance(augment.crop_padding, int) or augment.crop_padding < 0:
-    raise ConfigError(f'config.augment.crop_padding must be 0 (off) or a positive integer, got '
-                      f'{augment.crop_padding!r}.')
-  if not 0 <= augment.erasing_prob <= 1:
-    raise ConfigError(f'config.augment.erasing_prob must be in [0, 1], got '
-                      f'{augment.erasing_prob!r}.')
-  if not isinstance(augment.translate_test, int) or augment.translate_test < 0:
-    raise ConfigError(f'config.augment.translate_test must be 0 (off) or a positive integer, '
-                      f'got {augment.translate_test!r}.')
   augmenting = (augment.crop_padding or augment.flip or augment.erasing_prob or augment.flip_test
                 or augment.translate_test)
   if augmenting and config.cache_features:
@@ -185,17 +200,13 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
     raise ConfigError(f'Unknown config field(s) {unknown}: not defined in configs/default.py. '
                       'Check the spelling, or add the field to configs/default.py.')
   for field in POSITIVE_INT_FIELDS:
-    value = config[field]
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
+    _check_count(config, field)
   if (not isinstance(config.num_train_steps, int) or config.num_train_steps == 0
       or config.num_train_steps < -1):
     raise ConfigError('config.num_train_steps must be -1 (the whole run) or a positive integer, '
                       f'got {config.num_train_steps!r}.')
-  if not isinstance(config.steps_per_dispatch, int) or config.steps_per_dispatch < 0:
-    raise ConfigError('config.steps_per_dispatch must be 0 (1 on CPU, '
-                      f'{dispatch.ACCELERATOR_STEPS_PER_DISPATCH} on GPU/TPU) or a positive '
-                      f'integer, got {config.steps_per_dispatch!r}.')
+  _check_count(config, 'steps_per_dispatch', zero_means=(
+      f'1 on CPU, {dispatch.ACCELERATOR_STEPS_PER_DISPATCH} on GPU/TPU'))
   if str(config.data_on_device).lower() not in dispatch.DATA_ON_DEVICE_CHOICES:
     raise ConfigError(f'config.data_on_device must be one of {dispatch.DATA_ON_DEVICE_CHOICES}, '
                       f'got {config.data_on_device!r}.')
@@ -203,17 +214,9 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
                                                                                   'false'):
     raise ConfigError('config.data_on_device=true needs the training split in memory, and '
                       'config.data_in_memory=false streams it: pass one of them as auto.')
-  if not isinstance(config.checkpoint_every_steps, int) or config.checkpoint_every_steps < 0:
-    raise ConfigError('config.checkpoint_every_steps must be 0 (off) or a positive integer, '
-                      f'got {config.checkpoint_every_steps!r}.')
-  for field in ('collapse_guard.every_steps', 'collapse_guard.patience_steps'):
-    value = config.collapse_guard[field.split('.')[1]]
-    if not isinstance(value, int) or value < 1:
-      raise ConfigError(f'config.{field} must be a positive integer, got {value!r}.')
+  _check_count(config, 'checkpoint_every_steps', zero_means='off')
   _check_positive(config, 'collapse_guard.loss_band')
-  if not isinstance(config.warmup_steps, int) or config.warmup_steps < 0:
-    raise ConfigError(f'config.warmup_steps must be 0 or a positive integer, got '
-                      f'{config.warmup_steps!r}.')
+  _check_count(config, 'warmup_steps', zero_means='no warmup')
   if config.adam_update not in optimizers.UPDATES:
     raise ConfigError(f'config.adam_update must be one of {optimizers.UPDATES}, got '
                       f'{config.adam_update!r}.')

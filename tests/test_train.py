@@ -88,6 +88,31 @@ def test_bad_config_is_rejected_with_the_field_named(overrides, message):
     validate(config)
 
 
+@pytest.mark.parametrize('field,value,message', [
+    ('batch_size', True, 'config.batch_size must be a positive integer, got True.'),
+    ('warmup_steps', -1, 'config.warmup_steps must be 0 (no warmup) or a positive integer, '
+     'got -1.'),
+    ('collapse_guard.every_steps', 0, 'config.collapse_guard.every_steps must be a positive '
+     'integer, got 0.'),
+    ('fine_tune.num_epochs', -2, 'config.fine_tune.num_epochs must be 0 (no fine-tuning) or a '
+     'positive integer, got -2.'),
+    ('augment.erasing_prob', 1.5, 'config.augment.erasing_prob must be in [0, 1], got 1.5.'),
+    ('ema_decay', 1.0, 'config.ema_decay must be in [0, 1) (0 = off), got 1.0.'),
+    ('momentum', -0.1, 'config.momentum must be in [0, 1), got -0.1.'),
+])
+def test_counts_and_fractions_out_of_range_are_named_with_what_is_allowed(field, value,
+                                                                          message):
+  config = load_config('cnn_simple')
+  *parents, name = field.split('.')
+  holder = config
+  for parent in parents:
+    holder = holder[parent]
+  holder[name] = value
+  with pytest.raises(ValueError) as error:
+    validate(config)
+  assert str(error.value) == message
+
+
 def test_unknown_field_is_rejected():
   config = load_config('cnn_simple')
   config.lerning_rate = 0.1
