@@ -356,6 +356,15 @@ def test_predict_reads_a_16_bit_png_as_its_8_bit_twin(data, tmp_path):
                              [p['probability'] for p in sixteen['top']], rtol=1e-5)
 
 
+def test_a_32_bit_grey_tiff_is_scaled_by_its_type_not_clipped(tmp_path):
+  from cnnjax.data import images
+  grey = np.random.default_rng(0).integers(0, 256, (28, 28)).astype(np.uint8)
+  Image.fromarray(grey.astype(np.int32) * 2 ** 23, 'I').save(tmp_path / 'wide.tiff')
+  assert Image.open(tmp_path / 'wide.tiff').mode == 'I'
+  read = images.load_image(str(tmp_path / 'wide.tiff'), (28, 28, 1))[..., 0].astype(int)
+  assert np.abs(read - grey).max() <= 1 and read.max() < 255  # Scaled, where it was clipped.
+
+
 def test_convert_and_diagnose_bad_input(data, tmp_path):
   target = tmp_path / 'a_file'
   target.write_text('keep me')

@@ -32,13 +32,17 @@ class ImageSizeError(UserError, ValueError):
 
 def _to_8_bit(image):
   """16-bit and 32-bit integer (and float) grey images as 8-bit grey, scaled, not clipped:
-  Pillow's own conversion would clip a 16-bit PNG's values above 255 to white."""
+  Pillow's own conversion would clip a 16-bit PNG's values above 255 to white. An integer
+  image is scaled by the range of the narrowest type that holds its values (8, 16 or 32
+  bits), a float one by 1 or 255."""
   from PIL import Image
   array = np.asarray(image, np.float64)
   if image.mode == 'F':
     top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
+  elif image.mode.startswith('I;16') or 255 < array.max(initial=0.0) <= 65535:
+    top = 65535.0
   else:
-    top = 65535.0 if image.mode.startswith('I;16') or array.max(initial=0.0) > 255 else 255.0
+    top = 255.0 if array.max(initial=0.0) <= 255 else 2.0 ** 31 - 1  # Pillow's 'I' is int32.
   return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
 
 
