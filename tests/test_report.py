@@ -135,11 +135,16 @@ def run_module(module, *args):
                         text=True, timeout=300)
 
 
-def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path):
+def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path, monkeypatch):
   result = run_module('cnnjax.evaluate', f'--workdir={tmp_path}')
   assert result.returncode == 2
   assert 'cnnjax.evaluate: error:' in result.stderr and 'holds no cnnjax run' in result.stderr
   assert 'Traceback' not in result.stderr
+  from cnnjax.runs import saved
+  monkeypatch.chdir(tmp_path)
+  with pytest.raises(saved.RunNotFoundError, match=r'^The current directory \(--workdir is '
+                     r'empty\) holds no cnnjax run \(config.json is missing\)'):
+    saved.load_config('', defaults())
 
 
 def test_tools_import_nothing_heavy_before_their_stop_handler():

@@ -50,8 +50,9 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   path = os.path.join(workdir, writers.CONFIG_FILE)
   if not os.path.exists(path):
     raise RunNotFoundError(
-        f'{workdir} holds no cnnjax run ({writers.CONFIG_FILE} is missing). Pass the --workdir '
-        'of a run started with python -m cnnjax.main.')
+        f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
+        f'({writers.CONFIG_FILE} is missing). Pass the --workdir of a run started with '
+        'python -m cnnjax.main.')
   with open(path, encoding='utf-8') as f:
     saved = json.load(f)
   config = ml_collections.ConfigDict(defaults.to_dict())
