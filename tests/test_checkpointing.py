@@ -10,8 +10,9 @@ import time
 import pytest
 
 from cnnjax.runs import checkpoints
-from tests.helpers import (REPO_ROOT, assert_same_run, defaults, load_config, make_idx_dataset,
-                           read_jsonl, shrink, train_and_evaluate, tree_digest)
+from cnnjax.runs import saved as saved_run
+from tests.helpers import (REPO_ROOT, assert_same_run, defaults, experiment, load_config,
+                           make_idx_dataset, read_jsonl, shrink, train_and_evaluate, tree_digest)
 
 
 def resumable_config(name, steps, **overrides):
@@ -97,6 +98,10 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfd
   train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
   corrupt(os.path.join(resumed, 'checkpoints', '6'))
   os.remove(os.path.join(resumed, 'results.json'))
+  before = tree_digest(resumed)
+  # A reader (cnnjax.evaluate, cnnjax.predict) uses the checkpoint before and moves nothing.
+  assert saved_run.restore_latest(experiment(resumable_config('cnn_deep', 6)), resumed).step == 3
+  assert tree_digest(resumed) == before and 'using the previous checkpoint' in caplog.text
   train_and_evaluate(resumable_config('cnn_deep', 6), resumed)
   assert 'Checkpoint step 6' in caplog.text and 'unreadable' in caplog.text
   assert len(os.listdir(os.path.join(resumed, 'checkpoints_unreadable'))) == 1  # Kept, not deleted.
@@ -230,7 +235,6 @@ def test_a_closed_terminal_saves_a_checkpoint_and_the_run_resumes(tmp_path, bigg
 def test_a_run_from_before_new_config_fields_resumes_and_evaluates(tmp_path, mock_tfds):
   """Fields added to configs/default.py after a run started take their defaults."""
   from cnnjax import evaluate
-  from cnnjax.runs import saved as saved_run
   workdir = tmp_path / 'old'
   train_and_evaluate(resumable_config('cnn_simple', 3), str(workdir))
   saved = json.loads((workdir / 'config.json').read_text())

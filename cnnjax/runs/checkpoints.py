@@ -107,6 +107,7 @@ class Checkpointer:
     """`owns_workdir`: the training run, which removes a killed run's unfinished saves."""
     self.workdir = os.path.abspath(workdir)
     self.directory = os.path.join(self.workdir, CHECKPOINT_DIR)
+    self.owns_workdir = owns_workdir
     self.manager = _manager(self.directory, owns_workdir, max_to_keep=keep,
                             enable_async_checkpointing=True)
 
@@ -134,7 +135,7 @@ class Checkpointer:
         meta = self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+        self._pass_over(step, e)
         continue
       stage = meta.get('stage', 0)
       if not 0 <= stage < len(state_templates):
@@ -158,13 +159,24 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_abstract(template)),
             running_metrics=ocp.args.StandardRestore(_abstract(metrics_template))))
       except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+        self._pass_over(step, e)
         continue
       return Restored(step, restored.state, restored.running_metrics, meta)
     return None
 
+  def _pass_over(self, step: int, error: Exception) -> None:
+    """Goes past an unreadable step to the one before. The training run, which owns the
+    workdir, moves it out of the manager's way (`UNREADABLE_DIR`), keeping it for
+    inspection; a reader (`cnnjax.evaluate`, `cnnjax.predict`) leaves the run's files as they
+    are: the step may be one that the run, still training, has just rotated away."""
+    if self.owns_workdir:
+      self._set_aside(step, error)
+    else:
+      logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
+                      'checkpoint, if there is one.', step, self.directory,
+                      type(error).__name__, str(error)[:300])
+
   def _set_aside(self, step: int, error: Exception) -> None:
-    """Moves an unreadable step out of the manager's way, keeping it for inspection."""
     target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
     logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s; trying '
                     'the previous checkpoint, if there is one.', step, self.directory,
