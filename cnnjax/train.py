@@ -142,6 +142,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       + f'{len(data.test):,} test'
       + (', training split held on the device' if on_device else '')
       + f'. {log.num_epochs} epoch(s) of {steps_per_epoch} steps at batch {config.batch_size}'
+      + (f', stopping at step {total_steps} (config.num_train_steps)'
+         if total_steps < experiment.num_epochs * steps_per_epoch else '')
       + (f', {steps_per_call} per call' if steps_per_call > 1 else '')
       + f'; evaluation batch {eval_batch}'
       + (f' ({config.eval_batch_size} rounded up to split over {jax.device_count()} devices)'

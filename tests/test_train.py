@@ -38,6 +38,16 @@ def test_config_trains_on_mock_tfds_and_writes_results(name, tmp_path, mock_tfds
   assert json.loads((tmp_path / 'config.json').read_text())['name'] == name
 
 
+def test_the_start_line_says_where_num_train_steps_cuts_the_run(tmp_path, mock_tfds, capsys):
+  train_and_evaluate(shrink(load_config('mlp_128_64'), num_train_steps=2, num_epochs=5),
+                     str(tmp_path / 'cut'))
+  assert ('1 epoch(s) of 3 steps at batch 8, stopping at step 2 (config.num_train_steps); '
+          in capsys.readouterr().out)
+  train_and_evaluate(shrink(load_config('mlp_128_64'), num_train_steps=-1, num_epochs=2),
+                     str(tmp_path / 'whole'))
+  assert '2 epoch(s) of 3 steps at batch 8; ' in capsys.readouterr().out
+
+
 def structured_batch(num_examples=64, seed=0):
   """Images whose class is visible (a bright row at 2 * label): learnable in a few steps."""
   rng = np.random.default_rng(seed)
