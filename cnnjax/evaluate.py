@@ -49,6 +49,20 @@ def reports_dir(workdir: str, config, split: str, local_data_dir: str | None,
   return os.path.join(workdir, EVALUATIONS_DIR, name)
 
 
+def _load_split(options, split: str, spec, val_split: str):
+  """`datasets.load_split`; where `split` is 'val' or 'validation' and the data has no such
+  split, the error names the one the run validated on (a slice of train, typically)."""
+  from cnnjax.data import datasets
+  from cnnjax.errors import UserError
+  try:
+    return datasets.load_split(options, split, spec)
+  except UserError as e:
+    if split not in ('val', 'validation') or not val_split or val_split == split:
+      raise
+    raise UserError(f"{e} The run validated on {val_split!r}: --split='{val_split}' "
+                    'evaluates that.') from e
+
+
 def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
              split: str | None = None) -> dict:
   """Evaluates the latest checkpoint in `workdir`; writes the reports; returns the metrics.
@@ -72,7 +86,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
   reported = saved.evaluation_state(experiment, workdir, config)
   step, weights = reported.step, reported.weights
-  data = datasets.load_split(options, split, spec)
+  data = _load_split(options, split, spec, config.val_split)
   where = reports_dir(workdir, config, split, local_data_dir,
                       data.fingerprint() if local_data_dir is not None else '', reported.data)
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),

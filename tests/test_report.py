@@ -135,6 +135,22 @@ def run_module(module, *args):
                         text=True, timeout=300)
 
 
+def test_evaluating_val_where_the_run_validated_on_a_slice_names_the_slice(tmp_path, idx_dir):
+  from cnnjax.errors import UserError
+  config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=2,
+                  train_split='train[:80%]', val_split='train[80%:]')
+  workdir = str(tmp_path / 'run')
+  train_and_evaluate(config, workdir)
+  for split in ('val', 'validation'):
+    with pytest.raises(UserError) as error:
+      evaluate_lib.evaluate(workdir, defaults(), split=split)
+    assert str(error.value).startswith(f"IDX datasets have splits ['test', 'train'], not "
+                                       f"'{split}'.")
+    assert str(error.value).endswith("The run validated on 'train[80%:]': "
+                                     "--split='train[80%:]' evaluates that.")
+  assert evaluate_lib.evaluate(workdir, defaults(), split='train[80%:]')['examples'] == 8
+
+
 def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path, monkeypatch):
   result = run_module('cnnjax.evaluate', f'--workdir={tmp_path}')
   assert result.returncode == 2
