@@ -29,7 +29,6 @@ import sys
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 CHUNK_IMAGES = 2048  # Decoded and classified at a time (rounded up to evaluation batches).
-_SHOWN_SKIPPED = 3  # Files the skip warning names.
 
 
 def image_files(paths: list[str]) -> list[tuple[str, bool]]:
@@ -80,7 +79,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   import math
   import numpy as np
   from cnnjax import sharding
-  from cnnjax.data import datasets, images
+  from cnnjax.data import datasets, image_tree, images
   from cnnjax.runs import saved
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
@@ -103,10 +102,8 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
           {'class': spec.class_names[i], 'index': int(i), 'probability': float(row[i])}
           for i in best]})
   if skipped:
-    more = (f' and {len(skipped) - _SHOWN_SKIPPED} more' if len(skipped) > _SHOWN_SKIPPED
-            else '')
-    logging.warning('Skipped %d file(s) that are not readable images: %s%s.', len(skipped),
-                    '; '.join(skipped[:_SHOWN_SKIPPED]), more)
+    logging.warning('Skipped %d file(s) that are not readable images: %s.', len(skipped),
+                    image_tree.first_few(skipped))
   if not predictions:
     raise images.ImageInputError(f'No readable images in {", ".join(paths)}: '
                                  f'{len(skipped)} file(s), none an image Pillow reads.')

@@ -33,7 +33,13 @@ import numpy as np
 from cnnjax.data import images as images_lib
 from cnnjax.errors import UserError
 
-_SHOWN_SKIPPED = 3  # Files the skip warning names.
+_SHOWN = 3  # Files a warning names.
+
+
+def first_few(names: Sequence[str], separator: str = '; ') -> str:
+  """The first few of `names` and how many more: what a warning about many files lists."""
+  more = f' and {len(names) - _SHOWN} more' if len(names) > _SHOWN else ''
+  return separator.join(names[:_SHOWN]) + more
 
 
 class LocalDataError(UserError, ValueError):
@@ -129,10 +135,9 @@ def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
   """One warning per split for files lying in it outside any class folder (a class is a
   folder: such a file has no label)."""
   for split, names in sorted(loose.items()):
-    more = f' and {len(names) - _SHOWN_SKIPPED} more' if len(names) > _SHOWN_SKIPPED else ''
     logging.warning('Left out %d file(s) lying directly in %s/ of %s, outside any class folder: '
-                    '%s%s. Put each in %s/<class>/ to use it.', len(names), split, root,
-                    ', '.join(names[:_SHOWN_SKIPPED]), more, split)
+                    '%s. Put each in %s/<class>/ to use it.', len(names), split, root,
+                    first_few(names, ', '), split)
 
 
 def files_under(directory: str) -> list[str]:
@@ -366,10 +371,9 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
   """One warning for the skipped files; an error for a class left with none; a warning for a
   class that has no folder at all."""
   if skipped:
-    shown = '; '.join(f'{split}/{f.cls}/{f.name} ({why})' for f, why in skipped[:_SHOWN_SKIPPED])
-    more = f' and {len(skipped) - _SHOWN_SKIPPED} more' if len(skipped) > _SHOWN_SKIPPED else ''
-    logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s%s.', len(skipped), split,
-                    root, how, shown, more)
+    logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s.', len(skipped), split,
+                    root, how, first_few([f'{split}/{f.cls}/{f.name} ({why})'
+                                          for f, why in skipped]))
   if not kept:
     raise LocalDataError(f'No readable image under {split}/ in {root}.')
   present = {f.cls for f in kept}
