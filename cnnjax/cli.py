@@ -265,6 +265,10 @@ def flag_error_message(error: Exception) -> str:
             'and set fields with --config.<field>=value)' if 'get_config() takes' in raised
             else '')
     return f'the config file failed: {raised}{hint}.'
+  group = re.search(r'flag --(config(?:\.\w+)*)=.*Failed to parse .* as a ConfigDict', text)
+  if isinstance(error, flags.Error) and group:  # --config.augment=True: a group, not a field.
+    return (f'{group[1]} is a group of fields, not a value: set one of them '
+            f'(--{group[1]}.<field>=value).')
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())

@@ -155,8 +155,10 @@ def _check_recipe(config: ml_collections.ConfigDict) -> None:
   _check_fraction(config, 'ema_decay', zero_means='0 = off')
   _check_fraction(config, 'momentum')
   _check_fraction(config, 'label_smoothing')
-  boundaries = tuple(config.lr_boundaries)
-  if not (all(0 < b < 1 for b in boundaries) and list(boundaries) == sorted(set(boundaries))):
+  boundaries = config.lr_boundaries
+  if not (isinstance(boundaries, (tuple, list)) and all(_is_number(b) and 0 < b < 1
+                                                        for b in boundaries)
+          and list(boundaries) == sorted(set(boundaries))):
     raise ConfigError('config.lr_boundaries are fractions of a stage\'s steps, each in (0, 1), '
                       f'increasing (e.g. 0.5,0.75); got {boundaries!r}.')
   if not 0 < config.lr_decay_factor < 1:  # 0 would stop training without a word.

@@ -107,6 +107,13 @@ MAIN_CASES = {
         config_with_data('vgg_scratch_he', '--config.model_kwargs.kernel_init=he_uniform'),
         "Unknown kernel_init 'he_uniform'"),
     'flag value of the wrong type': (with_data('--config.batch_size=abc'), 'batch_size'),
+    'a value for a group of fields': (with_data('--config.model_kwargs=x'),
+                                      'config.model_kwargs is a group of fields, not a value: '
+                                      'set one of them (--config.model_kwargs.<field>=value).'),
+    'learning-rate boundaries that are not numbers': (
+        with_data('--config.lr_boundaries=abc'),
+        "config.lr_boundaries are fractions of a stage's steps, each in (0, 1), increasing "
+        "(e.g. 0.5,0.75); got ('abc',)."),
     'dataset name spelt otherwise': (with_data('--config.dataset=FashionMNIST'),
                                      "Unknown dataset 'FashionMNIST' (config.dataset); did "
                                      "you mean 'fashion_mnist'?"),
