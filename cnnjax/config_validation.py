@@ -65,13 +65,21 @@ def _check_positive(config: ml_collections.ConfigDict, field: str, zero_means_of
     raise ConfigError(f'config.{field} must be {allowed}, got {value!r}.')
 
 
+# Steps and counts reach jitted code as JAX's default 32-bit integers.
+LARGEST_COUNT = 2 ** 31 - 1
+
+
 def _check_count(config: ml_collections.ConfigDict, field: str, zero_means: str = '') -> None:
-  """`config.<field>` is an integer from 1, or from 0 where `zero_means` says what 0 does."""
+  """`config.<field>` is an integer from 1, or from 0 where `zero_means` says what 0 does, up
+  to `LARGEST_COUNT`."""
   value = _value(config, field)
   if not (isinstance(value, int) and not isinstance(value, bool)
           and value >= (0 if zero_means else 1)):
     allowed = f'0 ({zero_means}) or a positive integer' if zero_means else 'a positive integer'
     raise ConfigError(f'config.{field} must be {allowed}, got {value!r}.')
+  if value > LARGEST_COUNT:
+    raise ConfigError(f'config.{field}={value} is beyond 2**31 - 1, the largest count that '
+                      "JAX's 32-bit integers hold.")
 
 
 def _check_fraction(config: ml_collections.ConfigDict, field: str, one_allowed: bool = False,
@@ -207,6 +215,8 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
       or config.num_train_steps < -1):
     raise ConfigError('config.num_train_steps must be -1 (the whole run) or a positive integer, '
                       f'got {config.num_train_steps!r}.')
+  if config.num_train_steps > 0:
+    _check_count(config, 'num_train_steps')
   _check_count(config, 'steps_per_dispatch', zero_means=(
       f'1 on CPU, {dispatch.ACCELERATOR_STEPS_PER_DISPATCH} on GPU/TPU'))
   if str(config.data_on_device).lower() not in dispatch.DATA_ON_DEVICE_CHOICES:

@@ -109,6 +109,8 @@ def test_bad_config_is_rejected_with_the_field_named(overrides, message):
     ('augment.erasing_prob', 1.5, 'config.augment.erasing_prob must be in [0, 1], got 1.5.'),
     ('ema_decay', 1.0, 'config.ema_decay must be in [0, 1) (0 = off), got 1.0.'),
     ('momentum', -0.1, 'config.momentum must be in [0, 1), got -0.1.'),
+    ('warmup_steps', 3_000_000_000, "config.warmup_steps=3000000000 is beyond 2**31 - 1, the "
+     "largest count that JAX's 32-bit integers hold."),
 ])
 def test_counts_and_fractions_out_of_range_are_named_with_what_is_allowed(field, value,
                                                                           message):
