@@ -37,6 +37,23 @@ def start_backend() -> None:
         'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
 
 
+def free_memory_bytes() -> int | None:
+  """Bytes the first device can still take: an accelerator's own count, or the host's
+  available memory (Linux' MemAvailable) for the CPU; None where neither is known."""
+  try:
+    stats = jax.devices()[0].memory_stats()
+  except Exception:  # pylint: disable=broad-except  # A backend without the count.
+    stats = None
+  if stats and 'bytes_limit' in stats:
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  try:
+    with open('/proc/meminfo') as f:
+      fields = dict(line.split(':', 1) for line in f if ':' in line)
+    return int(fields['MemAvailable'].split()[0]) * 1024
+  except (OSError, KeyError, ValueError):
+    return None
+
+
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
                            process_id: int | None = None) -> None:

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from cnnjax.errors import ConfigError
 from cnnjax.training.steps import Metrics
 from tests.helpers import (ALL_CONFIGS, REPO_ROOT, experiment, jitted_train_step, load_config,
                            read_jsonl, shrink, train_and_evaluate, validate)
@@ -46,6 +47,25 @@ def test_the_start_line_says_where_num_train_steps_cuts_the_run(tmp_path, mock_t
   train_and_evaluate(shrink(load_config('mlp_128_64'), num_train_steps=-1, num_epochs=2),
                      str(tmp_path / 'whole'))
   assert '2 epoch(s) of 3 steps at batch 8; ' in capsys.readouterr().out
+
+
+def test_a_model_too_large_for_the_memory_is_refused_before_it_is_made(tmp_path, mock_tfds,
+                                                                       monkeypatch):
+  from cnnjax import sharding
+  free = sharding.free_memory_bytes()
+  assert free is not None and 0 < free <= os.sysconf('SC_PHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+  # cnn_simple: 50,186 parameters, 4 bytes each as weights, gradients and Adam's two moments.
+  monkeypatch.setattr(sharding, 'free_memory_bytes', lambda: 4 * 4 * 50_186 - 1)
+  with pytest.raises(ConfigError) as error:
+    train_and_evaluate(shrink(load_config('cnn_simple')), str(tmp_path / 'run'))
+  assert str(error.value) == (
+      "Model 'cnn_simple' on 28x28x1 images has 50,186 parameters: training needs at least 0.8 "
+      "MiB (weights, gradients, optimizer state), and this machine's memory has 0.8 MiB free. "
+      'Check config.image_size and config.model_kwargs, or choose a smaller model.')
+  assert not os.path.exists(tmp_path / 'run')
+  # And a few scalars (the step count, the learning rate).
+  monkeypatch.setattr(sharding, 'free_memory_bytes', lambda: 4 * 4 * 50_186 + 1024)
+  train_and_evaluate(shrink(load_config('cnn_simple')), str(tmp_path / 'run'))
 
 
 def structured_batch(num_examples=64, seed=0):

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cnnjax import sharding
 from cnnjax.data import pipeline
 from cnnjax.data.examples import Split, StreamedSplit
 from cnnjax.errors import ConfigError
@@ -170,6 +171,31 @@ def smallest_image_side(model: nn.Module, image_shape: tuple[int, ...],
   return high
 
 
+def _in_binary_units(size: int) -> str:
+  return f'{size / 2**30:.1f} GiB' if size >= 2**30 else f'{size / 2**20:.1f} MiB'
+
+
+def _check_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
+                  variables: Any, tx: optax.GradientTransformation) -> None:
+  """Refuses a model whose training state cannot fit in the device's free memory, from the
+  abstract `variables` (`jax.eval_shape`): a slip in config.image_size can make an MLP's
+  first layer billions of weights, and the system would kill the run without a word."""
+  trainable, _ = params_lib.partition(variables['params'], config.trainable)
+  state = (variables, trainable, jax.eval_shape(tx.init, trainable))  # Gradients beside.
+  needed = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(state))
+  free = sharding.free_memory_bytes()
+  if free is not None and needed > free:
+    count = sum(leaf.size for leaf in jax.tree.leaves(variables['params']))
+    device = jax.devices()[0]
+    where = ("this machine's memory" if device.platform == 'cpu'
+             else f'the {device.device_kind}')
+    raise ConfigError(
+        f'Model {config.model!r} on {"x".join(map(str, image_shape))} images has {count:,} '
+        f'parameters: training needs at least {_in_binary_units(needed)} (weights, gradients, '
+        f'optimizer state), and {where} has {_in_binary_units(free)} free. Check '
+        'config.image_size and config.model_kwargs, or choose a smaller model.')
+
+
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int
           ) -> Experiment:
   """The experiment of `config` on images of `image_shape` in `num_classes` classes."""
@@ -185,8 +211,10 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
   recipe = recipes.Recipe.from_config(config)
   txs = tuple(recipes.create_optimizer(recipe, stage.learning_rate, 1) for stage in plan)
   init_rng, dropout_rng = jax.random.split(jax.random.PRNGKey(config.seed))
+  def initialise():
+    return models[0].init(init_rng, _blank_images(image_shape), train=False)
   try:
-    initialised = models[0].init(init_rng, _blank_images(image_shape), train=False)
+    abstract = jax.eval_shape(initialise)
   except Exception as error:  # pylint: disable=broad-except
     side = smallest_image_side(models[0], image_shape)
     if side is None:
@@ -195,6 +223,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
         f'Model {config.model!r} needs images of at least {side}x{side} pixels; these are '
         f'{image_shape[0]}x{image_shape[1]}, which its layers shrink to nothing. Resize them '
         f'(--config.image_size={side} or more) or choose a model for small images.') from error
+  _check_memory(config, image_shape, abstract, txs[0])
+  initialised = initialise()
   # What a model carries (init also returns the ReLU statistics it was free to sow).
   variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
   return Experiment(tuple(plan), models, txs, variables, recipe,
