@@ -438,3 +438,29 @@ def test_local_arrays_convert_to_the_channels_the_config_asks_for(tmp_path):
     datasets._shaped(rgb.train.images[..., :1], (32, 32, 1), False, True, 'files')
   resized = datasets._shaped(rgb.train.images[..., :1], (32, 32, 3), True, True, 'files')
   assert resized.shape == (40, 32, 32, 3)
+
+
+def test_arrays_resized_beyond_the_memory_are_streamed_and_resized_as_read(tmp_path,
+                                                                          monkeypatch):
+  """IDX (or CSV, CIFAR batch) files resized by config.image_size are held whole where they
+  fit, else streamed: each image resized as a batch takes it, to the same pixels."""
+  make_idx_dataset(str(tmp_path))  # 40 train, 20 test.
+  options = datasets.DataOptions('fashion_mnist', 'train[:30]', 'train[30:]', 'test',
+                                 local_data_dir=str(tmp_path), image_size=56)
+  resized = 60 * 56 * 56  # Every split, decoded at the new size.
+  monkeypatch.setattr(datasets, '_physical_memory', lambda: 2 * resized)
+  held = datasets.load_dataset(options)
+  assert not held.streamed and held.train.images.shape == (30, 56, 56, 1)
+  monkeypatch.setattr(datasets, '_physical_memory', lambda: 2 * resized - 1)
+  streamed = datasets.load_dataset(options)
+  for split in ('train', 'val', 'test'):
+    part, whole = getattr(streamed, split), getattr(held, split)
+    assert part.streamed and len(part) == len(whole)
+    images, labels = part.read(np.arange(len(part)))
+    np.testing.assert_array_equal(images, whole.images)
+    np.testing.assert_array_equal(labels, whole.labels)
+    assert part.fingerprint().startswith('resized:')  # Not compared with the held pixels'.
+  own_size = datasets.load_dataset(dataclasses.replace(options, image_size=0,
+                                                       data_in_memory='false'))
+  assert own_size.streamed and own_size.train.fingerprint() == load_dataset(
+      'fashion_mnist', 'train[:30]', local_data_dir=str(tmp_path)).train.fingerprint()

@@ -243,6 +243,7 @@ class _Loader:
     if self.kind == 'cifar':
       _check_batch_classes(root, spec.class_names)
     self._whole: dict[str, Any] = {}
+    self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._tree = spec.tree  # A tree is listed once: here if `describe` did not.
     if self.kind == 'tfds':
       info = tfds_source.builder_info(options.dataset, options.tfds_data_dir)
@@ -250,9 +251,9 @@ class _Loader:
       self.info = info
 
   def in_memory(self, split_specs: list[str]) -> bool:
-    """One decision for the whole dataset: every split held, or every split streamed."""
-    if self.kind in ARRAY_KINDS:  # Arrays in files, read whole however large.
-      return self.options.data_in_memory != 'false'
+    """One decision for the whole dataset: every split held, or every split streamed.
+    Arrays in files are read whole however large; held, they are also resized whole (to
+    config.image_size), which can take far more memory than the files."""
     counts = [self._count(split_spec) for split_spec in split_specs]
     total = None if None in counts else sum(counts)
     return _fits_in_memory(self.options, total, self.spec.image_shape)
@@ -263,8 +264,16 @@ class _Loader:
       return tfds_source.num_examples(self.info, split_spec)
     count = 0
     for part in splits.parse_split(split_spec):
-      count += len(splits.slice_indices(part, len(self._tree_files(part.name))))
+      size = (len(self._read_arrays(part.name)[1]) if self.kind in ARRAY_KINDS
+              else len(self._tree_files(part.name)))
+      count += len(splits.slice_indices(part, size))
     return count
+
+  def _read_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Split `split`'s images and labels as the files hold them (`ARRAY_KINDS`), read once."""
+    if split not in self._arrays:
+      self._arrays[split] = ARRAY_KINDS[self.kind](self.options.local_data_dir, split)
+    return self._arrays[split]
 
   def _tree_files(self, split: str) -> list[image_tree.TreeFile]:
     """Split `split`'s files; the tree is listed once for all splits (a large directory
@@ -281,13 +290,15 @@ class _Loader:
                                           self.keys, shape)
       return tfds_source.stream(options.dataset, split_spec, options.tfds_data_dir, self.keys,
                                 shape, options.workers)
+    if self.kind in ARRAY_KINDS and not in_memory:
+      return self._streamed_arrays(split_spec)
     parts = []
     for part in splits.parse_split(split_spec):
       whole = self._whole_split(part.name, in_memory)
       parts.append((whole, np.asarray(splits.slice_indices(part, len(whole[1])), np.int64)))
     if self.kind in ARRAY_KINDS:
-      split = Split(*(np.concatenate([whole[k][index] for whole, index in parts]) for k in (0, 1)))
-      return split if in_memory else self._streamed_arrays(split)
+      return Split(*(np.concatenate([whole[k][index] for whole, index in parts])
+                     for k in (0, 1)))
     files = [whole[2][i] for whole, index in parts for i in index]
     labels = np.concatenate([whole[1][index] for whole, index in parts])
     identity = image_tree.files_fingerprint(files, labels)
@@ -309,7 +320,7 @@ class _Loader:
     if key not in self._whole:
       root, shape = self.options.local_data_dir, self.spec.image_shape
       if self.kind in ARRAY_KINDS:
-        images, labels = ARRAY_KINDS[self.kind](root, name)
+        images, labels = self._read_arrays(name)
         self._whole[key] = (_shaped(images, shape, self._resize_allowed(),
                                     bool(self.options.channels), root), labels, None)
       elif in_memory:
@@ -322,11 +333,25 @@ class _Loader:
         self._whole[key] = (None, labels, files)
     return self._whole[key]
 
-  def _streamed_arrays(self, split: Split) -> StreamedSplit:
-    """An array source's examples (`ARRAY_KINDS`) through the streaming reader (the arrays
-    are in memory regardless)."""
-    return StreamedSplit(lambda i: (split.images[i], split.labels[i]), len(split),
-                         self.spec.image_shape, split.fingerprint(), self.options.workers)
+  def _streamed_arrays(self, split_spec: str) -> StreamedSplit:
+    """An array source's examples (`ARRAY_KINDS`) through the streaming reader: the arrays as
+    the files hold them are in memory, and each image is resized as a batch takes it. A
+    resized split is recognised on resume by the arrays it was resized from ('resized:'),
+    which an in-memory run's hash of the resized pixels is not compared with."""
+    from cnnjax.data import images as images_lib
+    parts = [(self._read_arrays(part.name), part) for part in splits.parse_split(split_spec)]
+    indices = [np.asarray(splits.slice_indices(part, len(arrays[1])), np.int64)
+               for arrays, part in parts]
+    images, labels = (np.concatenate([arrays[k][index] for (arrays, _), index
+                                      in zip(parts, indices)]) for k in (0, 1))
+    raw, shape = Split(images, labels), self.spec.image_shape
+    if raw.image_shape == tuple(shape):
+      return StreamedSplit(lambda i: (images[i], labels[i]), len(raw), shape, raw.fingerprint(),
+                           self.options.workers)
+    _shaped(images[:1], shape, self._resize_allowed(), bool(self.options.channels),
+            self.options.local_data_dir)  # A size that may not change fails here.
+    return StreamedSplit(lambda i: (images_lib.fit_array(images[i], shape), labels[i]),
+                         len(raw), shape, f'resized:{raw.fingerprint()}', self.options.workers)
 
 
 # Local sources read as whole arrays, and how to read a split of each.
