@@ -37,14 +37,20 @@ def start_backend() -> None:
         'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
 
 
+def memory_stats() -> dict[str, int]:
+  """This process's first device's memory counts (`bytes_limit`, `bytes_in_use`, ...); {}
+  where the backend keeps none (the CPU)."""
+  try:
+    return jax.local_devices()[0].memory_stats() or {}
+  except Exception:  # pylint: disable=broad-except  # A backend without the counts.
+    return {}
+
+
 def free_memory_bytes() -> int | None:
   """Bytes the first device can still take: an accelerator's own count, or the host's
   available memory (Linux' MemAvailable) for the CPU; None where neither is known."""
-  try:
-    stats = jax.devices()[0].memory_stats()
-  except Exception:  # pylint: disable=broad-except  # A backend without the count.
-    stats = None
-  if stats and 'bytes_limit' in stats:
+  stats = memory_stats()
+  if 'bytes_limit' in stats:
     return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
   try:
     with open('/proc/meminfo') as f:

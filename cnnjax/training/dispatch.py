@@ -54,8 +54,7 @@ def steps_per_dispatch(requested: int, backend: str) -> int:
 
 
 def _device_memory() -> int:
-  stats = jax.local_devices()[0].memory_stats() or {}
-  return int(stats.get('bytes_limit', UNKNOWN_DEVICE_MEMORY))
+  return int(sharding.memory_stats().get('bytes_limit', UNKNOWN_DEVICE_MEMORY))
 
 
 def data_on_device(requested: str, split: Split | StreamedSplit, backend: str) -> bool:
