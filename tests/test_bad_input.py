@@ -203,6 +203,12 @@ def corrupt_config_json(workdir, data):
   return [f'--config.local_data_dir={data}']
 
 
+def cut_results_json(workdir, data):
+  text = (workdir / 'results.json').read_text()
+  (workdir / 'results.json').write_text(text[:len(text) // 2])
+  return [f'--config.local_data_dir={data}']
+
+
 def finished_without_checkpoints(workdir, data):
   for step in os.listdir(workdir / 'checkpoints'):
     os.rename(workdir / 'checkpoints' / step, workdir.parent / f'moved-{step}')
@@ -219,6 +225,8 @@ def other_data(workdir, data):
 
 WORKDIR_CASES = {
     'corrupt config.json': (corrupt_config_json, 'config.json is unreadable'),
+    'cut results.json': (cut_results_json, 'results.json is unreadable (JSONDecodeError',
+                         'move it aside and run the same command to evaluate the run again'),
     'finished run without checkpoints': (finished_without_checkpoints,
                                          'holds the results of a finished run but no readable'),
     'resumed on other examples': (other_data, 'trained on other examples'),
@@ -228,12 +236,12 @@ WORKDIR_CASES = {
 @pytest.mark.parametrize('case', sorted(WORKDIR_CASES))
 def test_bad_resume_is_one_line_and_changes_nothing(case, data, tmp_path):
   workdir = trained_run(data, tmp_path)
-  make_args, message = WORKDIR_CASES[case]
+  make_args, *messages = WORKDIR_CASES[case]
   args = make_args(workdir, data)
   before = tree_digest(workdir)
   result = run_tool('cnnjax.main', [CNN_SIMPLE, '--config.batch_size=8', '--config.num_epochs=1',
                                     *args, f'--workdir={workdir}'], tmp_path)
-  assert_one_line_error(result, 'cnnjax', message)
+  assert_one_line_error(result, 'cnnjax', *messages)
   assert tree_digest(workdir) == before
 
 
@@ -283,7 +291,12 @@ def test_evaluate_and_predict_bad_input(data, tmp_path):
   assert_one_line_error(result, 'cnnjax.evaluate', f'The run read its data from {data}, which '
                         'does not exist', 'pass --local_data_dir=DIR where those files are now')
   assert tree_digest(workdir) == before
-
+  (workdir / 'config.json').write_text('{"name": "cnn_simple", ')
+  for tool, args in (('cnnjax.evaluate', []), ('cnnjax.predict', [str(image)])):
+    result = run_tool(tool, [f'--workdir={workdir}', *args], tmp_path)
+    assert_one_line_error(result, tool, 'config.json is unreadable (JSONDecodeError',
+                          'It holds the config the run was started with: restore it from a '
+                          'backup.')
 
 @pytest.mark.parametrize('payload, reason', [
     (b'', 'the file is empty'),

@@ -3,7 +3,6 @@
 `cnnjax.evaluate` and `cnnjax.predict` work on any run that has a checkpoint,
 finished or stopped, with nothing but its workdir.
 """
-import json
 import os
 from typing import NamedTuple
 
@@ -53,8 +52,8 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
         f'({writers.CONFIG_FILE} is missing). Pass the --workdir of a run started with '
         'python -m cnnjax.main.')
-  with open(path, encoding='utf-8') as f:
-    saved = json.load(f)
+  saved = writers.read_record(path, 'It holds the config the run was started with: restore '
+                             'it from a backup.', RunNotFoundError)
   config = ml_collections.ConfigDict(defaults.to_dict())
   _merge(config, _as_tuples(saved))
   return config

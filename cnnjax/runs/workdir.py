@@ -122,17 +122,10 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
     return {}
   config_path = os.path.join(workdir, writers.CONFIG_FILE)
   if os.path.exists(config_path):
-    try:
-      with open(config_path, encoding='utf-8') as f:
-        saved = json.load(f)
-      if not isinstance(saved, dict):
-        raise ValueError('not a JSON object')
-    except (OSError, ValueError) as e:
-      raise WorkdirError(
-          f'{config_path} is unreadable ({type(e).__name__}: {e}), so the run in {workdir} '
-          'cannot be checked against this config. Nothing was changed. Restore the file, '
-          'choose a new --workdir, or pass --config.resume=False to start afresh (the old run '
-          'is moved aside).') from e
+    saved = writers.read_record(
+        config_path, f'The run in {workdir} cannot be checked against this config. Nothing '
+        'was changed. Restore the file, choose a new --workdir, or pass --config.resume=False '
+        'to start afresh (the old run is moved aside).', WorkdirError)
     differences = config_differences(saved, config, defaults)
     if differences:
       raise checkpoints.IncompatibleCheckpointError(

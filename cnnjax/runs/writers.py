@@ -30,6 +30,24 @@ def write_json(path: str, payload: Any) -> None:
     f.write('\n')
 
 
+class RecordError(UserError, ValueError):
+  """A JSON file a run wrote (config, results) is unreadable: cut, or edited by hand."""
+
+
+def read_record(path: str, meaning: str, error_type: type[UserError] = RecordError
+                ) -> dict[str, Any]:
+  """The JSON object in `path`, a file a run wrote; where it is not one, an `error_type`
+  naming the file, why, and `meaning` (what that means for the run, and the way out)."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      record = json.load(f)
+    if not isinstance(record, dict):
+      raise ValueError('not a JSON object')
+  except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
+    raise error_type(f'{path} is unreadable ({type(e).__name__}: {e}). {meaning}') from e
+  return record
+
+
 class MetricsFileError(UserError, ValueError):
   """A run's metrics.jsonl has a line that is not one epoch's JSON row."""
 
@@ -94,8 +112,9 @@ class RunWriter:
   def read_results(self) -> dict[str, Any] | None:
     if not os.path.exists(self.path(RESULTS_FILE)):
       return None
-    with open(self.path(RESULTS_FILE), encoding='utf-8') as f:
-      return json.load(f)
+    return read_record(self.path(RESULTS_FILE), 'It marks the run finished and holds its test '
+                       'results: restore it, or move it aside and run the same command to '
+                       'evaluate the run again.')
 
   def truncate_metrics(self, step: int, continues: bool) -> None:
     """Keeps the rows that a run resumed at `step` will not write again.
