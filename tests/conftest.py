@@ -17,6 +17,16 @@ from tests.helpers import make_idx_dataset
 
 
 @pytest.fixture(autouse=True)
+def temporary_files_under_pytests_folder(tmp_path_factory, monkeypatch):
+  """Temporary files go under pytest's own folder, which it prunes, not the machine's /tmp:
+  TFDS leaves an empty `tmp*tfds` folder there for each builder of a dataset it has not
+  prepared (every mocked one), hundreds per run of the suite."""
+  folder = str(tmp_path_factory.mktemp('tmp'))
+  monkeypatch.setattr(tempfile, 'tempdir', folder)
+  monkeypatch.setenv('TMPDIR', folder)  # And the subprocesses' temporary files.
+
+
+@pytest.fixture(autouse=True)
 def private_weights_cache(tmp_path_factory, monkeypatch):
   """No test reads or fills the user's ~/.cache/cnnjax."""
   monkeypatch.setenv('CNNJAX_CACHE', str(tmp_path_factory.mktemp('cache')))
