@@ -33,8 +33,8 @@ CHUNK_IMAGES = 2048  # Decoded and classified at a time (rounded up to evaluatio
 
 def image_files(paths: list[str]) -> list[tuple[str, bool]]:
   """(path, named) for each image to classify: a path as given (named), a folder as the
-  visible files under it (`image_tree.files_under`), sorted by name. A named file that is missing, or whose
-  header is not an image's, is an error here, before the model is built."""
+  visible files under it (`image_tree.files_under`), sorted by name. A named file that is
+  missing, or whose header is not an image's, is an error here, before the model is built."""
   from cnnjax.data import image_tree, images
   files = []
   for path in paths:
