@@ -464,3 +464,18 @@ def test_arrays_resized_beyond_the_memory_are_streamed_and_resized_as_read(tmp_p
                                                        data_in_memory='false'))
   assert own_size.streamed and own_size.train.fingerprint() == load_dataset(
       'fashion_mnist', 'train[:30]', local_data_dir=str(tmp_path)).train.fingerprint()
+
+
+def test_streamed_arrays_are_checked_as_held_ones(tmp_path):
+  """Labels outside the classes, and an empty slice, are errors when IDX arrays stream too."""
+  make_idx_dataset(str(tmp_path))  # 40 train, 20 test.
+  options = datasets.DataOptions('fashion_mnist', local_data_dir=str(tmp_path), image_size=32,
+                                 data_in_memory='false')
+  with pytest.raises(datasets.EmptySplitError, match=r"Split 'train\[40:\]' of local:.* "
+                     'selects no example'):
+    datasets.load_split(options, 'train[40:]')
+  labels = np.zeros(20, np.uint8)
+  labels[3] = 12
+  write_idx(str(tmp_path / 't10k-labels-idx1-ubyte.gz'), labels)
+  with pytest.raises(datasets.BadLabelsError, match=r'are not classes 0\.\.9 \(e\.g\. \[12\]\)'):
+    datasets.load_split(options, 'test')

@@ -345,11 +345,12 @@ class _Loader:
     images, labels = (np.concatenate([arrays[k][index] for (arrays, _), index
                                       in zip(parts, indices)]) for k in (0, 1))
     raw, shape = Split(images, labels), self.spec.image_shape
+    check_split(raw, split_spec, len(self.spec.class_names), self.source)  # Labels in memory.
     if raw.image_shape == tuple(shape):
       return StreamedSplit(lambda i: (images[i], labels[i]), len(raw), shape, raw.fingerprint(),
                            self.options.workers)
-    _shaped(images[:1], shape, self._resize_allowed(), bool(self.options.channels),
-            self.options.local_data_dir)  # A size that may not change fails here.
+    _check_reshapable(raw.image_shape, shape, self._resize_allowed(),
+                      bool(self.options.channels), self.options.local_data_dir)
     return StreamedSplit(lambda i: (images_lib.fit_array(images[i], shape), labels[i]),
                          len(raw), shape, f'resized:{raw.fingerprint()}', self.options.workers)
 
@@ -400,10 +401,16 @@ def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool,
   from cnnjax.data import images as images_lib
   if images.shape[1:] == tuple(shape):
     return images
-  if not resize and (images.shape[1:3] != tuple(shape[:2]) or not convert_channels):
-    raise image_tree.LocalDataError(f'The images in {root} have shape {images.shape[1:]}; '
-                                    f'this dataset has {tuple(shape)}.')
+  _check_reshapable(images.shape[1:], shape, resize, convert_channels, root)
   return np.stack([images_lib.fit_array(image, shape) for image in images])
+
+
+def _check_reshapable(image_shape: tuple[int, ...], shape: tuple[int, int, int], resize: bool,
+                      convert_channels: bool, root: str) -> None:
+  """An error where images of `image_shape` may not become `shape` (see `_shaped`)."""
+  if not resize and (tuple(image_shape[:2]) != tuple(shape[:2]) or not convert_channels):
+    raise image_tree.LocalDataError(f'The images in {root} have shape {tuple(image_shape)}; '
+                                    f'this dataset has {tuple(shape)}.')
 
 
 def load_dataset(options: DataOptions, spec: DatasetSpec | None = None) -> Dataset:
