@@ -45,6 +45,15 @@ def test_resume_is_bitwise_equal_to_an_uninterrupted_run(name, model_kwargs, sto
   assert_same_run(straight, resumed, resumable_config(name, 7, **overrides))
 
 
+def test_a_run_cut_short_where_a_periodic_checkpoint_falls_saves_once(tmp_path, mock_tfds):
+  """num_train_steps=2 ends a 3-step epoch at a step that checkpoint_every_steps=2 has just
+  saved: the epoch's end saves nothing more (orbax refused the second save of the step)."""
+  results = train_and_evaluate(resumable_config('cnn_simple', 2, checkpoint_every_steps=2),
+                               tmp_path)
+  assert results['steps'] == 2
+  assert sorted(s for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == ['2']
+
+
 def test_mid_epoch_checkpoints_hold_the_running_metrics(tmp_path, mock_tfds):
   straight, resumed = str(tmp_path / 'straight'), str(tmp_path / 'resumed')
   config = resumable_config('cnn_deep', 6, checkpoint_every_steps=2)

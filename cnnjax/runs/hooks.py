@@ -119,7 +119,8 @@ class CheckpointHook(Hook):
       self.save(loop)
 
   def epoch_end(self, loop, epoch):
-    self.save(loop)
+    if self.saved_step != loop.step:  # A run cut short where every_steps had just saved.
+      self.save(loop)
 
   def stopping(self, loop):
     if self.saved_step != loop.step:
