@@ -117,6 +117,24 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfd
   assert_same_run(straight, resumed, resumable_config('cnn_deep', 6))
 
 
+def test_a_reader_lists_again_the_steps_a_training_run_rotated_away(tmp_path, mock_tfds,
+                                                                   monkeypatch, caplog):
+  """cnnjax.evaluate or predict on a run still training: the steps it listed were all deleted
+  (keep_checkpoints) while it read them. It lists them again, quietly, and reads the new one."""
+  config = resumable_config('cnn_deep', 6)
+  train_and_evaluate(config, tmp_path)
+  before = tree_digest(tmp_path)
+  listings = []
+  all_steps = checkpoints.ocp.CheckpointManager.all_steps
+  def listed(manager, *args):
+    listings.append(1)
+    return [7, 8] if len(listings) == 1 else all_steps(manager, *args)  # Gone: rotated away.
+  monkeypatch.setattr(checkpoints.ocp.CheckpointManager, 'all_steps', listed)
+  assert saved_run.restore_latest(experiment(config), str(tmp_path)).step == 6
+  assert len(listings) >= 2 and 'unreadable' not in caplog.text
+  assert tree_digest(tmp_path) == before
+
+
 @pytest.mark.parametrize('overrides,message', [
     ({'model': 'cnn_deep'}, 'model'),
     ({'batch_size': 4}, 'batch_size'),

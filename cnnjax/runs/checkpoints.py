@@ -100,6 +100,11 @@ def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractCon
       then='run the same command to resume from the checkpoints before it, which are kept.')
 
 
+# How often a reader lists a training run's steps before it gives up: each listing fails
+# only where the run deleted every listed step while it was read.
+_LISTINGS = 5
+
+
 class Checkpointer:
   """Saves (asynchronously) and restores one run's checkpoints under `workdir`."""
 
@@ -128,8 +133,19 @@ class Checkpointer:
 
     `state_templates[stage]` is the (abstract) state of training stage
     `meta['stage']` (0 if unset): which parameters a state holds as
-    trainable depends on the stage.
+    trainable depends on the stage. A reader looking at a run that is still training
+    lists the steps again where the run rotated away every one it listed.
     """
+    for _ in range(_LISTINGS):
+      self.vanished = False
+      restored = self._restore_newest(state_templates, metrics_template)
+      if restored is not None or not self.vanished:
+        return restored
+      self.manager.reload()
+    return None
+
+  def _restore_newest(self, state_templates: Sequence[Any], metrics_template: Any
+                      ) -> Restored | None:
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
@@ -171,6 +187,8 @@ class Checkpointer:
     are: the step may be one that the run, still training, has just rotated away."""
     if self.owns_workdir:
       self._set_aside(step, error)
+    elif not os.path.exists(os.path.join(self.directory, str(step))):
+      self.vanished = True  # Rotated away by the run while this reader read it.
     else:
       logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
                       'checkpoint, if there is one.', step, self.directory,
