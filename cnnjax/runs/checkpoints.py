@@ -137,21 +137,22 @@ class Checkpointer:
     lists the steps again where the run rotated away every one it listed.
     """
     for _ in range(_LISTINGS):
-      self.vanished = False
-      restored = self._restore_newest(state_templates, metrics_template)
-      if restored is not None or not self.vanished:
+      restored, vanished = self._restore_newest(state_templates, metrics_template)
+      if restored is not None or not vanished:
         return restored
       self.manager.reload()
     return None
 
   def _restore_newest(self, state_templates: Sequence[Any], metrics_template: Any
-                      ) -> Restored | None:
+                      ) -> tuple[Restored | None, bool]:
+    """The newest readable step of those listed; and whether any listed step vanished."""
+    vanished = False
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
             meta=ocp.args.JsonRestore())).meta
       except Exception as e:  # pylint: disable=broad-except
-        self._pass_over(step, e)
+        vanished |= self._pass_over(step, e)
         continue
       stage = meta.get('stage', 0)
       if not 0 <= stage < len(state_templates):
@@ -175,24 +176,26 @@ class Checkpointer:
             state=ocp.args.StandardRestore(_abstract(template)),
             running_metrics=ocp.args.StandardRestore(_abstract(metrics_template))))
       except Exception as e:  # pylint: disable=broad-except
-        self._pass_over(step, e)
+        vanished |= self._pass_over(step, e)
         continue
-      return Restored(step, restored.state, restored.running_metrics, meta)
-    return None
+      return Restored(step, restored.state, restored.running_metrics, meta), vanished
+    return None, vanished
 
-  def _pass_over(self, step: int, error: Exception) -> None:
+  def _pass_over(self, step: int, error: Exception) -> bool:
     """Goes past an unreadable step to the one before. The training run, which owns the
     workdir, moves it out of the manager's way (`UNREADABLE_DIR`), keeping it for
     inspection; a reader (`cnnjax.evaluate`, `cnnjax.predict`) leaves the run's files as they
-    are: the step may be one that the run, still training, has just rotated away."""
+    are: the step may be one that the run, still training, has just rotated away (then
+    True, quietly)."""
     if self.owns_workdir:
       self._set_aside(step, error)
     elif not os.path.exists(os.path.join(self.directory, str(step))):
-      self.vanished = True  # Rotated away by the run while this reader read it.
+      return True
     else:
       logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
                       'checkpoint, if there is one.', step, self.directory,
                       type(error).__name__, str(error)[:300])
+    return False
 
   def _set_aside(self, step: int, error: Exception) -> None:
     target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
