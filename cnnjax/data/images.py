@@ -37,12 +37,13 @@ def _to_8_bit(image):
   bits), a float one by 1 or 255."""
   from PIL import Image
   array = np.asarray(image, np.float64)
+  peak = array.max(initial=0.0)
   if image.mode == 'F':
-    top = 1.0 if array.max(initial=0.0) <= 1.0 else 255.0
-  elif image.mode.startswith('I;16') or 255 < array.max(initial=0.0) <= 65535:
+    top = 1.0 if peak <= 1.0 else 255.0
+  elif image.mode.startswith('I;16') or 255 < peak <= 65535:
     top = 65535.0
   else:
-    top = 255.0 if array.max(initial=0.0) <= 255 else 2.0 ** 31 - 1  # Pillow's 'I' is int32.
+    top = 255.0 if peak <= 255 else 2.0 ** 31 - 1  # Pillow's 'I' is int32.
   return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
 
 

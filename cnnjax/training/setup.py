@@ -171,6 +171,12 @@ def smallest_image_side(model: nn.Module, image_shape: tuple[int, ...],
   return high
 
 
+def _carried(initialised: dict[str, Any]) -> dict[str, Any]:
+  """What a model carries of its `init` output, which also holds the ReLU statistics it was
+  free to sow."""
+  return {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
+
+
 def _in_binary_units(size: int) -> str:
   return f'{size / 2**30:.1f} GiB' if size >= 2**30 else f'{size / 2**20:.1f} MiB'
 
@@ -186,7 +192,7 @@ def _check_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
   free = sharding.free_memory_bytes()
   if free is not None and needed > free:
     count = sum(leaf.size for leaf in jax.tree.leaves(variables['params']))
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # The one `sharding.free_memory_bytes` counts.
     where = ("this machine's memory" if device.platform == 'cpu'
              else f'the {device.device_kind}')
     raise ConfigError(
@@ -223,10 +229,8 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
         f'Model {config.model!r} needs images of at least {side}x{side} pixels; these are '
         f'{image_shape[0]}x{image_shape[1]}, which its layers shrink to nothing. Resize them '
         f'(--config.image_size={side} or more) or choose a model for small images.') from error
-  _check_memory(config, image_shape, abstract, txs[0])
-  initialised = initialise()
-  # What a model carries (init also returns the ReLU statistics it was free to sow).
-  variables = {k: v for k, v in initialised.items() if k in ('params', 'batch_stats')}
+  _check_memory(config, image_shape, _carried(abstract), txs[0])
+  variables = _carried(initialise())
   return Experiment(tuple(plan), models, txs, variables, recipe,
                     augment.Augmentation(config.augment.crop_padding, config.augment.flip,
                                          config.augment.erasing_prob),
