@@ -166,7 +166,8 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
         if argv == sys.argv:  # ml_collections reads the overrides' order from sys.argv.
           sys.argv[:] = reordered
         argv = reordered
-      remaining = flags.FLAGS(argv)
+      with _absl_warnings_off():  # ml_collections' 'get_config() returned None': ours says it.
+        remaining = flags.FLAGS(argv)
       if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
         flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
         expand_home_in_paths(flags.FLAGS['config'].value)
@@ -179,6 +180,62 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
                       'is a flag, written --name=value (e.g. --config.batch_size=128).')
     return remaining
   return parse
+
+
+@contextlib.contextmanager
+def _absl_warnings_off() -> Iterator[None]:
+  """Library warnings silenced where cnnjax says the same in its own line."""
+  absl_logger = logging.getLogger('absl')
+  level = absl_logger.level
+  absl_logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    absl_logger.setLevel(level)
+
+
+def not_a_config(loaded, error_text: str) -> str | None:
+  """What is wrong with a config file whose get_config() gave no ConfigDict (which fails
+  wherever the config is next used: to_dict(), an override), or None. `loaded` is what
+  ml_collections holds: the ConfigDict, what get_config() returned instead, or its stand-in
+  for a file it failed to load, which raises that failure when used."""
+  import ml_collections
+  if 'Flag --config must have a value other than None' in error_text:
+    return returned_not_a_config('NoneType')
+  if (loaded is None or isinstance(loaded, ml_collections.ConfigDict)
+      or type(loaded).__name__ == '_ErrorConfig'):
+    return None
+  return returned_not_a_config(type(loaded).__name__)
+
+
+def returned_not_a_config(type_name: str) -> str:
+  if type_name == 'NoneType':
+    return "the config file's get_config() returned None (a missing 'return config'?)."
+  return (f"the config file's get_config() returned {type_name}, not an "
+          'ml_collections.ConfigDict: build one from configs/default.py\'s and return it, as '
+          'configs/cnn_simple.py does.')
+
+
+def override_path_message(error: Exception, text: str) -> str | None:
+  """What is wrong with a `--config.<path>=value` whose path ml_collections cannot follow
+  (a field of a number, a tuple's item, a config that is not a ConfigDict), or None."""
+  holder = re.search(r"Attribute <class '(\w+)'>\.\w+ does not exist .* Attempting to "
+                     r"lookup: ([\w.]+)", text)
+  if isinstance(error, KeyError) and holder:
+    path = holder[2]
+    if '.' not in path:  # The config itself is not a ConfigDict.
+      return returned_not_a_config(holder[1])
+    parent = path.rsplit('.', 1)[0]
+    return f'--config.{path}: config.{parent} is a value ({holder[1]}), not a group of fields.'
+  unparsed = re.search(r"Could not parse '([\w.]+)'", text)
+  if isinstance(error, ValueError) and unparsed:
+    return (f'--config.{unparsed[1]} names no config field: a field is named by its group '
+            "and name (config.augment.flip), and a tuple is set whole "
+            "(--config.lr_boundaries='(0.5, 0.8)').")
+  if isinstance(error, KeyError) and error.args and any(
+      arg.startswith(f'--config.{error.args[0]}') for arg in sys.argv):
+    return returned_not_a_config('a dict or other mapping')  # A ConfigDict raises AttributeError.
+  return None
 
 
 def exit_with_error(tool: str, message: str) -> None:
@@ -241,6 +298,16 @@ def flag_error_message(error: Exception) -> str:
       and not any(arg == '--config' or arg.startswith('--config=') for arg in sys.argv)):
     return ('no config file given: pass --config=FILE (e.g. --config=configs/cnn_simple.py); '
             '--config.<field>=value flags then override its fields.')
+  wrong_type = not_a_config(flags.FLAGS['config'].value if 'config' in flags.FLAGS else None,
+                           text)
+  if wrong_type:
+    return wrong_type
+  bad_path = override_path_message(error, text)
+  if bad_path:
+    return bad_path
+  if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:
+    return ('the config file defines no get_config(): a config file is a Python file whose '
+            'get_config() returns the config, as configs/cnn_simple.py does.')
   if isinstance(error, AttributeError):  # ml_collections: --config.<field> names no field.
     match = re.search(r'Did you mean "(\w+)" instead of "(\w+)"', text)
     field = match[2] if match else text.strip('\'"').split('\'')[0].strip('\\')

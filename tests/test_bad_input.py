@@ -75,11 +75,11 @@ def config_with_data(name, *extra):
                                  f'--config.local_data_dir={data}', *extra]
 
 
-def config_file(text):
+def config_file(text, overridden=True):
   def make(data, tmp_path):
     path = tmp_path / 'my_config.py'
     path.write_text(text)
-    return [f'--config={path}', f'--config.local_data_dir={data}']
+    return [f'--config={path}'] + ([f'--config.local_data_dir={data}'] if overridden else [])
   return make
 
 
@@ -139,6 +139,21 @@ MAIN_CASES = {
     'config file that does not parse': (config_file('def get_config(:\n'), 'does not parse'),
     'config file that raises': (config_file('def get_config():\n  return 1 / 0\n'),
                                 'ZeroDivisionError'),
+    'config file without get_config': (config_file('config = None\n'),
+                                        'the config file defines no get_config()'),
+    'config file returning None': (config_file('def get_config():\n  pass\n'),
+                                   "get_config() returned None (a missing 'return config'?)"),
+    'config file returning a dict': (config_file('def get_config():\n  return {"seed": 1}\n'),
+                                     'get_config() returned a dict or other mapping, not an '
+                                     'ml_collections.ConfigDict'),
+    'config file returning a dict, no overrides': (
+        config_file('def get_config():\n  return {"seed": 1}\n', overridden=False),
+        'get_config() returned dict, not an ml_collections.ConfigDict'),
+    'a field of a number': (with_data('--config.seed.x=1'),
+                            '--config.seed.x: config.seed is a value (int), not a group'),
+    "a tuple's item": (with_data('--config.lr_boundaries.0=0.3'),
+                       '--config.lr_boundaries.0 names no config field',
+                       "a tuple is set whole (--config.lr_boundaries='(0.5, 0.8)')"),
     'config file given arguments it does not take': (
         lambda data, tmp_path: [f'--config={REPO_ROOT}/configs/cnn_simple.py:batch_size=3'],
         'the config file failed: TypeError: get_config() takes 0 positional arguments but 1 '
