@@ -58,7 +58,8 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   with pytest.raises(LocalDataError, match='test.csv is not a CSV of a label and pixel values'):
     csv_files.read_csv_split(str(tmp_path), 'test')
   write_csv(tmp_path / 'test.csv', images, labels, delimiter=' ')  # Neither , nor ; nor tab.
-  with pytest.raises(LocalDataError, match="not a CSV .* could not convert string '0 0 0"):
+  with pytest.raises(LocalDataError, match="not a CSV .*could not convert string '0 0 0 "
+                     ".*separated by commas, semicolons or tabs"):
     csv_files.read_csv_split(str(tmp_path), 'test')
   write_csv(tmp_path / 'test.csv', images.astype(np.int64) + 300, labels)
   with pytest.raises(LocalDataError, match='pixel values outside 0..255 \\(300 to 300\\)'):
@@ -69,3 +70,32 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   assert not csv_files.is_csv_dir(str(tmp_path / 'nowhere')) and csv_files.is_csv_dir(str(tmp_path))
   (tmp_path / 'train').mkdir()  # An image tree with CSV files beside it is a tree.
   assert not csv_files.is_csv_dir(str(tmp_path))
+
+
+def test_a_header_naming_the_label_column_elsewhere_is_followed(tmp_path):
+  """Some exports put the label last (pixel1,...,pixel784,label): read by the header's name,
+  not taken for pixels (which ended in 'labels are not classes 0..9')."""
+  arrays = make_idx_dataset(str(tmp_path), num_train=30, num_test=10)
+  images, labels = arrays['train']
+  flat = images.reshape(len(images), -1)
+  with open(tmp_path / 'train.csv', 'w') as f:
+    f.write(','.join(f'pixel{i + 1}' for i in range(flat.shape[1])) + ',"Label"\n')
+    np.savetxt(f, np.concatenate([flat, labels[:, None]], axis=1), fmt='%d', delimiter=',')
+  read_images, read_labels = csv_files.read_csv_split(str(tmp_path), 'train')
+  np.testing.assert_array_equal(read_images[..., 0], images)
+  np.testing.assert_array_equal(read_labels, labels)
+
+
+def test_an_empty_csv_or_one_of_fractions_is_named(tmp_path, recwarn):
+  (tmp_path / 'test.csv').write_text('label,' + ','.join(f'pixel{i + 1}' for i in range(784)))
+  with pytest.raises(LocalDataError, match=r'test.csv holds no rows of examples \(only its '
+                     r'header\)\.$'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  assert not [w for w in recwarn if 'no data' in str(w.message)]  # numpy's warning not shown.
+  (tmp_path / 'test.csv').write_text('')
+  with pytest.raises(LocalDataError, match=r'test.csv holds no rows of examples \(it is empty\)'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
+  (tmp_path / 'test.csv').write_text('label,pixel1,pixel2\n3,0.5,0.25\n')
+  with pytest.raises(LocalDataError, match="could not convert string '0.5' .*; its values must "
+                     'be integers, pixels 0..255'):
+    csv_files.read_csv_split(str(tmp_path), 'test')

@@ -4,10 +4,12 @@ A folder holding one `.csv` file with `train` in its name and one with `test`
 (`fashion-mnist_train.csv`, `fashion-mnist_test.csv`; `mnist_train.csv`, ...).
 Each row is one example: its label, then its pixels row by row (784 of them for
 28x28 images). A header row of column names (`label,pixel1,...`) is skipped where
-there is one. Rows keep the file's order. Excel's ways of saving a CSV are read too:
+there is one; where it names a `label` column other than the first, that column holds
+the labels. Rows keep the file's order. Excel's ways of saving a CSV are read too:
 a UTF-8 byte-order mark, and semicolons or tabs between the values.
 """
 import os
+import warnings
 
 import numpy as np
 
@@ -47,19 +49,31 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     with open(path, encoding='utf-8-sig') as f:
       first = f.readline()
     delimiter = next((d for d in ',;\t' if d in first), ',')
-    header = 0 if first.split(delimiter, 1)[0].strip().lstrip('-').isdigit() else 1
-    rows = np.loadtxt(path, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2,
-                      encoding='utf-8-sig')
+    names = [name.strip().strip('"').lower() for name in first.split(delimiter)]
+    header = 0 if names[0].lstrip('-').isdigit() else 1
+    label_column = names.index('label') if header and 'label' in names else 0
+    with warnings.catch_warnings():  # numpy's 'input contained no data': said below.
+      warnings.simplefilter('ignore', UserWarning)
+      rows = np.loadtxt(path, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2,
+                        encoding='utf-8-sig')
   except (OSError, ValueError, UnicodeError) as e:
+    reason = f'{type(e).__name__}: {e}'
+    if 'could not convert string' in str(e):  # Pixels in [0, 1], an empty cell, spaces.
+      reason = (f'{str(e).rstrip(".")}; its values must be integers, pixels 0..255, separated by '
+                'commas, semicolons or tabs')
     raise LocalDataError(f'{path} is not a CSV of a label and pixel values per row '
-                         f'({type(e).__name__}: {e}).') from e
+                         f'({reason}).') from e
+  if not len(rows):
+    raise LocalDataError(f'{path} holds no rows of examples '
+                         + ('(only its header).' if first.strip() else '(it is empty).'))
   pixels = rows.shape[1] - 1
   side = int(round(pixels ** 0.5))
-  if side * side != pixels or not len(rows):
+  if side * side != pixels:
     raise LocalDataError(f'{path} has {len(rows)} rows of a label and {pixels} pixel values; '
                          'a square grey image per row was expected (784 values for 28x28).')
-  images = rows[:, 1:]
+  labels = rows[:, label_column]
+  images = np.delete(rows, label_column, axis=1)
   if images.min() < 0 or images.max() > 255:
     raise LocalDataError(f'{path} holds pixel values outside 0..255 ({images.min()} to '
                          f'{images.max()}).')
-  return images.astype(np.uint8).reshape(-1, side, side, 1), rows[:, 0].astype(np.int32)
+  return images.astype(np.uint8).reshape(-1, side, side, 1), labels.astype(np.int32)
