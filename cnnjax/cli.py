@@ -194,14 +194,21 @@ def _absl_warnings_off() -> Iterator[None]:
     absl_logger.setLevel(level)
 
 
-def not_a_config(loaded, error_text: str) -> str | None:
-  """What is wrong with a config file whose get_config() gave no ConfigDict (which fails
-  wherever the config is next used: to_dict(), an override), or None. `loaded` is what
-  ml_collections holds: the ConfigDict, what get_config() returned instead, or its stand-in
-  for a file it failed to load, which raises that failure when used."""
+def not_a_config(loaded, error: Exception, text: str) -> str | None:
+  """What is wrong with a config file whose get_config() gave no ConfigDict, or None. It
+  fails where the config is next used, each way saying so differently: as the flag's value
+  (absl refuses None), at an override (KeyError), at to_dict() (AttributeError). `loaded` is
+  what ml_collections holds: the ConfigDict, what get_config() returned instead, or its
+  stand-in for a file it failed to load, which raises that failure when used."""
   import ml_collections
-  if 'Flag --config must have a value other than None' in error_text:
+  if 'Flag --config must have a value other than None' in text:
     return returned_not_a_config('NoneType')
+  holder = _OVERRIDE_HOLDER.search(text)
+  if isinstance(error, KeyError) and holder and '.' not in holder[2]:  # --config.<field>=
+    return returned_not_a_config(holder[1])
+  if isinstance(error, KeyError) and error.args and any(
+      arg.startswith(f'--config.{error.args[0]}') for arg in sys.argv):
+    return returned_not_a_config('a dict or other mapping')  # A ConfigDict raises AttributeError.
   if (loaded is None or isinstance(loaded, ml_collections.ConfigDict)
       or type(loaded).__name__ == '_ErrorConfig'):
     return None
@@ -216,15 +223,17 @@ def returned_not_a_config(type_name: str) -> str:
           'configs/cnn_simple.py does.')
 
 
+# ml_collections' KeyError for an override path through a value: its type, the path.
+_OVERRIDE_HOLDER = re.compile(r"Attribute <class '(\w+)'>\.\w+ does not exist .* Attempting "
+                              r"to lookup: ([\w.]+)")
+
+
 def override_path_message(error: Exception, text: str) -> str | None:
   """What is wrong with a `--config.<path>=value` whose path ml_collections cannot follow
-  (a field of a number, a tuple's item, a config that is not a ConfigDict), or None."""
-  holder = re.search(r"Attribute <class '(\w+)'>\.\w+ does not exist .* Attempting to "
-                     r"lookup: ([\w.]+)", text)
+  (a field of a number, a tuple's item), or None."""
+  holder = _OVERRIDE_HOLDER.search(text)
   if isinstance(error, KeyError) and holder:
     path = holder[2]
-    if '.' not in path:  # The config itself is not a ConfigDict.
-      return returned_not_a_config(holder[1])
     parent = path.rsplit('.', 1)[0]
     return f'--config.{path}: config.{parent} is a value ({holder[1]}), not a group of fields.'
   unparsed = re.search(r"Could not parse '([\w.]+)'", text)
@@ -232,9 +241,6 @@ def override_path_message(error: Exception, text: str) -> str | None:
     return (f'--config.{unparsed[1]} names no config field: a field is named by its group '
             "and name (config.augment.flip), and a tuple is set whole "
             "(--config.lr_boundaries='(0.5, 0.8)').")
-  if isinstance(error, KeyError) and error.args and any(
-      arg.startswith(f'--config.{error.args[0]}') for arg in sys.argv):
-    return returned_not_a_config('a dict or other mapping')  # A ConfigDict raises AttributeError.
   return None
 
 
@@ -299,7 +305,7 @@ def flag_error_message(error: Exception) -> str:
     return ('no config file given: pass --config=FILE (e.g. --config=configs/cnn_simple.py); '
             '--config.<field>=value flags then override its fields.')
   wrong_type = not_a_config(flags.FLAGS['config'].value if 'config' in flags.FLAGS else None,
-                           text)
+                           error, text)
   if wrong_type:
     return wrong_type
   bad_path = override_path_message(error, text)

@@ -72,7 +72,8 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     raise LocalDataError(f'{path} has {len(rows)} rows of a label and {pixels} pixel values; '
                          'a square grey image per row was expected (784 values for 28x28).')
   labels = rows[:, label_column]
-  images = np.delete(rows, label_column, axis=1)
+  # Kaggle's label-first rows as a view: a copy of them all would add 8 bytes per value.
+  images = rows[:, 1:] if label_column == 0 else np.delete(rows, label_column, axis=1)
   if images.min() < 0 or images.max() > 255:
     raise LocalDataError(f'{path} holds pixel values outside 0..255 ({images.min()} to '
                          f'{images.max()}).')
