@@ -580,3 +580,30 @@ def test_a_full_disk_during_a_save_is_one_clear_error(raised_as, tmp_path, mock_
   with pytest.raises(checkpoints.CheckpointWriteError, match='No space left on device.*kept'):
     train_and_evaluate(resumable_config('cnn_simple', 6), workdir)
   assert sorted(os.listdir(workdir / 'checkpoints')) == ['3']
+
+
+def test_a_save_refused_in_orbaxs_threads_ends_in_one_line_and_costs_nothing(tmp_path, idx_dir):
+  """A real refusal inside orbax's asynchronous writer (here `ulimit -f`, as a disk filling
+  up during the save would be): orbax's threads, asyncio and tensorstore would each print
+  their tracebacks of it; the user sees the one line. The next run, allowed, runs whole."""
+  command = [sys.executable, '-m', 'cnnjax.main', f'--config={REPO_ROOT}/configs/mlp_128_64.py',
+             f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
+             '--config.num_epochs=1', f'--workdir={tmp_path}/run']
+  env = {**os.environ, 'PYTHONPATH': REPO_ROOT}
+  # Files up to 256 KiB: the run's records fit, its checkpoint (1.3 MB of parameters) does not.
+  small_files_only = ['bash', '-c', 'ulimit -f 256 && exec "$@"', 'bash']
+  refused = subprocess.run(small_files_only + command, cwd=tmp_path, capture_output=True,
+                           text=True, timeout=300,
+                           env={**env, 'JAX_ENABLE_COMPILATION_CACHE': 'false'})
+  assert refused.returncode == 2, refused.stderr[-3000:]
+  assert refused.stderr.splitlines() == [
+      f'cnnjax: error: Could not write a checkpoint in {tmp_path}/run/checkpoints (File too '
+      'large). Raise the file-size limit (`ulimit -f unlimited`) or write to a file system that '
+      'takes larger files, and run the same command to resume from the checkpoints before it, '
+      'which are kept.']
+  assert 'Traceback' not in refused.stdout
+  allowed = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                           env=env)
+  assert allowed.returncode == 0, allowed.stderr[-3000:]
+  assert [row['step'] for row in read_jsonl(tmp_path / 'run' / 'metrics.jsonl')] == [5]
+  assert os.listdir(tmp_path / 'run' / 'checkpoints') == ['5']

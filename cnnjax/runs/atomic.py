@@ -8,8 +8,16 @@ from typing import IO, Iterator
 
 from cnnjax.errors import UserError
 
-# The disk's refusals, which the user fixes (space, quota, permissions), unlike our bugs.
-REFUSALS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES)
+# The disk's refusals, which the user fixes (space, quota, permissions, a file-size limit),
+# unlike our bugs; and what the user does about each.
+_FREE_SPACE = 'Free some space (or make the directory writable)'
+FIXES = {
+    errno.ENOSPC: _FREE_SPACE, errno.EDQUOT: _FREE_SPACE, errno.EROFS: _FREE_SPACE,
+    errno.EACCES: _FREE_SPACE,
+    # A shell's `ulimit -f`, or a file system with small files only (FAT32's 4 GiB).
+    errno.EFBIG: 'Raise the file-size limit (`ulimit -f unlimited`) or write to a file system '
+                 'that takes larger files,',
+}
 
 
 class WriteRefusedError(UserError, OSError):
@@ -22,12 +30,21 @@ def refusal_errno(error: BaseException | None) -> int | None:
   while error is not None:
     code = error.errno if isinstance(error, OSError) else None
     if code is None:
-      found = re.search(r"os_error_code='(\d+)'", str(error))
-      code = int(found.group(1)) if found else None
-    if code in REFUSALS:
+      code = _tensorstore_errno(str(error))
+    if code in FIXES:
       return code
     error = error.__cause__ or error.__context__
   return None
+
+
+def names_a_refusal(text: str) -> bool:
+  """Whether `text` (a library's log line) quotes tensorstore's error for a refused write."""
+  return _tensorstore_errno(text) in FIXES
+
+
+def _tensorstore_errno(text: str) -> int | None:
+  found = re.search(r"os_error_code='(\d+)'", text)
+  return int(found.group(1)) if found else None
 
 
 @contextlib.contextmanager
@@ -42,8 +59,8 @@ def refusals_reported(what: str, then: str = 'run the same command again.',
     code = refusal_errno(error)
     if code is None:
       raise
-    raise error_type(f'Could not write {what} ({os.strerror(code)}). Free some space (or make '
-                     f'the directory writable) and {then}') from error
+    raise error_type(f'Could not write {what} ({os.strerror(code)}). {FIXES[code]} and '
+                     f'{then}') from error
 
 
 @contextlib.contextmanager

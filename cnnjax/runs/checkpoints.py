@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import shutil
+import sys
 import time
 from typing import Any, NamedTuple, Sequence
 
@@ -64,8 +65,8 @@ def _abstract(tree: Any) -> Any:
 
 def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
   """Refuses a save that cannot fit on the disk before orbax starts it. A disk that fills
-  up during an asynchronous save is still reported (`_reporting_write_errors`), but only
-  after orbax's background threads have logged their own tracebacks. In a multi-process run
+  up during an asynchronous save is still reported in one line (`_reporting_write_errors`,
+  `_RefusedWriteEchoes`), but only once orbax has written what fitted. In a multi-process run
   each process checks its own disk and all of them refuse together: one refusing alone
   would leave the others waiting in orbax's save."""
   needed = sum(leaf.nbytes for leaf in jax.tree.leaves(trees))  # Uncompressed: an upper bound.
@@ -79,6 +80,46 @@ def _check_free_space(directory: str, trees: Sequence[Any], what: str) -> None:
         'free some space and run the same command to resume from them.')
 
 
+class _RefusedWriteEchoes(logging.Filter):
+  """Keeps a refused checkpoint write (a full disk, `ulimit -f`) to the one line the run
+  ends in (`_reporting_write_errors`). Without it, that line comes after hundreds of others:
+  each of orbax's background threads logs the refusal with its traceback, asyncio logs each
+  failed write's task as 'never retrieved', and tensorstore's callbacks for the writes still in flight, once orbax has closed their event loop, raise
+  'Event loop is closed' as unraisable exceptions. Those echoes are dropped; an unraisable
+  exception only once a refusal was seen, and every other record and exception as ever."""
+
+  def __init__(self):
+    super().__init__()
+    self.refusal_seen = False
+    self._next_unraisable_hook = sys.unraisablehook
+    sys.unraisablehook = self._unraisable
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    if atomic.refusal_errno(error) is None and not atomic.names_a_refusal(record.getMessage()):
+      return True
+    self.refusal_seen = True
+    return False
+
+  def _unraisable(self, unraisable: Any) -> None:
+    if not (self.refusal_seen and isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      self._next_unraisable_hook(unraisable)
+
+
+_echoes: _RefusedWriteEchoes | None = None
+
+
+def _dropping_refused_write_echoes() -> None:
+  """Installs `_RefusedWriteEchoes` on absl's logger (orbax logs through absl) and asyncio's,
+  once."""
+  global _echoes
+  if _echoes is None:
+    _echoes = _RefusedWriteEchoes()
+    for name in ('absl', 'asyncio'):
+      logging.getLogger(name).addFilter(_echoes)
+
+
 def _manager(directory: str, owns_workdir: bool, **options: Any) -> ocp.CheckpointManager:
   """An orbax manager of `directory`.
 
@@ -88,6 +129,7 @@ def _manager(directory: str, owns_workdir: bool, **options: Any) -> ocp.Checkpoi
   that is would print orbax's warning. Readers (`cnnjax.evaluate`, `cnnjax.predict`) hold
   no lock and may look at a run that is saving: they leave its files alone.
   """
+  _dropping_refused_write_echoes()
   return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=True, cleanup_tmp_directories=owns_workdir, **options))
 
