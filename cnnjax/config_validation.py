@@ -198,6 +198,16 @@ def nominal_shape(config: ml_collections.ConfigDict) -> tuple[int, int, int]:
   return (config.image_size or height, config.image_size or width, config.channels or channels)
 
 
+def _check_name(name) -> None:
+  """The run's name is one folder's: its default workdir is checkpoints/<name>. Empty (an
+  unset shell variable in `--config.name=$NAME`), the run would write into checkpoints/
+  itself, among the other runs; a path ('../x', 'a/b') would put it outside or below them."""
+  if not isinstance(name, str) or name in ('', '.', '..') or os.path.basename(name) != name:
+    raise ConfigError(f'config.name={name!r} must be a folder name (the default workdir is '
+                      'checkpoints/<name>), e.g. --config.name=cnn_simple_lr1e-4; to run '
+                      'elsewhere, pass --workdir=PATH.')
+
+
 def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
                     ) -> None:
   """Raises ConfigError naming the first field that is unknown or out of range.
@@ -209,6 +219,7 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   if unknown:
     raise ConfigError(f'Unknown config field(s) {unknown}: not defined in configs/default.py. '
                       'Check the spelling, or add the field to configs/default.py.')
+  _check_name(config.name)
   for field in POSITIVE_INT_FIELDS:
     _check_count(config, field)
   if (not isinstance(config.num_train_steps, int) or config.num_train_steps == 0

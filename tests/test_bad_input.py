@@ -128,6 +128,12 @@ MAIN_CASES = {
         "Model 'cnn_simple' needs images of at least 4x4 pixels; these are 3x3",
         '--config.image_size=4 or more'),
     'negative seed': (with_data('--config.seed=-1'), 'config.seed must be an integer from 0'),
+    'empty name (an unset $NAME)': (with_data('--config.name='),
+                                    "config.name='' must be a folder name (the default workdir "
+                                    'is checkpoints/<name>)'),
+    'a name that is a path': (with_data('--config.name=../../etc'),
+                              "config.name='../../etc' must be a folder name",
+                              'pass --workdir=PATH'),
     'seed beyond 32 bits': (with_data('--config.seed=4294967296'),
                             'config.seed must be an integer from 0 to 2**32 - 1'),
     'negative test-time shift': (with_data('--config.augment.translate_test=-1'),
