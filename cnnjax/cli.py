@@ -302,8 +302,11 @@ def flag_error_message(error: Exception) -> str:
   mistyped = getattr(error, 'flagname', 'config.').split('.')[0] != 'config'  # e.g. --confg
   if ('config' in flags.FLAGS and not mistyped
       and not any(arg == '--config' or arg.startswith('--config=') for arg in sys.argv)):
-    return ('no config file given: pass --config=FILE (e.g. --config=configs/cnn_simple.py); '
-            '--config.<field>=value flags then override its fields.')
+    bare = [arg for arg in sys.argv[1:] if arg.endswith('.py') and not arg.startswith('-')]
+    example = bare[0] if bare else 'configs/cnn_simple.py'
+    return (f'no config file given: pass --config=FILE (e.g. --config={example}); '
+            + (f'{example} alone is an argument, not the config. ' if bare else '')
+            + '--config.<field>=value flags then override its fields.')
   wrong_type = not_a_config(flags.FLAGS['config'].value if 'config' in flags.FLAGS else None,
                            error, text)
   if wrong_type:

@@ -185,6 +185,10 @@ COMMAND_LINE_CASES = {
         'config.batch_size=64 is larger than the 40'),
     'no --config': (lambda data, tmp_path: ['--config.batch_size=3'],
                     'no config file given: pass --config=FILE'),
+    'a config file without --config': (
+        lambda data, tmp_path: ['configs/vgg_scratch.py', '--config.batch_size=3'],
+        'no config file given: pass --config=FILE (e.g. --config=configs/vgg_scratch.py); '
+        'configs/vgg_scratch.py alone is an argument, not the config.'),
     'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
                           "Unknown command line flag 'confg'"),
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
