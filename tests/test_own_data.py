@@ -88,6 +88,16 @@ def test_every_mode_and_size_becomes_the_configured_shape(tmp_path):
   assert data.train.images.dtype == np.uint8 and data.train.images.max() > 0
 
 
+def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn):
+  from cnnjax.data import images
+  path = tmp_path / 'IMG_0001.png'
+  # A 200 MP sensor's frame: over the 179 MP Pillow refuses by default, and warns over 89.5 MP.
+  Image.new('1', (16320, 12240), 1).save(path)
+  array = images.load_image(str(path), (28, 28, 1))
+  assert array.shape == (28, 28, 1) and (array == 255).all()
+  assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
 def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):
   root = write_tree(str(tmp_path / 'plants'), per_class=1)
   os.remove(os.path.join(root, 'train', 'fern', '0.jpeg'))

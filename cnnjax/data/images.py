@@ -79,6 +79,24 @@ def fit_array(array: np.ndarray, image_shape: tuple[int, int, int]) -> np.ndarra
                                                   else array), mode), image_shape)
 
 
+# Pillow refuses an image over 2 x 89.5 million pixels as a possible decompression bomb, and
+# warns, in its own format, over 89.5 million: a 108 or 200 MP phone photo. cnnjax reads the
+# user's own images, so it refuses only over this many (3 GiB decoded in RGB).
+MAX_PIXELS = 2 ** 30
+_PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
+
+
+@functools.cache
+def _large_photos_readable() -> None:
+  """Raises Pillow's limit to `MAX_PIXELS` (unless it was set otherwise than Pillow's
+  default) and silences its warning below it: the image is read, as the user asked."""
+  import warnings
+  from PIL import Image
+  if Image.MAX_IMAGE_PIXELS == _PILLOW_DEFAULT_MAX_PIXELS:
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow refuses twice its limit.
+  warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+
+
 # The ISO base media brands of HEIC/HEIF stills (what iPhones save), at bytes 8-12 after 'ftyp'.
 HEIF_BRANDS = (b'heic', b'heix', b'hevc', b'hevx', b'heim', b'heis', b'mif1', b'msf1')
 
@@ -103,6 +121,7 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
   """`use(image)` of the image in `source` (its bytes, or its file's path); an
   `ImageInputError` says in a few words why Pillow cannot read it."""
   from PIL import Image, UnidentifiedImageError
+  _large_photos_readable()
   head = None  # The first bytes, to tell HEIF and empty files by.
   try:
     with (io.BytesIO(source) if isinstance(source, bytes) else open(source, 'rb')) as f:
@@ -113,7 +132,8 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
       with Image.open(f) as image:
         return use(image)
   except Image.DecompressionBombError as e:
-    raise ImageInputError(f'is too large to be read safely ({e})',
+    raise ImageInputError(f'is too large to be read safely ({e}); downscale it (it is '
+                          'stretched to the dataset\'s image size anyway)',
                           'too large to be read safely') from e
   except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
     if isinstance(e, ImageSizeError):
