@@ -32,10 +32,10 @@ def test_kaggle_csv_files_give_the_idx_files_arrays(tmp_path):
 
 
 @pytest.mark.parametrize('delimiter, encoding', [(',', 'utf-8-sig'), (';', 'utf-8'),
-                                                 ('\t', 'utf-8-sig')])
+                                                 ('\t', 'utf-8-sig'), ('\t', 'utf-16')])
 @pytest.mark.parametrize('header', [False, True])
 def test_csv_files_as_excel_saves_them(delimiter, encoding, header, tmp_path):
-  """A byte-order mark ('CSV UTF-8'), semicolons (where ',' is the decimal mark) or tabs: every
+  """A byte-order mark ('CSV UTF-8'), UTF-16 ('Unicode Text'), semicolons (where ',' is the decimal mark) or tabs: every
   row read. The mark before a first row of numbers once made it look like a header, dropped."""
   arrays = make_idx_dataset(str(tmp_path), num_train=30, num_test=10)
   for split, name in (('train', 'train'), ('t10k', 'test')):

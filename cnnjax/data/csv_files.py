@@ -6,7 +6,7 @@ Each row is one example: its label, then its pixels row by row (784 of them for
 28x28 images). A header row of column names (`label,pixel1,...`) is skipped where
 there is one; where it names a `label` column other than the first, that column holds
 the labels. Rows keep the file's order. Excel's ways of saving a CSV are read too:
-a UTF-8 byte-order mark, and semicolons or tabs between the values.
+a UTF-8 byte-order mark, UTF-16 ('Unicode Text'), and semicolons or tabs between the values.
 """
 import os
 import warnings
@@ -42,11 +42,18 @@ def _csv_path(root: str, split: str) -> str:
   return os.path.join(root, found[0])
 
 
+def _encoding(path: str) -> str:
+  """UTF-16 where the file starts with its byte-order mark; else UTF-8, with or without one."""
+  with open(path, 'rb') as f:
+    return 'utf-16' if f.read(2) in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig'
+
+
 def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
   path = _csv_path(root, split)
   try:
-    with open(path, encoding='utf-8-sig') as f:
+    encoding = _encoding(path)
+    with open(path, encoding=encoding) as f:
       first = f.readline()
     delimiter = next((d for d in ',;\t' if d in first), ',')
     names = [name.strip().strip('"').lower() for name in first.split(delimiter)]
@@ -55,7 +62,7 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
     with warnings.catch_warnings():  # numpy's 'input contained no data': said below.
       warnings.simplefilter('ignore', UserWarning)
       rows = np.loadtxt(path, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2,
-                        encoding='utf-8-sig')
+                        encoding=encoding)
   except (OSError, ValueError, UnicodeError) as e:
     reason = f'{type(e).__name__}: {e}'
     if 'could not convert string' in str(e):  # Pixels in [0, 1], an empty cell, spaces.
