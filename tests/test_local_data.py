@@ -84,14 +84,16 @@ def write_image_tree(root, images, labels, class_names, split):
     Image.fromarray(image).save(os.path.join(folder, f'{i:05d}.png'))
 
 
-@pytest.mark.parametrize('test_class, message', [
-    ('Cat', 'Folder test/Cat in .* is not a class of this dataset: it differs from class cat in '
-            'case alone; rename one of the two folders'),
-    ('bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\)'),
+@pytest.mark.parametrize('train_class, test_class, message', [
+    ('cat', 'Cat', 'Folder test/Cat in .* is not a class of this dataset: it differs from class '
+                   'cat in case alone; rename one of the two folders'),
+    ('cat', 'bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\)'),
+    ('caf\u00e9', 'cafe\u0301', 'Folder test/cafe\u0301 in .* is not a class of this dataset: it '
+                             'differs from class caf\u00e9 in Unicode form alone'),
 ])
-def test_a_test_folder_that_names_no_training_class(test_class, message, tmp_path):
+def test_a_test_folder_that_names_no_training_class(train_class, test_class, message, tmp_path):
   images = np.zeros((4, 6, 6, 3), np.uint8)
-  write_image_tree(str(tmp_path), images, [0, 0, 1, 1], ['cat', 'dog'], 'train')
+  write_image_tree(str(tmp_path), images, [0, 0, 1, 1], [train_class, 'dog'], 'train')
   write_image_tree(str(tmp_path), images, [0, 0, 1, 1], [test_class, 'dog'], 'test')
   with pytest.raises(image_tree.LocalDataError, match=message):
     datasets.load_dataset(datasets.DataOptions('image_folder', 'train', '', 'test',

@@ -24,6 +24,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from typing import Callable, Iterator, Sequence
@@ -354,13 +355,21 @@ def class_names(tree: dict[str, list[TreeFile]], root: str, split: str = 'train'
   return names
 
 
+def _folded(name: str) -> str:
+  """`name` as two names that look alike to a user compare: case and Unicode form ignored."""
+  return unicodedata.normalize('NFC', name).casefold()
+
+
 def _check_classes(files: Sequence[TreeFile], split: str, root: str,
                    class_names_: Sequence[str]) -> None:
   known = set(class_names_)
   for f in files:
     if f.cls not in known:
-      twin = next((name for name in class_names_ if name.casefold() == f.cls.casefold()), None)
-      hint = (f': it differs from class {twin} in case alone; rename one of the two folders'
+      twin = next((name for name in class_names_ if _folded(name) == _folded(f.cls)), None)
+      how = ('case alone' if twin is None or twin.casefold() == f.cls.casefold() else
+             "Unicode form alone (macOS writes 'é' as 'e' and an accent, other systems as one "
+             'character)')
+      hint = (f': it differs from class {twin} in {how}; rename one of the two folders'
               if twin else f' ({", ".join(class_names_)})')
       raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset'
                            f'{hint}.')
