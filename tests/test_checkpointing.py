@@ -311,6 +311,34 @@ def signalled_first(function):
   return signalled
 
 
+@pytest.mark.parametrize('num_steps', [3, 6])  # The last epoch's validation; the first's.
+def test_a_signal_during_a_validation_stops_at_its_epochs_end(num_steps, tmp_path, mock_tfds,
+                                                              monkeypatch):
+  """The warning says the run saves and exits: it does, at the epoch's end, rather than
+  after the next epoch's first step, or, after the last epoch, the test evaluation and the
+  report. The same command then continues."""
+  from cnnjax.runs import preemption
+  from cnnjax.training import steps
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  config = resumable_config('cnn_simple', num_steps, val_split='test')
+  train_and_evaluate(config, straight)
+  evaluate, calls = steps.Trainer.evaluate, []
+
+  def first_one_signalled(*args, **kwargs):  # A second signal would exit at once.
+    if not calls:
+      os.kill(os.getpid(), signal.SIGTERM)
+    calls.append(1)
+    return evaluate(*args, **kwargs)
+  with monkeypatch.context() as patch:
+    patch.setattr(steps.Trainer, 'evaluate', first_one_signalled)
+    with pytest.raises(preemption.StopRequested, match='SIGTERM at step 3; a checkpoint was'):
+      train_and_evaluate(config, stopped)
+  assert not os.path.exists(os.path.join(stopped, 'results.json'))
+  assert sorted(os.listdir(os.path.join(stopped, 'checkpoints'))) == ['3']
+  train_and_evaluate(config, stopped)
+  assert_same_run(straight, stopped, config)
+
+
 def test_a_signal_before_training_stops_with_nothing_lost(tmp_path, mock_tfds, monkeypatch):
   from cnnjax.data import datasets
   from cnnjax.runs import preemption

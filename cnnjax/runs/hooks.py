@@ -145,6 +145,12 @@ class SignalHook(Hook):
     if self.signals.requested:
       loop.request_stop(preemption.StopRequested.at_step(self.signals.signum, loop.step))
 
+  def epoch_end(self, loop, epoch):
+    """A signal during the epoch's end (its validation, its checkpoint: the last hooks) stops
+    there, as it said it would; not after the next epoch's first step, nor, after the last
+    epoch, only once the test evaluation and the report are done."""
+    self.after_step(loop, None, None)
+
 
 class ProgressHook(Hook):
   """Within an epoch: a progress bar with the running loss and accuracy on a terminal, a few

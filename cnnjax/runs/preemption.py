@@ -8,8 +8,9 @@ run updates as it goes):
 
 - before training starts (reading data, compiling): the run stops at the
   next check, with nothing new to save;
-- while training: the loop checks the flag after each step and saves the
-  state there, a consistent one;
+- while training: the loop checks the flag after each step and at each
+  epoch's end (after its validation), and saves the state there, a
+  consistent one;
 - after training (the test evaluation and the report): the training is
   already saved, so these finish and the run ends with its results.
 
