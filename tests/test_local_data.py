@@ -378,6 +378,30 @@ def test_folders_named_as_splits_are_never_read_as_keras_classes(tmp_path, caplo
     image_tree.class_names(image_tree.list_tree(str(tmp_path)), str(tmp_path))
 
 
+@pytest.mark.parametrize('flags, method, message', [
+    (0x1, zipfile.ZIP_DEFLATED, r'is password-protected \(train/cat/0.png is encrypted\): unzip '
+                                r'it \(Windows Explorer, 7-Zip, unzip\) and point'),
+    (0x0, 9, r'is compressed with method 9 \(Deflate64, which Windows chooses for large zips\), '
+             r'which Python cannot read: unzip it'),
+])
+def test_a_zip_python_cannot_open_is_named_with_the_way_out(flags, method, message, tmp_path):
+  """A password, or Windows' Deflate64: zipfile raised RuntimeError / NotImplementedError."""
+  import struct
+  path = tmp_path / 'dataset.zip'
+  with zipfile.ZipFile(path, 'w', zipfile.ZIP_DEFLATED) as archive:
+    for name in ('train/cat/0.png', 'train/dog/0.png'):
+      archive.writestr(name, b'not read')
+  data = bytearray(path.read_bytes())
+  for signature, offset in ((b'PK\x03\x04', 6), (b'PK\x01\x02', 8)):  # Local, central headers:
+    at = data.find(signature)                                       # their flags and method.
+    while at >= 0:
+      data[at + offset:at + offset + 4] = struct.pack('<HH', flags, method)
+      at = data.find(signature, at + 4)
+  path.write_bytes(bytes(data))
+  with pytest.raises(image_tree.LocalDataError, match=message):
+    image_tree.list_tree(str(path))
+
+
 def test_a_zip_made_on_a_mac_is_read_without_its_macosx_folder(tmp_path, caplog):
   """Finder's Compress wraps the tree in its folder and adds __MACOSX/ with a '._' resource
   fork for every file: a second top folder, which used to hide the wrapper."""

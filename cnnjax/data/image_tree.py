@@ -240,14 +240,32 @@ def _tar_members(root: str, gzipped: bool) -> Iterator[tuple[str, bytes]]:
       pass
 
 
+# Compression methods Python's zipfile reads (stored, deflate, bzip2, LZMA), and the names of
+# others a user's zip tool may have chosen.
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+_OTHER_ZIP_METHODS = {9: 'Deflate64, which Windows chooses for large zips', 93: 'Zstandard',
+                      95: 'XZ', 98: 'PPMd', 99: 'AES encryption'}
+
+
 def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
   """(name, content) of each file. A zip's directory is at its end, so a cut-off zip does
-  not open; each member's CRC is checked as it is read."""
+  not open; each member's CRC is checked as it is read. A password or a compression method
+  Python cannot read is named before any member is read."""
+  unzip = ('unzip it (Windows Explorer, 7-Zip, unzip) and point config.local_data_dir at the '
+           'folder')
   with zipfile.ZipFile(root) as archive:
-    for member in archive.infolist():
-      name = _zip_name(member)
-      if not name.endswith('/'):  # Folders.
-        yield name, archive.read(member)
+    members = [m for m in archive.infolist() if not _zip_name(m).endswith('/')]  # No folders.
+    for member in members:
+      if member.flag_bits & 0x1:
+        raise LocalDataError(f'{root} is password-protected ({_zip_name(member)} is encrypted): '
+                             f'{unzip}.')
+      if member.compress_type not in _ZIP_METHODS:
+        method = _OTHER_ZIP_METHODS.get(member.compress_type, 'unknown to Python')
+        raise LocalDataError(f'{root} is compressed with method {member.compress_type} '
+                             f'({method}), which Python cannot read: {unzip}, or zip it again '
+                             'with the usual Deflate.')
+    for member in members:
+      yield _zip_name(member), archive.read(member)
 
 
 def _zip_name(member: zipfile.ZipInfo) -> str:
