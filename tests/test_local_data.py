@@ -160,6 +160,10 @@ def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
   archive = tmp_path / 'tree.tar.gz'
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(tree / 'train', arcname='train')
+  compressed = [tmp_path / f'tree.tar.{kind}' for kind in ('bz2', 'xz')]
+  for path in compressed:
+    with tarfile.open(path, f'w:{path.suffix[1:]}') as tar:
+      tar.add(tree / 'train', arcname='train')
   zipped = shutil.make_archive(str(tmp_path / 'tree'), 'zip', tree)
   # Archives of the folder itself, as a file manager makes them: tree/train/cat/...
   wrapped = shutil.make_archive(str(tmp_path / 'wrapped'), 'zip', tmp_path, 'tree')
@@ -167,7 +171,7 @@ def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):
   wrapped_tar = tmp_path / 'wrapped.tar'
   with tarfile.open(wrapped_tar, 'w') as tar:
     tar.add(tree, arcname='tree')
-  for root in (tree, archive, zipped, wrapped, wrapped_tar):
+  for root in (tree, archive, *compressed, zipped, wrapped, wrapped_tar):
     listed = image_tree.list_tree(str(root))
     assert sorted((f.cls, f.name) for f in listed['train']) == [
         ('cat', '2019/b.png'), ('cat', '2019/x/c.png'), ('cat', 'a.png'), ('dog', 'd.png')]
@@ -188,6 +192,10 @@ def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
   corrupt[corrupt.index(b'\x89PNG') + 60] ^= 0xFF  # Inside the first image: its CRC fails.
   flipped.write_bytes(bytes(corrupt))
   notes.write_text('Rar!' + 'x' * 1000)
+  cut_xz = tmp_path / 'cut.tar.xz'
+  with tarfile.open(cut_xz, 'w:xz') as tar:
+    tar.add(tree, arcname='.')
+  cut_xz.write_bytes(cut_xz.read_bytes()[:-200])
   csv = tmp_path / 'labels.csv.gz'  # Gzip, but no tar inside.
   csv.write_bytes(gzip.compress(b'file,label\n' * 100))
   idx_dir = tmp_path / 'idx'  # One file of an IDX dataset, gzipped or not.
@@ -198,7 +206,9 @@ def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
   unpacked.write_bytes(gzip.decompress((idx_dir / 'train-images-idx3-ubyte.gz').read_bytes()))
   for path, message in ((cut, 'cut.zip is truncated or corrupt'),
                         (flipped, 'flipped.zip is truncated or corrupt'),
-                        (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar or .zip'),
+                        (cut_xz, 'cut.tar.xz is truncated or corrupt'),
+                        (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar.bz2, '
+                                '.tar.xz, .tar or .zip'),
                         (csv, 'labels.csv.gz is gzip-compressed but holds no tar archive'),
                         (labels, 'train-labels-idx1-ubyte.gz is one IDX file: config.local_data_'
                                  'dir takes the folder that holds the four'),

@@ -158,8 +158,8 @@ def describe(options: DataOptions) -> DatasetSpec:
     if not options.local_data_dir:
       raise ConfigError("config.dataset='image_folder' reads your own image tree: pass "
                         '--config.local_data_dir=DIR (DIR/train/<class>/*, DIR/test/<class>/*; '
-                        "or Keras' DIR/<class>/*, read as the train split; or a .tar.gz, .tar or "
-                        '.zip of them).')
+                        "or Keras' DIR/<class>/*, read as the train split; or a .tar.gz, "
+                        '.tar.bz2, .tar.xz, .tar or .zip of them).')
     if not (options.image_size and options.channels):
       raise ConfigError('Image folders are read at a size you choose: set --config.image_size=N '
                         'and --config.channels=3 (RGB) or 1 (grey).')

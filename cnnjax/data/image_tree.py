@@ -1,5 +1,5 @@
-"""Image trees `<split>/<class>/<file>`, as a directory or an archive (.tar.gz, .tar or
-.zip): listing and reading.
+"""Image trees `<split>/<class>/<file>`, as a directory or an archive (.tar.gz, .tar.bz2,
+.tar.xz, .tar or .zip): listing and reading.
 
 Keras' own layout, `<class>/<file>` with no split folders (what
 `image_dataset_from_directory` reads, and how TF's flower_photos.tgz comes), is
@@ -17,17 +17,19 @@ archive, which cannot be read at random, is read in one pass and its
 compressed files kept in memory (for a tree larger than memory, unpack it
 and point `config.local_data_dir` at the directory).
 """
+import bz2
 import dataclasses
 import functools
 import gzip
 import hashlib
 import logging
+import lzma
 import os
 import tarfile
 import unicodedata
 import zipfile
 import zlib
-from typing import Callable, Iterator, Sequence
+from typing import IO, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -182,17 +184,28 @@ def _is_tar_header(block: bytes) -> bool:
   return block[257:262] == b'ustar' or (len(block) == 512 and not block.strip(b'\0'))
 
 
+# A tar archive's compressions, by their magic number: how to open each.
+_COMPRESSIONS = {b'\x1f\x8b': ('gzip', gzip.open), b'BZh': ('bzip2', bz2.open),
+                 b'\xfd7zXZ\x00': ('xz', lzma.open)}
+
+
+def _compression(head: bytes) -> tuple[str, Callable[..., IO[bytes]]] | None:
+  return next((found for magic, found in _COMPRESSIONS.items() if head.startswith(magic)), None)
+
+
 def _archive_kind(root: str) -> str:
-  """'gzip', 'zip' or 'tar', from the file's first bytes (a gzip's, once decompressed); an
-  error naming what the file is instead (one IDX file, say) for anything else."""
+  """'gzip', 'bzip2', 'xz' (a compressed tar), 'zip' or 'tar', from the file's first bytes
+  (a compressed file's, once decompressed); an error naming what the file is instead (one
+  IDX file, say) for anything else."""
   with open(root, 'rb') as f:
     head = f.read(512)
-  kind = 'gzip' if head[:2] == b'\x1f\x8b' else None
-  if kind:
+  compression = _compression(head)
+  kind = compression[0] if compression else None
+  if compression:
     try:
-      with gzip.open(root, 'rb') as f:
+      with compression[1](root, 'rb') as f:
         head = f.read(512)
-    except (OSError, EOFError, zlib.error):  # Damaged: reading the archive says how.
+    except (OSError, EOFError, zlib.error, lzma.LZMAError):  # Damaged: reading it says how.
       return kind
   if head[:3] == b'\0\0\x08':  # An IDX file's magic number: unsigned bytes.
     raise LocalDataError(f'{root} is one IDX file: config.local_data_dir takes the folder that '
@@ -203,8 +216,9 @@ def _archive_kind(root: str) -> str:
   if _is_tar_header(head):
     return kind or 'tar'
   raise LocalDataError(
-      f'{root} is ' + ('gzip-compressed but holds no tar archive' if kind else
-                       'neither a directory nor a .tar.gz, .tar or .zip archive')
+      f'{root} is ' + (f'{kind}-compressed but holds no tar archive' if kind else
+                       'neither a directory nor a .tar.gz, .tar.bz2, .tar.xz, .tar or .zip '
+                       'archive')
       + ' (of train/<class>/<image> files): point config.local_data_dir at one.')
 
 
@@ -218,20 +232,23 @@ def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]
     loose.setdefault(parts[0], []).append(TreeFile('', parts[1], payload=payload))
 
 
-def _tar_members(root: str, gzipped: bool) -> Iterator[tuple[str, bytes]]:
-  """(name, content) of each file. One sequential pass (seeking in a gzip stream
-  decompresses it again each time), read to the very end of the file: tarfile's stream
-  mode takes a short read for the end of the archive, so a cut-off file would otherwise
-  yield part of a split without a word. The gzip stream's own end marker, or a plain tar's
-  closing zero blocks, say the file is whole."""
-  if not gzipped:
+def _tar_members(root: str, kind: str) -> Iterator[tuple[str, bytes]]:
+  """(name, content) of each file of a tar, compressed (`kind` 'gzip', 'bzip2', 'xz') or not
+  ('tar'). One sequential pass (seeking in a compressed stream decompresses it again each
+  time), read to the very end of the file: tarfile's stream mode takes a short read for the
+  end of the archive, so a cut-off file would otherwise yield part of a split without a
+  word. The compressed stream's own end marker, or a plain tar's closing zero blocks, say
+  the file is whole."""
+  open_compressed = next((opener for name, opener in _COMPRESSIONS.values() if name == kind),
+                         None)
+  if open_compressed is None:
     with open(root, 'rb') as raw:
       raw.seek(0, os.SEEK_END)
       end = raw.tell()
       raw.seek(max(end - 1024, 0))
       if end % 512 or raw.read(1024).strip(b'\0'):
         raise tarfile.ReadError('the archive does not end with its closing zero blocks')
-  with (gzip.open(root, 'rb') if gzipped else open(root, 'rb')) as stream:
+  with (open_compressed or open)(root, 'rb') as stream:
     with tarfile.open(fileobj=stream, mode='r|') as tar:
       for member in tar:
         if member.isfile():
@@ -300,20 +317,21 @@ def _without_wrapper(members: list[tuple[list[str], bytes]]) -> list[tuple[list[
 
 
 def archive_members(root: str) -> Iterator[tuple[str, bytes]]:
-  """(name, content) of each file of the .tar.gz, .tar or .zip at `root`, in the archive's
-  order. Damage is a `LocalDataError` where it is met: read to the end, a cut-off archive
-  always fails."""
+  """(name, content) of each file of the .tar.gz/.bz2/.xz, .tar or .zip at `root`, in the
+  archive's order. Damage is a `LocalDataError` where it is met: read to the end, a cut-off
+  archive always fails."""
   kind = _archive_kind(root)
   try:
-    yield from _zip_members(root) if kind == 'zip' else _tar_members(root, kind == 'gzip')
-  except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+    yield from _zip_members(root) if kind == 'zip' else _tar_members(root, kind)
+  except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error,
+          lzma.LZMAError) as e:
     raise LocalDataError(f'{root} is truncated or corrupt ({type(e).__name__}: {e}): it would '
                          'give only part of the dataset. Copy or download it again.') from e
 
 
 @functools.lru_cache(maxsize=2)
 def _archive_files(root: str, mtime_ns: int, size: int) -> Listing:
-  """Every file of a .tar.gz, .tar or .zip of a tree, keyed by split (cached per file
+  """Every file of a tar (compressed or not) or zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
   members = [(parts, payload) for parts, payload in
