@@ -264,11 +264,15 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
     (['--configs=cnn_simpel'], 'no configs/cnn_simpel.py'),
     (['--config.batchsize=3'], "config field 'batchsize' does not"),
     (['--stepz=3'], 'unrecognized arguments: --stepz'),
-    (['--fashion_mnist=/nonexistent'], "local_data_dir='/nonexistent' does not exist"),
+    (['--fashion_mnist={missing}'], "local_data_dir='{missing}' does not exist"),
 ])
 def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
+  """The missing folder is one under the test's own directory: a fixed path such as
+  /nonexistent exists wherever a program once ran with HOME pointing there."""
   from tests.helpers import make_idx_dataset, run_tool
   make_idx_dataset(str(tmp_path))
+  missing = str(tmp_path / 'missing')
+  extra, message = [arg.format(missing=missing) for arg in extra], message.format(missing=missing)
   result = run_tool('experiments.device_benchmark', device_benchmark_args(tmp_path, *extra),
                     tmp_path)
   assert result.returncode == 2, result.stderr[-2000:]
