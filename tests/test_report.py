@@ -77,6 +77,31 @@ def test_class_names_the_font_lacks_are_drawn_without_a_warning(tmp_path, recwar
     assert f.read(8) == PNG_MAGIC
 
 
+@pytest.mark.parametrize('num_classes,texts,named', [(3, 9, 3), (30, 900, 30), (100, 0, 100),
+                                                      (1000, 0, 100)])
+def test_many_classes_make_a_confusion_matrix_of_bounded_size(num_classes, texts, named,
+                                                              tmp_path, monkeypatch):
+  """ImageNet's 1000 classes drew a 652-inch figure with a million texts after all the
+  training: the counts are written in the cells only while they fit, the names thinned out
+  to a hundred, and the figure stops growing."""
+  from PIL import Image
+  drawn = []
+  save_figure = report.save_figure
+  monkeypatch.setattr(report, 'save_figure',
+                      lambda figure, path: (drawn.append(figure), save_figure(figure, path)))
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, num_classes, 5 * num_classes)
+  matrix = report.confusion_matrix(labels, labels, num_classes)
+  path = str(tmp_path / 'matrix.png')
+  report.plot_confusion_matrix(matrix, [f'class {i}' for i in range(num_classes)], path, 'run')
+  ax = drawn[0].axes[0]
+  assert len(ax.texts) == texts
+  assert len(ax.get_xticklabels()) == len(ax.get_yticklabels()) == named
+  assert ax.get_yticklabels()[1].get_text() == f'class {num_classes // named}'
+  assert max(drawn[0].get_size_inches()) <= report.MAX_FIGURE_INCHES + 1
+  assert max(Image.open(path).size) <= 120 * (report.MAX_FIGURE_INCHES + 1)
+
+
 def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, capsys):
   workdir = str(tmp_path / 'stopped')
   config = shrink(load_config('cnn_simple'), local_data_dir=idx_dir, num_train_steps=4,

@@ -24,6 +24,13 @@ CONFUSION_CSV = 'confusion_matrix.csv'
 REPORT_TXT = 'classification_report.txt'
 REPORT_JSON = 'classification_report.json'
 
+# A confusion matrix has its counts written in the cells up to ANNOTATED_CLASSES classes and
+# every class named up to NAMED_CLASSES; beyond, they would overlap at any size, and a figure
+# grown to hold them (a text per cell, 0.65 inch a class) took minutes for 200 classes and for
+# 1000 (ImageNet's) more memory than the machine had, after all the training. The figure stops
+# growing at MAX_FIGURE_INCHES; the CSV keeps every count.
+ANNOTATED_CLASSES, NAMED_CLASSES, MAX_FIGURE_INCHES = 30, 100, 22.0
+
 
 def pyplot():
   """matplotlib's pyplot, drawing to files (no display needed)."""
@@ -98,23 +105,31 @@ def plot_curves(rows: Sequence[dict[str, Any]], path: str, title: str) -> None:
 
 def plot_confusion_matrix(matrix: np.ndarray, class_names: Sequence[str], path: str,
                           title: str) -> None:
-  """Counts in every cell, darker for more, class names on both axes."""
+  """Darker for more, class names on both axes; the counts in the cells while they fit.
+  With many classes every k-th class is named and the counts are left to the CSV."""
   plt = pyplot()
-  size = max(6.0, 0.65 * len(class_names) + 2)
+  num_classes = len(class_names)
+  size = min(max(6.0, 0.65 * num_classes + 2), MAX_FIGURE_INCHES)
   figure, ax = plt.subplots(figsize=(size + 1, size))
-  image = ax.imshow(matrix, cmap='Blues')
+  image = ax.imshow(matrix, cmap='Blues', interpolation='nearest')
   figure.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
-  ticks = np.arange(len(class_names))
-  ax.set_xticks(ticks, class_names, rotation=45, ha='right')
-  ax.set_yticks(ticks, class_names)
-  ax.set_xlabel('predicted class')
-  ax.set_ylabel('true class')
-  threshold = matrix.max() / 2 if matrix.size else 0
-  for i in range(matrix.shape[0]):
-    for j in range(matrix.shape[1]):
-      ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
-              color='white' if matrix[i, j] > threshold else 'black')
-  ax.set_title(f'{title}: {int(np.trace(matrix))} of {int(matrix.sum())} correct')
+  step = -(-num_classes // NAMED_CLASSES)
+  ticks = np.arange(0, num_classes, step)
+  names = [class_names[i] for i in ticks]
+  fontsize = min(10.0, max(4.0, 600 / num_classes)) if num_classes else 10.0
+  ax.set_xticks(ticks, names, rotation=45, ha='right', fontsize=fontsize)
+  ax.set_yticks(ticks, names, fontsize=fontsize)
+  named = '' if step == 1 else f' (one in {step} named)'
+  ax.set_xlabel(f'predicted class{named}')
+  ax.set_ylabel(f'true class{named}')
+  if num_classes <= ANNOTATED_CLASSES:
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for i in range(matrix.shape[0]):
+      for j in range(matrix.shape[1]):
+        ax.text(j, i, str(matrix[i, j]), ha='center', va='center', fontsize=8,
+                color='white' if matrix[i, j] > threshold else 'black')
+  counts = '' if num_classes <= ANNOTATED_CLASSES else f' (counts in {CONFUSION_CSV})'
+  ax.set_title(f'{title}: {int(np.trace(matrix))} of {int(matrix.sum())} correct{counts}')
   save_figure(figure, path)
 
 
