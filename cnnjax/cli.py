@@ -162,6 +162,11 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
   def parse(argv: list[str]) -> list[str]:
     try:
       if 'config' in flags.FLAGS:
+        given = config_files_given(argv)
+        if len(given) > 1:  # absl would define every override flag twice, and say only that.
+          exit_with_error(tool, f'--config is given {len(given)} times ({", ".join(given)}): '
+                          'give one config file, and change its fields with '
+                          '--config.<field>=value.')
         reordered = config_file_first(argv)
         if argv == sys.argv:  # ml_collections reads the overrides' order from sys.argv.
           sys.argv[:] = reordered
@@ -262,6 +267,19 @@ def config_file_first(argv: list[str]) -> list[str]:
       taken = args[i:i + (1 if arg.startswith('--config=') else 2)]
       return [argv[0], *taken, *args[:i], *args[i + len(taken):]]
   return list(argv)
+
+
+def config_files_given(argv: list[str]) -> list[str]:
+  """The files of each `--config=FILE` (or `--config FILE`) in `argv`, before any `--`."""
+  args, files = list(argv[1:]), []
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    if arg.startswith('--config='):
+      files.append(arg.removeprefix('--config='))
+    elif arg == '--config' and i + 1 < len(args):
+      files.append(args[i + 1])
+  return files
 
 
 def expand_home_in_paths(config) -> None:

@@ -189,6 +189,11 @@ COMMAND_LINE_CASES = {
         lambda data, tmp_path: ['configs/vgg_scratch.py', '--config.batch_size=3'],
         'no config file given: pass --config=FILE (e.g. --config=configs/vgg_scratch.py); '
         'configs/vgg_scratch.py alone is an argument, not the config.'),
+    # absl defined each override flag twice and said only that, naming neither file.
+    'two config files': (lambda data, tmp_path: [
+        CNN_SIMPLE, '--config.batch_size=3', '--config', f'{REPO_ROOT}/configs/cnn_deep.py'],
+        f'--config is given 2 times ({REPO_ROOT}/configs/cnn_simple.py, '
+        f'{REPO_ROOT}/configs/cnn_deep.py): give one config file'),
     'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
                           "Unknown command line flag 'confg'"),
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
