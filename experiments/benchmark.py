@@ -286,6 +286,8 @@ class Worker:
       self.process.join()
       raise RuntimeError(f'The {self.side} worker died (exit code {self.process.exitcode}) '
                          'without an answer.') from None
+    if status != 'ok':  # The worker ends after an error: let it, so that it cleans up
+      self.process.join(timeout=60)  # (a daemon killed at our exit leaks its semaphores).
     if status == 'user_error':
       raise WorkerUserError(value)
     if status == 'bug':

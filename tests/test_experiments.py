@@ -215,6 +215,23 @@ def test_benchmark_times_cnnjax_alone_and_a_dead_worker_ends_it(tmp_path, capsys
     worker.ask('epoch')
 
 
+def test_a_benchmark_worker_that_refuses_has_ended_when_its_error_is_raised(tmp_path):
+  """Killed as a daemon at the parent's exit, a worker mid-way through its own ending leaked
+  what it held (TFDS's progress bars: a semaphore), and Python's warning about it came after
+  the error line."""
+  import argparse
+  import multiprocessing
+  from experiments import benchmark
+  from tests.helpers import make_idx_dataset
+  make_idx_dataset(str(tmp_path))
+  args = argparse.Namespace(config=f'{REPO_ROOT}/configs/cnn_simple.py',
+                            overrides=[f'--config.local_data_dir={tmp_path}',
+                                       '--config.train_split=train[:0]'])
+  with pytest.raises(benchmark.WorkerUserError, match='selects no example'):
+    benchmark.Worker('cnnjax', args)
+  assert multiprocessing.active_children() == []
+
+
 @pytest.mark.parametrize('delay', [0.2, 1.5, 6.0])  # Importing; starting workers; measuring.
 def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   import signal
