@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> str:
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='A config file, e.g. configs/x.py.')
   parser.add_argument('--local_data_dir', default='', help='Dataset files (else TFDS).')
-  parser.add_argument('--epochs', type=int, default=0, help='Shorten every run to N epochs.')
+  parser.add_argument('--epochs', type=int, help='Shorten every run to N epochs.')
   parser.add_argument('--only', default='', help=f'Comma-separated pieces: {", ".join(PIECES)}.')
   parser.add_argument('--workdir_root', default='')
   parser.add_argument('--results_dir', default=os.path.join(REPO_ROOT, 'experiments', 'results'))
@@ -171,6 +171,9 @@ def main(argv: list[str] | None = None) -> str:
   args = parser.parse_args(argv)
   if not os.path.isfile(args.config):
     parser.error(f'--config={args.config} is not a file.')
+  if args.epochs is not None and args.epochs < 1:
+    parser.error(f'--epochs={args.epochs}: give 1 or more, or leave it out for the config\'s '
+                 'own number of epochs.')
   with cli.reporting_user_errors('ablation.py'):
     config = load_config(args.config)
   name = config.name

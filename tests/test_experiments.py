@@ -59,6 +59,19 @@ def test_evaluation_only_pieces_give_what_training_without_them_gives(tmp_path, 
     assert evaluated['test_accuracy'] == trained['test_accuracy']
 
 
+@pytest.mark.parametrize('epochs', ['0', '-2'])
+def test_ablation_refuses_no_epochs_in_its_own_flags_words(epochs, tmp_path, capsys):
+  """0 ran the config's full length without a word; -2 was refused as config.num_epochs,
+  a field the command line never named."""
+  from experiments import ablation
+  with pytest.raises(SystemExit) as stopped:
+    ablation.main([f'--config={REPO_ROOT}/configs/cnn_simple.py', '--epochs', epochs,
+                   f'--workdir_root={tmp_path}/runs', f'--results_dir={tmp_path}/results'])
+  assert stopped.value.code == 2
+  assert f'error: --epochs={epochs}: give 1 or more' in capsys.readouterr().err
+  assert not (tmp_path / 'runs').exists()
+
+
 def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds_64):
   from experiments import reproduce
   common = ['--suite=fashion_mnist', '--quick', f'--workdir_root={tmp_path}/runs',
