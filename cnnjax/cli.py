@@ -163,6 +163,8 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
     try:
       if 'config' in flags.FLAGS:
         given = config_files_given(argv)
+        if any(file.startswith('--') for file in given):
+          exit_with_error(tool, swallowed_message('config', given[0]))
         if len(given) > 1:  # absl would define every override flag twice, and say only that.
           exit_with_error(tool, f'--config is given {len(given)} times ({", ".join(given)}): '
                           'give one config file, and change its fields with '
@@ -180,6 +182,9 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
       exit_with_error(tool, flag_error_message(error))
+    swallowed = next(iter(flags_given_a_flag(flags.FLAGS).items()), None)
+    if swallowed:
+      exit_with_error(tool, swallowed_message(*swallowed))
     if len(remaining) > 1:
       exit_with_error(tool, f'unexpected argument(s) {" ".join(remaining[1:])}: every option '
                       'is a flag, written --name=value (e.g. --config.batch_size=128).')
@@ -267,6 +272,36 @@ def config_file_first(argv: list[str]) -> list[str]:
       taken = args[i:i + (1 if arg.startswith('--config=') else 2)]
       return [argv[0], *taken, *args[:i], *args[i + len(taken):]]
   return list(argv)
+
+
+def flags_given_a_flag(flag_values) -> dict[str, str]:
+  """{flag name: value} of the command line's flags (config fields included) whose value
+  is another flag: `--workdir --config.batch_size=8`, the value forgotten, makes absl take
+  the next flag as the workdir, and that flag is then never applied."""
+  from ml_collections import config_dict
+  found = {name: flag_values[name].value for name in flag_values
+           if flag_values[name].present and isinstance(flag_values[name].value, str)
+           and flag_values[name].value.startswith('--')}
+  if 'config' in flag_values and isinstance(flag_values['config'].value,
+                                            config_dict.ConfigDict):
+    found.update(
+        (f'config.{name}', value) for name, value in
+        _leaves(flag_values['config'].value.to_dict()) if isinstance(value, str)
+        and value.startswith('--'))
+  return found
+
+
+def _leaves(tree: dict, prefix: str = '') -> Iterator[tuple[str, object]]:
+  for key, value in tree.items():
+    if isinstance(value, dict):
+      yield from _leaves(value, f'{prefix}{key}.')
+    else:
+      yield f'{prefix}{key}', value
+
+
+def swallowed_message(name: str, value: str) -> str:
+  return (f'--{name} was given no value and took the next flag, {value}, as its value: write '
+          f'--{name}=VALUE (the next flag was not applied).')
 
 
 def config_files_given(argv: list[str]) -> list[str]:

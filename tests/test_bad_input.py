@@ -194,6 +194,13 @@ COMMAND_LINE_CASES = {
         CNN_SIMPLE, '--config.batch_size=3', '--config', f'{REPO_ROOT}/configs/cnn_deep.py'],
         f'--config is given 2 times ({REPO_ROOT}/configs/cnn_simple.py, '
         f'{REPO_ROOT}/configs/cnn_deep.py): give one config file'),
+    # A value forgotten: absl took the next flag as the value, and never applied that flag.
+    'a config field without its value': (lambda data, tmp_path: [
+        CNN_SIMPLE, '--config.local_data_dir', '--config.batch_size=3'],
+        '--config.local_data_dir was given no value and took the next flag, '
+        '--config.batch_size=3, as its value'),
+    '--config without its value': (lambda data, tmp_path: ['--config', '--config.batch_size=3'],
+                                   '--config was given no value and took the next flag'),
     'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
                           "Unknown command line flag 'confg'"),
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
@@ -216,6 +223,15 @@ def test_a_command_line_in_any_order_or_malformed(case, data, tmp_path):
                     tmp_path)
   assert_one_line_error(result, 'cnnjax', message)
   assert not os.path.exists(tmp_path / 'run')
+
+
+def test_a_workdir_flag_without_its_value_is_refused(data, tmp_path):
+  """It trained in a folder named '--config.batch_size=3', at the config's batch size."""
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}', '--workdir',
+                                    '--config.batch_size=3'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', '--workdir was given no value and took the next '
+                        'flag, --config.batch_size=3, as its value: write --workdir=VALUE')
+  assert sorted(os.listdir(tmp_path)) == ['data']  # The dataset's folder alone.
 
 
 def trained_run(data, tmp_path, *extra):
