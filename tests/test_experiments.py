@@ -185,6 +185,8 @@ BENCHMARK_CASES = {  # Each checked before a worker starts, or by a worker and s
     'flag typo': (['--confg=configs/cnn_simple.py'], 'unrecognized arguments: --confg'),
     'unknown config field': (['--config.batchsize=3'], "config field 'batchsize' does not"),
     'no epochs': (['--epochs=0'], '--epochs and --evals must be 1 or more'),
+    'a config field without its value': (['--no-keras', '--config.name', '--config.seed=3'],
+                                         '--config.name was given no value'),
     'model without a Keras reference': (
         [f'--config={REPO_ROOT}/configs/vgg_scratch.py'], 'has no Keras reference'),
     'empty split (found by the worker)': (['--no-keras', '--config.train_split=train[:0]'],
