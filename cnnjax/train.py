@@ -8,6 +8,7 @@ row, checkpoints, signals, the progress bar) are the hooks of `runs.hooks`.
 A run is a pure function of its config: batches come from (seed, epoch),
 dropout keys from (seed, step).
 """
+import functools
 import math
 import time
 from typing import Any
@@ -209,7 +210,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
          'before training started') + ': nothing new to save. Run the same command again to '
         'continue.')
     signals.note = preemption.WHILE_TRAINING
-    inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh)
+    inputs = features.FeatureCache(data, trainers[0].eval_batch_size, mesh,
+                                   functools.partial(hooks.caching_watched, log, signals))
     guard = hooks.GuardHook(diagnostics.CollapseGuard(
         len(spec.class_names), config.collapse_guard.every_steps,
         config.collapse_guard.patience_steps, config.collapse_guard.loss_band),

@@ -86,16 +86,16 @@ class _Running:
 
 
 class _Log:
-  is_writer, num_epochs = True, 3
+  is_writer, num_epochs = True, 4
 
   def __init__(self):
     self.lines = []
 
-  def progress_bar(self, epoch, steps):
+  def progress_bar(self, description, total, unit):
     return None  # Not a terminal.
 
-  def progress_line(self, epoch, done, steps, seconds, metrics):
-    self.lines.append((epoch, done, steps, metrics['loss']))
+  def progress_line(self, description, done, total, unit, seconds, metrics=None):
+    self.lines.append((description, done, total, unit, metrics['loss']))
 
 
 def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch):
@@ -105,7 +105,7 @@ def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch
   hook.epoch_start(loop, 1, 8)
   for _ in range(8):
     hook.after_step(loop, None, None)
-  assert log.lines == [(1, 2, 8, 0.5), (1, 4, 8, 0.5), (1, 6, 8, 0.5)]
+  assert log.lines == [('Epoch 2/4', done, 8, 'step', 0.5) for done in (2, 4, 6)]
   monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 3600.0)  # A short epoch says nothing.
   hook.epoch_start(loop, 2, 8)
   for _ in range(8):
@@ -115,7 +115,7 @@ def test_away_from_a_terminal_a_long_epoch_gets_three_progress_lines(monkeypatch
   hook.epoch_start(loop, 3, 8)                               # line where a call passes a mark.
   for loop.call_steps in (3, 3, 2):
     hook.after_step(loop, None, None)
-  assert log.lines[3:] == [(3, 3, 8, 0.5), (3, 6, 8, 0.5)]
+  assert log.lines[3:] == [('Epoch 4/4', 3, 8, 'step', 0.5), ('Epoch 4/4', 6, 8, 'step', 0.5)]
 
 
 def test_tensorflow_is_not_an_install_requirement():

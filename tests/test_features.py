@@ -51,6 +51,44 @@ def test_fine_tuning_after_a_cached_stage_runs_on_images_and_resumes_exactly(tmp
   assert json.loads(open(os.path.join(resumed, 'results.json')).read())['steps'] == 6
 
 
+def test_a_signal_while_caching_features_stops_after_that_batch(tmp_path, mock_tfds,
+                                                              monkeypatch, capsys):
+  """VGG16's features of Fashion-MNIST take most of an hour on a CPU, before the first step,
+  and the console said nothing of them: a signal then stopped the run only once every
+  feature was computed and a step trained. They are shown, and a signal stops them."""
+  import signal
+  from cnnjax.runs import hooks
+  from cnnjax.runs import preemption
+  straight, stopped = str(tmp_path / 'straight'), str(tmp_path / 'stopped')
+  config = two_stage_fast_config(6)
+  monkeypatch.setattr(hooks, 'PROGRESS_LINE_SECONDS', 0.0)  # Lines at 25, 50, 75%.
+  train_and_evaluate(config, straight)
+  out = capsys.readouterr().out
+  announced = [line for line in out.splitlines() if 'Caching the frozen' in line]
+  assert len(announced) == 1, out
+  total = int(announced[0].split(' features of ')[1].split()[0].replace(',', ''))
+  lines = [line for line in out.splitlines() if line.startswith('  Caching features: ')]
+  assert len(lines) == 3 and all(f'/{total} images, ' in line for line in lines), out
+  batches = []
+  update = hooks.PassProgress.update
+
+  def signalled_at_the_first_batch(self, count, metrics=None):
+    batches.append(count)
+    if len(batches) == 1:
+      os.kill(os.getpid(), signal.SIGTERM)
+    return update(self, count, metrics)
+
+  with monkeypatch.context() as patch:
+    patch.setattr(hooks.PassProgress, 'update', signalled_at_the_first_batch)
+    with pytest.raises(preemption.StopRequested,
+                       match='SIGTERM while caching the backbone features: nothing new'):
+      train_and_evaluate(config, stopped)
+  assert len(batches) == 1
+  assert not os.path.exists(os.path.join(stopped, 'results.json'))
+  train_and_evaluate(config, stopped)
+  assert_same_run(straight, stopped, config)
+
+
 @pytest.mark.parametrize('name,message', [
     ('vgg_transfer', 'trains input_adapter/bias, input_adapter/kernel'),  # Learned 1x1 adapter.
     ('cnn_simple', 'needs a model with a backbone'),

@@ -5,8 +5,9 @@ ends, every N steps, and before a stop), SIGTERM/SIGINT, and the progress
 display. `cnnjax.train` puts them in its loop; diagnose and the benchmark use
 the loop with hooks of their own.
 """
+import contextlib
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
 from cnnjax.runs import checkpoints
 from cnnjax.runs import preemption
@@ -152,38 +153,80 @@ class SignalHook(Hook):
     self.after_step(loop, None, None)
 
 
+class PassProgress:
+  """How one long pass goes (an epoch's steps, a backbone's features being cached): a bar on
+  a terminal; elsewhere (log files) a plain line at PROGRESS_LINE_FRACTIONS of it, once it has
+  run PROGRESS_LINE_SECONDS, so that long passes say how they go and short ones don't."""
+
+  def __init__(self, log: writers.RunWriter, description: str, total: int, unit: str):
+    self.log, self.description, self.total, self.unit = log, description, total, unit
+    self.done, self.start = 0, time.perf_counter()
+    self.marks = [round(f * total) for f in PROGRESS_LINE_FRACTIONS]
+    self.bar = log.progress_bar(description, total, unit)
+
+  def update(self, count: int, metrics: Callable[[], dict[str, float]] | None = None) -> None:
+    """`count` more done; `metrics`, where given, the running ones to show with it."""
+    before, self.done = self.done, min(self.done + count, self.total)
+    if self.bar is not None:
+      self.bar.update(self.done - before)
+      if metrics and self.done // PROGRESS_REFRESH_STEPS > before // PROGRESS_REFRESH_STEPS:
+        self.bar.set_postfix({k: f'{v:.4f}' for k, v in metrics().items()})
+    elif (self.log.is_writer and any(before < mark <= self.done for mark in self.marks)
+          and time.perf_counter() - self.start >= PROGRESS_LINE_SECONDS):
+      self.log.progress_line(self.description, self.done, self.total, self.unit,
+                             time.perf_counter() - self.start, metrics() if metrics else None)
+
+  def close(self) -> None:
+    if self.bar is not None:
+      self.bar.close()
+      self.bar = None
+
+
+@contextlib.contextmanager
+def caching_watched(log: writers.RunWriter, signals: preemption.SignalGuard, total: int
+                    ) -> Iterator[Callable[[int], None]]:
+  """Around the caching of a frozen backbone's features of `total` images (`FeatureCache`'s
+  watch): a line saying so, its progress, and a stop signal honoured after the batch it comes
+  in, where nothing is lost: the training state is the last checkpoint's, and the next run
+  caches the features again."""
+  log.announce(f"Caching the frozen backbone's features of {total:,} images, once for the run.")
+  progress = PassProgress(log, 'Caching features', total, 'image')
+  note, signals.note = signals.note, preemption.WHILE_CACHING
+
+  def after_batch(count: int) -> None:
+    progress.update(count)
+    signals.stop_if_requested(preemption.CACHING_STOPPED)
+
+  try:
+    yield after_batch
+  finally:
+    progress.close()
+    signals.note = note
+
+
 class ProgressHook(Hook):
   """Within an epoch: a progress bar with the running loss and accuracy on a terminal, a few
   plain lines elsewhere."""
 
   def __init__(self, log: writers.RunWriter):
-    self.log, self.bar = log, None
-    self.epoch, self.done, self.steps, self.start, self.marks = 0, 0, 0, 0.0, []
+    self.log, self.progress = log, None
 
   def epoch_start(self, loop, epoch, steps):
-    self.bar = self.log.progress_bar(epoch, steps)
-    self.epoch, self.done, self.steps, self.start = epoch, 0, steps, time.perf_counter()
-    self.marks = [round(f * steps) for f in PROGRESS_LINE_FRACTIONS]
+    self.progress = PassProgress(self.log, f'Epoch {epoch + 1}/{self.log.num_epochs}', steps,
+                                 'step')
 
   def after_step(self, loop, images, loss):
-    before, self.done = self.done, self.done + loop.call_steps
-    if self.bar is not None:
-      self.bar.update(loop.call_steps)
-      if self.done // PROGRESS_REFRESH_STEPS > before // PROGRESS_REFRESH_STEPS:
-        self.bar.set_postfix({k: f'{v:.4f}' for k, v in self._metrics(loop).items()})
-    elif (self.log.is_writer and any(before < mark <= self.done for mark in self.marks)
-          and time.perf_counter() - self.start >= PROGRESS_LINE_SECONDS):
-      self.log.progress_line(self.epoch, self.done, self.steps,
-                             time.perf_counter() - self.start, self._metrics(loop))
+    self.progress.update(loop.call_steps, lambda: self._metrics(loop))
 
   @staticmethod
   def _metrics(loop: Loop) -> dict[str, float]:
-    return as_floats(loop.running.compute())
+    metrics = as_floats(loop.running.compute())
+    return {'loss': metrics['loss'], 'accuracy': metrics['accuracy']}
 
   def epoch_end(self, loop, epoch):
     self.stopping(loop)
 
   def stopping(self, loop):
-    if self.bar is not None:
-      self.bar.close()
-      self.bar = None
+    if self.progress is not None:
+      self.progress.close()
+      self.progress = None

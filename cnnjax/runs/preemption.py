@@ -31,6 +31,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal,
 BEFORE_TRAINING = 'stopping before training starts (nothing new to save)'
 WHILE_TRAINING = 'saving a checkpoint at the end of this step, then exiting'
 AFTER_TRAINING = 'the training is saved; finishing the test evaluation and the report first'
+WHILE_CACHING = 'stopping the caching of the backbone features after this batch'
+# How a run stopped while caching features ends its line: its training is where it was saved.
+CACHING_STOPPED = ("while caching the backbone features: nothing new to save. Run the same "
+                   'command again to continue.')
 # How a run stopped before training started ends its line: its workdir was not touched.
 NOTHING_STARTED = 'before training started: nothing to save. Run the same command again.'
 # How a tool that writes nothing (predict, diagnose) ends its line when stopped.

@@ -142,13 +142,12 @@ class RunWriter:
   def on_terminal(self) -> bool:
     return sys.stdout.isatty()
 
-  def progress_bar(self, epoch: int, steps: int):
-    """A tqdm bar over the epoch's `steps` (steps/s and ETA included), on a terminal."""
+  def progress_bar(self, description: str, total: int, unit: str):
+    """A tqdm bar over `total` `unit`s (their rate and an ETA included), on a terminal."""
     if not (self.is_writer and self.on_terminal):
       return None
     import tqdm
-    return tqdm.tqdm(total=steps, desc=f'Epoch {epoch + 1}/{self.num_epochs}', unit='step',
-                     leave=False, dynamic_ncols=True)
+    return tqdm.tqdm(total=total, desc=description, unit=unit, leave=False, dynamic_ncols=True)
 
   def write_epoch(self, row: dict[str, Any]) -> None:
     if not self.is_writer:
@@ -165,14 +164,14 @@ class RunWriter:
     if self.is_writer:
       print(message, flush=True)
 
-  def progress_line(self, epoch: int, done: int, steps: int, seconds: float,
-                    metrics: dict[str, float]) -> None:
+  def progress_line(self, description: str, done: int, total: int, unit: str, seconds: float,
+                    metrics: dict[str, float] | None = None) -> None:
     """A plain progress line, for consoles that are not terminals (log files)."""
     rate = done / seconds if seconds > 0 else 0.0
-    eta = (steps - done) / rate if rate else 0.0
-    self.announce(f'  Epoch {epoch + 1}/{self.num_epochs}: {done}/{steps} steps, '
-                  f'{rate:.1f} steps/s, ETA {eta:.0f}s - loss: {metrics["loss"]:.4f} - '
-                  f'accuracy: {metrics["accuracy"]:.4f}')
+    eta = (total - done) / rate if rate else 0.0
+    self.announce(f'  {description}: {done}/{total} {unit}s, {rate:.1f} {unit}s/s, ETA '
+                  f'{eta:.0f}s' + ''.join(f' - {name}: {value:.4f}'
+                                          for name, value in (metrics or {}).items()))
 
   def report_finished(self, results: dict[str, Any]) -> None:
     self.announce(f'{self.workdir} holds a finished run ({results["steps"]} steps); not '

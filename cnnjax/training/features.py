@@ -8,8 +8,10 @@ per split and trains the head on them: the same updates, up to float
 rounding, for a fraction of the work. A fine-tuning stage, in which the
 backbone trains, runs on the images again.
 """
+import contextlib
 import logging
 import time
+from typing import Callable, ContextManager, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -51,9 +53,15 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
         "model_kwargs.input_adapter='repeat' (or 'none') and a head-only config.trainable.")
 
 
-def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mesh) -> Split:
+def _nothing(count: int) -> None:
+  del count
+
+
+def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mesh,
+            after_batch: Callable[[int], None] = _nothing) -> Split:
   """`split` with each image replaced by the backbone's features of it (float32, host;
-  a streamed split's features are held: they are a fraction of its images' size)."""
+  a streamed split's features are held: they are a fraction of its images' size).
+  `after_batch` is told how many images each batch held."""
   extract_batch = compilation.jit(
       lambda v, x, y: (model.apply(v, pipeline.to_inputs(x), part='features'), y),
       out_shardings=sharding.replicated(mesh))
@@ -63,15 +71,16 @@ def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mes
         variables, *sharding.put_global_batch(mesh, (images, batch_labels))))
     features.append(np.asarray(batch_features))
     labels.append(np.asarray(batch_labels))
+    after_batch(batch_size)
   return Split(np.concatenate(features)[:len(split)], np.concatenate(labels)[:len(split)],
                split.fingerprint())
 
 
-def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, mesh
-                    ) -> datasets.Dataset:
+def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, mesh,
+                    after_batch: Callable[[int], None] = _nothing) -> datasets.Dataset:
   """Every split of `data` as backbone features."""
   start = time.perf_counter()
-  splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh)
+  splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh, after_batch)
             if getattr(data, name) is not None else None for name in ('train', 'val', 'test')}
   logging.info('Cached backbone features %s of %d train, %s val and %d test examples in %.1fs.',
                splits['train'].images.shape[1:], len(data.train),
@@ -83,10 +92,16 @@ def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, m
 
 class FeatureCache:
   """What each stage trains on: the images, or its frozen backbone's features, computed the
-  first time a stage asks (the backbone stays frozen while caching applies: once per run)."""
+  first time a stage asks (the backbone stays frozen while caching applies: once per run).
 
-  def __init__(self, data: datasets.Dataset, batch_size: int, mesh):
-    self.data, self.batch_size, self.mesh = data, batch_size, mesh
+  `watch`, where given, is entered around the computation with the number of images it
+  covers, and gives the callable told each batch's count: what the run shows of it and
+  where it may stop (VGG16's features of Fashion-MNIST take the better part of an hour on
+  a CPU, before the first step)."""
+
+  def __init__(self, data: datasets.Dataset, batch_size: int, mesh,
+               watch: Callable[[int], ContextManager[Callable[[int], None]]] | None = None):
+    self.data, self.batch_size, self.mesh, self.watch = data, batch_size, mesh, watch
     self.features: datasets.Dataset | None = None
     self.seconds: float | None = None  # Time spent computing the features, once computed.
 
@@ -95,6 +110,16 @@ class FeatureCache:
       return self.data
     if self.features is None:
       start = time.perf_counter()
-      self.features = extract_dataset(model, variables, self.data, self.batch_size, self.mesh)
+      splits = (self.data.train, self.data.val, self.data.test)
+      total = sum(len(split) for split in splits if split is not None)
+      with (self.watch or _unwatched)(total) as after_batch:
+        self.features = extract_dataset(model, variables, self.data, self.batch_size,
+                                        self.mesh, after_batch)
       self.seconds = time.perf_counter() - start
     return self.features
+
+
+@contextlib.contextmanager
+def _unwatched(total: int) -> Iterator[Callable[[int], None]]:
+  del total
+  yield _nothing
