@@ -66,12 +66,13 @@ def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mes
       lambda v, x, y: (model.apply(v, pipeline.to_inputs(x), part='features'), y),
       out_shardings=sharding.replicated(mesh))
   features, labels = [], []
-  for images, batch_labels, _ in pipeline.eval_batches(split, batch_size, mesh):
+  for start, (images, batch_labels, _) in zip(range(0, len(split), batch_size),
+                                              pipeline.eval_batches(split, batch_size, mesh)):
     batch_features, batch_labels = jax.device_get(extract_batch(
         variables, *sharding.put_global_batch(mesh, (images, batch_labels))))
     features.append(np.asarray(batch_features))
     labels.append(np.asarray(batch_labels))
-    after_batch(batch_size)
+    after_batch(min(batch_size, len(split) - start))  # The last batch's padding aside.
   return Split(np.concatenate(features)[:len(split)], np.concatenate(labels)[:len(split)],
                split.fingerprint())
 
