@@ -53,7 +53,7 @@ def test_fine_tuning_after_a_cached_stage_runs_on_images_and_resumes_exactly(tmp
 
 def test_a_signal_while_caching_features_stops_after_that_batch(tmp_path, mock_tfds,
                                                               monkeypatch, capsys):
-  """VGG16's features of Fashion-MNIST take most of an hour on a CPU, before the first step,
+  """VGG16's features of Fashion-MNIST take tens of minutes on a CPU, before the first step,
   and the console said nothing of them: a signal then stopped the run only once every
   feature was computed and a step trained. They are shown, and a signal stops them."""
   import signal

@@ -97,7 +97,7 @@ class FeatureCache:
 
   `watch`, where given, is entered around the computation with the number of images it
   covers, and gives the callable told each batch's count: what the run shows of it and
-  where it may stop (VGG16's features of Fashion-MNIST take the better part of an hour on
+  where it may stop (VGG16's features of Fashion-MNIST take tens of minutes on
   a CPU, before the first step)."""
 
   def __init__(self, data: datasets.Dataset, batch_size: int, mesh,
