@@ -64,10 +64,16 @@ def test_idx_files_under_the_names_and_packings_they_travel_by(tmp_path):
   np.testing.assert_array_equal(data.train.labels, arrays['train'][1])
   np.testing.assert_array_equal(data.test.images[..., 0], arrays['t10k'][0])
   np.testing.assert_array_equal(data.test.labels, arrays['t10k'][1])
+  labels = (tmp_path / 't10k-labels.idx1-ubyte').read_bytes()
   (tmp_path / 't10k-labels.idx1-ubyte').unlink()
   with pytest.raises(image_tree.LocalDataError, match=r'Missing t10k-labels-idx1-ubyte.gz in .* '
                      r'\(also looked for t10k-labels-idx1-ubyte and t10k-labels.idx1-ubyte\)'):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  # Kaggle's MNIST archive unzips each file into a folder of its own name.
+  (tmp_path / 't10k-labels-idx1-ubyte').mkdir()
+  (tmp_path / 't10k-labels-idx1-ubyte' / 't10k-labels-idx1-ubyte').write_bytes(labels)
+  data = load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  np.testing.assert_array_equal(data.test.labels, arrays['t10k'][1])
 
 
 def test_wrong_image_size_is_rejected(tmp_path):

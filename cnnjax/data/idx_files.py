@@ -46,15 +46,18 @@ def read_idx(path: str, expected_ndim: int) -> np.ndarray:
 
 
 def idx_files(data_dir: str, split: str) -> tuple[str, str]:
-  """Paths of the images and labels IDX files of `split`, .gz or not."""
+  """Paths of the images and labels IDX files of `split`, .gz or not, named with '-idx' or
+  '.idx'; each in `data_dir`, or in a folder of its own name there, as Kaggle's MNIST
+  archive unzips (`train-images-idx3-ubyte/train-images-idx3-ubyte`)."""
   if split not in IDX_PREFIX:
     raise LocalDataError(f"IDX datasets have splits {sorted(IDX_PREFIX)}, not {split!r}.")
   found = []
   for kind, ndim in (('images', 3), ('labels', 1)):
     name = f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte'
     names = [name + '.gz', name, f'{IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte']
-    path = next((p for p in (os.path.join(data_dir, n) for n in names) if os.path.isfile(p)),
-                None)
+    candidates = [os.path.join(data_dir, *parts) for parts in
+                  [(n,) for n in names] + [(n, n) for n in names]]
+    path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
       raise LocalDataError(f'Missing {name}.gz in {data_dir} (also looked for '
                            f'{" and ".join(names[1:])}).')
