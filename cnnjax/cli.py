@@ -182,9 +182,9 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
       exit_with_error(tool, flag_error_message(error))
-    swallowed = next(iter(flags_given_a_flag(flags.FLAGS).items()), None)
+    swallowed = flag_given_a_flag(flags.FLAGS)
     if swallowed:
-      exit_with_error(tool, swallowed_message(*swallowed))
+      exit_with_error(tool, swallowed)
     if len(remaining) > 1:
       exit_with_error(tool, f'unexpected argument(s) {" ".join(remaining[1:])}: every option '
                       'is a flag, written --name=value (e.g. --config.batch_size=128).')
@@ -260,35 +260,46 @@ def exit_with_error(tool: str, message: str) -> None:
   sys.exit(2)
 
 
+def _config_file_flags(args: list[str]) -> list[tuple[int, int, str]]:
+  """(position, arguments taken, file) of each `--config=FILE` or `--config FILE` in `args`
+  (a command line without its program), before any `--`."""
+  found = []
+  for i, arg in enumerate(args):
+    if arg == '--':
+      break
+    if arg.startswith('--config='):
+      found.append((i, 1, arg.removeprefix('--config=')))
+    elif arg == '--config' and i + 1 < len(args):
+      found.append((i, 2, args[i + 1]))
+  return found
+
+
 def config_file_first(argv: list[str]) -> list[str]:
   """`argv` with `--config=FILE` (or `--config FILE`) moved before the other flags.
   ml_collections refuses a `--config.<field>=` override met before the file it overrides;
   a user may write them in any order."""
   args = list(argv[1:])
-  for i, arg in enumerate(args):
-    if arg == '--':
-      break
-    if arg.startswith('--config=') or (arg == '--config' and i + 1 < len(args)):
-      taken = args[i:i + (1 if arg.startswith('--config=') else 2)]
-      return [argv[0], *taken, *args[:i], *args[i + len(taken):]]
-  return list(argv)
+  given = _config_file_flags(args)
+  if not given:
+    return list(argv)
+  i, taken, _ = given[0]
+  return [argv[0], *args[i:i + taken], *args[:i], *args[i + taken:]]
 
 
-def flags_given_a_flag(flag_values) -> dict[str, str]:
-  """{flag name: value} of the command line's flags (config fields included) whose value
-  is another flag: `--workdir --config.batch_size=8`, the value forgotten, makes absl take
-  the next flag as the workdir, and that flag is then never applied."""
+def flag_given_a_flag(flag_values) -> str | None:
+  """The error for the first of the command line's flags (config fields included) whose
+  value is another flag, or None: `--workdir --config.batch_size=8`, the value forgotten,
+  makes absl take the next flag as the workdir, and that flag is then never applied."""
   from ml_collections import config_dict
-  found = {name: flag_values[name].value for name in flag_values
+  found = [(name, flag_values[name].value) for name in flag_values
            if flag_values[name].present and isinstance(flag_values[name].value, str)
-           and flag_values[name].value.startswith('--')}
+           and flag_values[name].value.startswith('--')]
   if 'config' in flag_values and isinstance(flag_values['config'].value,
                                             config_dict.ConfigDict):
-    found.update(
-        (f'config.{name}', value) for name, value in
-        _leaves(flag_values['config'].value.to_dict()) if isinstance(value, str)
-        and value.startswith('--'))
-  return found
+    found += [(f'config.{name}', value) for name, value in
+              _leaves(flag_values['config'].value.to_dict()) if isinstance(value, str)
+              and value.startswith('--')]
+  return swallowed_message(*found[0]) if found else None
 
 
 def _leaves(tree: dict, prefix: str = '') -> Iterator[tuple[str, object]]:
@@ -306,15 +317,7 @@ def swallowed_message(name: str, value: str) -> str:
 
 def config_files_given(argv: list[str]) -> list[str]:
   """The files of each `--config=FILE` (or `--config FILE`) in `argv`, before any `--`."""
-  args, files = list(argv[1:]), []
-  for i, arg in enumerate(args):
-    if arg == '--':
-      break
-    if arg.startswith('--config='):
-      files.append(arg.removeprefix('--config='))
-    elif arg == '--config' and i + 1 < len(args):
-      files.append(args[i + 1])
-  return files
+  return [file for _, _, file in _config_file_flags(list(argv[1:]))]
 
 
 def expand_home_in_paths(config) -> None:

@@ -83,9 +83,9 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     raise ConfigError(cli.flag_error_message(error)) from error
   finally:
     sys.argv = saved
-  swallowed = next(iter(cli.flags_given_a_flag(flag_values).items()), None)
+  swallowed = cli.flag_given_a_flag(flag_values)
   if swallowed:
-    raise ConfigError(cli.swallowed_message(*swallowed))
+    raise ConfigError(swallowed)
   cli.expand_home_in_paths(config)
   return config
 
