@@ -8,10 +8,9 @@ per split and trains the head on them: the same updates, up to float
 rounding, for a fraction of the work. A fine-tuning stage, in which the
 backbone trains, runs on the images again.
 """
-import contextlib
 import logging
 import time
-from typing import Callable, ContextManager, Iterator
+from typing import Callable, ContextManager
 
 import jax
 import jax.numpy as jnp
@@ -53,12 +52,8 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
         "model_kwargs.input_adapter='repeat' (or 'none') and a head-only config.trainable.")
 
 
-def _nothing(count: int) -> None:
-  del count
-
-
 def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mesh,
-            after_batch: Callable[[int], None] = _nothing) -> Split:
+            after_batch: Callable[[int], None]) -> Split:
   """`split` with each image replaced by the backbone's features of it (float32, host;
   a streamed split's features are held: they are a fraction of its images' size).
   `after_batch` is told how many images each batch held."""
@@ -78,7 +73,7 @@ def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mes
 
 
 def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, mesh,
-                    after_batch: Callable[[int], None] = _nothing) -> datasets.Dataset:
+                    after_batch: Callable[[int], None]) -> datasets.Dataset:
   """Every split of `data` as backbone features."""
   start = time.perf_counter()
   splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh, after_batch)
@@ -95,13 +90,13 @@ class FeatureCache:
   """What each stage trains on: the images, or its frozen backbone's features, computed the
   first time a stage asks (the backbone stays frozen while caching applies: once per run).
 
-  `watch`, where given, is entered around the computation with the number of images it
-  covers, and gives the callable told each batch's count: what the run shows of it and
-  where it may stop (VGG16's features of Fashion-MNIST take tens of minutes on
+  `watch` is entered around the computation with the number of images it covers, and
+  gives the callable told each batch's count: what the run shows of it and where it may
+  stop (VGG16's features of Fashion-MNIST take tens of minutes on
   a CPU, before the first step)."""
 
   def __init__(self, data: datasets.Dataset, batch_size: int, mesh,
-               watch: Callable[[int], ContextManager[Callable[[int], None]]] | None = None):
+               watch: Callable[[int], ContextManager[Callable[[int], None]]]):
     self.data, self.batch_size, self.mesh, self.watch = data, batch_size, mesh, watch
     self.features: datasets.Dataset | None = None
     self.seconds: float | None = None  # Time spent computing the features, once computed.
@@ -113,14 +108,8 @@ class FeatureCache:
       start = time.perf_counter()
       splits = (self.data.train, self.data.val, self.data.test)
       total = sum(len(split) for split in splits if split is not None)
-      with (self.watch or _unwatched)(total) as after_batch:
+      with self.watch(total) as after_batch:
         self.features = extract_dataset(model, variables, self.data, self.batch_size,
                                         self.mesh, after_batch)
       self.seconds = time.perf_counter() - start
     return self.features
-
-
-@contextlib.contextmanager
-def _unwatched(total: int) -> Iterator[Callable[[int], None]]:
-  del total
-  yield _nothing
