@@ -163,8 +163,9 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
     try:
       if 'config' in flags.FLAGS:
         given = config_files_given(argv)
-        if any(file.startswith('--') for file in given):
-          exit_with_error(tool, swallowed_message('config', given[0]))
+        swallowed = next((file for file in given if file.startswith('--')), None)
+        if swallowed:
+          exit_with_error(tool, swallowed_message('config', swallowed))
         if len(given) > 1:  # absl would define every override flag twice, and say only that.
           exit_with_error(tool, f'--config is given {len(given)} times ({", ".join(given)}): '
                           'give one config file, and change its fields with '

@@ -201,6 +201,9 @@ COMMAND_LINE_CASES = {
         '--config.batch_size=3, as its value'),
     '--config without its value': (lambda data, tmp_path: ['--config', '--config.batch_size=3'],
                                    '--config was given no value and took the next flag'),
+    '--config without its value, after a config file': (
+        lambda data, tmp_path: [CNN_SIMPLE, '--config', '--config.batch_size=3'],
+        '--config was given no value and took the next flag, --config.batch_size=3,'),
     'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
                           "Unknown command line flag 'confg'"),
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
