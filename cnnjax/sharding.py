@@ -5,6 +5,9 @@ This is what `pmap` did, in today's form: `jax.jit` over arrays laid out on a
 hosts; XLA inserts the gradient all-reduce, and BatchNorm statistics are
 over the global batch because the step is written for the global batch.
 """
+import difflib
+import os
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -12,6 +15,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from cnnjax.errors import UserError
 
 DATA_AXIS = 'data'
+# The XLA flag the README and the tests use to fake several devices on one CPU.
+DEVICE_COUNT_FLAG = 'xla_force_host_platform_device_count'
 
 
 class BackendError(UserError, RuntimeError):
@@ -23,6 +28,7 @@ def start_backend() -> None:
   the fix, not jax's traceback (or its bare AssertionError, for `JAX_PLATFORMS=cuda` where
   no CUDA jax is installed): a command copied from a GPU machine or a notebook set up for
   another runtime. Call it after `initialize_distributed`, before anything else uses jax."""
+  check_xla_flags(os.environ.get('XLA_FLAGS', ''))
   try:
     jax.devices()
   except (RuntimeError, AssertionError) as error:
@@ -35,6 +41,32 @@ def start_backend() -> None:
         f'jax cannot start the devices JAX_PLATFORMS={asked} asks for: {reason}. Install '
         'the jax for them (pip install -U "jax[cuda12]" for NVIDIA GPUs, "jax[tpu]" for '
         'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
+
+
+def check_xla_flags(xla_flags: str) -> None:
+  """Refuses, in one line, the mistakes in `XLA_FLAGS` that XLA would end the process on
+  with a fatal log line (or a page of every flag it has): a misspelt or valueless
+  device-count flag, a count that is not a positive whole number, flags without their
+  leading '--' (which XLA reads as the name of a file of flags). Other flags are XLA's to
+  judge: it knows them, this does not."""
+  example = f'XLA_FLAGS=--{DEVICE_COUNT_FLAG}=8'
+  text = xla_flags.strip()
+  if text and not text.startswith('-') and not os.path.isfile(text.split()[0]):
+    raise BackendError(
+        f'XLA_FLAGS={xla_flags!r} does not start with "--", so XLA would read it as a file of '
+        f'flags, and there is none: write each flag as --name=value, as in {example}.')
+  for flag in text.split():
+    name, has_value, value = flag.lstrip('-').partition('=')
+    if name == DEVICE_COUNT_FLAG:
+      if not flag.startswith('--') or flag.startswith('---'):
+        raise BackendError(f'XLA_FLAGS holds {flag}: XLA flags start with exactly "--", as '
+                           f'in {example}.')
+      if not (has_value and value.isdigit() and int(value) > 0):
+        raise BackendError(f'XLA_FLAGS holds {flag}: the device count must be a whole number '
+                           f'of at least 1 (flags are separated by spaces), as in {example}.')
+    elif difflib.get_close_matches(name, [DEVICE_COUNT_FLAG], n=1, cutoff=0.85):
+      raise BackendError(f'XLA_FLAGS holds {flag}, which XLA does not know: did you mean '
+                         f'--{DEVICE_COUNT_FLAG}={value or "N"}?')
 
 
 def memory_stats() -> dict[str, int]:

@@ -3,12 +3,14 @@ the workdir as it was (or never made)."""
 import importlib.util
 import io
 import os
+import re
 import tarfile
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from cnnjax import sharding
 from cnnjax.data import datasets
 from tests.helpers import (REPO_ROOT, load_dataset, make_idx_dataset, run_tool,
                            shared_weights_file, tree_digest, write_idx)
@@ -320,6 +322,38 @@ def test_devices_jax_cannot_start_are_one_line(data, tmp_path):
   result = run_tool('cnnjax.predict', [f'--workdir={tmp_path}/run', 'shirt.png'], tmp_path,
                     {'JAX_PLATFORMS': 'nosuch'})
   assert_one_line_error(result, 'cnnjax.predict', "Unable to initialize backend 'nosuch'")
+
+
+@pytest.mark.parametrize('xla_flags, message', [
+    ('xla_force_host_platform_device_count=2', 'does not start with "--", so XLA would read it'),
+    ('-xla_force_host_platform_device_count=2', 'start with exactly "--"'),
+    ('--xla_force_host_platform_device_count', 'must be a whole number of at least 1'),
+    ('--xla_force_host_platform_device_count=0', 'must be a whole number of at least 1'),
+    ('--xla_force_host_platform_device_count=8,--xla_cpu_enable_fast_math=false',
+     'flags are separated by spaces'),
+    ('--xla_cpu_enable_fast_math=false --xla_force_host_platform_devce_count=8',
+     'which XLA does not know: did you mean --xla_force_host_platform_device_count=8?'),
+])
+def test_xla_flags_mistakes_are_refused(xla_flags, message):
+  """Each of these ended the process in XLA's fatal log line or its page of every flag."""
+  with pytest.raises(sharding.BackendError, match=re.escape(message)):
+    sharding.check_xla_flags(xla_flags)
+
+
+def test_xla_flags_a_user_may_give_pass():
+  for xla_flags in ('', '  ', '--xla_force_host_platform_device_count=8',
+                    '--xla_cpu_enable_fast_math=false --xla_force_host_platform_device_count=2',
+                    '--xla_dump_to=/tmp/dump'):
+    sharding.check_xla_flags(xla_flags)
+
+
+def test_xla_flags_mistake_is_one_line_before_jax_starts(data, tmp_path):
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/run'], tmp_path,
+                    {'XLA_FLAGS': '--xla_force_host_platform_device_count=two'})
+  assert_one_line_error(result, 'cnnjax', 'XLA_FLAGS holds '
+                        '--xla_force_host_platform_device_count=two: the device count must be')
+  assert not os.path.exists(tmp_path / 'run')
 
 
 def test_evaluate_and_predict_bad_input(data, tmp_path):
