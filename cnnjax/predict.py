@@ -1,9 +1,10 @@
 """Classifies your own images with a trained run.
 
     python -m cnnjax.predict --workdir=checkpoints/cnn_simple shirt.png boot.jpg [--json]
-    python -m cnnjax.predict --workdir=checkpoints/cnn_simple photos/
+    python -m cnnjax.predict --workdir=checkpoints/cnn_simple photos/ 'shots/*.jpg'
 
-A folder stands for the files under it, at any depth, in name order; those
+A folder stands for the files under it, at any depth, in name order, and a
+pattern the shell did not expand for the files it matches; those
 that are not readable images are skipped with one warning (a named file that
 is not one is an error). Images are decoded and classified a few thousand at
 a time, so a folder of any size fits in memory.
@@ -20,6 +21,7 @@ Fashion-MNIST shows light garments on a black background; a photo on a
 white background looks nothing like it.
 """
 import argparse
+import glob
 import json
 import os
 import sys
@@ -31,13 +33,32 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 CHUNK_IMAGES = 2048  # Decoded and classified at a time (rounded up to evaluation batches).
 
 
+def _expanded(paths: list[str]) -> list[tuple[str, bool]]:
+  """(path, named) for each of `paths`, where each pattern that names no file itself
+  (`photos/*.jpg`, `**/*.png`) stands for the paths it matches, sorted, as a folder stands for
+  its files (not named: those that are not images are skipped). The shell of Windows, and a
+  quoted argument anywhere, pass patterns on unexpanded. A pattern that matches nothing is an
+  error, as a missing file is."""
+  from cnnjax.data import images
+  expanded = []
+  for path in paths:
+    if os.path.exists(path) or not glob.has_magic(path):
+      expanded.append((path, True))
+    elif matches := sorted(glob.glob(path, recursive=True)):
+      expanded += [(match, False) for match in matches]
+    else:
+      raise images.ImageInputError(f'{path} matches no file.')
+  return expanded
+
+
 def image_files(paths: list[str]) -> list[tuple[str, bool]]:
   """(path, named) for each image to classify: a path as given (named), a folder as the
-  visible files under it (`image_tree.files_under`), sorted by name. A named file that is
-  missing, or whose header is not an image's, is an error here, before the model is built."""
+  visible files under it (`image_tree.files_under`), sorted by name, a pattern as the paths it
+  matches. A named file that is missing, or whose header is not an image's, is an error here,
+  before the model is built."""
   from cnnjax.data import image_tree, images
   files = []
-  for path in paths:
+  for path, named in _expanded(paths):
     if os.path.isdir(path):
       found = [os.path.join(path, name) for name in sorted(image_tree.files_under(path))]
       if not found:
@@ -46,10 +67,10 @@ def image_files(paths: list[str]) -> list[tuple[str, bool]]:
       files += [(file, False) for file in found]
     elif not os.path.exists(path):
       raise images.ImageInputError(f'{path} does not exist.')
-    elif problem := images.header_problem(path):
+    elif named and (problem := images.header_problem(path)):
       raise images.ImageInputError(f'{path} is not an image that can be read ({problem}).')
     else:
-      files.append((path, True))
+      files.append((path, named))
   return files
 
 

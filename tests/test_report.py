@@ -331,6 +331,25 @@ def test_predict_reads_a_folder_a_chunk_at_a_time_and_skips_what_is_no_image(
                     'file(s), none an image Pillow reads.')
 
 
+def test_predict_expands_patterns_a_shell_left_alone(tmp_path):
+  """Windows' shell, and quotes, pass `photos/*.jpg` on as it is: it stands for the files it
+  matches, in name order, as a folder's files (what is not an image is skipped later); a file
+  whose own name looks like a pattern is still that file."""
+  from cnnjax.data import images
+  (tmp_path / 'photos' / 'old').mkdir(parents=True)
+  for name in ['b.jpg', 'a.jpg', 'old/c.jpg', 'Thumbs.db', 'shot[1].png']:
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / 'photos' / name, 'PNG')
+  photos = str(tmp_path / 'photos')
+  assert predict_lib.image_files([f'{photos}/*.jpg']) == [
+      (f'{photos}/a.jpg', False), (f'{photos}/b.jpg', False)]
+  assert predict_lib.image_files([f'{photos}/**/*.jpg', f'{photos}/shot[1].png']) == [
+      (f'{photos}/a.jpg', False), (f'{photos}/b.jpg', False), (f'{photos}/old/c.jpg', False),
+      (f'{photos}/shot[1].png', True)]
+  assert predict_lib.image_files([f'{photos}/*.db']) == [(f'{photos}/Thumbs.db', False)]
+  with pytest.raises(images.ImageInputError, match=r'photos/\*\.gif matches no file\.$'):
+    predict_lib.image_files([f'{photos}/*.gif'])
+
+
 def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_path):
   _, workdir = trained
   text = tmp_path / 'notes.png'
