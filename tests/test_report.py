@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -186,6 +187,41 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path, monke
   with pytest.raises(saved.RunNotFoundError, match=r'^The current directory \(--workdir is '
                      r'empty\) holds no cnnjax run \(config.json is missing\)'):
     saved.load_config('', defaults())
+
+
+def test_a_workdir_next_to_a_run_names_the_run(tmp_path):
+  """The run's checkpoints/ folder, one of its files, or the folder above several runs, given
+  as --workdir: the error names the --workdir to pass instead. A run is not started inside
+  another (afresh, in its checkpoints/ folder, where the user meant to resume it)."""
+  from cnnjax.runs import saved
+  from cnnjax.runs import workdir as workdir_lib
+  for name in ('beta', 'alpha'):
+    (tmp_path / 'runs' / name / 'checkpoints' / '30' / 'state').mkdir(parents=True)
+    (tmp_path / 'runs' / name / 'config.json').write_text(
+        '{"model": "cnn_simple", "dataset": "fashion_mnist", "batch_size": 64}')
+  (tmp_path / 'runs' / 'notes').mkdir()
+  (tmp_path / 'config.json').write_text('{"theme": "dark", "batch_size": 1}')  # Not a run's.
+  alpha = tmp_path / 'runs' / 'alpha'
+  for inside in (alpha / 'checkpoints', alpha / 'checkpoints' / '30' / 'state',
+                 alpha / 'config.json'):
+    with pytest.raises(saved.RunNotFoundError, match=re.escape(
+        f'(config.json is missing). It lies inside the run {alpha}: pass --workdir={alpha}.')):
+      saved.load_config(str(inside), defaults())
+  with pytest.raises(saved.RunNotFoundError, match=re.escape(
+      '(config.json is missing). It holds the run(s) alpha, beta: pass one of them, as in '
+      f'--workdir={alpha}.')):
+    saved.load_config(str(tmp_path / 'runs'), defaults())
+  with pytest.raises(saved.RunNotFoundError, match=re.escape(
+      '(config.json is missing). Pass the --workdir of a run started with python -m '
+      'cnnjax.main.')):
+    saved.load_config(str(tmp_path / 'runs' / 'notes'), defaults())
+  with pytest.raises(workdir_lib.WorkdirError, match=re.escape(
+      f'--workdir={alpha}/checkpoints lies inside the run in {alpha}: a run there would start '
+      f'afresh within it. Pass --workdir={alpha} to resume that run, or choose a --workdir '
+      'outside it.')):
+    workdir_lib.check_writable(str(alpha / 'checkpoints'))
+  for elsewhere in (alpha, tmp_path / 'runs' / 'notes' / 'next', tmp_path / 'runs' / 'gamma'):
+    workdir_lib.check_writable(str(elsewhere))
 
 
 def test_tools_import_nothing_heavy_before_their_stop_handler():

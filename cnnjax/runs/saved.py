@@ -13,6 +13,7 @@ from cnnjax import sharding
 from cnnjax.errors import UserError
 from cnnjax.runs import checkpoints
 from cnnjax.runs import selection as selection_lib
+from cnnjax.runs import workdir as workdir_lib
 from cnnjax.runs import writers
 from cnnjax.training import setup
 from cnnjax.training.steps import Metrics
@@ -40,6 +41,19 @@ def _merge(config: ml_collections.ConfigDict, saved: dict) -> None:
       config[key] = value
 
 
+def _runs_near(workdir: str) -> str:
+  """Where the run is, when `workdir` holds none itself: the run `workdir` lies in, or the
+  runs it holds (the checkpoints/ folder above them); '' where there is neither."""
+  if run := workdir_lib.enclosing_run(workdir or '.'):
+    return f' It lies inside the run {run}: pass --workdir={run}.'
+  names = workdir_lib.runs_inside(workdir)
+  if not names:
+    return ''
+  shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+  return (f' It holds the run(s) {shown}: pass one of them, as in '
+          f'--workdir={os.path.join(workdir, names[0])}.')
+
+
 def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The config a run in `workdir` was started with (its `config.json`).
 
@@ -50,8 +64,9 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   if not os.path.exists(path):
     raise RunNotFoundError(
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
-        f'({writers.CONFIG_FILE} is missing). Pass the --workdir of a run started with '
-        'python -m cnnjax.main.')
+        f'({writers.CONFIG_FILE} is missing).'
+        + (_runs_near(workdir) or ' Pass the --workdir of a run started with python -m '
+           'cnnjax.main.'))
   saved = writers.read_record(path, 'It holds the config the run was started with: restore '
                              'it from a backup.', RunNotFoundError)
   config = ml_collections.ConfigDict(defaults.to_dict())

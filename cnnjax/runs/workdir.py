@@ -85,6 +85,42 @@ def warn_of_a_bent_schedule(saved: dict[str, Any], config: ml_collections.Config
         config.schedule)
 
 
+# How far above a folder a run may lie that the folder is part of: `<run>/checkpoints/<step>/
+# <item>/<file>` at the deepest.
+_RUN_LEVELS_ABOVE = 4
+
+
+def _is_cnnjax_run(folder: str) -> bool:
+  """Whether `folder` holds a cnnjax run's config.json (a project's own config.json does not
+  have a model, a dataset and a batch size)."""
+  try:
+    with open(os.path.join(folder, writers.CONFIG_FILE)) as f:
+      saved = json.load(f)
+  except (OSError, ValueError):
+    return False
+  return isinstance(saved, dict) and {'model', 'dataset', 'batch_size'} <= saved.keys()
+
+
+def enclosing_run(path: str) -> str | None:
+  """The run folder `path` lies inside (its checkpoints/ folder, a step of it, one of its
+  files), if any."""
+  folder = os.path.abspath(path)
+  for _ in range(_RUN_LEVELS_ABOVE):
+    folder = os.path.dirname(folder)
+    if _is_cnnjax_run(folder):
+      return folder
+  return None
+
+
+def runs_inside(folder: str) -> list[str]:
+  """The names of the runs in `folder`'s sub-folders (`checkpoints/` above its runs)."""
+  try:
+    names = sorted(os.listdir(folder or '.'))
+  except OSError:
+    return []
+  return [name for name in names if _is_cnnjax_run(os.path.join(folder, name))]
+
+
 def holds_run(workdir: str) -> bool:
   return any(os.path.exists(os.path.join(workdir, name)) for name in (
       writers.CONFIG_FILE, writers.METRICS_FILE, checkpoints.CHECKPOINT_DIR))
@@ -95,10 +131,15 @@ class WorkdirError(UserError, ValueError):
 
 
 def check_writable(workdir: str) -> None:
-  """Fails before any data is read if `workdir` is a file or cannot be written."""
+  """Fails before any data is read if `workdir` is a file, lies inside another run (its
+  checkpoints/ folder, given for the run itself) or cannot be written."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another '
                        '--workdir.')
+  if run := enclosing_run(workdir):
+    raise WorkdirError(f'--workdir={workdir} lies inside the run in {run}: a run there would '
+                       f'start afresh within it. Pass --workdir={run} to resume that run, or '
+                       'choose a --workdir outside it.')
   existing = os.path.abspath(workdir)
   while not os.path.exists(existing):
     existing = os.path.dirname(existing)
