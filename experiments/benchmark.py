@@ -29,6 +29,7 @@ import dataclasses
 import json
 import multiprocessing
 import os
+from multiprocessing import resource_tracker
 import signal
 import statistics
 import sys
@@ -237,6 +238,7 @@ def worker(side_name, config_path, overrides, connection):
 
   Each answer is ('ok', value), ('user_error', message) or ('bug', traceback); after an
   error, or when the parent is gone, the worker ends."""
+  signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent's to act on (`Worker`).
   try:
     from cnnjax.data import datasets
     config = load_config(config_path, overrides)
@@ -268,9 +270,13 @@ class Worker:
     self.side, (self.connection, child) = side, context.Pipe()
     self.process = context.Process(target=worker, args=(side, args.config, args.overrides,
                                                         child), daemon=True)
-    # Started with Ctrl-C ignored, which it keeps: Ctrl-C reaches every process of the
-    # terminal's group, and the parent alone stops the benchmark (`stoppable`).
-    with preemption.handling((signal.SIGINT,), signal.SIG_IGN):
+    # Ctrl-C reaches every process of the terminal's group, and the parent alone stops the
+    # benchmark (`stoppable`): the worker starts with Ctrl-C blocked, and ignores it from its
+    # first line. Blocked, not ignored here: the parent's handler stays in place, so a
+    # Ctrl-C while the worker starts still stops the benchmark. (The resource tracker,
+    # started by the first worker, unblocks signals as it starts: it is started first.)
+    resource_tracker.ensure_running()
+    with preemption.held_back((signal.SIGINT,)):
       self.process.start()
     child.close()  # Only the worker holds it now: if the worker dies, `recv` sees the end.
     self.sizes = self.answer()

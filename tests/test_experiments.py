@@ -247,6 +247,40 @@ def test_a_benchmark_worker_that_refuses_has_ended_when_its_error_is_raised(tmp_
   assert multiprocessing.active_children() == []
 
 
+def test_a_ctrl_c_while_a_benchmark_worker_starts_stops_the_benchmark(
+    tmp_path, monkeypatch, capsys):
+  """The worker is started with Ctrl-C ignored, which it keeps; the parent ignored it too for
+  that while, so a Ctrl-C then was lost and the benchmark ran to its end."""
+  import argparse
+  import multiprocessing
+  import multiprocessing.context
+  import signal
+  from experiments import benchmark
+  from tests.helpers import make_idx_dataset
+  start = multiprocessing.context.SpawnProcess.start
+
+  def start_as_ctrl_c_comes(process):
+    os.kill(os.getpid(), signal.SIGINT)
+    start(process)
+
+  monkeypatch.setattr(multiprocessing.context.SpawnProcess, 'start', start_as_ctrl_c_comes)
+  make_idx_dataset(str(tmp_path))
+  args = argparse.Namespace(config=f'{REPO_ROOT}/configs/cnn_simple.py',
+                            overrides=[f'--config.local_data_dir={tmp_path}'])
+  # As in a terminal: a test runner may have been started with SIGINT ignored.
+  before = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with pytest.raises(SystemExit) as stopped:
+      benchmark.stoppable(lambda: benchmark.Worker('cnnjax', args))
+  finally:
+    signal.signal(signal.SIGINT, before)
+    for child in multiprocessing.active_children():
+      child.terminate()
+      child.join()
+  assert stopped.value.code == 128 + signal.SIGINT
+  assert capsys.readouterr().err.startswith('benchmark.py: stopped by SIGINT;')
+
+
 @pytest.mark.parametrize('delay', [0.2, 1.5, 6.0])  # Importing; starting workers; measuring.
 def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   import signal

@@ -102,6 +102,23 @@ def handling(signals: Iterable[int], handler: Callable[[int, Any], Any]) -> Iter
         signal.signal(s, old)
 
 
+@contextlib.contextmanager
+def held_back(signals: Iterable[int]) -> Iterator[None]:
+  """Blocks `signals` in this thread for the block's length, handlers unchanged: a process
+  started inside inherits the block (until it sets its own handlers), while this process
+  still acts on them (its other threads take them, or they wait for the block's end), where
+  a SIG_IGN for the child's sake would lose them. Only the main thread's handlers act on
+  signals: elsewhere, nothing changes."""
+  if threading.current_thread() is not threading.main_thread():
+    yield
+    return
+  before = signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 def stop_line(detail: str) -> Callable[[int], str]:
   """The line of a stop by signal `signum`: `StopRequested`'s, `detail` its end."""
   return lambda signum: str(StopRequested(signum, detail))
