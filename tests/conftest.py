@@ -28,8 +28,9 @@ def temporary_files_under_pytests_folder(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(autouse=True)
 def private_weights_cache(tmp_path_factory, monkeypatch):
-  """No test reads or fills the user's ~/.cache/cnnjax."""
+  """No test reads or fills the user's ~/.cache/cnnjax, or reads Keras' ~/.keras."""
   monkeypatch.setenv('CNNJAX_CACHE', str(tmp_path_factory.mktemp('cache')))
+  monkeypatch.setenv('KERAS_HOME', str(tmp_path_factory.mktemp('keras')))
 
 
 @pytest.fixture

@@ -183,6 +183,30 @@ def test_download_fills_the_cache_once(served_mobilenet, monkeypatch):
   assert weights_path(config, 'mobilenet_v2') == path
 
 
+def offline(*args, **kwargs):
+  raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
+
+
+def test_weights_keras_downloaded_fill_the_cache_offline(monkeypatch):
+  """Who ran the Keras studies has the files in ~/.keras/models: no network is needed."""
+  monkeypatch.setattr(urllib.request, 'urlopen', offline)
+  config = transfer_config('cifar_mobilenet_transfer')
+  name = files.imagenet_weights_file('mobilenet_v2', config.model_kwargs.image_size).name
+  keras_copy = os.path.join(files.keras_cache_dir(), name)
+  os.makedirs(os.path.dirname(keras_copy))
+  source = open(shared_weights_file('mobilenet_v2'), 'rb').read()
+  open(keras_copy, 'wb').write(source[:len(source) // 2])  # Cut off: refused, by its path.
+  with pytest.raises(WeightsFileError, match=f'^{keras_copy} is not a readable HDF5 file'):
+    weights_path(config, 'mobilenet_v2')
+  assert os.listdir(os.environ['CNNJAX_CACHE']) == []
+  open(keras_copy, 'wb').write(source)
+  path = weights_path(config, 'mobilenet_v2')
+  assert path == os.path.join(os.environ['CNNJAX_CACHE'], name)
+  assert open(path, 'rb').read() == source
+  os.remove(keras_copy)
+  assert weights_path(config, 'mobilenet_v2') == path  # The cache's own copy, from now on.
+
+
 class _CutOffResponse:
   """A response that announces the whole file and breaks off after the first chunk."""
 
@@ -222,8 +246,6 @@ def test_a_download_of_the_wrong_file_is_rejected(tmp_path, monkeypatch):
 
 
 def test_offline_without_a_file_says_where_to_put_it(monkeypatch):
-  def offline(*args, **kwargs):
-    raise urllib.error.URLError('[Errno -3] Temporary failure in name resolution')
   monkeypatch.setattr(urllib.request, 'urlopen', offline)
   with pytest.raises(WeightsFileError) as error:
     weights_path(transfer_config('vgg_transfer'), 'vgg16')

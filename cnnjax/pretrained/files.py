@@ -2,16 +2,20 @@
 
 The files are Keras' own application weights. Online, the first run
 downloads the one it needs into `$CNNJAX_CACHE` (default `~/.cache/cnnjax`);
-offline, `config.pretrained_path` names a file the user has. A download
-lands under a temporary name and becomes the cached file only after it is
-verified: its size is what the server announced, its MD5 the published one
-where Keras publishes one (VGG16), and its HDF5 structure that of the
-backbone. So a cut-off download never passes for the cache.
+offline, `config.pretrained_path` names a file the user has. Where Keras has
+already downloaded it (`~/.keras/models`, or `$KERAS_HOME/models`: the studies'
+own runs put it there), that copy fills the cache instead, with no network. A
+download lands under a temporary name and becomes the cached file only after
+it is verified: its size is what the server announced, its MD5 the published
+one where Keras publishes one (VGG16), and its HDF5 structure that of the
+backbone. So a cut-off download never passes for the cache, and neither does
+a Keras copy that fails the same checks.
 """
 import dataclasses
 import http.client
 import logging
 import os
+import shutil
 import socket
 import urllib.request
 from typing import Callable
@@ -111,9 +115,38 @@ def download(file: WeightsFile, target: str, check_structure: Callable[[str], No
       os.remove(partial)
 
 
+def keras_cache_dir() -> str:
+  """Where Keras keeps the application weights it downloads (`keras.utils.get_file`)."""
+  return os.path.join(os.environ.get('KERAS_HOME') or os.path.join(os.path.expanduser('~'),
+                                                                   '.keras'), 'models')
+
+
+def copy_from_keras(source: str, target: str, md5: str | None,
+                    check_structure: Callable[[str], None]) -> None:
+  """Fills the cache's `target` with Keras' copy `source`, checked as a download is (a
+  failing copy is named, and the cache is left without the file)."""
+  check_md5(source, md5)
+  check_structure(source)
+  os.makedirs(os.path.dirname(target), exist_ok=True)
+  partial = f'{target}.part-{socket.gethostname()}-{os.getpid()}'
+  try:
+    shutil.copyfile(source, partial)
+    os.replace(partial, target)
+  finally:
+    if os.path.exists(partial):
+      os.remove(partial)
+
+
 def ensure_cached(file: WeightsFile, check_structure: Callable[[str], None]) -> str:
-  """Path of the verified cached `file`, downloading it first if it is not there."""
+  """Path of the verified cached `file`, copied from Keras' cache or downloaded first if it
+  is not there."""
   target = os.path.join(cache_dir(), file.name)
-  if not os.path.exists(target):
+  keras_copy = os.path.join(keras_cache_dir(), file.name)
+  if os.path.exists(target):
+    return target
+  if os.path.isfile(keras_copy):
+    logging.info('Copying %s, which Keras downloaded, to %s', keras_copy, target)
+    copy_from_keras(keras_copy, target, file.md5, check_structure)
+  else:
     download(file, target, check_structure)
   return target
