@@ -245,6 +245,14 @@ def test_a_download_of_the_wrong_file_is_rejected(tmp_path, monkeypatch):
   assert os.listdir(os.environ['CNNJAX_CACHE']) == []
 
 
+def test_download_refuses_an_image_size_below_one(capsys):
+  with pytest.raises(SystemExit) as exited:
+    cli.main(['download', 'mobilenet_v2', '--image_size=-5'])
+  assert exited.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      'python -m cnnjax.pretrained download: error: --image_size must be 1 or more, not -5.')
+
+
 def test_offline_without_a_file_says_where_to_put_it(monkeypatch):
   monkeypatch.setattr(urllib.request, 'urlopen', offline)
   with pytest.raises(WeightsFileError) as error:

@@ -51,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
   download_parser.add_argument('backbone', choices=('vgg16', 'mobilenet_v2'))
   download_parser.add_argument('--image_size', type=int, default=96)
   args = parser.parse_args(argv)
+  if args.command == 'download' and args.image_size < 1:  # Else 224's file, as for 100.
+    download_parser.error(f'--image_size must be 1 or more, not {args.image_size}.')
   # Imports (jax, orbax) take seconds: a stop signal from here on ends in one line.
   with cli.running_as_tool('cnnjax.pretrained', NOTHING_MADE):
     try:
