@@ -274,6 +274,40 @@ def test_an_offline_download_fails_at_once_with_the_way_to_local_files(tmp_path)
   assert '--config.local_data_dir=DIR' in str(error.value)
 
 
+def test_an_offline_download_says_nothing_before_its_error_line(tmp_path, capfd):
+  """TFDS announced the download and drew its progress bars (twenty lines of them in a log)
+  before the host failed to resolve; where a host of the files TFDS lists does not, it
+  prepares the dataset without them."""
+  import tensorflow_datasets as tfds
+  from cnnjax.data import tfds_source
+  from tests.helpers import load_dataset
+
+  class CnnjaxListedOfflineImages(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version('1.0.0')
+    url_infos = {'http://cnnjax-test.invalid/images.npz': None}  # As TFDS' checksums list.
+
+    def _info(self):
+      return tiny_tfds_info(self)
+
+    def _split_generators(self, dl_manager):
+      dl_manager.download('http://cnnjax-test.invalid/images.npz')
+      return {}
+
+    def _generate_examples(self):
+      yield from ()
+
+  for in_memory in ('true', 'false'):  # Loaded whole, or streamed from ArrayRecord files.
+    capfd.readouterr()
+    with pytest.raises(tfds_source.DatasetUnavailableError) as error:
+      load_dataset('cnnjax_listed_offline_images', 'train', '', 'test',
+                   tfds_data_dir=str(tmp_path), data_in_memory=in_memory)
+    assert str(error.value).startswith(
+        "Could not load split 'train' of TFDS dataset 'cnnjax_listed_offline_images': "
+        'ConnectionError: a download host did not resolve, so this machine looks offline: '
+        "HTTPConnection(host='cnnjax-test.invalid'")
+    assert capfd.readouterr() == ('', '')
+
+
 def test_tensorflow_is_kept_off_the_accelerators_when_tfds_loads(monkeypatch, mock_tfds):
   import tensorflow as tf
   from cnnjax.data import datasets

@@ -9,10 +9,13 @@ imports TensorFlow, and only because TFDS reads its files with it.
 """
 import contextlib
 import functools
+import io
 import logging
 import os
 import re
+import socket
 import tempfile
+import urllib.parse
 from typing import Any, Iterator
 
 import numpy as np
@@ -200,13 +203,67 @@ def _unavailable(name: str, split_spec: str, e: Exception) -> DatasetUnavailable
                                  f'{type(e).__name__}: {e}. ' + offline_help(name))
 
 
+def _unresolved_download_host(tfds, name: str, data_dir: str, **builder_kwargs) -> str | None:
+  """A host of the files TFDS lists for `name` (its checksums) that does not resolve, where
+  the dataset is still to be prepared; None where all do, or TFDS lists none."""
+  try:
+    builder = tfds.builder(name, data_dir=data_dir or None, **builder_kwargs)
+    # What `is_prepared()` checks, without its warning where the folder is not there yet.
+    if (builder.data_path / 'dataset_info.json').exists():
+      return None
+    hosts = sorted({urllib.parse.urlparse(url).hostname for url in builder.url_infos or {}}
+                   - {None})
+  except Exception:  # pylint: disable=broad-except  # Left to the load, which says why.
+    return None
+  for host in hosts:
+    try:
+      socket.getaddrinfo(host, None)
+    except (socket.gaierror, UnicodeError):
+      return host
+  return None
+
+
+class _TfdsWarningsDropped(logging.Filter):
+  """On absl's logger: TFDS' warnings (not its errors) about the folders of a dataset it
+  fails to prepare."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.ERROR or f'{os.sep}tensorflow_datasets{os.sep}' not in (
+        record.pathname)
+
+
+@contextlib.contextmanager
+def _quiet_where_offline(name: str, data_dir: str, **builder_kwargs) -> Iterator[None]:
+  """TFDS announces a download and draws its progress bars (a score of lines, in a log)
+  before its first request; where a host of the files does not resolve, the request will
+  fail (`_NoRetryForAnUnresolvedHost`), and the run's one error line is to stand alone. So
+  there, TFDS prepares the dataset without them: what it can do offline (from downloads it
+  kept, or mocked in tests) still succeeds, quietly."""
+  tfds = import_tfds(name)
+  if _unresolved_download_host(tfds, name, data_dir, **builder_kwargs) is None:
+    yield
+    return
+  from tensorflow_datasets.core.utils import tqdm_utils
+  bars = getattr(tqdm_utils, '_active', True)
+  tfds.display_progress_bar(False)
+  absl_logger, dropped = logging.getLogger('absl'), _TfdsWarningsDropped()
+  absl_logger.addFilter(dropped)
+  try:
+    with contextlib.redirect_stdout(io.StringIO()):
+      yield
+  finally:
+    absl_logger.removeFilter(dropped)
+    tfds.display_progress_bar(bars)
+
+
 def load_in_memory(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
                    image_shape: tuple[int, int, int]) -> examples.Split:
   """Split `split_spec` decoded into memory, every image in `image_shape`."""
   tfds = import_tfds(name)
   image_key, label_key = keys
   try:
-    ds = tfds.load(name, split=split_spec, data_dir=data_dir or None, download=True)
+    with _quiet_where_offline(name, data_dir):
+      ds = tfds.load(name, split=split_spec, data_dir=data_dir or None, download=True)
     ds = ds.map(lambda example: (example[image_key], example[label_key]))
     if tuple(ds.element_spec[0].shape) == tuple(image_shape):
       # Batches of a fixed size: `batch_size=-1` is not supported by TFDS' mocks.
@@ -233,8 +290,9 @@ def stream(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
   tfds = import_tfds(name)
   image_key, label_key = keys
   try:
-    source = tfds.data_source(name, split=split_spec, data_dir=data_dir or None, download=True,
-                              builder_kwargs={'file_format': 'array_record'})
+    with _quiet_where_offline(name, data_dir, file_format='array_record'):
+      source = tfds.data_source(name, split=split_spec, data_dir=data_dir or None,
+                                download=True, builder_kwargs={'file_format': 'array_record'})
   except Exception as e:
     raise _unavailable(name, split_spec, e) from e
 
