@@ -2,6 +2,7 @@
 import dataclasses
 import gzip
 import os
+import re
 import shutil
 import tarfile
 import zipfile
@@ -521,3 +522,17 @@ def test_streamed_arrays_are_checked_as_held_ones(tmp_path):
   write_idx(str(tmp_path / 't10k-labels-idx1-ubyte.gz'), labels)
   with pytest.raises(datasets.BadLabelsError, match=r'are not classes 0\.\.9 \(e\.g\. \[12\]\)'):
     datasets.load_split(options, 'test')
+
+
+def test_labels_numbered_from_one_are_named_so():
+  from cnnjax.data.examples import Split
+  labels = np.arange(30) % 10 + 1  # 1..10, as a spreadsheet or MATLAB numbers them.
+  split = Split(np.zeros((30, 28, 28, 1), np.uint8), labels.astype(np.int32))
+  with pytest.raises(datasets.BadLabelsError, match=re.escape(
+      "3 label(s) of split 'train' of local:x are not classes 0..9 (e.g. [10]): the labels "
+      'run 1..10, numbered from 1 where the classes are numbered from 0: subtract 1 from '
+      'each. Nothing was trained')):
+    datasets.check_split(split, 'train', 10, 'local:x')
+  labels[0] = 11  # Not 1..10 throughout: corrupt.
+  with pytest.raises(datasets.BadLabelsError, match='corrupt or belongs to another dataset'):
+    datasets.check_split(Split(split.images, labels.astype(np.int32)), 'train', 10, 'local:x')

@@ -189,10 +189,14 @@ def check_split(split: Split | StreamedSplit, split_spec: str, num_classes: int,
   bad = (split.labels < 0) | (split.labels >= num_classes)
   if bad.any():
     values = sorted({int(v) for v in split.labels[bad][:100]})[:5]
+    from_one = split.labels.min() == 1 and split.labels.max() == num_classes
     raise BadLabelsError(
         f'{int(bad.sum())} label(s) of split {split_spec!r} of {source} are not classes 0..'
-        f'{num_classes - 1} (e.g. {values}): the label file is corrupt or belongs to another '
-        'dataset. Nothing was trained or evaluated on this split.')
+        f'{num_classes - 1} (e.g. {values}): ' + (
+            f'the labels run 1..{num_classes}, numbered from 1 where the classes are numbered '
+            'from 0: subtract 1 from each.' if from_one else
+            'the label file is corrupt or belongs to another dataset.')
+        + ' Nothing was trained or evaluated on this split.')
   return split
 
 
