@@ -247,26 +247,29 @@ def test_tensorflows_native_start_up_lines_are_hidden_and_its_other_output_kept(
   assert probe.returncode == 0 and probe.stderr == '', probe.stderr[-2000:]
 
 
+def offline_tfds_builder(class_name: str, listed: bool):
+  """A TFDS dataset (registered by the snake-case of `class_name`) whose one file is on a
+  host that never resolves ('.invalid'); `listed`: as TFDS' checksums list it."""
+  import tensorflow_datasets as tfds
+  url = 'http://cnnjax-test.invalid/images.npz'
+
+  def split_generators(self, dl_manager):
+    del self
+    dl_manager.download(url)
+    return {}
+  attributes = {'VERSION': tfds.core.Version('1.0.0'), '_info': tiny_tfds_info,
+                '_split_generators': split_generators, '_generate_examples': lambda self: ()}
+  if listed:
+    attributes['url_infos'] = {url: None}
+  return type(class_name, (tfds.core.GeneratorBasedBuilder,), attributes)
+
+
 def test_an_offline_download_fails_at_once_with_the_way_to_local_files(tmp_path):
   """TFDS retries a download whose host does not resolve 10 times over 3.5 minutes, with a
-  warning for each; the run ends at the first instead. ('.invalid' never resolves.)"""
-  import tensorflow_datasets as tfds
+  warning for each; the run ends at the first instead."""
   from cnnjax.data import tfds_source
   from tests.helpers import load_dataset
-
-  class CnnjaxOfflineImages(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-
-    def _info(self):
-      return tiny_tfds_info(self)
-
-    def _split_generators(self, dl_manager):
-      dl_manager.download('http://cnnjax-test.invalid/images.npz')
-      return {}
-
-    def _generate_examples(self):
-      yield from ()
-
+  offline_tfds_builder('CnnjaxOfflineImages', listed=False)
   with pytest.raises(tfds_source.DatasetUnavailableError) as error:
     load_dataset('cnnjax_offline_images', 'train', '', 'test', tfds_data_dir=str(tmp_path))
   assert ("a download host did not resolve, so this machine looks offline: HTTPConnection(host="
@@ -278,24 +281,9 @@ def test_an_offline_download_says_nothing_before_its_error_line(tmp_path, capfd)
   """TFDS announced the download and drew its progress bars (twenty lines of them in a log)
   before the host failed to resolve; where a host of the files TFDS lists does not, it
   prepares the dataset without them."""
-  import tensorflow_datasets as tfds
   from cnnjax.data import tfds_source
   from tests.helpers import load_dataset
-
-  class CnnjaxListedOfflineImages(tfds.core.GeneratorBasedBuilder):
-    VERSION = tfds.core.Version('1.0.0')
-    url_infos = {'http://cnnjax-test.invalid/images.npz': None}  # As TFDS' checksums list.
-
-    def _info(self):
-      return tiny_tfds_info(self)
-
-    def _split_generators(self, dl_manager):
-      dl_manager.download('http://cnnjax-test.invalid/images.npz')
-      return {}
-
-    def _generate_examples(self):
-      yield from ()
-
+  offline_tfds_builder('CnnjaxListedOfflineImages', listed=True)
   for in_memory in ('true', 'false'):  # Loaded whole, or streamed from ArrayRecord files.
     capfd.readouterr()
     with pytest.raises(tfds_source.DatasetUnavailableError) as error:
