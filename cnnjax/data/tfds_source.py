@@ -215,12 +215,17 @@ def _unresolved_download_host(tfds, name: str, data_dir: str, **builder_kwargs) 
                    - {None})
   except Exception:  # pylint: disable=broad-except  # Left to the load, which says why.
     return None
-  for host in hosts:
-    try:
-      socket.getaddrinfo(host, None)
-    except (socket.gaierror, UnicodeError):
-      return host
-  return None
+  return next((host for host in hosts if not _resolves(host)), None)
+
+
+@functools.lru_cache(maxsize=None)
+def _resolves(host: str) -> bool:
+  """Whether `host`'s name resolves (asked once per process: a slow resolver is slow once)."""
+  try:
+    socket.getaddrinfo(host, None)
+  except (socket.gaierror, UnicodeError):
+    return False
+  return True
 
 
 class _TfdsWarningsDropped(logging.Filter):

@@ -141,9 +141,9 @@ def ensure_cached(file: WeightsFile, check_structure: Callable[[str], None]) -> 
   """Path of the verified cached `file`, copied from Keras' cache or downloaded first if it
   is not there."""
   target = os.path.join(cache_dir(), file.name)
-  keras_copy = os.path.join(keras_cache_dir(), file.name)
   if os.path.exists(target):
     return target
+  keras_copy = os.path.join(keras_cache_dir(), file.name)
   if os.path.isfile(keras_copy):
     logging.info('Copying %s, which Keras downloaded, to %s', keras_copy, target)
     copy_from_keras(keras_copy, target, file.md5, check_structure)
