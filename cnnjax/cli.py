@@ -5,7 +5,9 @@ image; every `cnnjax.errors.UserError`) are printed as
 `<tool>: error: <message>` without a traceback; any other exception is a bug
 and keeps its traceback.
 """
+import argparse
 import contextlib
+import difflib
 import errno
 import logging
 import os
@@ -337,7 +339,6 @@ def closest_config_file(missing: str | None) -> str:
   """'; did you mean --config=FILE?' for a config path that does not exist, FILE the config
   file nearest to it in spelling, in the folder it names or in cnnjax's configs/ (a typo,
   a missing '.py', 'configs.cnn_simple'); '' where none is near."""
-  import difflib
   import glob
   if not missing or os.path.exists(missing):
     return ''
@@ -405,3 +406,35 @@ def flag_error_message(error: Exception) -> str:
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse's parser for the tools, where a misspelt flag (`--work_dir`, `--splt`) is named
+  first, with the flag it is closest to, not after the 'required' error it caused or as a
+  bare 'unrecognized arguments'. Flags starting with one of `passthrough` are not its own
+  (`--config.` overrides, which the tool reads itself); a parser with sub-commands leaves
+  the check to them."""
+
+  def __init__(self, *args, passthrough: tuple[str, ...] = (), **kwargs):
+    super().__init__(*args, **kwargs)
+    self.passthrough = passthrough
+
+  def parse_known_args(self, args=None, namespace=None):
+    argv = sys.argv[1:] if args is None else list(args)
+    if not any(isinstance(action, argparse._SubParsersAction)  # pylint: disable=protected-access
+               for action in self._actions):
+      self._check_flag_names(argv)
+    return super().parse_known_args(argv, namespace)
+
+  def _check_flag_names(self, argv: list[str]) -> None:
+    known = sorted(flag for flag in self._option_string_actions if flag.startswith('--'))
+    for token in argv:
+      if token == '--':
+        break
+      name = token.split('=', 1)[0]
+      if (not name.startswith('--') or name in known or name.startswith(self.passthrough)
+          or any(flag.startswith(name) for flag in known)):  # argparse's abbreviations.
+        continue
+      meant = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+      self.error(f'unrecognized flag {name}' + (f'; did you mean {meant[0]}?' if meant else
+                                                f'; the flags are {", ".join(known)}.'))

@@ -115,8 +115,9 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog='python -m cnnjax.evaluate', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from cnnjax import cli
+  parser = cli.ArgumentParser(prog='python -m cnnjax.evaluate', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, type=os.path.expanduser,
                       help='The run directory (as for cnnjax.main).')
   parser.add_argument('--local_data_dir', default=None, type=os.path.expanduser,
@@ -124,7 +125,6 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--split', default=None,
                       help="Split to evaluate (TFDS syntax); default the run's test split.")
   args = parser.parse_args(argv)
-  from cnnjax import cli
   with cli.running_as_tool('cnnjax.evaluate', 'before writing anything: the run\'s files '
                           'are as they were.'):
     from cnnjax import sharding

@@ -140,8 +140,9 @@ def format_predictions(predictions: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(prog='python -m cnnjax.predict', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  from cnnjax import cli
+  parser = cli.ArgumentParser(prog='python -m cnnjax.predict', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--workdir', required=True, type=os.path.expanduser,
                       help='The run directory (as for cnnjax.main).')
   parser.add_argument('--top', type=int, default=3, help='Classes to print per image.')
@@ -151,7 +152,6 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.top < 1:
     parser.error(f'--top={args.top}: print at least 1 class per image.')
-  from cnnjax import cli
   from cnnjax.runs import preemption
   with cli.running_as_tool('cnnjax.predict', preemption.WRITES_NOTHING):
     from cnnjax import sharding

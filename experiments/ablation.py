@@ -159,8 +159,8 @@ def markdown(name: str, rows: list[dict], args, epochs: int, device: str) -> str
 
 
 def main(argv: list[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', required=True, help='A config file, e.g. configs/x.py.')
   parser.add_argument('--local_data_dir', default='', help='Dataset files (else TFDS).')
   parser.add_argument('--epochs', type=int, help='Shorten every run to N epochs.')

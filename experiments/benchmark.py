@@ -474,8 +474,8 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__, passthrough=('--config.',),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
   parser.add_argument('--local_data_dir', default='')
   parser.add_argument('--epochs', type=int, default=3, help='Epochs measured per side.')

@@ -30,6 +30,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import jax  # pylint: disable=wrong-import-position
 
+from cnnjax import cli  # pylint: disable=wrong-import-position
+
 
 def images_per_second(split, batch_size: int, steps: int, repeats: int) -> float:
   """Median images/s of reading `steps` batches of one epoch's order, `repeats` times."""
@@ -70,8 +72,8 @@ def training_images_per_second(config, data, steps: int) -> float:
 
 
 def main() -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default='configs/cifar_cnn.py')
   parser.add_argument('--local_data_dir', required=True,
                       help='An image tree as .tar.gz (e.g. the CIFAR-10 JPEG archive).')
@@ -84,7 +86,6 @@ def main() -> None:
   if not (os.path.isfile(args.local_data_dir) and tarfile.is_tarfile(args.local_data_dir)):
     parser.error(f'--local_data_dir={args.local_data_dir} is not a .tar.gz (or .tar) of an '
                  'image tree: this script compares reading the archive with reading it unpacked.')
-  from cnnjax import cli
   with cli.reporting_user_errors('data_throughput.py'):
     measure(args)
 

@@ -175,8 +175,8 @@ def print_report(report: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__, passthrough=('--config.',),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--fashion_mnist', default='', help='Fashion-MNIST IDX files.')
   parser.add_argument('--cifar10', default='', help='The CIFAR-10 image tree or archive.')
   parser.add_argument('--configs', default=','.join(STUDY_CONFIGS))

@@ -32,6 +32,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+from cnnjax import cli  # pylint: disable=wrong-import-position
+
 # The studies' own numbers: what each config reproduces.
 STUDY = {
     'mlp_256_128': {'metric': 'test accuracy', 'value': 0.8898},
@@ -210,8 +212,8 @@ def recorded_runs(results_dir: str, name: str) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> str:
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--suite', choices=sorted(SUITES), required=True)
   parser.add_argument('--local_data_dir', default='', help='Dataset files (else TFDS).')
   parser.add_argument('--quick', action='store_true', help=f'{QUICK_STEPS} steps per config.')
@@ -232,7 +234,6 @@ def main(argv: list[str] | None = None) -> str:
     parser.error(f'--only: {unknown} not in the {args.suite} suite ({", ".join(SUITES[args.suite])})')
   if args.local_data_dir and not os.path.exists(args.local_data_dir):
     parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
-  from cnnjax import cli
   with cli.running_as_tool('reproduce.py'):
     return run_suite(args, name, only)
 

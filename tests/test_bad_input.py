@@ -324,6 +324,41 @@ def test_devices_jax_cannot_start_are_one_line(data, tmp_path):
   assert_one_line_error(result, 'cnnjax.predict', "Unable to initialize backend 'nosuch'")
 
 
+def tool_parser(**kwargs):
+  from cnnjax import cli
+  parser = cli.ArgumentParser(prog='tool', **kwargs)
+  parser.add_argument('--workdir', required=True)
+  parser.add_argument('--split', default='test')
+  parser.add_argument('images', nargs='*')
+  return parser
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--work_dir=run'], 'unrecognized flag --work_dir; did you mean --workdir?'),  # Not 'required'.
+    (['--workdir=run', '--splt', 'train'], 'unrecognized flag --splt; did you mean --split?'),
+    (['--workdir=run', '--config.seed=1'], 'unrecognized flag --config.seed; the flags are '
+     '--help, --split, --workdir.'),
+])
+def test_a_misspelt_tool_flag_is_named_with_the_one_meant(argv, message, capsys):
+  with pytest.raises(SystemExit) as exited:
+    tool_parser().parse_args(argv)
+  assert exited.value.code == 2
+  assert capsys.readouterr().err.strip().splitlines()[-1] == f'tool: error: {message}'
+
+
+def test_tool_flags_a_parser_takes_as_argparse_does():
+  args = tool_parser().parse_args(['--work=run', '--spl=train', 'a.png', '--', '--b.png'])
+  assert (args.workdir, args.split, args.images) == ('run', 'train', ['a.png', '--b.png'])
+  args, rest = tool_parser(passthrough=('--config.',)).parse_known_args(
+      ['--workdir=run', '--config.seed=1'])
+  assert args.workdir == 'run' and rest == ['--config.seed=1']
+  from cnnjax import cli
+  parser = cli.ArgumentParser(prog='tool')
+  commands = parser.add_subparsers(dest='command')
+  commands.add_parser('download').add_argument('--image_size', type=int)
+  assert parser.parse_args(['download', '--image_size=3']).image_size == 3
+
+
 @pytest.mark.parametrize('xla_flags, message', [
     ('xla_force_host_platform_device_count=2', 'does not start with "--", so XLA would read it'),
     ('-xla_force_host_platform_device_count=2', 'start with exactly "--"'),

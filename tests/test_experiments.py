@@ -182,7 +182,8 @@ def benchmark_args(data_dir, *extra):
 
 BENCHMARK_CASES = {  # Each checked before a worker starts, or by a worker and sent back.
     'config file missing': (['--config=nope.py'], 'cannot load the config file'),
-    'flag typo': (['--confg=configs/cnn_simple.py'], 'unrecognized arguments: --confg'),
+    'flag typo': (['--confg=configs/cnn_simple.py'],
+                  'unrecognized flag --confg; did you mean --config?'),
     'unknown config field': (['--config.batchsize=3'], "config field 'batchsize' does not"),
     'no epochs': (['--epochs=0'], '--epochs and --evals must be 1 or more'),
     'a config field without its value': (['--no-keras', '--config.name', '--config.seed=3'],
@@ -329,7 +330,7 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
 @pytest.mark.parametrize('extra,message', [
     (['--configs=cnn_simpel'], 'no configs/cnn_simpel.py'),
     (['--config.batchsize=3'], "config field 'batchsize' does not"),
-    (['--stepz=3'], 'unrecognized arguments: --stepz'),
+    (['--stepz=3'], 'unrecognized flag --stepz'),
     (['--fashion_mnist={missing}'], "local_data_dir='{missing}' does not exist"),
 ])
 def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):

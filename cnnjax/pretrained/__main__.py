@@ -41,8 +41,8 @@ def download(backbone: str, image_size: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m cnnjax.pretrained', description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = cli.ArgumentParser(prog='python -m cnnjax.pretrained', description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
   commands = parser.add_subparsers(dest='command', required=True)
   convert_parser = commands.add_parser('convert', help='Keras .h5 -> orbax checkpoint.')
   convert_parser.add_argument('source', metavar='IN.h5')
