@@ -2,7 +2,8 @@
 
     python -m cnnjax.main --config=configs/image_folder.py --config.local_data_dir=DIR
 
-DIR (or DIR.tar.gz) holds `train/<class>/*` and `test/<class>/*`, and optionally
+DIR (or DIR.tar.gz) holds `train/<class>/*` and `test/<class>/*` (or, in a directory,
+images lying in `train/` with their classes in `trainLabels.csv`), and optionally
 `val/<class>/*` (pass --config.val_split=val); or hold out part of train with
 --config.train_split='train[:90%]' --config.val_split='train[90%:]'. Keras'
 layout, `<class>/*` with no split folders, is the train split: take all three

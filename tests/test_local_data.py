@@ -306,9 +306,11 @@ def test_files_outside_class_folders_are_left_out_with_a_warning(tmp_path, caplo
   assert sorted(f'{f.cls}/{f.name}' for f in listing['train']) == ['a/0.png', 'b/0.png']
   warnings = [r.getMessage() for r in caplog.records if 'outside any class folder' in
               r.getMessage()]
+  listed = (' (or unpack the archive and list their classes in trainLabels.csv beside train/)'
+            if as_archive else f', or list their classes in {tree}/trainLabels.csv')
   assert warnings == [f'Left out 2 file(s) lying directly in train/ of {root}, outside any '
                       'class folder: loose1.png, loose2.png. Put each in train/<class>/ to '
-                      'use it.']
+                      f'use it{listed}.']
 
 
 def test_an_empty_class_folder_is_left_out_with_a_warning(tmp_path, caplog):

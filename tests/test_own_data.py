@@ -133,6 +133,58 @@ def test_an_image_folder_is_listed_once_per_load(tmp_path, monkeypatch, caplog):
               f'Left out 1 file(s) lying directly in train/ of {root}']
 
 
+def test_images_lying_in_a_split_take_their_classes_from_its_label_file(tmp_path, caplog):
+  """Kaggle's layout: train/1.png, ... with trainLabels.csv beside train/ (id,label, the ids
+  without their extension), and a test/ of unlabelled images."""
+  root = tmp_path / 'kaggle'
+  (root / 'train').mkdir(parents=True)
+  (root / 'test').mkdir()
+  rng = np.random.default_rng(0)
+  classes, rows, expected = ['frog', 'truck', 'bird'], [], {}
+  for i in range(1, 13):
+    pixels = rng.integers(0, 256, (8, 8, 3), np.uint8)
+    Image.fromarray(pixels).save(root / 'train' / f'{i}.png')
+    rows.append(f'{i},{classes[i % 3]}')
+    expected[pixels.tobytes()] = classes[i % 3]
+  Image.new('RGB', (8, 8)).save(root / 'train' / '13.png')  # Not listed: left out.
+  Image.new('RGB', (8, 8)).save(root / 'test' / '1.png')
+  (root / 'trainLabels.csv').write_text('id,label\n' + '\n'.join(rows) + '\n')
+  options = datasets.DataOptions('image_folder', local_data_dir=str(root), image_size=8,
+                                 channels=3, train_split='train[:9]', val_split='',
+                                 test_split='train[9:]')
+  with caplog.at_level(logging.WARNING):
+    dataset = datasets.load_dataset(options, datasets.describe(options))
+  assert dataset.class_names == ('bird', 'frog', 'truck')
+  for split in (dataset.train, dataset.test):
+    assert [dataset.class_names[label] for label in split.labels] == [
+        expected[image.tobytes()] for image in split.images]
+  assert (len(dataset.train), len(dataset.test)) == (9, 3)
+  warnings = [r.getMessage() for r in caplog.records]
+  assert f'Left out 1 file(s) of train/ in {root} that trainLabels.csv does not list: 13.png.' in (
+      warnings)
+  assert any(w.endswith(f'Put each in test/<class>/ to use it, or list their classes in '
+                        f'{root}/testLabels.csv.') for w in warnings)
+
+
+@pytest.mark.parametrize('text, classes', [
+    ('\ufeffImage,Class\na.jpg,cat\nb.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),
+    ('label,file\ncat,a.jpg\n\n', {'a.jpg': 'cat'}),  # The label column named, first.
+    ('a.jpg,cat\nb.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),  # No header row.
+])
+def test_label_files_as_they_come(text, classes, tmp_path):
+  path = tmp_path / 'trainLabels.csv'
+  path.write_text(text, encoding='utf-8')
+  assert image_tree.read_label_file(str(path)) == classes
+
+
+def test_a_label_file_of_one_column_is_named(tmp_path):
+  path = tmp_path / 'train.csv'
+  path.write_text('a.jpg\nb.jpg\n')
+  with pytest.raises(image_tree.LocalDataError, match='train.csv is not a CSV file of image '
+                     'names and classes: it needs two columns'):
+    image_tree.read_label_file(str(path))
+
+
 def test_a_missing_image_folder_is_named(tmp_path):
   missing = str(tmp_path / 'no_such_tree')
   options = datasets.DataOptions('image_folder', local_data_dir=missing, image_size=8,

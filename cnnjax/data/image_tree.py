@@ -18,6 +18,7 @@ compressed files kept in memory (for a tree larger than memory, unpack it
 and point `config.local_data_dir` at the directory).
 """
 import bz2
+import csv
 import dataclasses
 import functools
 import gzip
@@ -138,9 +139,70 @@ def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
   """One warning per split for files lying in it outside any class folder (a class is a
   folder: such a file has no label)."""
   for split, names in sorted(loose.items()):
+    label_file_name = _LABEL_FILES[0].format(split=split)
+    listed = (f', or list their classes in {os.path.join(root, label_file_name)}'
+              if os.path.isdir(root) else ' (or unpack the archive and list their classes in '
+              f'{label_file_name} beside {split}/)')
     logging.warning('Left out %d file(s) lying directly in %s/ of %s, outside any class folder: '
-                    '%s. Put each in %s/<class>/ to use it.', len(names), split, root,
-                    first_few(names, ', '), split)
+                    '%s. Put each in %s/<class>/ to use it%s.', len(names), split, root,
+                    first_few(names, ', '), split, listed)
+
+
+# Files that give the classes of the images lying directly in a split's folder (Kaggle's
+# layout: `train/1.png`, ... and `trainLabels.csv` beside `train/`), by split, compared
+# without case. Each row names an image (its file name, with or without the extension) and
+# its class; a first row of column names is skipped, and where it names a label column
+# (`_LABEL_COLUMNS`), that column holds the classes (else the second), the first other one
+# the images.
+_LABEL_FILES = ('{split}Labels.csv', '{split}_labels.csv', '{split}.csv')
+_LABEL_COLUMNS = ('label', 'labels', 'class', 'category', 'target')
+_IMAGE_COLUMNS = ('id', 'image', 'image_id', 'file', 'filename', 'file_name', 'name', 'path')
+
+
+def label_file(root: str, split: str) -> str | None:
+  """The CSV file in directory `root` that lists the classes of `split`'s loose images."""
+  wanted = [name.format(split=split).lower() for name in _LABEL_FILES]
+  found = {name.lower(): name for name in os.listdir(root)
+           if os.path.isfile(os.path.join(root, name))}
+  return next((os.path.join(root, found[name]) for name in wanted if name in found), None)
+
+
+def read_label_file(path: str) -> dict[str, str]:
+  """Image name -> class, from a CSV label file (see `_LABEL_FILES`)."""
+  try:
+    with open(path, newline='', encoding='utf-8-sig') as f:
+      rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(row)]
+  except (OSError, UnicodeDecodeError, csv.Error) as e:
+    raise LocalDataError(f'{path} cannot be read as a CSV file of image names and classes '
+                         f'({type(e).__name__}: {e}).') from e
+  if not rows or len(rows[0]) < 2:
+    raise LocalDataError(f'{path} is not a CSV file of image names and classes: it needs two '
+                         'columns or more (e.g. id,label), one row per image.')
+  header = [cell.lower() for cell in rows[0]]
+  label = next((i for i, cell in enumerate(header) if cell in _LABEL_COLUMNS), 1)
+  image = next(i for i in range(len(header)) if i != label)
+  if set(header) & set(_LABEL_COLUMNS + _IMAGE_COLUMNS):
+    rows = rows[1:]
+  return {row[image]: row[label] for row in rows if len(row) > max(image, label) and row[label]}
+
+
+def _labelled_from_file(files: list[TreeFile], path: str, split: str, root: str
+                        ) -> list[TreeFile]:
+  """`files`, lying directly in `split`/, with their classes from the label file at `path`;
+  those it does not list are left out with one warning."""
+  classes = read_label_file(path)
+  labelled, unlisted = [], []
+  for file in files:
+    cls = classes.get(file.name, classes.get(os.path.splitext(file.name)[0]))
+    if cls is None:
+      unlisted.append(file.name)
+    else:
+      labelled.append(dataclasses.replace(file, cls=cls))
+  if unlisted:
+    logging.warning('Left out %d file(s) of %s/ in %s that %s does not list: %s.',
+                    len(unlisted), split, root, os.path.basename(path),
+                    first_few(unlisted, ', '))
+  return labelled
 
 
 def files_under(directory: str) -> list[str]:
@@ -177,6 +239,9 @@ def _directory_files(root: str) -> Listing:
   if empty:  # Keras would make each a class that no example has.
     logging.warning('Left out empty class folder(s) %s in %s: a class is a folder with images.',
                     ', '.join(empty), root)
+  for split in sorted(loose):
+    if path := label_file(root, split):
+      tree.setdefault(split, []).extend(_labelled_from_file(loose.pop(split), path, split, root))
   return _listing(tree, loose, root)
 
 
