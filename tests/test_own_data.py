@@ -170,6 +170,7 @@ def test_images_lying_in_a_split_take_their_classes_from_its_label_file(tmp_path
     ('\ufeffImage,Class\na.jpg,cat\nb.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),
     ('label,file\ncat,a.jpg\n\n', {'a.jpg': 'cat'}),  # The label column named, first.
     ('a.jpg,cat\nb.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),  # No header row.
+    ('file,label\ntrain/a.jpg,cat\nimages\\b.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),
 ])
 def test_label_files_as_they_come(text, classes, tmp_path):
   path = tmp_path / 'trainLabels.csv'

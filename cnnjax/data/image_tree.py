@@ -168,7 +168,7 @@ def label_file(root: str, split: str) -> str | None:
 
 
 def read_label_file(path: str) -> dict[str, str]:
-  """Image name -> class, from a CSV label file (see `_LABEL_FILES`)."""
+  """Image file name -> class, from a CSV label file (see `_LABEL_FILES`)."""
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
       rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(row)]
@@ -183,7 +183,9 @@ def read_label_file(path: str) -> dict[str, str]:
   image = next(i for i in range(len(header)) if i != label)
   if set(header) & set(_LABEL_COLUMNS + _IMAGE_COLUMNS):
     rows = rows[1:]
-  return {row[image]: row[label] for row in rows if len(row) > max(image, label) and row[label]}
+  # An image named by its path (`train/1.png`, `images\1.png`) is the file of that name.
+  return {row[image].replace('\\', '/').rsplit('/', 1)[-1]: row[label] for row in rows
+          if len(row) > max(image, label) and row[label]}
 
 
 def _labelled_from_file(files: list[TreeFile], path: str, split: str, root: str
