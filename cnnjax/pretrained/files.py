@@ -11,6 +11,7 @@ one where Keras publishes one (VGG16), and its HDF5 structure that of the
 backbone. So a cut-off download never passes for the cache, and neither does
 a Keras copy that fails the same checks.
 """
+import contextlib
 import dataclasses
 import http.client
 import logging
@@ -18,7 +19,7 @@ import os
 import shutil
 import socket
 import urllib.request
-from typing import Callable
+from typing import Callable, Iterator
 
 from cnnjax.pretrained import h5
 from cnnjax.pretrained.h5 import WeightsFileError
@@ -100,19 +101,27 @@ def _fetch(file: WeightsFile, partial: str, target: str) -> None:
                            + _offline_help(file, target))
 
 
-def download(file: WeightsFile, target: str, check_structure: Callable[[str], None]) -> None:
-  """Fetches `file` to `target` through a temporary file that must pass every check."""
+@contextlib.contextmanager
+def _placed_whole(target: str) -> Iterator[str]:
+  """A temporary path beside `target` that becomes `target` when the block ends without an
+  error, and is removed otherwise: the cache holds a whole, verified file or none."""
   os.makedirs(os.path.dirname(target), exist_ok=True)
   partial = f'{target}.part-{socket.gethostname()}-{os.getpid()}'
-  logging.info('Downloading %s to %s', file.url, target)
   try:
-    _fetch(file, partial, target)
-    check_md5(partial, file.md5)
-    check_structure(partial)
-    os.replace(partial, target)  # Atomic: the cache holds a whole, verified file or none.
+    yield partial
+    os.replace(partial, target)  # Atomic.
   finally:
     if os.path.exists(partial):
       os.remove(partial)
+
+
+def download(file: WeightsFile, target: str, check_structure: Callable[[str], None]) -> None:
+  """Fetches `file` to `target` through a temporary file that must pass every check."""
+  logging.info('Downloading %s to %s', file.url, target)
+  with _placed_whole(target) as partial:
+    _fetch(file, partial, target)
+    check_md5(partial, file.md5)
+    check_structure(partial)
 
 
 def keras_cache_dir() -> str:
@@ -127,14 +136,8 @@ def copy_from_keras(source: str, target: str, md5: str | None,
   failing copy is named, and the cache is left without the file)."""
   check_md5(source, md5)
   check_structure(source)
-  os.makedirs(os.path.dirname(target), exist_ok=True)
-  partial = f'{target}.part-{socket.gethostname()}-{os.getpid()}'
-  try:
+  with _placed_whole(target) as partial:
     shutil.copyfile(source, partial)
-    os.replace(partial, target)
-  finally:
-    if os.path.exists(partial):
-      os.remove(partial)
 
 
 def ensure_cached(file: WeightsFile, check_structure: Callable[[str], None]) -> str:
