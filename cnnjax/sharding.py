@@ -28,7 +28,7 @@ def start_backend() -> None:
   the fix, not jax's traceback (or its bare AssertionError, for `JAX_PLATFORMS=cuda` where
   no CUDA jax is installed): a command copied from a GPU machine or a notebook set up for
   another runtime. Call it after `initialize_distributed`, before anything else uses jax."""
-  check_xla_flags(os.environ.get('XLA_FLAGS', ''))
+  check_xla_flags()
   try:
     jax.devices()
   except (RuntimeError, AssertionError) as error:
@@ -43,13 +43,16 @@ def start_backend() -> None:
         'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
 
 
-def check_xla_flags(xla_flags: str) -> None:
-  """Refuses, in one line, the mistakes in `XLA_FLAGS` that XLA would end the process on
+def check_xla_flags(xla_flags: str | None = None) -> None:
+  """Refuses, in one line, the mistakes in `xla_flags` (default: the environment's
+  `XLA_FLAGS`, which a process reads as jax starts its backend) that XLA would end it on
   with a fatal log line (or a page of every flag it has): a misspelt or valueless
   device-count flag, a count that is not a positive whole number, flags without their
   leading '--' (which XLA reads as the name of a file of flags). Other flags are XLA's to
   judge: it knows them, this does not."""
   example = f'XLA_FLAGS=--{DEVICE_COUNT_FLAG}=8'
+  if xla_flags is None:
+    xla_flags = os.environ.get('XLA_FLAGS', '')
   text = xla_flags.strip()
   if text and not text.startswith('-') and not os.path.isfile(text.split()[0]):
     raise BackendError(

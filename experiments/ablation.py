@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> str:
                  'own number of epochs.')
   with cli.reporting_user_errors('ablation.py'):
     config = load_config(args.config)
+    from cnnjax import sharding
+    sharding.start_backend()
   name = config.name
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', 'ablation',
                                                         name)

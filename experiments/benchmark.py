@@ -494,7 +494,13 @@ def main(argv: list[str] | None = None) -> None:
     report = op_benchmarks.run()
     print(json.dumps(report, indent=2) if args.json else op_benchmarks.format_report(report))
     return
-  report = stoppable(lambda: compare_configs(args) if args.vs else compare(args))
+  def measure() -> dict:
+    # The workers start jax's backend, each in its own process: a mistake in XLA_FLAGS
+    # would end each in XLA's fatal line.
+    from cnnjax import sharding
+    sharding.check_xla_flags()
+    return compare_configs(args) if args.vs else compare(args)
+  report = stoppable(measure)
   if args.json:
     print(json.dumps(report, indent=2))
   else:

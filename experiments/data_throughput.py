@@ -87,6 +87,8 @@ def main() -> None:
     parser.error(f'--local_data_dir={args.local_data_dir} is not a .tar.gz (or .tar) of an '
                  'image tree: this script compares reading the archive with reading it unpacked.')
   with cli.reporting_user_errors('data_throughput.py'):
+    from cnnjax import sharding
+    sharding.start_backend()
     measure(args)
 
 

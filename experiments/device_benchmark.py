@@ -190,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--json', default='', help='Also write the report to this file.')
   args = benchmark.parse_with_overrides(parser, argv)
   with cli.running_as_tool(TOOL, 'before reporting anything.'):
+    from cnnjax import sharding
+    sharding.start_backend()
     if args.flops_only:
       print(json.dumps(flop_counts(args), indent=1))
       return

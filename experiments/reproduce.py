@@ -235,6 +235,8 @@ def main(argv: list[str] | None = None) -> str:
   if args.local_data_dir and not os.path.exists(args.local_data_dir):
     parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
   with cli.running_as_tool('reproduce.py'):
+    from cnnjax import sharding
+    sharding.start_backend()
     return run_suite(args, name, only)
 
 

@@ -383,11 +383,18 @@ def test_xla_flags_a_user_may_give_pass():
 
 
 def test_xla_flags_mistake_is_one_line_before_jax_starts(data, tmp_path):
-  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
-                                    f'--workdir={tmp_path}/run'], tmp_path,
-                    {'XLA_FLAGS': '--xla_force_host_platform_device_count=two'})
-  assert_one_line_error(result, 'cnnjax', 'XLA_FLAGS holds '
-                        '--xla_force_host_platform_device_count=two: the device count must be')
+  """For the tools and the benchmarks alike (a benchmark's workers start jax themselves)."""
+  for module, tool, args in [
+      ('cnnjax.main', 'cnnjax', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                 f'--workdir={tmp_path}/run']),
+      ('experiments.benchmark', 'benchmark.py', [CNN_SIMPLE, f'--local_data_dir={data}',
+                                                 '--no-keras', '--epochs=1']),
+      ('experiments.device_benchmark', 'device_benchmark.py', [
+          f'--fashion_mnist={data}', '--configs=cnn_simple', '--flops_only'])]:
+    result = run_tool(module, args, tmp_path,
+                      {'XLA_FLAGS': '--xla_force_host_platform_device_count=two'})
+    assert_one_line_error(result, tool, 'XLA_FLAGS holds '
+                          '--xla_force_host_platform_device_count=two: the device count must be')
   assert not os.path.exists(tmp_path / 'run')
 
 
