@@ -238,13 +238,12 @@ class _TfdsWarningsDropped(logging.Filter):
 
 
 @contextlib.contextmanager
-def _quiet_where_offline(name: str, data_dir: str, **builder_kwargs) -> Iterator[None]:
+def _quiet_where_offline(tfds, name: str, data_dir: str, **builder_kwargs) -> Iterator[None]:
   """TFDS announces a download and draws its progress bars (a score of lines, in a log)
   before its first request; where a host of the files does not resolve, the request will
   fail (`_NoRetryForAnUnresolvedHost`), and the run's one error line is to stand alone. So
   there, TFDS prepares the dataset without them: what it can do offline (from downloads it
-  kept, or mocked in tests) still succeeds, quietly."""
-  tfds = import_tfds(name)
+  kept, or mocked in tests) still succeeds, quietly. `tfds`: from `import_tfds`."""
   if _unresolved_download_host(tfds, name, data_dir, **builder_kwargs) is None:
     yield
     return
@@ -267,7 +266,7 @@ def load_in_memory(name: str, split_spec: str, data_dir: str, keys: tuple[str, s
   tfds = import_tfds(name)
   image_key, label_key = keys
   try:
-    with _quiet_where_offline(name, data_dir):
+    with _quiet_where_offline(tfds, name, data_dir):
       ds = tfds.load(name, split=split_spec, data_dir=data_dir or None, download=True)
     ds = ds.map(lambda example: (example[image_key], example[label_key]))
     if tuple(ds.element_spec[0].shape) == tuple(image_shape):
@@ -295,7 +294,7 @@ def stream(name: str, split_spec: str, data_dir: str, keys: tuple[str, str],
   tfds = import_tfds(name)
   image_key, label_key = keys
   try:
-    with _quiet_where_offline(name, data_dir, file_format='array_record'):
+    with _quiet_where_offline(tfds, name, data_dir, file_format='array_record'):
       source = tfds.data_source(name, split=split_spec, data_dir=data_dir or None,
                                 download=True, builder_kwargs={'file_format': 'array_record'})
   except Exception as e:
