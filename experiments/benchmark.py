@@ -26,6 +26,7 @@ one line, exit status 128 + the signal (there is nothing to save).
 """
 import argparse
 import dataclasses
+import gc
 import json
 import multiprocessing
 import os
@@ -282,6 +283,8 @@ class Worker:
     self.sizes = self.answer()
 
   def ask(self, command: str):
+    if _stopped_by is not None:  # A stop that came in a gc callback (see `_stop`).
+      raise KeyboardInterrupt
     try:
       self.connection.send(command)
     except OSError:  # The worker is gone: `answer` says so.
@@ -438,10 +441,13 @@ def print_table(report: dict) -> None:
 
 
 def _stop(signum, frame):
-  del frame
   global _stopped_by
   _stopped_by = signum
-  raise KeyboardInterrupt
+  # Inside a gc callback (jax's), Python would print the exception and go on: `Worker.ask`
+  # stops the benchmark at its next command instead.
+  if frame is None or not any(frame.f_code is getattr(callback, '__code__', None)
+                              for callback in gc.callbacks):
+    raise KeyboardInterrupt
 
 
 def stoppable(measure: Callable[[], dict]) -> dict:

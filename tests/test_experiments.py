@@ -282,6 +282,29 @@ def test_a_ctrl_c_while_a_benchmark_worker_starts_stops_the_benchmark(
   assert capsys.readouterr().err.startswith('benchmark.py: stopped by SIGINT;')
 
 
+def test_a_ctrl_c_inside_a_gc_callback_stops_the_benchmark_at_its_next_command(monkeypatch):
+  """Raised inside a gc callback (jax registers one), the KeyboardInterrupt was printed as
+  'Exception ignored' and lost: the benchmark ran to its end."""
+  import gc
+  import signal
+  import sys
+  import types
+  from experiments import benchmark
+  monkeypatch.setattr(benchmark, '_stopped_by', None)
+
+  def callback(*args):
+    del args
+    benchmark._stop(signal.SIGINT, sys._getframe())  # pylint: disable=protected-access
+  gc.callbacks.append(callback)
+  try:
+    gc.collect()
+  finally:
+    gc.callbacks.remove(callback)
+  assert benchmark._stopped_by == signal.SIGINT  # pylint: disable=protected-access
+  with pytest.raises(KeyboardInterrupt):
+    benchmark.Worker.ask(types.SimpleNamespace(), 'epoch')
+
+
 @pytest.mark.parametrize('delay', [0.2, 1.5, 6.0])  # Importing; starting workers; measuring.
 def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   import signal
