@@ -8,8 +8,8 @@ gradient norm, and the loss, and flags dead layers. Nothing is written: no
 workdir, no checkpoints. Config overrides work as for cnnjax.main.
 """
 if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
-  from cnnjax.runs import preemption
-  preemption.exit_on_stop_from_now(preemption.stop_line(preemption.WRITES_NOTHING))
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(exit_at_once.WRITES_NOTHING))
 
 import dataclasses  # pylint: disable=wrong-import-position
 import math
@@ -21,7 +21,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import cli
-from cnnjax.runs import preemption
+from cnnjax.runs import exit_at_once
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -105,7 +105,7 @@ def main(argv):
   del argv  # cli.flags_parser refuses stray arguments.
   cli.quiet_console_by_default()
   from configs import default
-  with cli.running_as_tool('cnnjax.diagnose', preemption.WRITES_NOTHING):
+  with cli.running_as_tool('cnnjax.diagnose', exit_at_once.WRITES_NOTHING):
     from cnnjax import sharding
     sharding.start_backend()
     diagnose(_CONFIG.value, default.get_config(), _STEPS.value, _EVERY.value,

@@ -5,8 +5,8 @@ Flags: --config (an ml_collections config file; fields can be overridden as
 Everything else lives in importable modules (see cnnjax.train).
 """
 if __name__ == '__main__':  # From the first moment: the imports and flags take a second.
-  from cnnjax.runs import preemption
-  preemption.exit_on_stop_from_now(preemption.stop_line(preemption.NOTHING_STARTED))
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(exit_at_once.NOTHING_STARTED))
 
 import logging  # pylint: disable=wrong-import-position
 import os
@@ -16,7 +16,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from cnnjax import cli
-from cnnjax.runs import preemption
+from cnnjax.runs import exit_at_once
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Experiment config file.',
                                           lock_config=True)
@@ -52,8 +52,7 @@ def main(argv):
       logging.info('Experiment %s in %s', config.name, os.path.abspath(workdir))
       train.train_and_evaluate(config, workdir, default.get_config())  # Validates first.
   finally:  # Ended, whichever way: a signal while the process winds down stops nothing.
-    preemption.exit_on_stop_from_now(
-        preemption.stop_line('after the run ended: what it saved stands.'))
+    exit_at_once.from_now(exit_at_once.stop_line('after the run ended: what it saved stands.'))
 
 
 if __name__ == '__main__':

@@ -152,8 +152,8 @@ def main(argv: list[str] | None = None) -> None:
   args = parser.parse_args(argv)
   if args.top < 1:
     parser.error(f'--top={args.top}: print at least 1 class per image.')
-  from cnnjax.runs import preemption
-  with cli.running_as_tool('cnnjax.predict', preemption.WRITES_NOTHING):
+  from cnnjax.runs import exit_at_once
+  with cli.running_as_tool('cnnjax.predict', exit_at_once.WRITES_NOTHING):
     from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
     sharding.start_backend()

@@ -23,6 +23,7 @@ from cnnjax.data import examples
 from cnnjax.data import pipeline
 from cnnjax.pretrained import weights as pretrained_weights
 from cnnjax.runs import checkpoints
+from cnnjax.runs import exit_at_once
 from cnnjax.runs import hooks
 from cnnjax.runs import lock
 from cnnjax.runs import preemption
@@ -95,7 +96,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         signals: preemption.SignalGuard) -> dict[str, Any]:
   # --- Describe the data, check the workdir, build the experiment, read the weights file.
   signals.note = preemption.BEFORE_TRAINING
-  signals.stop_if_requested(preemption.NOTHING_STARTED)
+  signals.stop_if_requested(exit_at_once.NOTHING_STARTED)
   data_options = datasets.DataOptions.from_config(config)
   spec = datasets.describe(data_options)  # An unknown dataset or a bad tree: nothing written.
   sharding.sync_processes('before preparing the workdir')

@@ -49,15 +49,16 @@ def _stopped_line(signum: int) -> str:
           'has nothing to save). Run it again to measure.')
 
 
-from cnnjax.runs import preemption  # pylint: disable=wrong-import-position  # Light.
+from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
 
 if __name__ == '__main__':  # Before the imports below, which take seconds: before the workers
-  preemption.exit_on_stop_from_now(_stopped_line, fd=2)  # start, nothing needs stopping.
+  exit_at_once.from_now(_stopped_line, fd=2)  # start, nothing needs stopping.
 
 import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError, UserError  # pylint: disable=wrong-import-position
+from cnnjax.runs import preemption  # pylint: disable=wrong-import-position
 from cnnjax.training.loop import Hook  # pylint: disable=wrong-import-position
 
 _stopped_by: int | None = None  # The signal that stopped the benchmark, if one did.

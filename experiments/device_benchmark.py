@@ -39,10 +39,10 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = 'device_benchmark.py'
 sys.path.insert(0, REPO_ROOT)
 
-from cnnjax.runs import preemption  # pylint: disable=wrong-import-position  # Light.
+from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
 
 if __name__ == '__main__':  # Before the imports below, which take seconds.
-  preemption.exit_on_stop_from_now(
+  exit_at_once.from_now(
       lambda signum: f'{TOOL}: stopped by {signal.Signals(signum).name}; nothing is reported. '
       'Run it again to measure.', fd=2)
 

@@ -235,6 +235,19 @@ def test_tools_import_nothing_heavy_before_their_stop_handler():
   assert check.stdout.strip() == '[]', check.stderr[-2000:]
 
 
+def test_the_first_moments_handler_imports_only_what_python_starts_with():
+  # `cnnjax.main`, diagnose, pretrained and the benchmarks install it as their first statement:
+  # typing or logging alone take tens of milliseconds to import on a slow machine, a window
+  # where Ctrl-C prints a traceback.
+  check = subprocess.run([sys.executable, '-c', 'import sys; before = set(sys.modules); '
+                          'from cnnjax.runs import exit_at_once; '
+                          'print(sorted(set(sys.modules) - before))'],
+                         cwd=REPO_ROOT, capture_output=True, text=True)
+  imported = set(eval(check.stdout))  # pylint: disable=eval-used  # A list of names.
+  assert imported <= {'cnnjax', 'cnnjax.runs', 'cnnjax.runs.exit_at_once', 'signal',
+                      'collections.abc'}, check.stderr[-2000:]
+
+
 def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
   from tests.helpers import ctrl_c_after, tree_digest

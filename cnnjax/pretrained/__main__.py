@@ -12,8 +12,8 @@
 NOTHING_MADE = 'before it finished: no converted directory or cached weights file was made.'
 
 if __name__ == '__main__':  # From the first moment: the imports take a second or two.
-  from cnnjax.runs import preemption
-  preemption.exit_on_stop_from_now(preemption.stop_line(NOTHING_MADE))
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(NOTHING_MADE))
 
 import argparse  # pylint: disable=wrong-import-position
 import os

@@ -25,8 +25,9 @@ import signal
 import threading
 from typing import Any, Callable, Iterable, Iterator
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, 'SIGHUP')
-                                             else ())
+from cnnjax.runs import exit_at_once
+from cnnjax.runs.exit_at_once import SIGNALS
+
 # What the first signal leads to, by where the run is (`SignalGuard.note`).
 BEFORE_TRAINING = 'stopping before training starts (nothing new to save)'
 WHILE_TRAINING = 'saving a checkpoint at the end of this step, then exiting'
@@ -35,10 +36,6 @@ WHILE_CACHING = 'stopping the caching of the backbone features after this batch'
 # How a run stopped while caching features ends its line: its training is where it was saved.
 CACHING_STOPPED = ("while caching the backbone features: nothing new to save. Run the same "
                    'command again to continue.')
-# How a run stopped before training started ends its line: its workdir was not touched.
-NOTHING_STARTED = 'before training started: nothing to save. Run the same command again.'
-# How a tool that writes nothing (predict, diagnose) ends its line when stopped.
-WRITES_NOTHING = 'before it finished (it writes nothing).'
 _active: 'SignalGuard | None' = None  # The guard installed now, if any (guards nest).
 
 
@@ -46,7 +43,7 @@ class StopRequested(Exception):
   """The run stopped on a signal where nothing was lost; the same command continues it."""
 
   def __init__(self, signum: int, detail: str):
-    super().__init__(f'Stopped by {signal.Signals(signum).name} {detail}')
+    super().__init__(exit_at_once.stop_message(signum, detail))
     self.signum = signum
 
   @classmethod
@@ -66,7 +63,7 @@ class SignalGuard:
     del frame
     name = signal.Signals(signum).name
     if self.signum is not None:  # Second signal: the user means it.
-      _say(2, f'Stopped at once by a second {name}; the last saved checkpoint stands. Run the '
+      exit_at_once.say(2, f'Stopped at once by a second {name}; the last saved checkpoint stands. Run the '
               'same command again to continue from it.')
       os._exit(128 + signum)
     self.signum = signum
@@ -119,44 +116,11 @@ def held_back(signals: Iterable[int]) -> Iterator[None]:
     signal.pthread_sigmask(signal.SIG_SETMASK, before)
 
 
-def stop_line(detail: str) -> Callable[[int], str]:
-  """The line of a stop by signal `signum`: `StopRequested`'s, `detail` its end."""
-  return lambda signum: str(StopRequested(signum, detail))
-
-
-def _exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, Any], None]:
-  """A handler that writes `line(signum)` to `fd` and ends the process with exit status
-  128 + the signal. It exits rather than raises: an exception from a signal handler can land
-  in a garbage-collection callback, which prints it and carries on."""
-  def stop(signum, frame):
-    del frame
-    _say(fd, line(signum))
-    os._exit(128 + signum)
-  return stop
-
-
-def _say(fd: int, line: str) -> None:
-  """`line` on `fd` if it still leads somewhere (a closed terminal: the exit matters more)."""
-  try:
-    os.write(fd, f'{line}\n'.encode())
-  except OSError:
-    pass
-
-
-def exit_on_stop_from_now(line: Callable[[int], str], fd: int = 1) -> None:
-  """For a tool's first moments (imports, flag parsing: a second or so), until a guard
-  takes over: a stop signal ends the process at once, writing `line(signum)` to `fd`
-  (`_exiting`). Signals the process was started with ignored stay ignored."""
-  for s in SIGNALS:
-    if signal.getsignal(s) is not signal.SIG_IGN:
-      signal.signal(s, _exiting(line, fd))
-
-
 @contextlib.contextmanager
 def stopping_at_once(detail: str) -> Iterator[None]:
   """For work with nothing to save (evaluating, predicting): the first stop signal ends the
-  process where it finds it, with `stop_line(detail)` (`_exiting`)."""
-  with handling(SIGNALS, _exiting(stop_line(detail))):
+  process where it finds it, with `exit_at_once.stop_line(detail)`."""
+  with handling(SIGNALS, exit_at_once.exiting(exit_at_once.stop_line(detail))):
     yield
 
 

@@ -1,0 +1,57 @@
+"""Stop signals that end the process at once, with one line: for a tool's first moments
+(imports, flag parsing) and for work with nothing to save.
+
+This module imports only what Python has loaded before any script runs, so that a command
+line can install its handler as its very first statement. The rest of the signal handling
+(`preemption`) needs `logging` and `typing`: on a slow machine their import alone is a window
+of tens of milliseconds in which a Ctrl-C would end in a KeyboardInterrupt traceback.
+"""
+import os
+import signal
+from collections.abc import Callable
+
+SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, 'SIGHUP')
+                                             else ())
+# How a run stopped before training started ends its line: its workdir was not touched.
+NOTHING_STARTED = 'before training started: nothing to save. Run the same command again.'
+# How a tool that writes nothing (predict, diagnose) ends its line when stopped.
+WRITES_NOTHING = 'before it finished (it writes nothing).'
+
+
+def stop_message(signum: int, detail: str) -> str:
+  """What a stop by signal `signum` says, `detail` its end (`preemption.StopRequested`'s
+  message too)."""
+  return f'Stopped by {signal.Signals(signum).name} {detail}'
+
+
+def stop_line(detail: str) -> Callable[[int], str]:
+  """The line of a stop by signal `signum`, `detail` its end."""
+  return lambda signum: stop_message(signum, detail)
+
+
+def exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, object], None]:
+  """A handler that writes `line(signum)` to `fd` and ends the process with exit status
+  128 + the signal. It exits rather than raises: an exception from a signal handler can land
+  in a garbage-collection callback, which prints it and carries on."""
+  def stop(signum, frame):
+    del frame
+    say(fd, line(signum))
+    os._exit(128 + signum)
+  return stop
+
+
+def say(fd: int, line: str) -> None:
+  """`line` on `fd` if it still leads somewhere (a closed terminal: the exit matters more)."""
+  try:
+    os.write(fd, f'{line}\n'.encode())
+  except OSError:
+    pass
+
+
+def from_now(line: Callable[[int], str], fd: int = 1) -> None:
+  """For a tool's first moments (imports, flag parsing: a second or so), until a guard
+  takes over: a stop signal ends the process at once, writing `line(signum)` to `fd`
+  (`exiting`). Signals the process was started with ignored stay ignored."""
+  for s in SIGNALS:
+    if signal.getsignal(s) is not signal.SIG_IGN:
+      signal.signal(s, exiting(line, fd))
