@@ -231,6 +231,17 @@ def run_tool(module, args, cwd, env_extra=None):
                         capture_output=True, text=True, timeout=300)
 
 
+def seconds_to_a_tools_handler():
+  """How long a Python process takes here, now, to get as far as a tool's first statement
+  (`exit_at_once.from_now`): a Ctrl-C before it is Python's own KeyboardInterrupt, which no
+  code of ours can shorten; on a slow or loaded machine it takes several times longer."""
+  import time
+  start = time.perf_counter()
+  subprocess.run([sys.executable, '-c', 'import runpy, signal, sys; '
+                  'from cnnjax.runs import exit_at_once'], cwd=REPO_ROOT, check=True)
+  return time.perf_counter() - start
+
+
 def ctrl_c_after(delay, argv):
   """Runs `argv` (a script path, or `-m MODULE`, and its arguments) from the repository root
   as a terminal runs it, where Ctrl-C raises KeyboardInterrupt whatever the test runner's own
