@@ -578,6 +578,26 @@ def test_a_killed_runs_unfinished_saves_are_removed_by_the_next_run_only(tmp_pat
   assert 'already exists' not in caplog.text  # Orbax's warning at the save of step 6.
 
 
+def test_the_removal_of_unfinished_saves_ends_before_the_run_goes_on(tmp_path, monkeypatch):
+  # Orbax removes them in a thread of its own; a run refused before its first save (a
+  # finished run without checkpoints) exited while that thread worked, which then printed a
+  # traceback at the interpreter's shutdown. A slow listing here stands for a loaded machine.
+  import asyncio
+  from orbax.checkpoint._src.path import temporary_paths
+  listing = temporary_paths.all_temporary_paths
+
+  async def slowly(*args, **kwargs):
+    await asyncio.sleep(0.5)
+    return await listing(*args, **kwargs)
+
+  monkeypatch.setattr(temporary_paths, 'all_temporary_paths', slowly)
+  unfinished = tmp_path / 'checkpoints' / '5.orbax-checkpoint-tmp'
+  unfinished.mkdir(parents=True)
+  checkpointer = checkpoints.Checkpointer(str(tmp_path), keep=None, owns_workdir=True)
+  assert not unfinished.exists()
+  checkpointer.close()
+
+
 def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
   from cnnjax.runs import lock
   workdir = str(tmp_path / 'run')

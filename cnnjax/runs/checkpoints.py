@@ -130,8 +130,21 @@ def _manager(directory: str, owns_workdir: bool, **options: Any) -> ocp.Checkpoi
   no lock and may look at a run that is saving: they leave its files alone.
   """
   _dropping_refused_write_echoes()
-  return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
       create=True, cleanup_tmp_directories=owns_workdir, **options))
+  _await_cleanup(manager)
+  return manager
+
+
+def _await_cleanup(manager: ocp.CheckpointManager) -> None:
+  """Waits for the removal of a killed run's unfinished saves, which orbax does in a thread
+  of its own and awaits only at the first save. A run that ends before saving (a refused
+  resume, a stop signal) would otherwise exit while that thread still works: it then fails
+  at the interpreter's shutdown and prints its traceback. Orbax has no public call for this
+  wait; where a version keeps the thread elsewhere, nothing is awaited."""
+  cleanup = getattr(manager, '_cleanup_tmp_directory_future', None)
+  if cleanup is not None:
+    cleanup.result()
 
 
 def _reporting_write_errors(directory: str, what: str) -> contextlib.AbstractContextManager:
