@@ -578,6 +578,34 @@ def test_a_killed_runs_unfinished_saves_are_removed_by_the_next_run_only(tmp_pat
   assert 'already exists' not in caplog.text  # Orbax's warning at the save of step 6.
 
 
+def test_an_echo_of_a_refused_save_that_comes_before_the_refusal_is_dropped(monkeypatch):
+  # Tensorstore's callbacks for writes in flight raise 'Event loop is closed' once orbax's
+  # loop has ended on the refusal; on a loaded machine, before orbax logs the refusal.
+  import errno
+  import logging
+  import types
+  shown = []
+  monkeypatch.setattr(sys, 'unraisablehook', shown.append)
+  closed = types.SimpleNamespace(exc_value=RuntimeError('Event loop is closed'))
+  other = types.SimpleNamespace(exc_value=ValueError('a bug of ours'))
+  refusal = logging.LogRecord('absl', logging.ERROR, __file__, 1, 'Save Finalize failed', (),
+                              (OSError, OSError(errno.EFBIG, 'File too large'), None))
+  echoes = checkpoints._RefusedWriteEchoes()  # pylint: disable=protected-access
+  sys.unraisablehook(closed)
+  sys.unraisablehook(other)
+  assert not echoes.filter(refusal)
+  sys.unraisablehook(closed)
+  echoes._show_held()  # pylint: disable=protected-access  # As at the process's end.
+  assert shown == [other]
+  # Without a refusal the same exception is no echo: it is shown, at the end.
+  monkeypatch.setattr(sys, 'unraisablehook', shown.append)
+  echoes = checkpoints._RefusedWriteEchoes()  # pylint: disable=protected-access
+  sys.unraisablehook(closed)
+  assert shown == [other]
+  echoes._show_held()  # pylint: disable=protected-access
+  assert shown == [other, closed]
+
+
 def test_the_removal_of_unfinished_saves_ends_before_the_run_goes_on(tmp_path, monkeypatch):
   # Orbax removes them in a thread of its own; a run refused before its first save (a
   # finished run without checkpoints) exited while that thread worked, which then printed a

@@ -12,6 +12,7 @@ aside to `checkpoints_unreadable/` (never deleted) and the previous one is
 used. A checkpoint whose shapes do not fit the model is an error that
 leaves the workdir untouched.
 """
+import atexit
 import contextlib
 import logging
 import os
@@ -84,15 +85,20 @@ class _RefusedWriteEchoes(logging.Filter):
   """Keeps a refused checkpoint write (a full disk, `ulimit -f`) to the one line the run
   ends in (`_reporting_write_errors`). Without it, that line comes after hundreds of others:
   each of orbax's background threads logs the refusal with its traceback, asyncio logs each
-  failed write's task as 'never retrieved', and tensorstore's callbacks for the writes still in flight, once orbax has closed their event loop, raise
-  'Event loop is closed' as unraisable exceptions. Those echoes are dropped; an unraisable
-  exception only once a refusal was seen, and every other record and exception as ever."""
+  failed write's task as 'never retrieved', and tensorstore's callbacks for the writes still
+  in flight, once orbax has closed their event loop, raise 'Event loop is closed' as
+  unraisable exceptions. Those echoes are dropped, and every other record and exception
+  passes as ever. The callbacks can fire before orbax logs the refusal (on a loaded machine,
+  often): their exceptions are held until a refusal is seen, and shown at the process's end
+  if none was."""
 
   def __init__(self):
     super().__init__()
     self.refusal_seen = False
+    self._held: list[Any] = []  # 'Event loop is closed' before any refusal was seen.
     self._next_unraisable_hook = sys.unraisablehook
     sys.unraisablehook = self._unraisable
+    atexit.register(self._show_held)
 
   def filter(self, record: logging.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
@@ -102,9 +108,17 @@ class _RefusedWriteEchoes(logging.Filter):
     return False
 
   def _unraisable(self, unraisable: Any) -> None:
-    if not (self.refusal_seen and isinstance(unraisable.exc_value, RuntimeError)
+    if not (isinstance(unraisable.exc_value, RuntimeError)
             and str(unraisable.exc_value) == 'Event loop is closed'):
       self._next_unraisable_hook(unraisable)
+    elif not self.refusal_seen:
+      self._held.append(unraisable)
+
+  def _show_held(self) -> None:
+    if not self.refusal_seen:
+      for unraisable in self._held:
+        self._next_unraisable_hook(unraisable)
+    self._held.clear()
 
 
 _echoes: _RefusedWriteEchoes | None = None
