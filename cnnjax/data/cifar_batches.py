@@ -24,6 +24,7 @@ import pickle
 import numpy as np
 
 from cnnjax.data import image_tree
+from cnnjax.data import splits
 from cnnjax.data.image_tree import LocalDataError
 
 SPLIT_BATCHES = {'train': tuple(f'data_batch_{i}' for i in range(1, 6)), 'test': ('test_batch',)}
@@ -132,8 +133,8 @@ def class_names(root: str) -> tuple[str, ...] | None:
 def read_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` ('train' or 'test') as uint8 (N, 32, 32, 3) images and int32 labels."""
   if split not in SPLIT_BATCHES:
-    raise LocalDataError(f'The CIFAR-10 batches have splits {sorted(SPLIT_BATCHES)}, not '
-                         f'{split!r}.')
+    raise LocalDataError(splits.unknown_split_message('The CIFAR-10 batches', split,
+                                                      SPLIT_BATCHES))
   files, suffix = _batches(root)
   images, labels = [], []
   for batch in SPLIT_BATCHES[split]:

@@ -13,6 +13,7 @@ import warnings
 
 import numpy as np
 
+from cnnjax.data import splits
 from cnnjax.data.image_tree import LocalDataError
 
 SPLITS = ('train', 'test')
@@ -32,7 +33,7 @@ def is_csv_dir(root: str) -> bool:
 
 def _csv_path(root: str, split: str) -> str:
   if split not in SPLITS:
-    raise LocalDataError(f'CSV datasets have splits {list(SPLITS)}, not {split!r}.')
+    raise LocalDataError(splits.unknown_split_message('CSV datasets', split, SPLITS))
   found = _split_files(root)[split]
   if len(found) != 1:
     raise LocalDataError(

@@ -15,6 +15,7 @@ import zlib
 
 import numpy as np
 
+from cnnjax.data import splits
 from cnnjax.data.image_tree import LocalDataError
 
 # IDX file name prefix of each split, as distributed.
@@ -50,7 +51,7 @@ def idx_files(data_dir: str, split: str) -> tuple[str, str]:
   '.idx'; each in `data_dir`, or in a folder of its own name there, as Kaggle's MNIST
   archive unzips (`train-images-idx3-ubyte/train-images-idx3-ubyte`)."""
   if split not in IDX_PREFIX:
-    raise LocalDataError(f"IDX datasets have splits {sorted(IDX_PREFIX)}, not {split!r}.")
+    raise LocalDataError(splits.unknown_split_message('IDX datasets', split, IDX_PREFIX))
   found = []
   for kind, ndim in (('images', 3), ('labels', 1)):
     name = f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte'

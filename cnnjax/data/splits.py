@@ -4,8 +4,9 @@ Local sources honour the same `config.train_split` strings as TFDS, with
 TFDS' rounding of percent boundaries (to the closest example), so the same
 config selects the same examples whether the data came from TFDS or files.
 """
+import difflib
 import re
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 from cnnjax.errors import UserError
 
@@ -22,6 +23,15 @@ class SplitPart(NamedTuple):
   name: str
   start: str
   stop: str
+
+
+def unknown_split_message(source: str, split: str, known: Iterable[str]) -> str:
+  """That `source` (e.g. 'IDX datasets') has no split `split`, naming the split meant where
+  `split` is a typo of one of `known` (`--split=tset`)."""
+  known = sorted(known)
+  meant = difflib.get_close_matches(split, known, n=1, cutoff=0.6)
+  return (f'{source} have splits {known}, not {split!r}'
+          + (f'; did you mean {meant[0]!r}?' if meant else '.'))
 
 
 def parse_split(spec: str) -> list[SplitPart]:
