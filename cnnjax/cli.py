@@ -330,16 +330,23 @@ def expand_home_in_paths(config) -> None:
       config[field] = os.path.expanduser(config[field])
 
 
-def _missing_path(reason: str) -> str | None:
-  match = re.search(r"No such file or directory: '(.+)'$", reason)
+def _named_path(reason: str) -> str | None:
+  match = re.search(r"(?:No such file or directory|Is a directory): '(.+)'$", reason)
   return match[1] if match else None
 
 
 def closest_config_file(missing: str | None) -> str:
   """'; did you mean --config=FILE?' for a config path that does not exist, FILE the config
   file nearest to it in spelling, in the folder it names or in cnnjax's configs/ (a typo,
-  a missing '.py', 'configs.cnn_simple'); '' where none is near."""
+  a missing '.py', 'configs.cnn_simple'); for a folder, its config files; '' where none is
+  near."""
   import glob
+  if missing and os.path.isdir(missing):
+    found = sorted(glob.glob(os.path.join(missing, '[!_]*.py')))
+    example = next((path for path in found if path.endswith('cnn_simple.py')), None)
+    return (f'; --config takes a file: one of the {len(found)} .py files in it, e.g. '
+            f'--config={example or found[0]}' if found
+            else '; --config takes a config file, e.g. --config=configs/cnn_simple.py')
   if not missing or os.path.exists(missing):
     return ''
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
@@ -392,7 +399,7 @@ def flag_error_message(error: Exception) -> str:
     return ('cannot load the config file: '
             + reason.removeprefix('Configuration is not available because of an earlier '
                                   'failure to load: ')
-            + closest_config_file(getattr(error, 'filename', None) or _missing_path(reason)))
+            + closest_config_file(getattr(error, 'filename', None) or _named_path(reason)))
   if isinstance(error, flags.Error) and 'Traceback (most recent call last)' in text:
     raised = text.strip().splitlines()[-1].strip()  # ml_collections quotes the whole traceback.
     hint = (" (the text after ':' in --config=FILE:ARGS is passed to get_config: leave it out, "

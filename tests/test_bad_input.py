@@ -215,7 +215,11 @@ COMMAND_LINE_CASES = {
         lambda data, tmp_path: [f'--config={REPO_ROOT}/configs.vgg_scratch_bn'],
         f'did you mean --config={REPO_ROOT}/configs/vgg_scratch_bn.py?'),
     'a directory as --config': (lambda data, tmp_path: [f'--config={tmp_path}'],
-                                'cannot load the config file: [Errno 21] Is a directory'),
+                                "'; --config takes a config file, e.g. "
+                                '--config=configs/cnn_simple.py'),
+    'the configs directory as --config': (
+        lambda data, tmp_path: [f'--config={REPO_ROOT}/configs'],
+        f'.py files in it, e.g. --config={REPO_ROOT}/configs/cnn_simple.py'),
     'a stray argument': (lambda data, tmp_path: [CNN_SIMPLE, 'batch_size=3'],
                          'unexpected argument(s) batch_size=3: every option is a flag'),
 }
