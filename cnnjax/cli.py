@@ -335,11 +335,10 @@ def _named_path(reason: str) -> str | None:
   return match[1] if match else None
 
 
-def closest_config_file(missing: str | None) -> str:
+def config_file_hint(missing: str | None) -> str:
   """'; did you mean --config=FILE?' for a config path that does not exist, FILE the config
   file nearest to it in spelling, in the folder it names or in cnnjax's configs/ (a typo,
-  a missing '.py', 'configs.cnn_simple'); for a folder, its config files; '' where none is
-  near."""
+  a missing '.py', 'configs.cnn_simple'), '' where none is near; for a folder, a file in it."""
   import glob
   if missing and os.path.isdir(missing):
     found = sorted(glob.glob(os.path.join(missing, '[!_]*.py')))
@@ -399,7 +398,7 @@ def flag_error_message(error: Exception) -> str:
     return ('cannot load the config file: '
             + reason.removeprefix('Configuration is not available because of an earlier '
                                   'failure to load: ')
-            + closest_config_file(getattr(error, 'filename', None) or _named_path(reason)))
+            + config_file_hint(getattr(error, 'filename', None) or _named_path(reason)))
   if isinstance(error, flags.Error) and 'Traceback (most recent call last)' in text:
     raised = text.strip().splitlines()[-1].strip()  # ml_collections quotes the whole traceback.
     hint = (" (the text after ':' in --config=FILE:ARGS is passed to get_config: leave it out, "
