@@ -1,4 +1,5 @@
 """Reports, evaluation, prediction, suite tables and the notebook: what a user reads."""
+import ast
 import csv
 import json
 import os
@@ -243,7 +244,8 @@ def test_the_first_moments_handler_imports_only_what_python_starts_with():
                           'from cnnjax.runs import exit_at_once; '
                           'print(sorted(set(sys.modules) - before))'],
                          cwd=REPO_ROOT, capture_output=True, text=True)
-  imported = set(eval(check.stdout))  # pylint: disable=eval-used  # A list of names.
+  assert check.returncode == 0, check.stderr[-2000:]
+  imported = set(ast.literal_eval(check.stdout))
   assert imported <= {'cnnjax', 'cnnjax.runs', 'cnnjax.runs.exit_at_once', 'signal',
                       'collections.abc'}, check.stderr[-2000:]
 
