@@ -12,7 +12,14 @@ reports to `evaluations/<split>` (`<data>-<split>`) in the workdir instead, so
 that the run's own reports stay those of the test split `results.json` gives.
 The console lists the most confused classes.
 """
-import argparse
+# How a stop signal's line ends, whenever it comes: the reports are written whole or not at all.
+NOTHING_WRITTEN = "before writing anything: the run's files are as they were."
+
+if __name__ == '__main__':  # From the first moment: the imports and flags take a moment.
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(NOTHING_WRITTEN))
+
+import argparse  # pylint: disable=wrong-import-position
 import os
 import re
 import signal
@@ -125,8 +132,7 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--split', default=None,
                       help="Split to evaluate (TFDS syntax); default the run's test split.")
   args = parser.parse_args(argv)
-  with cli.running_as_tool('cnnjax.evaluate', 'before writing anything: the run\'s files '
-                          'are as they were.'):
+  with cli.running_as_tool('cnnjax.evaluate', NOTHING_WRITTEN):
     from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
     sharding.start_backend()

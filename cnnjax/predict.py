@@ -20,14 +20,18 @@ evaluation would give.
 Fashion-MNIST shows light garments on a black background; a photo on a
 white background looks nothing like it.
 """
-import argparse
+if __name__ == '__main__':  # From the first moment: the imports and flags take a moment.
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(exit_at_once.WRITES_NOTHING))
+
+import argparse  # pylint: disable=wrong-import-position
 import glob
 import json
 import os
 import sys
 
-# Nothing heavy above `main`: a stop signal before its handler is in place would print a
-# traceback (numpy, jax and the rest load inside `predict`, under the handler).
+# Nothing heavy above `main`: numpy, jax and the rest load inside `predict`, under the
+# handler `main` installs, so that a stop signal while they load ends in its one line too.
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 CHUNK_IMAGES = 2048  # Decoded and classified at a time (rounded up to evaluation batches).

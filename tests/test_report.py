@@ -226,9 +226,9 @@ def test_a_workdir_next_to_a_run_names_the_run(tmp_path):
 
 
 def test_tools_import_nothing_heavy_before_their_stop_handler():
-  # Their handlers go in place at the top of `main` (cnnjax.main and diagnose, which import
-  # absl first, install one on their first line); a module top loading numpy or jax would
-  # leave a tenth of a second where Ctrl-C prints a traceback.
+  # Numpy, jax and the rest load inside `main`, under the tool's own handler, which knows
+  # what the tool is doing; a module top loading them would also make `--help` and a
+  # misspelt flag take seconds.
   tools = ('cnnjax.evaluate', 'cnnjax.predict', 'cnnjax.pretrained.__main__')
   check = subprocess.run([sys.executable, '-c', f'import sys, {", ".join(tools)}; print(sorted('
                           '{"numpy", "jax", "flax", "h5py", "tensorflow"} & set(sys.modules)))'],
@@ -250,19 +250,33 @@ def test_the_first_moments_handler_imports_only_what_python_starts_with():
                       'collections.abc'}, check.stderr[-2000:]
 
 
+@pytest.mark.parametrize('tool', ['main', 'diagnose', 'evaluate', 'predict', 'pretrained/__main__'])
+def test_each_tool_installs_its_stop_handler_before_its_first_import(tool):
+  # Evaluate and predict first imported argparse and cnnjax.cli and parsed their flags: a
+  # Ctrl-C in their first 90 ms here printed a KeyboardInterrupt traceback.
+  with open(os.path.join(REPO_ROOT, 'cnnjax', f'{tool}.py')) as f:
+    body = ast.parse(f.read()).body
+  first = next(node for node in body if isinstance(node, (ast.Import, ast.ImportFrom, ast.If)))
+  assert isinstance(first, ast.If) and 'exit_at_once.from_now(' in ast.unparse(first)
+
+
 def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
-  from tests.helpers import ctrl_c_after, tree_digest
+  from tests.helpers import ctrl_c_after, seconds_to_a_tools_handler, tree_digest
   _, workdir = trained
   image = str(tmp_path / 'photo.png')
   Image.new('RGB', (9, 7)).save(image)
   before = tree_digest(workdir)
   nothing = 'Stopped by SIGINT before it finished (it writes nothing).'
   # After `delay` seconds a tool is past its start (its handler is in place) and still
-  # importing jax or working: these tools take seconds more on the tiny run.
+  # importing jax or working: these tools take seconds more on the tiny run. `early`: while
+  # it imports its own modules and parses its flags.
+  early = max(0.1, 2 * seconds_to_a_tools_handler())
+  untouched = "Stopped by SIGINT before writing anything: the run's files are as they were."
   for delay, argv, line in (
-      (1.0, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'],
-       "Stopped by SIGINT before writing anything: the run's files are as they were."),
+      (early, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'], untouched),
+      (1.0, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'], untouched),
+      (early, ['-m', 'cnnjax.predict', f'--workdir={workdir}', image], nothing),
       (1.0, ['-m', 'cnnjax.predict', f'--workdir={workdir}', image], nothing),
       (2.0, ['-m', 'cnnjax.diagnose', f'--config={REPO_ROOT}/configs/cnn_simple.py',
              f'--config.local_data_dir={idx_dir}', '--config.batch_size=8',
