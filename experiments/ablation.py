@@ -15,18 +15,26 @@ run, its difference from the full recipe's, the epoch whose weights were evaluat
 train time, and the machine. One seed: differences of a few tenths of a point are within
 seed-to-seed noise.
 """
-import argparse
-import datetime
-import json
 import os
-import platform
 import sys
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+if __name__ == '__main__':  # From the first moment: the imports (jax) take seconds.
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(exit_at_once.NOTHING_STARTED))
+
+import argparse  # pylint: disable=wrong-import-position
+import datetime  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
+import platform  # pylint: disable=wrong-import-position
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
+from cnnjax.runs import atomic  # pylint: disable=wrong-import-position
+from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position
 from experiments.benchmark import load_config  # pylint: disable=wrong-import-position
 
 # Each ingredient: when a config uses it, and the fields that turn it off. EVALUATION_ONLY
@@ -182,7 +190,7 @@ def main(argv: list[str] | None = None) -> str:
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', 'ablation',
                                                         name)
   rows = []
-  with cli.running_as_tool('ablation.py'):
+  with cli.running_as_tool('ablation.py'):  # Up to the pages' end: a stop waits for them.
     for key, description, overrides in runs_of(config, [p for p in args.only.split(',') if p]):
       if key in EVALUATION_ONLY and not config.selection.monitor:  # (Else it picks epochs.)
         results = evaluate_without(args.config, key, overrides, args, rows[0]['results'])
@@ -190,15 +198,17 @@ def main(argv: list[str] | None = None) -> str:
         results = train(args.config, key, overrides, args)
       rows.append({'key': key, 'description': description, 'overrides': overrides,
                    'results': results})
-  import jax
-  device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
-            f'{os.cpu_count()} CPU cores, {platform.platform()}, jax {jax.__version__}')
-  os.makedirs(args.results_dir, exist_ok=True)
-  path = os.path.join(args.results_dir, f'{name}_ablation.md')
-  with open(path, 'w') as f:
-    f.write(markdown(name, rows, args, args.epochs or config.num_epochs, device))
-  with open(os.path.join(args.results_dir, f'{name}_ablation.json'), 'w') as f:
-    json.dump(rows, f, indent=2)
+    import jax
+    device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} '
+              f'({jax.default_backend()}), {os.cpu_count()} CPU cores, {platform.platform()}, '
+              f'jax {jax.__version__}')
+    os.makedirs(args.results_dir, exist_ok=True)
+    path = os.path.join(args.results_dir, f'{name}_ablation.md')
+    with atomic.replaced_whole(path) as f:
+      f.write(markdown(name, rows, args, args.epochs or config.num_epochs, device))
+    with atomic.replaced_whole(os.path.join(args.results_dir, f'{name}_ablation.json')) as f:
+      json.dump(rows, f, indent=2)
+  exit_at_once.from_now(exit_at_once.stop_line('after the pages were written.'))
   print(f'Wrote {path}')
   return path
 

@@ -24,35 +24,31 @@ comes back to the parent. Either ends in one line, exit status 2, as with
 benchmark with its traceback, never a hang. SIGINT or SIGTERM stops it with
 one line, exit status 128 + the signal (there is nothing to save).
 """
-import argparse
-import dataclasses
-import gc
-import json
-import multiprocessing
 import os
-from multiprocessing import resource_tracker
-import signal
-import statistics
 import sys
-import time
-import traceback
-from typing import Callable, Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STEP_WINDOW = 100  # cnnjax steps timed one by one (synced) after each measured epoch.
 TOOL = 'benchmark.py'
 sys.path.insert(0, REPO_ROOT)
 
-
-def _stopped_line(signum: int) -> str:
-  return (f'{TOOL}: stopped by {signal.Signals(signum).name}; nothing is reported (a benchmark '
-          'has nothing to save). Run it again to measure.')
-
-
 from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
 
-if __name__ == '__main__':  # Before the imports below, which take seconds: before the workers
-  exit_at_once.from_now(_stopped_line, fd=2)  # start, nothing needs stopping.
+if __name__ == '__main__':  # From the first moment: the imports take seconds; before the
+  exit_at_once.from_now(exit_at_once.measuring_stopped(TOOL), fd=2)  # workers start, nothing
+  # needs stopping.
+
+import argparse  # pylint: disable=wrong-import-position
+import dataclasses  # pylint: disable=wrong-import-position
+import gc  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
+import multiprocessing  # pylint: disable=wrong-import-position
+from multiprocessing import resource_tracker  # pylint: disable=wrong-import-position
+import signal  # pylint: disable=wrong-import-position
+import statistics  # pylint: disable=wrong-import-position
+import time  # pylint: disable=wrong-import-position
+import traceback  # pylint: disable=wrong-import-position
+from typing import Any, Callable, Sequence  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
@@ -451,18 +447,19 @@ def _stop(signum, frame):
     raise KeyboardInterrupt
 
 
-def stoppable(measure: Callable[[], dict]) -> dict:
+def stoppable(measure: Callable[[], Any], tool: str = TOOL) -> Any:
   """`measure()`, with user errors as one line (exit status 2) and SIGINT or SIGTERM as one
-  line (exit status 128 + the signal), whatever the workers were doing then."""
+  line (exit status 128 + the signal), whatever the workers were doing then. The stop
+  unwinds `measure` (its temporary folders go) before the process exits."""
   global _stopped_by
   _stopped_by = None
   try:
-    with preemption.handling(preemption.SIGNALS, _stop), cli.reporting_user_errors(TOOL):
+    with preemption.handling(preemption.SIGNALS, _stop), cli.reporting_user_errors(tool):
       return measure()
   except (KeyboardInterrupt, RuntimeError):  # A worker killed by the same signal, too.
     if _stopped_by is None:
       raise
-    print(_stopped_line(_stopped_by), file=sys.stderr)
+    print(exit_at_once.measuring_stopped(tool)(_stopped_by), file=sys.stderr)
     sys.exit(128 + _stopped_by)
 
 

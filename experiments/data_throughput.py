@@ -17,32 +17,50 @@ consumes), and prints how many decoding threads keep up with it: the streamed
 reader must deliver at least that many images/s, on top of the training's own
 use of the cores. Both sides of each comparison are measured in the same run.
 """
-import argparse
-import dataclasses
 import os
-import statistics
 import sys
-import tarfile
-import tempfile
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TOOL = 'data_throughput.py'
+
+from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
+
+if __name__ == '__main__':  # From the first moment: the imports take seconds.
+  exit_at_once.from_now(exit_at_once.measuring_stopped(TOOL), fd=2)
+
+import argparse  # pylint: disable=wrong-import-position
+import dataclasses  # pylint: disable=wrong-import-position
+import itertools  # pylint: disable=wrong-import-position
+import statistics  # pylint: disable=wrong-import-position
+import tarfile  # pylint: disable=wrong-import-position
+import tempfile  # pylint: disable=wrong-import-position
+import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 
 
-def images_per_second(split, batch_size: int, steps: int, repeats: int) -> float:
-  """Median images/s of reading `steps` batches of one epoch's order, `repeats` times."""
-  from cnnjax import sharding
+def training_batches(split, batch_size: int, first_epoch: int, mesh):
+  """Training batches of epoch after epoch from `first_epoch`: as many as a measurement
+  asks, however few one epoch of a small split holds."""
   from cnnjax.data import pipeline
+  from cnnjax.errors import UserError
+  if len(split) < batch_size:
+    raise UserError(f'The split has {len(split)} examples, fewer than one batch of '
+                    f'{batch_size}: lower it (--config.batch_size=N).')
+  for epoch in itertools.count(first_epoch):
+    yield from pipeline.train_batches(split, batch_size, seed=0, epoch=epoch, mesh=mesh)
+
+
+def images_per_second(split, batch_size: int, steps: int, repeats: int) -> float:
+  """Median images/s of reading `steps` batches in training order, `repeats` times."""
+  from cnnjax import sharding
   mesh = sharding.create_mesh()
   rates = []
   for repeat in range(repeats):
     start = time.perf_counter()
-    batches = pipeline.train_batches(split, batch_size, seed=0, epoch=repeat, mesh=mesh)
-    for _, _ in zip(range(steps), batches):
+    for _, _ in zip(range(steps), training_batches(split, batch_size, repeat, mesh)):
       pass
     rates.append(steps * batch_size / (time.perf_counter() - start))
   return statistics.median(rates)
@@ -51,15 +69,13 @@ def images_per_second(split, batch_size: int, steps: int, repeats: int) -> float
 def training_images_per_second(config, data, steps: int) -> float:
   """Images/s the jitted training step consumes, data already on the host (median of steps)."""
   from cnnjax import sharding
-  from cnnjax.data import pipeline
   from cnnjax.training import setup
   experiment = setup.build(config, data.image_shape, data.num_classes)
   mesh = sharding.create_mesh()
   trainer = experiment.trainer(0, mesh, config.eval_batch_size)
   state = jax.device_put(experiment.initial_state(), sharding.replicated(mesh))
   running = trainer.empty_metrics()
-  batches = list(zip(range(steps + 3), pipeline.train_batches(data.train, config.batch_size, 0,
-                                                              0, mesh)))
+  batches = list(zip(range(steps + 3), training_batches(data.train, config.batch_size, 0, mesh)))
   times = []
   for i, batch in batches:
     start = time.perf_counter()
@@ -86,16 +102,26 @@ def main() -> None:
   if not (os.path.isfile(args.local_data_dir) and tarfile.is_tarfile(args.local_data_dir)):
     parser.error(f'--local_data_dir={args.local_data_dir} is not a .tar.gz (or .tar) of an '
                  'image tree: this script compares reading the archive with reading it unpacked.')
-  with cli.reporting_user_errors('data_throughput.py'):
-    from cnnjax import sharding
-    sharding.start_backend()
-    measure(args)
+  from experiments import benchmark
+  try:
+    benchmark.stoppable(lambda: measure(args), TOOL)  # Unwinds: the unpacked copy goes.
+  except SystemExit as stop:
+    if not (isinstance(stop.code, int) and stop.code > 128):
+      raise
+    # Stopped by a signal, maybe with a step of jax's in flight: tearing its runtime down
+    # under that step can crash the interpreter (a segmentation fault, 2 stops in 8 here).
+    # What needed cleaning is clean by now (the unwinding removed the unpacked copy).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(stop.code)
 
 
 def measure(args) -> None:
   """Prints the table the module docstring describes."""
+  from cnnjax import sharding
   from cnnjax.data import datasets
   from experiments.benchmark import load_config
+  sharding.start_backend()
   config = load_config(args.config, [f'--config.local_data_dir={args.local_data_dir}'])
   options = dataclasses.replace(datasets.DataOptions.from_config(config), val_split='')
   batch = config.batch_size

@@ -27,13 +27,8 @@ change a step's work.
 Bad flags, config fields or data paths end in one line, exit status 2;
 SIGINT or SIGTERM in one line, exit status 128 + the signal.
 """
-import argparse
-import json
 import os
-import signal
-import statistics
 import sys
-import time
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = 'device_benchmark.py'
@@ -41,10 +36,13 @@ sys.path.insert(0, REPO_ROOT)
 
 from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
 
-if __name__ == '__main__':  # Before the imports below, which take seconds.
-  exit_at_once.from_now(
-      lambda signum: f'{TOOL}: stopped by {signal.Signals(signum).name}; nothing is reported. '
-      'Run it again to measure.', fd=2)
+if __name__ == '__main__':  # From the first moment: the imports take seconds.
+  exit_at_once.from_now(exit_at_once.measuring_stopped(TOOL), fd=2)
+
+import argparse  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
+import statistics  # pylint: disable=wrong-import-position
+import time  # pylint: disable=wrong-import-position
 
 import jax  # pylint: disable=wrong-import-position
 

@@ -18,18 +18,24 @@ Each suite ends with its "beyond the study" config (`<suite>_best`: what the
 recipes of `training.recipes` reach). `--only` runs some configs and keeps the
 other rows as the suite's `<suite>.json` last recorded them.
 """
-import argparse
-import datetime
-import json
 import os
-import platform
-import shutil
-import statistics
 import sys
-from typing import Sequence
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
+
+if __name__ == '__main__':  # From the first moment: the imports and flags take a moment.
+  from cnnjax.runs import exit_at_once
+  exit_at_once.from_now(exit_at_once.stop_line(exit_at_once.NOTHING_STARTED))
+
+import argparse  # pylint: disable=wrong-import-position
+import datetime  # pylint: disable=wrong-import-position
+import json  # pylint: disable=wrong-import-position
+import platform  # pylint: disable=wrong-import-position
+import shutil  # pylint: disable=wrong-import-position
+import statistics  # pylint: disable=wrong-import-position
+from typing import Sequence  # pylint: disable=wrong-import-position
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
 from cnnjax import cli  # pylint: disable=wrong-import-position

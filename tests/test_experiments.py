@@ -1,6 +1,8 @@
 """The experiment scripts: the ablation table and the suites' "beyond the study" rows."""
 import json
 import os
+import subprocess
+import sys
 
 import pytest
 
@@ -371,3 +373,28 @@ def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
   assert 'Traceback' not in result.stderr, result.stderr[-2000:]
   errors = [line for line in result.stderr.splitlines() if 'error:' in line]
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+
+
+def test_data_throughput_measures_a_small_archive_and_stops_in_one_line(tmp_path, monkeypatch):
+  # A split of fewer batches than a row reads (here 1 per epoch) is read over several epochs;
+  # the training-step timing had no steps left to time and ended in a traceback. A stop
+  # unwinds (the unpacked copy goes) and ends in one line.
+  import signal
+  import tarfile
+  from tests.helpers import ctrl_c_after, tiny_image_tree
+  archive = str(tmp_path / 'tree.tar.gz')
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tiny_image_tree(per_class=20), arcname='.')  # 60 images, batch 32.
+  scratch = tmp_path / 'tmp'
+  scratch.mkdir()
+  args = ['experiments/data_throughput.py', f'--local_data_dir={archive}',
+          f'--config={REPO_ROOT}/configs/image_folder.py', '--max_workers=1', '--repeats=1']
+  monkeypatch.setenv('TMPDIR', str(scratch))
+  done = subprocess.run([sys.executable, *args, '--steps=5'], cwd=REPO_ROOT,
+                        capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert 'streamed from a directory' in done.stdout.splitlines()[-1]
+  process, _, stderr = ctrl_c_after(6.0, [*args, '--steps=100000'])
+  assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]
+  assert stderr.strip().splitlines()[-1].startswith('data_throughput.py: stopped by SIGINT;')
+  assert os.listdir(scratch) == []

@@ -29,6 +29,12 @@ def stop_line(detail: str) -> Callable[[int], str]:
   return lambda signum: stop_message(signum, detail)
 
 
+def measuring_stopped(tool: str) -> Callable[[int], str]:
+  """The line of a benchmark script (`tool`) stopped by a signal: it has nothing to save."""
+  return lambda signum: (f'{tool}: stopped by {signal.Signals(signum).name}; nothing is '
+                         'reported (a benchmark has nothing to save). Run it again to measure.')
+
+
 def exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, object], None]:
   """A handler that writes `line(signum)` to `fd` and ends the process with exit status
   128 + the signal. It exits rather than raises: an exception from a signal handler can land
