@@ -48,7 +48,8 @@ def training_batches(split, batch_size: int, first_epoch: int, mesh):
   from cnnjax.errors import UserError
   if len(split) < batch_size:
     raise UserError(f'The split has {len(split)} examples, fewer than one batch of '
-                    f'{batch_size}: lower it (--config.batch_size=N).')
+                    f"{batch_size} (the config's batch_size): measure a larger archive, or a "
+                    'config with a smaller batch.')
   for epoch in itertools.count(first_epoch):
     yield from pipeline.train_batches(split, batch_size, seed=0, epoch=epoch, mesh=mesh)
 
