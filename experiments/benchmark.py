@@ -34,9 +34,10 @@ sys.path.insert(0, REPO_ROOT)
 
 from cnnjax.runs import exit_at_once  # pylint: disable=wrong-import-position  # Light.
 
-if __name__ == '__main__':  # From the first moment: the imports take seconds; before the
-  exit_at_once.from_now(exit_at_once.measuring_stopped(TOOL), fd=2)  # workers start, nothing
-  # needs stopping.
+# From the first moment (the imports take seconds) until the workers start, a stop has
+# nothing to stop: it ends the process at once.
+if __name__ == '__main__':
+  exit_at_once.from_now(exit_at_once.measuring_stopped(TOOL), fd=2)
 
 import argparse  # pylint: disable=wrong-import-position
 import dataclasses  # pylint: disable=wrong-import-position
