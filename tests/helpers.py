@@ -231,15 +231,16 @@ def run_tool(module, args, cwd, env_extra=None):
                         capture_output=True, text=True, timeout=300)
 
 
-def seconds_to_a_tools_handler():
-  """How long a Python process takes here, now, to get as far as a tool's first statement
-  (`exit_at_once.from_now`): a Ctrl-C before it is Python's own KeyboardInterrupt, which no
-  code of ours can shorten; on a slow or loaded machine it takes several times longer."""
+def past_a_tools_handler(at_least):
+  """A delay for `ctrl_c_after` (`at_least` seconds) that is past a tool's first statement
+  (`exit_at_once.from_now`) however slow the machine is today: at least twice what a Python
+  process takes here, now, to get that far. A Ctrl-C before it is Python's own
+  KeyboardInterrupt, which no code of ours can shorten."""
   import time
   start = time.perf_counter()
   subprocess.run([sys.executable, '-c', 'import runpy, signal, sys; '
                   'from cnnjax.runs import exit_at_once'], cwd=REPO_ROOT, check=True)
-  return time.perf_counter() - start
+  return max(at_least, 2 * (time.perf_counter() - start))
 
 
 def ctrl_c_after(delay, argv):

@@ -310,10 +310,10 @@ def test_a_ctrl_c_inside_a_gc_callback_stops_the_benchmark_at_its_next_command(m
 @pytest.mark.parametrize('delay', [0.2, 1.5, 6.0])  # Importing; starting workers; measuring.
 def test_benchmark_stopped_by_ctrl_c_is_one_line(delay, tmp_path):
   import signal
-  from tests.helpers import ctrl_c_after, make_idx_dataset, seconds_to_a_tools_handler
+  from tests.helpers import ctrl_c_after, make_idx_dataset, past_a_tools_handler
   make_idx_dataset(str(tmp_path))
   if delay < 1:  # Past the handler, however slow the machine is today.
-    delay = max(delay, 2 * seconds_to_a_tools_handler())
+    delay = past_a_tools_handler(delay)
   process, _, stderr = ctrl_c_after(delay, ['experiments/benchmark.py', *benchmark_args(
       tmp_path, '--no-keras', '--epochs=1000')])  # Ctrl-C reaches the workers too.
   assert process.returncode == 128 + signal.SIGINT, stderr[-2000:]

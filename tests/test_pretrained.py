@@ -298,10 +298,10 @@ def test_a_conversion_that_fails_midway_leaves_no_directory(tmp_path):
 
 def test_command_line_stopped_at_its_start_ends_in_one_line(tmp_path):
   import signal
-  from tests.helpers import ctrl_c_after, seconds_to_a_tools_handler
+  from tests.helpers import ctrl_c_after, past_a_tools_handler
   source = str(tmp_path / 'weights.h5')
   write_keras_weights(source, 'mobilenet_v2', backbone_variables('mobilenet_v2'))
-  early = max(0.1, 2 * seconds_to_a_tools_handler())
+  early = past_a_tools_handler(0.1)
   for delay in (early, early + 0.2):  # While python, then jax and the rest import.
     process, stdout, stderr = ctrl_c_after(
         delay, ['-m', 'cnnjax.pretrained', 'convert', source, str(tmp_path / 'out')])

@@ -269,7 +269,7 @@ def test_each_tool_installs_its_stop_handler_before_its_first_import(tool):
 
 def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   import signal
-  from tests.helpers import ctrl_c_after, seconds_to_a_tools_handler, tree_digest
+  from tests.helpers import ctrl_c_after, past_a_tools_handler, tree_digest
   _, workdir = trained
   image = str(tmp_path / 'photo.png')
   Image.new('RGB', (9, 7)).save(image)
@@ -278,7 +278,7 @@ def test_tools_stopped_by_ctrl_c_end_in_one_line(trained, tmp_path, idx_dir):
   # After `delay` seconds a tool is past its start (its handler is in place) and still
   # importing jax or working: these tools take seconds more on the tiny run. `early`: while
   # it imports its own modules and parses its flags.
-  early = max(0.1, 2 * seconds_to_a_tools_handler())
+  early = past_a_tools_handler(0.1)
   untouched = "Stopped by SIGINT before writing anything: the run's files are as they were."
   for delay, argv, line in (
       (early, ['-m', 'cnnjax.evaluate', f'--workdir={workdir}'], untouched),
