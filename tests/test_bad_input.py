@@ -311,6 +311,18 @@ def test_a_workdir_that_is_a_file(data, tmp_path):
   assert (tmp_path / 'run').read_text() == 'my notes'
 
 
+@pytest.mark.parametrize('below', ['', '/inside'])
+def test_a_workdir_through_a_link_to_nowhere(below, data, tmp_path):
+  """A link to a drive that is not mounted: mkdir cannot make its target (FileExistsError)."""
+  (tmp_path / 'runs').symlink_to(tmp_path / 'drive' / 'runs')
+  before = sorted(os.listdir(tmp_path))
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/runs{below}'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', f'{tmp_path}/runs is a link to {tmp_path}/drive/runs, '
+                        'which does not exist', 'or choose another --workdir')
+  assert sorted(os.listdir(tmp_path)) == before  # No lock file, no drive/ made.
+
+
 @pytest.mark.skipif(importlib.util.find_spec('jax_cuda12_plugin') is not None
                     or importlib.util.find_spec('jax_cuda13_plugin') is not None,
                     reason='this jax can start CUDA devices')

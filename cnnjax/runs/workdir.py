@@ -132,7 +132,8 @@ class WorkdirError(UserError, ValueError):
 
 def check_writable(workdir: str) -> None:
   """Fails before any data is read if `workdir` is a file, lies inside another run (its
-  checkpoints/ folder, given for the run itself) or cannot be written."""
+  checkpoints/ folder, given for the run itself) or cannot be written (a link to nowhere
+  on its path: where it pointed, nothing can be made)."""
   if os.path.exists(workdir) and not os.path.isdir(workdir):
     raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another '
                        '--workdir.')
@@ -141,8 +142,13 @@ def check_writable(workdir: str) -> None:
                        f'start afresh within it. Pass --workdir={run} to resume that run, or '
                        'choose a --workdir outside it.')
   existing = os.path.abspath(workdir)
-  while not os.path.exists(existing):
+  while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
+  if os.path.islink(existing) and not os.path.exists(existing):  # A drive not mounted?
+    target = os.path.join(os.path.dirname(existing), os.readlink(existing))
+    raise WorkdirError(f'--workdir={workdir} cannot be made: {existing} is a link to '
+                       f'{os.path.normpath(target)}, which does not exist. Create that folder '
+                       '(or mount its drive), or choose another --workdir.')
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
     raise WorkdirError(f'--workdir={workdir} cannot be written ({existing} is not a writable '
                        'directory); choose another --workdir.')
