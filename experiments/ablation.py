@@ -184,6 +184,10 @@ def main(argv: list[str] | None = None) -> str:
                  'own number of epochs.')
   with cli.reporting_user_errors('ablation.py'):
     config = load_config(args.config)
+    from cnnjax.runs import workdir as workdir_lib
+    for folder, flag in ((args.results_dir, '--results_dir'), (args.workdir_root,
+                                                               '--workdir_root')):
+      workdir_lib.check_folder_can_be_written(folder, flag)  # Not after hours of training.
     from cnnjax import sharding
     sharding.start_backend()
   name = config.name
@@ -202,7 +206,8 @@ def main(argv: list[str] | None = None) -> str:
     device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} '
               f'({jax.default_backend()}), {os.cpu_count()} CPU cores, {platform.platform()}, '
               f'jax {jax.__version__}')
-    os.makedirs(args.results_dir, exist_ok=True)
+    with atomic.refusals_reported(args.results_dir):
+      os.makedirs(args.results_dir, exist_ok=True)
     path = os.path.join(args.results_dir, f'{name}_ablation.md')
     with atomic.replaced_whole(path) as f:
       f.write(markdown(name, rows, args, args.epochs or config.num_epochs, device))

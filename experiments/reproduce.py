@@ -191,12 +191,13 @@ def write_suite(suite: str, runs: list[dict], args, kept: Sequence[str] = ()) ->
   from cnnjax.runs import atomic, report
   import jax
   name = f'{suite}_quick' if args.quick else suite
-  os.makedirs(os.path.join(args.results_dir, name), exist_ok=True)
-  for run in runs:
-    for file in (report.CONFUSION_PNG, report.REPORT_TXT, report.CURVES_FILE):
-      source = os.path.join(run.get('workdir', ''), file)
-      if os.path.exists(source):
-        shutil.copy(source, os.path.join(args.results_dir, name, f"{run['name']}_{file}"))
+  with atomic.refusals_reported(args.results_dir):
+    os.makedirs(os.path.join(args.results_dir, name), exist_ok=True)
+    for run in runs:
+      for file in (report.CONFUSION_PNG, report.REPORT_TXT, report.CURVES_FILE):
+        source = os.path.join(run.get('workdir', ''), file)
+        if os.path.exists(source):
+          shutil.copy(source, os.path.join(args.results_dir, name, f"{run['name']}_{file}"))
   plot_suite_curves(runs, os.path.join(args.results_dir, f'{name}_curves.png'), suite)
   device = (f'{jax.device_count()}x {jax.devices()[0].device_kind} ({jax.default_backend()}), '
             f'{os.cpu_count()} CPU cores, {platform.platform()}, jax {jax.__version__}')
@@ -241,6 +242,10 @@ def main(argv: list[str] | None = None) -> str:
   if args.local_data_dir and not os.path.exists(args.local_data_dir):
     parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
   with cli.running_as_tool('reproduce.py'):
+    from cnnjax.runs import workdir as workdir_lib
+    for folder, flag in ((args.results_dir, '--results_dir'), (args.workdir_root,
+                                                               '--workdir_root')):
+      workdir_lib.check_folder_can_be_written(folder, flag)  # Not after hours of training.
     from cnnjax import sharding
     sharding.start_backend()
     return run_suite(args, name, only)

@@ -74,6 +74,29 @@ def test_ablation_refuses_no_epochs_in_its_own_flags_words(epochs, tmp_path, cap
   assert not (tmp_path / 'runs').exists()
 
 
+@pytest.mark.parametrize('script', ['ablation', 'reproduce'])
+def test_a_results_or_runs_folder_that_cannot_be_written_is_refused_before_training(
+    script, tmp_path, capsys):
+  """The pages are written after every run has trained: a --results_dir that is a file ended
+  the script there, hours in, in NotADirectoryError."""
+  import importlib
+  main = importlib.import_module(f'experiments.{script}').main
+  first = ([f'--config={REPO_ROOT}/configs/cnn_simple.py'] if script == 'ablation'
+           else ['--suite=fashion_mnist', '--quick', '--only=mlp_128_64'])
+  (tmp_path / 'notes.md').write_text('mine')
+  (tmp_path / 'drive').symlink_to(tmp_path / 'unmounted')
+  for folders, message in (
+      ([f'--results_dir={tmp_path}/notes.md', f'--workdir_root={tmp_path}/runs'],
+       f'--results_dir={tmp_path}/notes.md is a file, not a directory'),
+      ([f'--results_dir={tmp_path}/results', f'--workdir_root={tmp_path}/drive/runs'],
+       f'{tmp_path}/drive is a link to {tmp_path}/unmounted, which does not exist')):
+    with pytest.raises(SystemExit) as stopped:
+      main(first + folders)
+    assert stopped.value.code == 2
+    assert message in capsys.readouterr().err
+    assert sorted(os.listdir(tmp_path)) == ['drive', 'notes.md']
+
+
 def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds_64):
   from experiments import reproduce
   common = ['--suite=fashion_mnist', '--quick', f'--workdir_root={tmp_path}/runs',

@@ -132,26 +132,31 @@ class WorkdirError(UserError, ValueError):
 
 def check_writable(workdir: str) -> None:
   """Fails before any data is read if `workdir` is a file, lies inside another run (its
-  checkpoints/ folder, given for the run itself) or cannot be written (a link to nowhere
-  on its path: where it pointed, nothing can be made)."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise WorkdirError(f'--workdir={workdir} is a file, not a directory; choose another '
-                       '--workdir.')
+  checkpoints/ folder, given for the run itself) or cannot be written."""
+  check_folder_can_be_written(workdir, '--workdir')
   if run := enclosing_run(workdir):
     raise WorkdirError(f'--workdir={workdir} lies inside the run in {run}: a run there would '
                        f'start afresh within it. Pass --workdir={run} to resume that run, or '
                        'choose a --workdir outside it.')
-  existing = os.path.abspath(workdir)
+
+
+def check_folder_can_be_written(folder: str, flag: str) -> None:
+  """Fails if the `flag` folder is a file, or if it cannot be made or written: checked before
+  the work whose records it is to hold, not after (a link to nowhere on its path, say a
+  drive not mounted, leaves mkdir nothing to make)."""
+  if os.path.exists(folder) and not os.path.isdir(folder):
+    raise WorkdirError(f'{flag}={folder} is a file, not a directory; choose another {flag}.')
+  existing = os.path.abspath(folder)
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
-  if os.path.islink(existing) and not os.path.exists(existing):  # A drive not mounted?
+  if os.path.islink(existing) and not os.path.exists(existing):
     target = os.path.join(os.path.dirname(existing), os.readlink(existing))
-    raise WorkdirError(f'--workdir={workdir} cannot be made: {existing} is a link to '
+    raise WorkdirError(f'{flag}={folder} cannot be made: {existing} is a link to '
                        f'{os.path.normpath(target)}, which does not exist. Create that folder '
-                       '(or mount its drive), or choose another --workdir.')
+                       f'(or mount its drive), or choose another {flag}.')
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-    raise WorkdirError(f'--workdir={workdir} cannot be written ({existing} is not a writable '
-                       'directory); choose another --workdir.')
+    raise WorkdirError(f'{flag}={folder} cannot be written ({existing} is not a writable '
+                       f'directory); choose another {flag}.')
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str,
