@@ -1,7 +1,7 @@
 """Training throughput of the study configs on the device at hand, three ways, in one run.
 
     python experiments/device_benchmark.py --fashion_mnist=DIR --cifar10=PATH \
-        [--configs=cnn_simple,vgg_scratch] [--json] [--config.field=value ...]
+        [--configs=cnn_simple,vgg_scratch] [--json=FILE] [--config.field=value ...]
 
 For each config, `cnnjax.train`'s loop trains its first stage three ways:
 
@@ -48,6 +48,8 @@ import jax  # pylint: disable=wrong-import-position
 
 from cnnjax import cli  # pylint: disable=wrong-import-position
 from cnnjax.errors import ConfigError  # pylint: disable=wrong-import-position
+from cnnjax.runs import atomic  # pylint: disable=wrong-import-position
+from cnnjax.runs import workdir as workdir_lib  # pylint: disable=wrong-import-position
 from experiments import benchmark  # pylint: disable=wrong-import-position
 
 STUDY_CONFIGS = ('mlp_128_64', 'mlp_256_128', 'mlp_512_256_128', 'cnn_simple', 'cnn_deep',
@@ -188,6 +190,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--json', default='', help='Also write the report to this file.')
   args = benchmark.parse_with_overrides(parser, argv)
   with cli.running_as_tool(TOOL, 'before reporting anything.'):
+    if args.json:  # Before the device time is spent, not after.
+      workdir_lib.check_file_can_be_written(args.json, '--json')
     from cnnjax import sharding
     sharding.start_backend()
     if args.flops_only:
@@ -196,8 +200,11 @@ def main(argv: list[str] | None = None) -> None:
     report = run(args)
   print_report(report)
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=1)
+    with cli.reporting_user_errors(TOOL):
+      with atomic.refusals_reported(args.json):
+        os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+      with atomic.replaced_whole(args.json) as f:
+        json.dump(report, f, indent=1)
 
 
 def run(args) -> dict:

@@ -354,9 +354,9 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
   from experiments import device_benchmark
   from tests.helpers import make_idx_dataset
   make_idx_dataset(str(tmp_path))  # 40 train: 5 steps of 8.
-  device_benchmark.main(device_benchmark_args(tmp_path, f'--json={tmp_path}/report.json'))
+  device_benchmark.main(device_benchmark_args(tmp_path, f'--json={tmp_path}/h200/report.json'))
   out = capsys.readouterr().out
-  report = json.loads((tmp_path / 'report.json').read_text())
+  report = json.loads((tmp_path / 'h200' / 'report.json').read_text())
   (result,) = report['results']
   variants = result['variants']
   assert list(variants) == ['one_step', 'calls', 'calls_bf16']
@@ -382,14 +382,19 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
     (['--config.batchsize=3'], "config field 'batchsize' does not"),
     (['--stepz=3'], 'unrecognized flag --stepz'),
     (['--fashion_mnist={missing}'], "local_data_dir='{missing}' does not exist"),
+    # Where the report is to go: checked before the device time is spent, not after it.
+    (['--json={tmp}'], '--json={tmp} is a folder; name a file in it'),
+    (['--json={tmp}/t10k-labels-idx1-ubyte.gz/report.json'],
+     'its folder {tmp}/t10k-labels-idx1-ubyte.gz is a file, not a directory'),
 ])
 def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
   """The missing folder is one under the test's own directory: a fixed path such as
   /nonexistent exists wherever a program once ran with HOME pointing there."""
   from tests.helpers import make_idx_dataset, run_tool
   make_idx_dataset(str(tmp_path))
-  missing = str(tmp_path / 'missing')
-  extra, message = [arg.format(missing=missing) for arg in extra], message.format(missing=missing)
+  missing, tmp = str(tmp_path / 'missing'), str(tmp_path)
+  extra = [arg.format(missing=missing, tmp=tmp) for arg in extra]
+  message = message.format(missing=missing, tmp=tmp)
   result = run_tool('experiments.device_benchmark', device_benchmark_args(tmp_path, *extra),
                     tmp_path)
   assert result.returncode == 2, result.stderr[-2000:]

@@ -140,23 +140,35 @@ def check_writable(workdir: str) -> None:
                        'choose a --workdir outside it.')
 
 
-def check_folder_can_be_written(folder: str, flag: str) -> None:
+def check_folder_can_be_written(folder: str, flag: str, named: str = '') -> None:
   """Fails if the `flag` folder is a file, or if it cannot be made or written: checked before
   the work whose records it is to hold, not after (a link to nowhere on its path, say a
-  drive not mounted, leaves mkdir nothing to make)."""
+  drive not mounted, leaves mkdir nothing to make). `named`: how the error names the folder
+  (by default `flag=folder`)."""
+  named = named or f'{flag}={folder}'
   if os.path.exists(folder) and not os.path.isdir(folder):
-    raise WorkdirError(f'{flag}={folder} is a file, not a directory; choose another {flag}.')
+    raise WorkdirError(f'{named} is a file, not a directory; choose another {flag}.')
   existing = os.path.abspath(folder)
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
   if os.path.islink(existing) and not os.path.exists(existing):
     target = os.path.join(os.path.dirname(existing), os.readlink(existing))
-    raise WorkdirError(f'{flag}={folder} cannot be made: {existing} is a link to '
+    raise WorkdirError(f'{named} cannot be made: {existing} is a link to '
                        f'{os.path.normpath(target)}, which does not exist. Create that folder '
                        f'(or mount its drive), or choose another {flag}.')
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
-    raise WorkdirError(f'{flag}={folder} cannot be written ({existing} is not a writable '
+    raise WorkdirError(f'{named} cannot be written ({existing} is not a writable '
                        f'directory); choose another {flag}.')
+
+
+def check_file_can_be_written(path: str, flag: str) -> None:
+  """`check_folder_can_be_written` for the folder of the `flag` file (made when it is written),
+  and fails if `path` is a folder."""
+  if os.path.isdir(path):
+    raise WorkdirError(f'{flag}={path} is a folder; name a file in it, such as '
+                       f'{os.path.join(path, "report.json")}.')
+  folder = os.path.dirname(os.path.abspath(path))
+  check_folder_can_be_written(folder, flag, f'{flag}={path}: its folder {folder}')
 
 
 def prepare(config: ml_collections.ConfigDict, workdir: str,
