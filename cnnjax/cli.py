@@ -341,7 +341,7 @@ def config_file_hint(missing: str | None) -> str:
   a missing '.py', 'configs.cnn_simple'), '' where none is near; for a folder, a file in it."""
   import glob
   if missing and os.path.isdir(missing):
-    found = sorted(glob.glob(os.path.join(missing, '[!_]*.py')))
+    found = sorted(glob.glob(os.path.join(glob.escape(missing), '[!_]*.py')))
     example = next((path for path in found if path.endswith('cnn_simple.py')), None)
     return (f'; --config takes a file: one of the {len(found)} .py files in it, e.g. '
             f'--config={example or found[0]}' if found
@@ -351,7 +351,7 @@ def config_file_hint(missing: str | None) -> str:
   configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
   by_name = {}  # Each config file by its name alone, as the user's path would name it.
   for folder in (configs, os.path.dirname(missing) or '.'):
-    for path in sorted(glob.glob(os.path.join(folder, '[!_]*.py'))):
+    for path in sorted(glob.glob(os.path.join(glob.escape(folder), '[!_]*.py'))):
       shown = os.path.relpath(path)
       by_name[os.path.basename(path)[:-3]] = shown if not shown.startswith('..') else path
   name = re.split(r'[./\\]', missing.removesuffix('.py'))[-1]

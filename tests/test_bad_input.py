@@ -225,6 +225,16 @@ COMMAND_LINE_CASES = {
 }
 
 
+def test_config_hints_look_in_a_folder_named_with_glob_characters(tmp_path):
+  """'[' in a folder's name made a glob pattern of it: neither hint found the files there."""
+  from cnnjax import cli
+  folder = tmp_path / 'configs [2026]'
+  folder.mkdir()
+  (folder / 'mine.py').write_text('')
+  assert cli.config_file_hint(str(folder)).endswith(f', e.g. --config={folder}/mine.py')
+  assert cli.config_file_hint(f'{folder}/mien.py') == f'; did you mean --config={folder}/mine.py?'
+
+
 @pytest.mark.parametrize('case', sorted(COMMAND_LINE_CASES))
 def test_a_command_line_in_any_order_or_malformed(case, data, tmp_path):
   make_args, message = COMMAND_LINE_CASES[case]
