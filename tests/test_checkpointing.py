@@ -639,6 +639,26 @@ def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
       lock.WorkdirLock(workdir).__enter__()
 
 
+def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
+  """NFS without its lock daemon refuses every flock (ENOLCK): that stopped every run there in
+  a traceback. Other errors of flock still end the run."""
+  import errno
+  from cnnjax.runs import lock
+  workdir = str(tmp_path / 'run')
+
+  def refused(error_number):
+    def flock(fd, operation):
+      raise OSError(error_number, os.strerror(error_number))
+    return flock
+  monkeypatch.setattr(lock.fcntl, 'flock', refused(errno.ENOLCK))
+  with lock.WorkdirLock(workdir):
+    assert not os.path.exists(lock.lock_path(workdir))
+  assert 'cannot lock files (No locks available): the run goes on without the lock' in caplog.text
+  monkeypatch.setattr(lock.fcntl, 'flock', refused(errno.EIO))
+  with pytest.raises(OSError, match='Input/output error'):
+    lock.WorkdirLock(workdir).__enter__()
+
+
 @pytest.mark.parametrize('raised_as', ['OSError', 'tensorstore'])
 def test_a_full_disk_during_a_save_is_one_clear_error(raised_as, tmp_path, mock_tfds,
                                                        monkeypatch):

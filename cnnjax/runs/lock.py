@@ -8,7 +8,10 @@ stale lock file never blocks a new run. The file lies beside the workdir, not
 in it, so that `--config.resume=False` can move the old run aside while
 locked, and a run refused early leaves no workdir behind.
 """
+import contextlib
+import errno
 import fcntl
+import logging
 import os
 import socket
 import time
@@ -19,6 +22,11 @@ from cnnjax.runs import atomic
 
 class WorkdirBusyError(UserError, RuntimeError):
   """Another process is running in the workdir."""
+
+
+# What `flock` raises on a file system that keeps no locks (NFS without its lock daemon, some
+# FUSE and network mounts): the run goes on unlocked, with a warning, rather than not at all.
+NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS})
 
 
 def lock_path(workdir: str) -> str:
@@ -38,8 +46,9 @@ class WorkdirLock:
         self._fd = self._acquire()
     return self
 
-  def _acquire(self) -> int:
-    """The locked file's descriptor, with this process written in it."""
+  def _acquire(self) -> int | None:
+    """The locked file's descriptor, with this process written in it; None where the file
+    system cannot lock files."""
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -52,6 +61,17 @@ class WorkdirLock:
             f'{self.workdir} is in use by another run ({holder}); two runs in one workdir '
             'would overwrite each other. Wait for it to finish, stop it, or choose another '
             f'--workdir. (The lock is {self.path}.)') from None
+      except OSError as error:
+        os.close(fd)
+        if error.errno not in NO_LOCKS:
+          raise
+        with contextlib.suppress(FileNotFoundError):
+          os.remove(self.path)  # Locking nothing, it would only be left behind.
+        logging.warning('%s is on a file system that cannot lock files (%s): the run goes on '
+                        'without the lock that keeps a second run out of its workdir, so start '
+                        'no other run in it until this one ends.', self.workdir,
+                        os.strerror(error.errno))
+        return None
       try:  # The holder we waited on may have removed the file: lock the one at the path.
         same = os.fstat(fd).st_ino == os.stat(self.path).st_ino
       except FileNotFoundError:
