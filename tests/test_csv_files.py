@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from cnnjax.data import csv_files
+from cnnjax.data.dataset_files import DatasetFiles
 from cnnjax.data.image_tree import LocalDataError
 from tests.helpers import load_dataset, make_idx_dataset
 
@@ -67,9 +68,9 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   write_csv(tmp_path / 'old_train.csv', images, labels)
   with pytest.raises(LocalDataError, match="holds 2 .csv file\\(s\\) with 'train' in the name"):
     csv_files.read_csv_split(str(tmp_path), 'train')
-  assert not csv_files.is_csv_dir(str(tmp_path / 'nowhere')) and csv_files.is_csv_dir(str(tmp_path))
+  assert csv_files.holds_csv_files(DatasetFiles(str(tmp_path)))
   (tmp_path / 'train').mkdir()  # An image tree with CSV files beside it is a tree.
-  assert not csv_files.is_csv_dir(str(tmp_path))
+  assert not csv_files.holds_csv_files(DatasetFiles(str(tmp_path)))
 
 
 def test_a_header_naming_the_label_column_elsewhere_is_followed(tmp_path):
@@ -99,3 +100,57 @@ def test_an_empty_csv_or_one_of_fractions_is_named(tmp_path, recwarn):
   with pytest.raises(LocalDataError, match="could not convert string '0.5' .*; its values must "
                      'be integers, pixels 0..255'):
     csv_files.read_csv_split(str(tmp_path), 'test')
+
+
+def kaggle_archives(tmp_path, arrays):
+  """{name: path} of archives of the same IDX/CSV files, laid out as users get them."""
+  import gzip
+  import shutil
+  import tarfile
+  import zipfile
+  folder = tmp_path / 'fashion-mnist'
+  folder.mkdir()
+  for split, name in (('train', 'train'), ('t10k', 'test')):
+    write_csv(folder / f'fashion-mnist_{name}.csv', *arrays[split])
+  make_idx_dataset(str(folder), num_train=30, num_test=10)
+  for path in folder.glob('*.gz'):  # Kaggle's are unpacked.
+    path.with_suffix('').write_bytes(gzip.decompress(path.read_bytes()))
+    path.unlink()
+  made = {}
+
+  def zipped(name, members):
+    made[name] = tmp_path / name
+    with zipfile.ZipFile(made[name], 'w', zipfile.ZIP_DEFLATED) as archive:
+      for inner, path in members:
+        archive.write(path, inner)
+  files = sorted(folder.iterdir())
+  # Kaggle's archive.zip: both CSVs, then the four IDX files, at the top.
+  zipped('archive.zip', [(path.name, path) for path in files])
+  zipped('csv_only.zip', [(path.name, path) for path in files if path.suffix == '.csv'])
+  # Finder's Compress: the folder, with __MACOSX/ resource forks beside it.
+  zipped('finder.zip', [(f'fashion-mnist/{path.name}', path) for path in files]
+         + [(f'__MACOSX/fashion-mnist/._{path.name}', files[0]) for path in files])
+  # Kaggle's MNIST archive: each IDX file in a folder of its own name.
+  zipped('nested.zip', [(f'{path.name}/{path.name}', path) for path in files
+                        if path.suffix != '.csv'])
+  made['folder.tar.gz'] = tmp_path / 'folder.tar.gz'
+  with tarfile.open(made['folder.tar.gz'], 'w:gz') as archive:
+    archive.add(folder, arcname='.')  # `./fashion-mnist_train.csv`...
+  shutil.rmtree(folder)
+  return made
+
+
+def test_an_archive_of_the_csv_or_idx_files_is_read_as_their_folder(tmp_path):
+  """Kaggle ships Fashion-MNIST as one archive.zip of its CSV and IDX files: it was read as an
+  image tree ('No train/<class>/<image> files')."""
+  (tmp_path / 'idx').mkdir()
+  arrays = make_idx_dataset(str(tmp_path / 'idx'), num_train=30, num_test=10)
+  expected = load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+                          local_data_dir=str(tmp_path / 'idx'))
+  for name, path in kaggle_archives(tmp_path, arrays).items():
+    for in_memory in ('true', 'false'):
+      read = load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+                          local_data_dir=str(path), data_in_memory=in_memory)
+      for split in ('train', 'val', 'test'):
+        assert getattr(read, split).fingerprint() == getattr(expected, split).fingerprint(), (
+            name, in_memory, split)

@@ -36,12 +36,12 @@ def test_bad_syntax_is_rejected(spec):
 
 
 def test_a_misspelt_split_names_the_one_meant(tmp_path):
-  from cnnjax.data import idx_files
+  from cnnjax.data import dataset_files, idx_files
   from cnnjax.data.image_tree import LocalDataError
   from tests.helpers import make_idx_dataset
   make_idx_dataset(str(tmp_path))
   with pytest.raises(LocalDataError, match=r"^IDX datasets have splits \['test', 'train'\], not "
                                            r"'tset'; did you mean 'test'\?$"):
-    idx_files.idx_files(str(tmp_path), 'tset')
+    idx_files.idx_files(dataset_files.DatasetFiles(str(tmp_path)), 'tset')
   assert splits.unknown_split_message('CSV datasets', 'validation', ('train', 'test')) == (
       "CSV datasets have splits ['test', 'train'], not 'validation'.")

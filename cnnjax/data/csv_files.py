@@ -1,69 +1,73 @@
 """MNIST and Fashion-MNIST as CSV files, as Kaggle distributes them, read without TensorFlow.
 
 A folder holding one `.csv` file with `train` in its name and one with `test`
-(`fashion-mnist_train.csv`, `fashion-mnist_test.csv`; `mnist_train.csv`, ...).
+(`fashion-mnist_train.csv`, `fashion-mnist_test.csv`; `mnist_train.csv`, ...), or an
+archive of such a folder (Kaggle's archive.zip: `dataset_files`).
 Each row is one example: its label, then its pixels row by row (784 of them for
 28x28 images). A header row of column names (`label,pixel1,...`) is skipped where
 there is one; where it names a `label` column other than the first, that column holds
 the labels. Rows keep the file's order. Excel's ways of saving a CSV are read too:
 a UTF-8 byte-order mark, UTF-16 ('Unicode Text'), and semicolons or tabs between the values.
 """
-import os
+import io
 import warnings
 
 import numpy as np
 
 from cnnjax.data import splits
+from cnnjax.data.dataset_files import DatasetFiles
 from cnnjax.data.image_tree import LocalDataError
 
 SPLITS = ('train', 'test')
 
 
-def _split_files(root: str) -> dict[str, list[str]]:
-  names = sorted(name for name in os.listdir(root) if name.lower().endswith('.csv'))
+def _split_files(files: DatasetFiles) -> dict[str, list[str]]:
+  names = [name for name in files.names() if name.lower().endswith('.csv')]
   return {split: [name for name in names if split in name.lower()] for split in SPLITS}
 
 
-def is_csv_dir(root: str) -> bool:
-  """Whether `root` is a folder of a train and a test CSV file (not an image tree, which may
-  have CSV files of its own beside its train/ folder)."""
-  return (os.path.isdir(root) and not os.path.isdir(os.path.join(root, 'train'))
-          and all(_split_files(root).values()))
+def holds_csv_files(files: DatasetFiles) -> bool:
+  """Whether `files` are a train and a test CSV file (not an image tree, which may have CSV
+  files of its own beside its train/ folder)."""
+  return not files.is_folder('train') and all(_split_files(files).values())
 
 
-def _csv_path(root: str, split: str) -> str:
+def _csv_name(files: DatasetFiles, split: str) -> str:
   if split not in SPLITS:
     raise LocalDataError(splits.unknown_split_message('CSV datasets', split, SPLITS))
-  found = _split_files(root)[split]
+  found = _split_files(files)[split]
   if len(found) != 1:
     raise LocalDataError(
-        f'{root} holds {len(found) or "no"} .csv file(s) with {split!r} in the name'
+        f'{files.root} holds {len(found) or "no"} .csv file(s) with {split!r} in the name'
         + (f' ({", ".join(found)})' if found else '') + ': it needs exactly one per split '
         '(e.g. fashion-mnist_train.csv and fashion-mnist_test.csv).')
-  return os.path.join(root, found[0])
+  return found[0]
 
 
-def _encoding(path: str) -> str:
-  """UTF-16 where the file starts with its byte-order mark; else UTF-8, with or without one."""
-  with open(path, 'rb') as f:
-    return 'utf-16' if f.read(2) in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig'
+def _text(files: DatasetFiles, name: str) -> io.TextIOWrapper:
+  """The file's text: UTF-16 where it starts with its byte-order mark; else UTF-8, with or
+  without one."""
+  raw = files.open(name)
+  encoding = 'utf-16' if raw.read(2) in (b'\xff\xfe', b'\xfe\xff') else 'utf-8-sig'
+  raw.seek(0)
+  return io.TextIOWrapper(raw, encoding=encoding)
 
 
 def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
-  path = _csv_path(root, split)
+  files = DatasetFiles(root)
+  name = _csv_name(files, split)
+  path = files.shown(name)
   try:
-    encoding = _encoding(path)
-    with open(path, encoding=encoding) as f:
+    with _text(files, name) as f:
       first = f.readline()
     delimiter = next((d for d in ',;\t' if d in first), ',')
-    names = [name.strip().strip('"').lower() for name in first.split(delimiter)]
-    header = 0 if names[0].lstrip('-').isdigit() else 1
-    label_column = names.index('label') if header and 'label' in names else 0
-    with warnings.catch_warnings():  # numpy's 'input contained no data': said below.
-      warnings.simplefilter('ignore', UserWarning)
-      rows = np.loadtxt(path, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2,
-                        encoding=encoding)
+    columns = [column.strip().strip('"').lower() for column in first.split(delimiter)]
+    header = 0 if columns[0].lstrip('-').isdigit() else 1
+    label_column = columns.index('label') if header and 'label' in columns else 0
+    with warnings.catch_warnings(), _text(files, name) as f:
+      warnings.simplefilter('ignore', UserWarning)  # numpy's 'input contained no data': below.
+      rows = np.loadtxt(f, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2)
   except (OSError, ValueError, UnicodeError) as e:
     reason = f'{type(e).__name__}: {e}'
     if 'could not convert string' in str(e):  # Pixels in [0, 1], an empty cell, spaces.

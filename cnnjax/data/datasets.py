@@ -23,6 +23,7 @@ import numpy as np
 
 from cnnjax.data import cifar_batches
 from cnnjax.data import csv_files
+from cnnjax.data import dataset_files
 from cnnjax.data import idx_files
 from cnnjax.data import image_tree
 from cnnjax.data import splits
@@ -365,11 +366,14 @@ ARRAY_KINDS = {'idx': idx_files.read_idx_split, 'csv': csv_files.read_csv_split,
 
 
 def _array_kind(root: str) -> str | None:
-  """The kind of dataset files `root` holds, where they are arrays rather than a tree."""
-  if idx_files.is_idx_dir(root):
-    return 'idx'
-  if csv_files.is_csv_dir(root):
-    return 'csv'
+  """The kind of dataset files `root` (a folder or an archive) holds, where they are arrays
+  rather than a tree."""
+  if os.path.isdir(root) or dataset_files.archive_of_arrays(root):
+    files = dataset_files.DatasetFiles(root)
+    if idx_files.holds_idx_files(files):
+      return 'idx'
+    if csv_files.holds_csv_files(files):
+      return 'csv'
   return 'cifar' if cifar_batches.is_cifar_batches(root) else None
 
 

@@ -9,13 +9,13 @@ the TFDS path does. The files are found under the names they travel by
 by its content, whatever the name says.
 """
 import gzip
-import os
 import struct
 import zlib
 
 import numpy as np
 
 from cnnjax.data import splits
+from cnnjax.data.dataset_files import DatasetFiles
 from cnnjax.data.image_tree import LocalDataError
 
 # IDX file name prefix of each split, as distributed.
@@ -24,10 +24,11 @@ _IDX_UBYTE = 0x08
 _GZIP_MAGIC = b'\x1f\x8b'
 
 
-def read_idx(path: str, expected_ndim: int) -> np.ndarray:
+def read_idx(files: DatasetFiles, name: str, expected_ndim: int) -> np.ndarray:
   """Reads one (optionally gzipped) IDX file of unsigned bytes."""
+  path = files.shown(name)
   try:
-    with open(path, 'rb') as f:
+    with files.open(name) as f:
       data = f.read()
     if data[:2] == _GZIP_MAGIC:
       data = gzip.decompress(data)
@@ -46,36 +47,35 @@ def read_idx(path: str, expected_ndim: int) -> np.ndarray:
   return body.reshape(shape)
 
 
-def idx_files(data_dir: str, split: str) -> tuple[str, str]:
-  """Paths of the images and labels IDX files of `split`, .gz or not, named with '-idx' or
-  '.idx'; each in `data_dir`, or in a folder of its own name there, as Kaggle's MNIST
-  archive unzips (`train-images-idx3-ubyte/train-images-idx3-ubyte`)."""
+def idx_files(files: DatasetFiles, split: str) -> tuple[str, str]:
+  """Names of the images and labels IDX files of `split`, .gz or not, named with '-idx' or
+  '.idx'; each at the top of `files`, or in a folder of its own name there, as Kaggle's
+  MNIST archive unzips (`train-images-idx3-ubyte/train-images-idx3-ubyte`)."""
   if split not in IDX_PREFIX:
     raise LocalDataError(splits.unknown_split_message('IDX datasets', split, IDX_PREFIX))
   found = []
   for kind, ndim in (('images', 3), ('labels', 1)):
     name = f'{IDX_PREFIX[split]}-{kind}-idx{ndim}-ubyte'
     names = [name + '.gz', name, f'{IDX_PREFIX[split]}-{kind}.idx{ndim}-ubyte']
-    candidates = [os.path.join(data_dir, *parts) for parts in
-                  [(n,) for n in names] + [(n, n) for n in names]]
-    path = next((p for p in candidates if os.path.isfile(p)), None)
+    path = next((p for p in names + [f'{n}/{n}' for n in names] if files.is_file(p)), None)
     if path is None:
-      raise LocalDataError(f'Missing {name}.gz in {data_dir} (also looked for '
+      raise LocalDataError(f'Missing {name}.gz in {files.root} (also looked for '
                            f'{" and ".join(names[1:])}).')
     found.append(path)
   return found[0], found[1]
 
 
 def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
-  images_path, labels_path = idx_files(data_dir, split)
-  images = read_idx(images_path, 3)[..., None]
-  labels = read_idx(labels_path, 1).astype(np.int32)
+  files = DatasetFiles(data_dir)
+  images_name, labels_name = idx_files(files, split)
+  images = read_idx(files, images_name, 3)[..., None]
+  labels = read_idx(files, labels_name, 1).astype(np.int32)
   if len(images) != len(labels):
-    raise LocalDataError(f'{images_path} holds {len(images)} images but {labels_path} '
-                         f'holds {len(labels)} labels.')
+    raise LocalDataError(f'{files.shown(images_name)} holds {len(images)} images but '
+                         f'{files.shown(labels_name)} holds {len(labels)} labels.')
   return images, labels
 
 
-def is_idx_dir(root: str) -> bool:
-  """Whether `root` is a directory of IDX files (MNIST/Fashion-MNIST as distributed)."""
-  return os.path.isdir(root) and any(f.endswith(('-ubyte', '-ubyte.gz')) for f in os.listdir(root))
+def holds_idx_files(files: DatasetFiles) -> bool:
+  """Whether `files` are IDX files (MNIST/Fashion-MNIST as distributed)."""
+  return any(name.endswith(('-ubyte', '-ubyte.gz')) for name in files.names())

@@ -85,7 +85,7 @@ def example_order_key(cls: str, fname: str) -> str:
 _SYSTEM_NAMES = ('__macosx', 'thumbs.db', 'ehthumbs.db', 'desktop.ini')
 
 
-def _visible(name: str) -> bool:
+def visible(name: str) -> bool:
   """Hidden files (.DS_Store, ._resource forks) and the system's own (`_SYSTEM_NAMES`) are no
   one's images and not worth a warning."""
   return not name.startswith('.') and name.lower() not in _SYSTEM_NAMES
@@ -212,9 +212,9 @@ def files_under(directory: str) -> list[str]:
   Linked sub-folders are not followed (a link back up would never end)."""
   names = []
   for parent, folders, files in os.walk(directory):
-    folders[:] = sorted(filter(_visible, folders))
+    folders[:] = sorted(filter(visible, folders))
     relative = os.path.relpath(parent, directory)
-    for name in sorted(filter(_visible, files)):
+    for name in sorted(filter(visible, files)):
       if os.path.isfile(os.path.join(parent, name)):  # Not a dangling link.
         names.append(name if relative == '.' else f'{relative.replace(os.sep, "/")}/{name}')
   return names
@@ -224,11 +224,11 @@ def _directory_files(root: str) -> Listing:
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[TreeFile]] = {}
   empty: list[str] = []
-  for split in sorted(filter(_visible, os.listdir(root))):
+  for split in sorted(filter(visible, os.listdir(root))):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
       continue
-    for cls in sorted(filter(_visible, os.listdir(split_dir))):
+    for cls in sorted(filter(visible, os.listdir(split_dir))):
       cls_dir = os.path.join(split_dir, cls)
       if os.path.isfile(cls_dir):
         loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir))
@@ -403,7 +403,7 @@ def _archive_files(root: str, mtime_ns: int, size: int) -> Listing:
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
   members = [(parts, payload) for parts, payload in
              ((name.lstrip('./').split('/'), payload) for name, payload in archive_members(root))
-             if all(map(_visible, parts))]
+             if all(map(visible, parts))]
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[TreeFile]] = {}
   for parts, payload in _without_wrapper(members):
