@@ -129,6 +129,15 @@ MAIN_CASES = {
         with_data('--config.image_size=3'),
         "Model 'cnn_simple' needs images of at least 4x4 pixels; these are 3x3",
         '--config.image_size=4 or more'),
+    # The model resizes its input itself: no input size cured it (ZeroDivisionError in Flax).
+    'a model resize that its layers shrink to nothing': (
+        config_with_data('vgg_scratch', '--config.model_kwargs.image_size=16'),
+        "Model 'vgg16_classifier' resizes its images to 16x16 (config.model_kwargs.image_size), "
+        'which its layers shrink to nothing: it needs at least 32x32',
+        '--config.model_kwargs.image_size=32 or more'),
+    'a negative dropout rate (trained on without a word)': (
+        config_with_data('vgg_scratch', '--config.model_kwargs.dropout=-0.5'),
+        'config.model_kwargs.dropout must be a rate in [0, 1), got -0.5.'),
     'negative seed': (with_data('--config.seed=-1'), 'config.seed must be an integer from 0'),
     'empty name (an unset $NAME)': (with_data('--config.name='),
                                     "config.name='' must be a folder name (the default workdir "

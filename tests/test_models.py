@@ -138,6 +138,31 @@ def test_smallest_image_side_a_model_fits(name, image_shape, smallest):
     model.init(jax.random.PRNGKey(0), images(smallest - 1))  # ... and one pixel less does not.
 
 
+@pytest.mark.parametrize('name, kwargs, message', [
+    ('vgg16_classifier', {'hidden': 0}, 'hidden must be a positive integer, got 0'),
+    ('vgg16_classifier', {'image_size': -5}, 'image_size must be a positive integer, got -5'),
+    ('vgg16_classifier', {'dropout': 1.0}, 'dropout must be a rate in [0, 1), got 1.0'),
+    ('vgg16_classifier', {'width': float('inf')}, 'width must be a positive finite number'),
+    ('vgg16_classifier', {'batch_norm': 1}, 'batch_norm must be True or False, got 1'),
+    ('vgg16_classifier', {'preprocessing': 'cafe'}, "Unknown preprocessing 'cafe'"),
+    ('mlp', {'hidden_sizes': (256, 0)}, 'hidden_sizes must be a tuple of positive integers'),
+    ('cnn_deep', {'block_features': ((32, 32), (64, -64))}, 'block_features must be a tuple'),
+    ('cnn_deep', {'head_dropout': -0.1}, 'head_dropout must be a rate in [0, 1)'),
+    ('resnet', {'blocks_per_stage': 0}, 'blocks_per_stage must be a positive integer'),
+])
+def test_model_options_out_of_range_are_named(name, kwargs, message):
+  """Each failed deep in Flax (a size of 0: a division by zero) or trained without a word."""
+  with pytest.raises(ValueError) as error:
+    build_model(name, 10, kwargs=kwargs)
+  assert message in str(error.value)
+
+
+def test_model_options_in_range_pass():
+  build_model('mlp', 10, kwargs={'hidden_sizes': ()})  # Logistic regression.
+  build_model('cnn_deep', 10, kwargs={'block_dropout': 0, 'block_features': [[16], [32]]})
+  build_model('resnet', 10, kwargs={'width': 2})
+
+
 def test_a_failure_that_no_image_size_cures_is_not_called_a_size_problem():
   class Broken(nn.Module):
     @nn.compact

@@ -6,6 +6,7 @@ deep inside Flax.
 """
 import dataclasses
 import functools
+import math
 from typing import Any, Callable, Mapping
 
 import flax.linen as nn
@@ -41,6 +42,46 @@ def model_fields(name: str) -> set[str]:
           if f.init and f.name not in ('parent', 'name')}
 
 
+# What a model option must be, by its name: the models name alike options alike. Their
+# modules would take any value, and fail deep inside Flax (a division by zero for a size
+# of 0) or, for a negative dropout rate, train on without a word.
+_SIZES = frozenset({'image_size', 'hidden', 'stem_features', 'blocks_per_stage'})
+_SIZE_LISTS = frozenset({'hidden_sizes', 'block_features'})
+_RATES = frozenset({'dropout', 'block_dropout', 'head_dropout'})
+_SCALES = frozenset({'width', 'logit_scale'})
+_SWITCHES = frozenset({'batch_norm', 'batchnorm_scale'})
+
+
+def _is_size(value: Any) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _sizes(value: Any) -> list[Any]:
+  """The sizes in a (nested) tuple or list of them: ((32, 32), (64, 64), (128,))."""
+  if isinstance(value, (tuple, list)):
+    return [size for item in value for size in _sizes(item)]
+  return [value]
+
+
+def _option_problem(option: str, value: Any) -> str | None:
+  """What is wrong with model option `option`'s value, None where nothing (or where the
+  model checks it itself)."""
+  if option in _SIZES and not _is_size(value):
+    return 'a positive integer'
+  if option in _SIZE_LISTS and not (isinstance(value, (tuple, list))
+                                     and all(map(_is_size, _sizes(value)))):
+    return 'a tuple of positive integers'
+  if option in _RATES and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                               and 0 <= value < 1):
+    return 'a rate in [0, 1)'
+  if option in _SCALES and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                and 0 < value < math.inf):
+    return 'a positive finite number'
+  if option in _SWITCHES and not isinstance(value, bool):
+    return 'True or False'
+  return None
+
+
 def build_model(name: str, num_classes: int, trainable_pattern: str = '.*',
                 kwargs: Mapping[str, Any] | None = None, half_precision: bool = False
                 ) -> nn.Module:
@@ -57,6 +98,9 @@ def build_model(name: str, num_classes: int, trainable_pattern: str = '.*',
   if unknown:
     raise ValueError(f'Model {name!r} has no option(s) {unknown} (config.model_kwargs). Valid '
                      f'options: {sorted(fields - {"num_classes", "trainable_pattern", "dtype"})}.')
+  for option, value in sorted(kwargs.items()):
+    if problem := _option_problem(option, value):
+      raise ValueError(f'config.model_kwargs.{option} must be {problem}, got {value!r}.')
   if 'trainable_pattern' in fields:
     kwargs['trainable_pattern'] = trainable_pattern
   dtype = jnp.bfloat16 if half_precision else jnp.float32

@@ -92,6 +92,9 @@ class TransferClassifier(nn.Module):
     if self.input_adapter not in INPUT_ADAPTERS:
       raise ValueError(f'Unknown input_adapter {self.input_adapter!r}; '
                        f'expected one of {INPUT_ADAPTERS}.')
+    if self.preprocessing not in PREPROCESSING:
+      raise ValueError(f'Unknown preprocessing {self.preprocessing!r}; expected one of '
+                       f'{PREPROCESSING}.')
     if self.kernel_init not in layers.KERNEL_INITS:
       raise ValueError(f'Unknown kernel_init {self.kernel_init!r}; expected one of '
                        f'{sorted(layers.KERNEL_INITS)}.')

@@ -7,7 +7,7 @@ Training, resuming, `cnnjax.evaluate`, `cnnjax.predict`, `cnnjax.diagnose`
 and `experiments/benchmark.py` all start from it; none of them re-derives it.
 """
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -144,6 +144,16 @@ def _blank_images(image_shape: tuple[int, ...]) -> jax.Array:
   return jnp.zeros((1,) + tuple(image_shape), jnp.float32)
 
 
+def _initialises(model: nn.Module, image_shape: tuple[int, ...]) -> bool:
+  """Whether `model` initialises on images of `image_shape` (abstractly: `jax.eval_shape`)."""
+  try:
+    jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _blank_images(image_shape),
+                                      train=False))
+  except Exception:  # pylint: disable=broad-except
+    return False
+  return True
+
+
 def smallest_image_side(model: nn.Module, image_shape: tuple[int, ...],
                         largest: int = 1024) -> int | None:
   """The smallest square side (up to `largest`) whose images `model` initialises on, where
@@ -151,15 +161,24 @@ def smallest_image_side(model: nn.Module, image_shape: tuple[int, ...],
 
   Abstract initialisations only (`jax.eval_shape`): a dozen of them cost about one real one.
   """
-  def fits(side: int) -> bool:
-    shape = (side, side) + tuple(image_shape[2:])
-    try:
-      jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), _blank_images(shape), train=False))
-    except Exception:  # pylint: disable=broad-except
-      return False
-    return True
+  return _smallest_that_fits(
+      lambda side: _initialises(model, (side, side) + tuple(image_shape[2:])),
+      max(image_shape[:2]), largest)
 
-  low = max(image_shape[:2])  # Fails; find a side that fits, then the smallest one.
+
+def smallest_resize(config: ml_collections.ConfigDict, num_classes: int,
+                    image_shape: tuple[int, ...], largest: int = 1024) -> int | None:
+  """For a model that resizes its input itself (`config.model_kwargs.image_size`, where its
+  input's size cannot help), the smallest such size it initialises with; None if none does."""
+  def fits(side: int) -> bool:
+    resized = config.copy_and_resolve_references()
+    resized.model_kwargs.image_size = side
+    return _initialises(create_model(resized, num_classes), image_shape)
+  return _smallest_that_fits(fits, config.model_kwargs.image_size, largest)
+
+
+def _smallest_that_fits(fits: Callable[[int], bool], low: int, largest: int) -> int | None:
+  """The smallest side above `low` (which does not fit), up to `largest`, that `fits`."""
   high = low * 2
   while not fits(high):
     if high >= largest:
@@ -223,6 +242,13 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
     abstract = jax.eval_shape(initialise)
   except Exception as error:  # pylint: disable=broad-except
     side = smallest_image_side(models[0], image_shape)
+    resize = config.model_kwargs.get('image_size')
+    if side is None and resize and (needed := smallest_resize(config, num_classes, image_shape)):
+      raise ConfigError(
+          f'Model {config.model!r} resizes its images to {resize}x{resize} '
+          '(config.model_kwargs.image_size), which its layers shrink to nothing: it needs at '
+          f'least {needed}x{needed}. Set --config.model_kwargs.image_size={needed} or more.'
+      ) from error
     if side is None:
       raise  # Not a matter of size: a bug, with its traceback.
     raise ConfigError(
