@@ -166,6 +166,23 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, mock_tfds):
   assert read_jsonl(workdir / 'metrics.jsonl')[-1]['step'] == 2
 
 
+def test_runs_moved_aside_within_one_second_each_keep_a_folder_of_their_own(tmp_path, monkeypatch):
+  """The second was moved into the first's folder (shutil.move into a folder that exists)."""
+  from configs import default
+  from cnnjax.runs import workdir as workdir_lib
+  monkeypatch.setattr(workdir_lib.time, 'strftime', lambda *args: '20261204-142457')
+  workdir = tmp_path / 'run'
+  config = resumable_config('cnn_simple', 2, resume=False)
+  for run in range(3):
+    workdir.mkdir()
+    (workdir / 'metrics.jsonl').write_text(f'{{"run": {run}}}\n')
+    assert workdir_lib.prepare(config, str(workdir), default.get_config()) == {}
+    assert not workdir.exists()
+  aside = f'{workdir}.previous-20261204-142457'
+  assert [read_jsonl(f'{folder}/metrics.jsonl') for folder in (aside, f'{aside}-2', f'{aside}-3')
+          ] == [[{'run': 0}], [{'run': 1}], [{'run': 2}]]
+
+
 # --- Killed processes --------------------------------------------------------------------------
 
 def main_command(data_dir, workdir, *extra):

@@ -5,6 +5,7 @@ different config is never written over: the run fails and names the fields
 that differ. `--config.resume=False` starts afresh and moves the old run
 aside (`DIR.previous-<time>`) instead of deleting anything.
 """
+import itertools
 import json
 import logging
 import os
@@ -178,7 +179,12 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
   if not holds_run(workdir):
     return {}
   if not config.resume:
-    target = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
+    aside = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
+    target = aside
+    for number in itertools.count(2):  # A run moved aside within the same second before.
+      if not os.path.lexists(target):
+        break
+      target = f'{aside}-{number}'
     if jax.process_index() == 0:
       shutil.move(workdir, target)
       print(f'config.resume=False: moved the previous run in {workdir} to {target}; starting '
