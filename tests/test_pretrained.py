@@ -245,6 +245,18 @@ def test_a_download_of_the_wrong_file_is_rejected(tmp_path, monkeypatch):
   assert os.listdir(os.environ['CNNJAX_CACHE']) == []
 
 
+def test_a_cache_that_cannot_be_made_is_named_before_downloading(tmp_path, monkeypatch):
+  """CNNJAX_CACHE on a drive not mounted (a link to nowhere): makedirs' FileExistsError."""
+  from cnnjax.errors import UserError
+  monkeypatch.setattr(urllib.request, 'urlopen', lambda *a, **k: pytest.fail('downloaded'))
+  (tmp_path / 'cache').symlink_to(tmp_path / 'drive' / 'cache')
+  monkeypatch.setenv('CNNJAX_CACHE', str(tmp_path / 'cache'))
+  with pytest.raises(UserError, match=f'^The weights cache {tmp_path}/cache cannot be made: '
+                     f'{tmp_path}/cache is a link to {tmp_path}/drive/cache, which does not '
+                     'exist.*or choose another CNNJAX_CACHE.$'):
+    weights_path(transfer_config('vgg_transfer'), 'vgg16')
+
+
 def test_download_refuses_an_image_size_below_one(capsys):
   with pytest.raises(SystemExit) as exited:
     cli.main(['download', 'mobilenet_v2', '--image_size=-5'])

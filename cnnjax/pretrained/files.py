@@ -105,7 +105,10 @@ def _fetch(file: WeightsFile, partial: str, target: str) -> None:
 def _placed_whole(target: str) -> Iterator[str]:
   """A temporary path beside `target` that becomes `target` when the block ends without an
   error, and is removed otherwise: the cache holds a whole, verified file or none."""
-  os.makedirs(os.path.dirname(target), exist_ok=True)
+  from cnnjax.runs import workdir as workdir_lib  # Its imports take seconds: only here.
+  folder = os.path.dirname(target)
+  workdir_lib.check_folder_can_be_written(folder, 'CNNJAX_CACHE', f'The weights cache {folder}')
+  os.makedirs(folder, exist_ok=True)
   partial = f'{target}.part-{socket.gethostname()}-{os.getpid()}'
   try:
     yield partial
