@@ -45,3 +45,27 @@ def test_a_misspelt_split_names_the_one_meant(tmp_path):
     idx_files.idx_files(dataset_files.DatasetFiles(str(tmp_path)), 'tset')
   assert splits.unknown_split_message('CSV datasets', 'validation', ('train', 'test')) == (
       "CSV datasets have splits ['test', 'train'], not 'validation'.")
+
+
+def test_examples_shared_with_training_are_counted_and_warned_of(tmp_path, caplog):
+  """A val_split set without narrowing train_split trained on the validation examples: its
+  figures, and the epoch it picks, looked better than the model is, without a word."""
+  import logging
+  from tests.helpers import load_dataset, make_idx_dataset
+  sizes = {'train': 40, 'test': 20}.__getitem__
+  assert splits.shared_examples('train', 'train[80%:]', sizes) == 8
+  assert splits.shared_examples('train[:80%]', 'train[80%:]', sizes) == 0
+  assert splits.shared_examples('train[:10]+test', 'train[5:15]+test[-4:]', sizes) == 5 + 4
+  make_idx_dataset(str(tmp_path))  # 40 train, 20 test examples.
+  with caplog.at_level(logging.WARNING):
+    load_dataset('fashion_mnist', 'train[:80%]', 'train[80%:]', 'test',
+                 local_data_dir=str(tmp_path))
+    assert not caplog.records
+    load_dataset('fashion_mnist', 'train', 'train[80%:]', 'train[:10]+test',
+                 local_data_dir=str(tmp_path))
+  messages = [record.getMessage() for record in caplog.records]
+  assert len(messages) == 2
+  assert messages[0].startswith("config.train_split='train' and config.val_split='train[80%:]' "
+                                'share 8 examples: the validation figures measure examples')
+  assert messages[1].startswith("config.train_split='train' and "
+                                "config.test_split='train[:10]+test' share 10 examples: the test")

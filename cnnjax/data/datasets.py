@@ -267,12 +267,18 @@ class _Loader:
     """Examples `split_spec` selects (files, for a tree: some may prove not to be images)."""
     if self.kind == 'tfds':
       return tfds_source.num_examples(self.info, split_spec)
-    count = 0
-    for part in splits.parse_split(split_spec):
-      size = (len(self._read_arrays(part.name)[1]) if self.kind in ARRAY_KINDS
-              else len(self._tree_files(part.name)))
-      count += len(splits.slice_indices(part, size))
-    return count
+    if self.kind == 'tfds':
+      return tfds_source.num_examples(self.info, split_spec)
+    return sum(len(splits.slice_indices(part, self.split_size(part.name)))
+               for part in splits.parse_split(split_spec))
+
+  def split_size(self, name: str) -> int | None:
+    """Examples in the whole split `name` (files, for a tree; None where TFDS does not
+    know)."""
+    if self.kind == 'tfds':
+      return tfds_source.num_examples(self.info, name)
+    return (len(self._read_arrays(name)[1]) if self.kind in ARRAY_KINDS
+            else len(self._tree_files(name)))
 
   def _read_arrays(self, split: str) -> tuple[np.ndarray, np.ndarray]:
     """Split `split`'s images and labels as the files hold them (`ARRAY_KINDS`), read once."""
@@ -430,10 +436,26 @@ def load_dataset(options: DataOptions, spec: DatasetSpec | None = None) -> Datas
   loaded = [check_split(loader.load(s, in_memory), s, len(spec.class_names), loader.source)
             if s else None for s in split_specs]
   train, val, test = loaded
+  _warn_of_examples_shared_with_training(options, loader)
   logging.info('Loaded %s from %s (%s): train %d, val %s, test %d examples.', options.dataset,
                loader.source, 'in memory' if in_memory else 'streamed', len(train),
                len(val) if val is not None else 'none', len(test))
   return Dataset(options.dataset, train, val, test, spec.class_names, loader.source)
+
+
+def _warn_of_examples_shared_with_training(options: DataOptions, loader: _Loader) -> None:
+  """Validation or test examples that are also trained on make their figures (and the epoch
+  that validation picks) look better than the model is: a val_split set without narrowing
+  train_split ('train' and 'train[80%:]') does so without a word."""
+  for field, role in (('val_split', 'validation'), ('test_split', 'test')):
+    spec = getattr(options, field)
+    shared = spec and splits.shared_examples(options.train_split, spec, loader.split_size)
+    if shared:
+      logging.warning(
+          'config.train_split=%r and config.%s=%r share %d examples: the %s figures measure '
+          "examples the model trains on. Hold them out of training, as Keras' "
+          "validation_split=0.2 does: --config.train_split='train[:80%%]' "
+          "--config.val_split='train[80%%:]'.", options.train_split, field, spec, shared, role)
 
 
 def load_split(options: DataOptions, split_spec: str, spec: DatasetSpec | None = None

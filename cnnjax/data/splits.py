@@ -6,7 +6,7 @@ config selects the same examples whether the data came from TFDS or files.
 """
 import difflib
 import re
-from typing import Iterable, NamedTuple
+from typing import Callable, Iterable, NamedTuple
 
 from cnnjax.errors import UserError
 
@@ -60,6 +60,20 @@ def _absolute(bound: str, num_examples: int) -> int | None:
     # TFDS' default rounding='closest' (Python's round, like TFDS).
     return int(round(value * num_examples / 100.0))
   return value
+
+
+def shared_examples(spec: str, other: str, split_size: Callable[[str], int | None]) -> int:
+  """How many examples split strings `spec` and `other` both select (`split_size`: the
+  number of examples of a whole split, by name; None where it is not known, and the split's
+  examples not counted)."""
+  shared = 0
+  for part in parse_split(spec):
+    for another in parse_split(other):
+      size = split_size(part.name) if part.name == another.name else None
+      if size is not None:
+        mine, theirs = slice_indices(part, size), slice_indices(another, size)
+        shared += len(range(max(mine.start, theirs.start), min(mine.stop, theirs.stop)))
+  return shared
 
 
 def slice_indices(part: SplitPart, num_examples: int) -> range:
