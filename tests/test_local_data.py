@@ -265,6 +265,32 @@ def test_utf8_names_in_a_zip_without_the_utf8_flag_are_read_as_utf8(tmp_path):
   assert image_tree._zip_name(dos) == 'train/café/0.png'  # pylint: disable=protected-access
 
 
+def test_names_not_in_the_file_systems_encoding_are_read_and_written(tmp_path):
+  """Folders from a Latin-1 system ('caf\\xe9' on a UTF-8 one): the fingerprint of the files
+  ended the run in UnicodeEncodeError, and no UTF-8 writer (reports, dataset.json) takes such
+  names."""
+  import json
+  tree = tmp_path / 'tree'
+  for split in (b'train', b'test'):
+    for cls in (b'caf\xe9', b'th\xe9'):
+      folder = os.path.join(os.fsencode(tree), split, cls)
+      os.makedirs(folder)
+      for i in range(2):
+        image = os.fsdecode(os.path.join(folder, b'\xff%d.png' % i))
+        Image.new('RGB', (4, 4), (i, 0, 0)).save(image)
+  with tarfile.open(tmp_path / 'tree.tar.gz', 'w:gz') as archive:
+    archive.add(tree, arcname='.')
+  fingerprints = []
+  for root in (tree, tmp_path / 'tree.tar.gz'):
+    for in_memory in ('true', 'false'):
+      data = load_dataset('image_folder', 'train', '', 'test', local_data_dir=str(root),
+                          image_size=4, channels=3, data_in_memory=in_memory)
+      assert data.class_names == ('caf\\xe9', 'th\\xe9')
+      json.dumps(data.class_names, ensure_ascii=False).encode('utf-8')  # What writers do.
+      fingerprints.append(data.test.fingerprint())
+  assert len(set(fingerprints)) == 1
+
+
 def test_a_zip_with_backslashes_between_folders_is_read_as_a_tree(tmp_path):
   """.NET Framework's zip writer (older PowerShell Compress-Archive) wrote 'train\\cat\\0.png'."""
   path, png = tmp_path / 'windows.zip', tmp_path / 'image.png'

@@ -250,6 +250,17 @@ def test_the_first_moments_handler_imports_only_what_python_starts_with():
                       'collections.abc'}, check.stderr[-2000:]
 
 
+def test_a_stop_line_naming_a_path_in_any_bytes_is_written():
+  """A workdir named in bytes the file system's encoding does not decode holds surrogates:
+  encoding the stop line raised UnicodeEncodeError inside the signal handler."""
+  from cnnjax.runs import exit_at_once
+  read, write = os.pipe()
+  exit_at_once.say(write, 'stopped; resume with --workdir=runs/caf\udce9')
+  os.close(write)
+  assert os.read(read, 200) == b'stopped; resume with --workdir=runs/caf\\udce9\n'
+  os.close(read)
+
+
 @pytest.mark.parametrize('tool', [
     'cnnjax/main', 'cnnjax/diagnose', 'cnnjax/evaluate', 'cnnjax/predict',
     'cnnjax/pretrained/__main__', 'experiments/benchmark', 'experiments/device_benchmark',

@@ -131,8 +131,21 @@ def _listing(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]], 
     _warn_loose({split: [f.name for f in files] for split, files in loose.items()}, root)
     listing = Listing(tree)
   for split, files in listing.items():
+    files = [dataclasses.replace(f, cls=readable_name(f.cls)) for f in files]
     listing[split] = sorted(files, key=lambda f: example_order_key(f.cls, f.name))
   return listing
+
+
+def readable_name(name: str) -> str:
+  """`name` as text that every file and console takes. A name that the file system's encoding
+  could not decode (a folder from a Latin-1 system: 'caf\\xe9') holds surrogates in Python,
+  which end any UTF-8 writer (a report, dataset.json); it keeps its undecoded bytes as
+  `\\xNN` escapes instead."""
+  try:
+    name.encode('utf-8')
+    return name
+  except UnicodeEncodeError:
+    return name.encode('utf-8', 'surrogateescape').decode('utf-8', 'backslashreplace')
 
 
 def _warn_loose(loose: dict[str, list[str]], root: str) -> None:
@@ -549,7 +562,7 @@ def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
   much as an epoch for a large tree)."""
   digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
   for f in files:
-    digest.update(f'{f.cls}/{f.name}:{f.size()}\n'.encode())
+    digest.update(f'{f.cls}/{f.name}:{f.size()}\n'.encode('utf-8', 'surrogateescape'))
   return f'files:{len(files)}:{digest.hexdigest()[:16]}'
 
 

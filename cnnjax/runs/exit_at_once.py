@@ -49,7 +49,7 @@ def exiting(line: Callable[[int], str], fd: int = 1) -> Callable[[int, object], 
 def say(fd: int, line: str) -> None:
   """`line` on `fd` if it still leads somewhere (a closed terminal: the exit matters more)."""
   try:
-    os.write(fd, f'{line}\n'.encode())
+    os.write(fd, f'{line}\n'.encode('utf-8', 'backslashreplace'))  # A path in any bytes.
   except OSError:
     pass
 
