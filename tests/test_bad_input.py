@@ -342,6 +342,17 @@ def test_a_workdir_through_a_link_to_nowhere(below, data, tmp_path):
   assert sorted(os.listdir(tmp_path)) == before  # No lock file, no drive/ made.
 
 
+def test_a_workdir_named_in_bytes_that_are_not_utf8_is_refused_before_writing(data, tmp_path):
+  """A folder from a Latin-1 system: orbax's tensorstore took the path at the first save and
+  ended the run in a pybind11 cast error, its records half written."""
+  before = sorted(os.listdir(tmp_path))
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    f'--workdir={tmp_path}/caf\udce9/run'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', f'--workdir={tmp_path}/caf\\xe9/run has bytes in its '
+                        'path that are not UTF-8 text', 'rename the folder in UTF-8')
+  assert sorted(os.listdir(tmp_path)) == before
+
+
 @pytest.mark.skipif(importlib.util.find_spec('jax_cuda12_plugin') is not None
                     or importlib.util.find_spec('jax_cuda13_plugin') is not None,
                     reason='this jax can start CUDA devices')
