@@ -185,9 +185,7 @@ def main(argv: list[str] | None = None) -> str:
   with cli.reporting_user_errors('ablation.py'):
     config = load_config(args.config)
     from cnnjax.runs import workdir as workdir_lib
-    for folder, flag in ((args.results_dir, '--results_dir'), (args.workdir_root,
-                                                               '--workdir_root')):
-      workdir_lib.check_folder_can_be_written(folder, flag)  # Not after hours of training.
+    workdir_lib.check_script_folders(args.results_dir, args.workdir_root)
     from cnnjax import sharding
     sharding.start_backend()
   name = config.name

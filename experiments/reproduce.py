@@ -243,9 +243,7 @@ def main(argv: list[str] | None = None) -> str:
     parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
   with cli.running_as_tool('reproduce.py'):
     from cnnjax.runs import workdir as workdir_lib
-    for folder, flag in ((args.results_dir, '--results_dir'), (args.workdir_root,
-                                                               '--workdir_root')):
-      workdir_lib.check_folder_can_be_written(folder, flag)  # Not after hours of training.
+    workdir_lib.check_script_folders(args.results_dir, args.workdir_root)
     from cnnjax import sharding
     sharding.start_backend()
     return run_suite(args, name, only)

@@ -168,6 +168,13 @@ def check_folder_can_be_written(folder: str, flag: str, named: str = '') -> None
                        f'directory); choose another {flag}.')
 
 
+def check_script_folders(results_dir: str, workdir_root: str) -> None:
+  """The folders of a script that trains several runs (`--workdir_root`), then writes its
+  pages (`--results_dir`): checked before hours of training, not after them."""
+  check_folder_can_be_written(results_dir, '--results_dir')
+  check_folder_can_be_written(workdir_root, '--workdir_root')
+
+
 def check_file_can_be_written(path: str, flag: str) -> None:
   """`check_folder_can_be_written` for the folder of the `flag` file (made when it is written),
   and fails if `path` is a folder."""
