@@ -11,7 +11,6 @@ import functools
 import io
 import itertools
 import os
-import re
 from typing import BinaryIO
 
 from cnnjax.data import image_tree
@@ -68,22 +67,11 @@ def archive_of_arrays(root: str) -> bool:
   tree's may have a CSV of labels among its images, not before all of them): reading a few
   costs little, where reading all of a large tree's archive twice would not."""
   try:
-    names = (name for name in (_inner_name(name) for name, _ in image_tree.archive_members(root))
-             if _visible(name))
+    names = (name for name, _ in image_tree.visible_members(root))
     first = list(itertools.islice(names, _FILES_PEEKED))
     return bool(first) and all(name.endswith(ARRAY_FILE_ENDINGS) for name in first)
   except LocalDataError:  # Not an archive, or a damaged one: the tree reader says which.
     return False
-
-
-def _inner_name(name: str) -> str:
-  """A member's name without the `./` that `tar -C DIR .` writes before each."""
-  return re.sub(r'^(\./|/)+', '', name)
-
-
-def _visible(name: str) -> bool:
-  """Neither the file nor a folder it lies in is hidden or the system's (`__MACOSX/`)."""
-  return all(map(image_tree.visible, name.split('/')))
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,9 +79,7 @@ def _archived_files(root: str, mtime_ns: int, size: int) -> dict[str, bytes]:
   """The visible files of the archive at `root` by name, without a wrapping folder (read once
   per version of the file)."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
-  files = {name: payload for name, payload in
-           ((_inner_name(name), payload) for name, payload in image_tree.archive_members(root))
-           if _visible(name)}
+  files = dict(image_tree.visible_members(root))
   tops = {name.split('/')[0] for name in files}
   if len(tops) == 1 and all('/' in name for name in files):  # `fashion-mnist/train.csv`...
     files = {name.split('/', 1)[1]: payload for name, payload in files.items()}

@@ -26,6 +26,7 @@ import hashlib
 import logging
 import lzma
 import os
+import re
 import tarfile
 import unicodedata
 import zipfile
@@ -409,14 +410,21 @@ def archive_members(root: str) -> Iterator[tuple[str, bytes]]:
                          'give only part of the dataset. Copy or download it again.') from e
 
 
+def visible_members(root: str) -> Iterator[tuple[str, bytes]]:
+  """`archive_members`, named without the `./` that `tar -C DIR .` writes before each, and
+  without the files that are hidden or the system's, or lie in such a folder (`__MACOSX/`)."""
+  for name, payload in archive_members(root):
+    name = re.sub(r'^(\./|/)+', '', name)
+    if all(map(visible, name.split('/'))):
+      yield name, payload
+
+
 @functools.lru_cache(maxsize=2)
 def _archive_files(root: str, mtime_ns: int, size: int) -> Listing:
   """Every file of a tar (compressed or not) or zip of a tree, keyed by split (cached per file
   version). All of it is read: a damaged archive is an error, never part of a split."""
   del mtime_ns, size  # The cache key: a rewritten archive is read again.
-  members = [(parts, payload) for parts, payload in
-             ((name.lstrip('./').split('/'), payload) for name, payload in archive_members(root))
-             if all(map(visible, parts))]
+  members = [(name.split('/'), payload) for name, payload in visible_members(root)]
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[TreeFile]] = {}
   for parts, payload in _without_wrapper(members):
