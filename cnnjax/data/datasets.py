@@ -267,8 +267,6 @@ class _Loader:
     """Examples `split_spec` selects (files, for a tree: some may prove not to be images)."""
     if self.kind == 'tfds':
       return tfds_source.num_examples(self.info, split_spec)
-    if self.kind == 'tfds':
-      return tfds_source.num_examples(self.info, split_spec)
     return sum(len(splits.slice_indices(part, self.split_size(part.name)))
                for part in splits.parse_split(split_spec))
 
