@@ -17,7 +17,10 @@ the median window's step time, images/s, the epoch time it implies (steps per
 epoch x step time; no evaluation), and its ratio to `one_step`, all from this
 run. The FLOPs of a training step are XLA's count for the one-step function
 as lowered, before any backend rewrites it (a GPU's compiled module hands its
-convolutions to cuDNN, whose FLOPs XLA does not count); the model FLOP
+convolutions to cuDNN, whose FLOPs XLA does not count). Backends reached
+through PJRT's C API (CUDA, TPU) count no lowered module, so there the count
+comes from this script's `--flops_only` run on the host CPU, in a subprocess:
+the lowered step is the same module on any backend. The model FLOP
 utilisation is FLOPs / step time / the device's dense bfloat16 peak
 (`--peak_tflops`, or the table below for known devices). `--flops_only`
 prints the FLOP counts without training (any machine: nothing runs).
@@ -74,6 +77,24 @@ def step_flops(trainer, state, image_shape: tuple[int, ...], batch_size: int) ->
     analysis = analysis[0] if analysis else {}
   flops = (analysis or {}).get('flops')
   return float(flops) if flops else None
+
+
+def flops_on_host(name: str, args) -> float | None:
+  """Config `name`'s step FLOPs as this script's `--flops_only` counts them on the CPU
+  backend, in a subprocess (None, with a line on stderr saying why, where it gives none)."""
+  import subprocess
+  command = [sys.executable, os.path.abspath(__file__), '--flops_only', f'--configs={name}',
+             f'--fashion_mnist={args.fashion_mnist}', f'--cifar10={args.cifar10}',
+             *args.overrides]
+  done = subprocess.run(command, capture_output=True, text=True, check=False,
+                        env={**os.environ, 'JAX_PLATFORMS': 'cpu'})
+  try:
+    return json.loads(done.stdout)[name]['step_flops']
+  except (ValueError, KeyError, TypeError):
+    last = (done.stderr.strip().splitlines() or [f'exit status {done.returncode}'])[-1]
+    print(f'{TOOL}: no FLOP count for {name} from the host CPU either ({last}); its MFU is '
+          'left out.', file=sys.stderr, flush=True)
+    return None
 
 
 def measure(config, data, args) -> dict:
@@ -150,6 +171,9 @@ def benchmark_config(name: str, args) -> dict:
   for row in rows.values():
     row['speedup_over_one_step'] = rows['one_step']['step_ms'] / row['step_ms']
   flops = rows['one_step'].get('step_flops')
+  if 'step_flops' in rows['one_step'] and flops is None:  # This backend counts none.
+    flops = rows['one_step']['step_flops'] = flops_on_host(name, args)
+    rows['one_step']['step_flops_counted_on'] = 'cpu'
   peak = args.peak_tflops or PEAK_BF16_TFLOPS.get(jax.devices()[0].device_kind)
   if flops and peak:
     for row in rows.values():

@@ -377,6 +377,33 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
   assert json.loads(capsys.readouterr().out)['cnn_simple']['step_flops'] == flops
 
 
+def test_device_benchmark_counts_flops_on_the_host_where_the_backend_counts_none(
+    tmp_path, capsys, monkeypatch):
+  """GPUs and TPUs (PJRT's C API) give no lowered cost analysis: the count, and so the MFU,
+  comes from the same script's FLOPs-only run on the CPU, in a subprocess."""
+  from experiments import device_benchmark
+  from tests.helpers import make_idx_dataset
+  make_idx_dataset(str(tmp_path))
+  device_benchmark.main(device_benchmark_args(tmp_path, '--flops_only'))
+  flops = json.loads(capsys.readouterr().out)['cnn_simple']['step_flops']
+  monkeypatch.setattr(device_benchmark, 'step_flops', lambda *args: None)
+  device_benchmark.main(device_benchmark_args(tmp_path, f'--json={tmp_path}/report.json'))
+  one_step, calls, _ = json.loads((tmp_path / 'report.json').read_text()
+                                  )['results'][0]['variants'].values()
+  assert one_step['step_flops'] == flops and one_step['step_flops_counted_on'] == 'cpu'
+  assert calls['model_flop_utilisation'] == pytest.approx(flops / (calls['step_ms'] / 1e3) / 1e12)
+  # Where the host gives none either, the report goes on without an MFU, and says why.
+  import shutil
+  monkeypatch.setattr(device_benchmark.sys, 'executable', shutil.which('false'))
+  device_benchmark.main(device_benchmark_args(tmp_path, f'--json={tmp_path}/report.json'))
+  one_step, calls, _ = json.loads((tmp_path / 'report.json').read_text()
+                                  )['results'][0]['variants'].values()
+  assert one_step['step_flops'] is None and 'model_flop_utilisation' not in calls
+  assert capsys.readouterr().err.strip().splitlines()[-1] == (
+      'device_benchmark.py: no FLOP count for cnn_simple from the host CPU either (exit status '
+      "1); its MFU is left out.")
+
+
 @pytest.mark.parametrize('extra,message', [
     (['--configs=cnn_simpel'], 'no configs/cnn_simpel.py'),
     (['--config.batchsize=3'], "config field 'batchsize' does not"),
