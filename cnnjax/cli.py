@@ -241,6 +241,20 @@ _OVERRIDE_HOLDER = re.compile(r"Attribute <class '(\w+)'>\.\w+ does not exist .*
                               r"to lookup: ([\w.]+)")
 
 
+def _string_field_on(path: list[str]) -> str | None:
+  """The first field along `path` (configs/default.py's) that holds a string, or None."""
+  import ml_collections
+  from configs import default
+  node = default.get_config()
+  for depth, key in enumerate(path):
+    if not isinstance(node, dict | ml_collections.ConfigDict) or key not in node:
+      return None
+    node = node[key]
+    if isinstance(node, str):
+      return '.'.join(path[:depth + 1])
+  return None
+
+
 def override_path_message(error: Exception, text: str) -> str | None:
   """What is wrong with a `--config.<path>=value` whose path ml_collections cannot follow
   (a field of a number, a tuple's item), or None."""
@@ -249,6 +263,12 @@ def override_path_message(error: Exception, text: str) -> str | None:
     path = holder[2]
     parent = path.rsplit('.', 1)[0]
     return f'--config.{path}: config.{parent} is a value ({holder[1]}), not a group of fields.'
+  if isinstance(error, TypeError) and 'string indices' in text:  # A field of a string.
+    for arg in sys.argv:  # ml_collections' error names no flag: find it among the overrides.
+      path = arg.removeprefix('--config.').split('=')[0].split('.')
+      parent = _string_field_on(path[:-1]) if arg.startswith('--config.') else None
+      if parent:
+        return f'--config.{".".join(path)}: config.{parent} is a value (str), not a group of fields.'
   unparsed = re.search(r"Could not parse '([\w.]+)'", text)
   if isinstance(error, ValueError) and unparsed:
     return (f'--config.{unparsed[1]} names no config field: a field is named by its group '
