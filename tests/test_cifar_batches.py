@@ -82,6 +82,33 @@ def test_every_form_gives_the_same_splits(tmp_path):
   np.testing.assert_array_equal(streamed.test.read(np.arange(6))[0], first.test.images)
 
 
+def test_archives_packed_in_any_order_or_on_a_mac_are_read_as_batches(tmp_path):
+  """Which reader an archive gets is told from its first files: a Mac's zip puts .DS_Store
+  and __MACOSX/ copies first, and a tar of the folder may start with the readme, the class
+  names and any batch."""
+  import zipfile
+  folder = tmp_path / 'cifar-10-batches-py'
+  write_python_batches(str(folder))
+  (folder / 'readme.html').write_text('<html></html>')
+  with zipfile.ZipFile(tmp_path / 'mac.zip', 'w') as archive:
+    archive.writestr('cifar-10-batches-py/.DS_Store', b'\0\0\0\1Bud1')
+    archive.writestr('__MACOSX/cifar-10-batches-py/._.DS_Store', b'\0\5\26\7')
+    for name in sorted(os.listdir(folder)):
+      archive.write(folder / name, f'cifar-10-batches-py/{name}')
+      archive.writestr(f'__MACOSX/cifar-10-batches-py/._{name}', b'\0\5\26\7')
+  with tarfile.open(tmp_path / 'any_order.tar.gz', 'w:gz') as archive:
+    for name in ['readme.html', 'batches.meta', 'data_batch_3', 'test_batch', 'data_batch_1',
+                 'data_batch_2', 'data_batch_4', 'data_batch_5']:
+      archive.add(folder / name, arcname=f'cifar-10-batches-py/{name}')
+  expected = load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(folder))
+  for archive in ('mac.zip', 'any_order.tar.gz'):
+    assert cifar_batches.is_cifar_batches(str(tmp_path / archive))
+    data = load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path / archive))
+    for split in ('train', 'test'):
+      np.testing.assert_array_equal(getattr(data, split).images, getattr(expected, split).images)
+      np.testing.assert_array_equal(getattr(data, split).labels, getattr(expected, split).labels)
+
+
 def test_a_pickle_that_would_run_code_is_refused_unrun(tmp_path):
   folder = tmp_path / 'cifar-10-batches-py'
   write_python_batches(str(folder))

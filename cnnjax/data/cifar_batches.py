@@ -39,8 +39,11 @@ _ARRAY_GLOBALS = {(module, name) for module in ('numpy.core.multiarray', 'numpy.
 
 
 def _is_batch_name(path: str) -> bool:
-  return os.path.basename(path) in ('data_batch_1', 'data_batch_1.bin', 'test_batch',
-                                    'test_batch.bin')
+  """Whether `path` is one of the batches' files (a batch or the class names), of either
+  version: an archive packed in any order starts with one among its first three files."""
+  name = os.path.basename(path)
+  return (name.removesuffix('.bin') in (*SPLIT_BATCHES['train'], *SPLIT_BATCHES['test'])
+          or name in _META.values())
 
 
 def _batch_folder(root: str) -> str | None:
@@ -56,9 +59,10 @@ def is_cifar_batches(root: str) -> bool:
   them) rather than an image tree."""
   if os.path.isdir(root):
     return _batch_folder(root) is not None
-  try:  # An archive's first files say which it is; reading them costs little.
+  try:  # An archive's first files say which it is; reading them costs little. A Mac's zip
+    # puts its .DS_Store and __MACOSX/ copies between them: those are passed over.
     return any(_is_batch_name(name) for name, _ in
-               itertools.islice(image_tree.archive_members(root), 3))
+               itertools.islice(image_tree.visible_members(root), 3))
   except LocalDataError:  # Not an archive, or a damaged one: the tree reader says which.
     return False
 
