@@ -130,6 +130,11 @@ def kaggle_archives(tmp_path, arrays):
   # Finder's Compress: the folder, with __MACOSX/ resource forks beside it.
   zipped('finder.zip', [(f'fashion-mnist/{path.name}', path) for path in files]
          + [(f'__MACOSX/fashion-mnist/._{path.name}', files[0]) for path in files])
+  # A folder of the IDX files zipped with its LICENSE and README, which come first.
+  notes = tmp_path / 'README.md'
+  notes.write_text('Fashion-MNIST\n')
+  zipped('readme_first.zip', [(f'fashion-mnist/{name}', notes) for name in ('LICENSE', 'README.md')]
+         + [(f'fashion-mnist/{path.name}', path) for path in files if path.suffix != '.csv'])
   # Kaggle's MNIST archive: each IDX file in a folder of its own name.
   zipped('nested.zip', [(f'{path.name}/{path.name}', path) for path in files
                         if path.suffix != '.csv'])

@@ -64,12 +64,14 @@ class DatasetFiles:
 
 def archive_of_arrays(root: str) -> bool:
   """Whether the file `root` is an archive whose first files are all array files (an image
-  tree's may have a CSV of labels among its images, not before all of them): reading a few
-  costs little, where reading all of a large tree's archive twice would not."""
+  tree's may have a CSV of labels among its images, not before all of them), or include an
+  IDX file, which no image tree holds (a README may come first): reading a few costs little,
+  where reading all of a large tree's archive twice would not."""
   try:
     names = (name for name, _ in image_tree.visible_members(root))
     first = list(itertools.islice(names, _FILES_PEEKED))
-    return bool(first) and all(name.endswith(ARRAY_FILE_ENDINGS) for name in first)
+    return bool(first) and (all(name.endswith(ARRAY_FILE_ENDINGS) for name in first)
+                            or any(name.endswith(ARRAY_FILE_ENDINGS[:2]) for name in first))
   except LocalDataError:  # Not an archive, or a damaged one: the tree reader says which.
     return False
 
