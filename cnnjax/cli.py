@@ -268,7 +268,8 @@ def override_path_message(error: Exception, text: str) -> str | None:
       path = arg.removeprefix('--config.').split('=')[0].split('.')
       parent = _string_field_on(path[:-1]) if arg.startswith('--config.') else None
       if parent:
-        return f'--config.{".".join(path)}: config.{parent} is a value (str), not a group of fields.'
+        return (f'--config.{".".join(path)}: config.{parent} is a value (str), not a group '
+                'of fields.')
   unparsed = re.search(r"Could not parse '([\w.]+)'", text)
   if isinstance(error, ValueError) and unparsed:
     return (f'--config.{unparsed[1]} names no config field: a field is named by its group '

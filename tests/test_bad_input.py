@@ -169,7 +169,8 @@ MAIN_CASES = {
     'a field of a number': (with_data('--config.seed.x=1'),
                             '--config.seed.x: config.seed is a value (int), not a group'),
     'a field of a string': (with_data('--config.optimizer.lr=1'),
-                            '--config.optimizer.lr: config.optimizer is a value (str), not a group'),
+                            '--config.optimizer.lr: config.optimizer is a value (str), '
+                            'not a group'),
     "a tuple's item": (with_data('--config.lr_boundaries.0=0.3'),
                        '--config.lr_boundaries.0 names no config field',
                        "a tuple is set whole (--config.lr_boundaries='(0.5, 0.8)')"),
