@@ -88,6 +88,21 @@ def test_every_mode_and_size_becomes_the_configured_shape(tmp_path):
   assert data.train.images.dtype == np.uint8 and data.train.images.max() > 0
 
 
+@pytest.mark.parametrize('in_memory', ['true', 'false'])
+def test_a_link_to_nothing_is_skipped_and_named_not_dropped_unsaid(in_memory, tmp_path, caplog):
+  """A link whose target is gone was left out without a word, or, read, was a traceback."""
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  os.symlink(tmp_path / 'moved.png', os.path.join(root, 'train', 'orchid', 'gone.png'))
+  options = datasets.DataOptions('image_folder', 'train', '', 'test', local_data_dir=root,
+                                 image_size=8, channels=3, data_in_memory=in_memory)
+  with caplog.at_level(logging.WARNING):
+    data = datasets.load_dataset(options)
+  assert len(data.train) == 6 and data.streamed == (in_memory == 'false')
+  (skipped,) = [r.getMessage() for r in caplog.records if 'of train/' in r.getMessage()]
+  assert skipped.startswith('Skipped 3 file(s) of train/') and (
+      'train/orchid/gone.png (FileNotFoundError: ' in skipped), skipped
+
+
 def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn):
   from cnnjax.data import images
   path = tmp_path / 'IMG_0001.png'

@@ -60,10 +60,16 @@ class TreeFile:
   payload: bytes | None = None
 
   def read(self) -> bytes:
+    """The file's bytes; a file the system will not give (a link to nothing, no permission)
+    is an `ImageInputError`, skipped and named as an unreadable image is."""
     if self.payload is not None:
       return self.payload
-    with open(self.path, 'rb') as f:
-      return f.read()
+    try:
+      with open(self.path, 'rb') as f:
+        return f.read()
+    except OSError as e:
+      reason = f'{type(e).__name__}: {e.strerror or e}'
+      raise images_lib.ImageInputError(f'cannot be read ({reason})', reason) from e
 
   def size(self) -> int:
     return len(self.payload) if self.payload is not None else os.path.getsize(self.path)
@@ -229,7 +235,8 @@ def files_under(directory: str) -> list[str]:
     folders[:] = sorted(filter(visible, folders))
     relative = os.path.relpath(parent, directory)
     for name in sorted(filter(visible, files)):
-      if os.path.isfile(os.path.join(parent, name)):  # Not a dangling link.
+      path = os.path.join(parent, name)  # A dangling link is kept: it is skipped, and said.
+      if os.path.isfile(path) or os.path.islink(path) and not os.path.isdir(path):
         names.append(name if relative == '.' else f'{relative.replace(os.sep, "/")}/{name}')
   return names
 
