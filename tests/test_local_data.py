@@ -1,6 +1,7 @@
 """Local IDX and image-folder sources: exact arrays, split slicing, clear errors."""
 import dataclasses
 import gzip
+import logging
 import os
 import re
 import shutil
@@ -155,6 +156,41 @@ def test_image_folder_tarball_and_slicing(tmp_path):
                                     getattr(from_archive, split).images)
       np.testing.assert_array_equal(getattr(from_dir, split).labels,
                                     getattr(from_archive, split).labels)
+
+
+def test_links_in_a_tar_are_the_files_they_lead_to(tmp_path, caplog):
+  """`tar` keeps a tree's symbolic and hard links as links, which the tar reader passed over
+  without a word: it read fewer images than the folder holds."""
+  from tests.helpers import tiny_image_tree
+  tree = tmp_path / 'tree'
+  shutil.copytree(tiny_image_tree(3), tree)
+  ant, bee = tree / 'train' / 'ant', tree / 'train' / 'bee'
+  os.symlink('0.png', ant / 'same.png')
+  os.symlink('same.png', ant / 'chain.png')  # A link to a link.
+  os.symlink('../bee/1.png', ant / 'other.png')
+  os.link(bee / '0.png', bee / 'hard.png')
+  Image.new('RGB', (20, 20), (1, 2, 3)).save(tmp_path / 'outside.png')
+  os.symlink(tmp_path / 'outside.png', bee / 'outside.png')  # Out of the archive.
+  os.symlink('loop2.png', bee / 'loop1.png')  # A cycle leads nowhere.
+  os.symlink('loop1.png', bee / 'loop2.png')
+  archive = tmp_path / 'tree.tar.gz'
+  with tarfile.open(archive, 'w:gz') as tar:
+    tar.add(tree, arcname='tree')
+
+  def examples(root):
+    data = load_dataset('image_folder', 'train', '', 'test', local_data_dir=str(root),
+                        image_size=20, channels=3)
+    return sorted((image.tobytes(), int(label)) for image, label in zip(data.train.images,
+                                                                        data.train.labels))
+  with caplog.at_level(logging.WARNING):
+    from_dir, from_tar = examples(tree), examples(archive)
+  outside = (np.full((20, 20, 3), (1, 2, 3), np.uint8).tobytes(), 1)
+  assert len(from_dir) == 9 + 4 + 1 and outside in from_dir  # The folder follows each link.
+  from_dir.remove(outside)
+  assert from_tar == from_dir
+  (warning,) = [r.getMessage() for r in caplog.records if 'link(s)' in r.getMessage()]
+  assert warning.startswith(f'Left out 3 link(s) in {archive} that lead to no file inside it: ')
+  assert all(f'tree/train/bee/{name}' in warning for name in ('outside.png', 'loop1.png'))
 
 
 def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):

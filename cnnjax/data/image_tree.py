@@ -26,6 +26,7 @@ import hashlib
 import logging
 import lzma
 import os
+import posixpath
 import re
 import tarfile
 import unicodedata
@@ -336,13 +337,51 @@ def _tar_members(root: str, kind: str) -> Iterator[tuple[str, bytes]]:
       raw.seek(max(end - 1024, 0))
       if end % 512 or raw.read(1024).strip(b'\0'):
         raise tarfile.ReadError('the archive does not end with its closing zero blocks')
+  files: dict[str, bytes] = {}
+  links: dict[str, str] = {}
   with (open_compressed or open)(root, 'rb') as stream:
     with tarfile.open(fileobj=stream, mode='r|') as tar:
       for member in tar:
         if member.isfile():
-          yield member.name, tar.extractfile(member).read()
+          files[posixpath.normpath(member.name)] = tar.extractfile(member).read()
+          yield member.name, files[posixpath.normpath(member.name)]
+        elif member.issym() or member.islnk():
+          links[member.name] = _link_target(member)
     while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
       pass
+  yield from _linked_files(links, files, root)
+
+
+def _link_target(member: tarfile.TarInfo) -> str:
+  """The archive name a link member leads to ('' for one leading out of the archive)."""
+  if member.islnk():  # A hard link names its target from the archive's top.
+    return posixpath.normpath(member.linkname)
+  if member.linkname.startswith('/'):
+    return ''
+  target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+  return '' if target.startswith('../') or target == '..' else target
+
+
+def _linked_files(links: dict[str, str], files: dict[str, bytes], root: str
+                  ) -> Iterator[tuple[str, bytes]]:
+  """(name, content) of each link of a tar that leads to a file in it (`tar` keeps a tree's
+  links as links: the tree's own links and hard links both); one warning names those that
+  lead elsewhere, which are left out."""
+  normalised = {posixpath.normpath(name): target for name, target in links.items()}
+  outside = []
+  for name, target in links.items():
+    for _ in range(40):  # A link to a link; a cycle ends as a link to nowhere.
+      if target not in normalised:
+        break
+      target = normalised[target]
+    if target in files:
+      yield name, files[target]
+    else:
+      outside.append(name)
+  if outside:
+    logging.warning('Left out %d link(s) in %s that lead to no file inside it: %s. Pack the '
+                    'files themselves to use them (tar -h, or --dereference, follows links).',
+                    len(outside), root, first_few(outside, ', '))
 
 
 # Compression methods Python's zipfile reads (stored, deflate, bzip2, LZMA), and the names of
