@@ -102,6 +102,21 @@ def test_an_empty_csv_or_one_of_fractions_is_named(tmp_path, recwarn):
     csv_files.read_csv_split(str(tmp_path), 'test')
 
 
+@pytest.mark.parametrize('header', [False, True])
+def test_a_bad_row_is_named_by_its_line_in_the_file(header, tmp_path):
+  """numpy counts rows after the header, from 0 or from 1 depending on the fault, and
+  advises `usecols`, which no one here can pass: the message gives the editor's line."""
+  top = 'label,pixel1,pixel2,pixel3,pixel4\n' if header else ''
+  rows = ['1,0,0,0,0', '2,5,5,5,5', '3,7,7,7,7']
+  for bad, message in (('4,7,7,x,7', "could not convert string 'x' to int64 on line {}, column "
+                        '4; its values must be integers'),
+                       ('4,7,7', 'the number of columns changed from 5 to 3 on line {}).')):
+    (tmp_path / 'test.csv').write_text(top + '\n'.join([*rows, bad, '5,1,1,1,1']) + '\n')
+    with pytest.raises(LocalDataError) as raised:
+      csv_files.read_csv_split(str(tmp_path), 'test')
+    assert message.format(4 + header) in str(raised.value) and 'usecols' not in str(raised.value)
+
+
 def kaggle_archives(tmp_path, arrays):
   """{name: path} of archives of the same IDX/CSV files, laid out as users get them."""
   import gzip

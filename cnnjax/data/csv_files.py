@@ -10,6 +10,7 @@ the labels. Rows keep the file's order. Excel's ways of saving a CSV are read to
 a UTF-8 byte-order mark, UTF-16 ('Unicode Text'), and semicolons or tabs between the values.
 """
 import io
+import re
 import warnings
 
 import numpy as np
@@ -53,6 +54,17 @@ def _text(files: DatasetFiles, name: str) -> io.TextIOWrapper:
   return io.TextIOWrapper(raw, encoding=encoding)
 
 
+def _with_file_lines(message: str, header: int) -> str:
+  """numpy's loadtxt message with its row, counted after the header (from 0 for a value it
+  cannot convert, from 1 for a row of another length), as the file's line number that an
+  editor shows; numpy's advice on `usecols`, which a user cannot pass, left out."""
+  def line(match: re.Match) -> str:
+    first = 0 if 'could not convert' in message else 1
+    return f'on line {int(match[1]) - first + 1 + header}'
+  message = message.split('; use `usecols`')[0]
+  return re.sub(r'at row (\d+)', line, message)
+
+
 def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   """Split `split` as uint8 (N, side, side, 1) images and int32 labels."""
   files = DatasetFiles(root)
@@ -69,10 +81,10 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
       warnings.simplefilter('ignore', UserWarning)  # numpy's 'input contained no data': below.
       rows = np.loadtxt(f, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2)
   except (OSError, ValueError, UnicodeError) as e:
-    reason = f'{type(e).__name__}: {e}'
+    reason = f'{type(e).__name__}: {_with_file_lines(str(e), header)}'
     if 'could not convert string' in str(e):  # Pixels in [0, 1], an empty cell, spaces.
-      reason = (f'{str(e).rstrip(".")}; its values must be integers, pixels 0..255, separated by '
-                'commas, semicolons or tabs')
+      reason = (f'{_with_file_lines(str(e), header).rstrip(".")}; its values must be integers, '
+                'pixels 0..255, separated by commas, semicolons or tabs')
     raise LocalDataError(f'{path} is not a CSV of a label and pixel values per row '
                          f'({reason}).') from e
   if not len(rows):
