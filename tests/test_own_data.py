@@ -163,6 +163,7 @@ def test_images_lying_in_a_split_take_their_classes_from_its_label_file(tmp_path
     expected[pixels.tobytes()] = classes[i % 3]
   Image.new('RGB', (8, 8)).save(root / 'train' / '13.png')  # Not listed: left out.
   Image.new('RGB', (8, 8)).save(root / 'test' / '1.png')
+  rows.append('14,frog')  # Listed, but no such file: said.
   (root / 'trainLabels.csv').write_text('id,label\n' + '\n'.join(rows) + '\n')
   options = datasets.DataOptions('image_folder', local_data_dir=str(root), image_size=8,
                                  channels=3, train_split='train[:9]', val_split='',
@@ -175,8 +176,9 @@ def test_images_lying_in_a_split_take_their_classes_from_its_label_file(tmp_path
         expected[image.tobytes()] for image in split.images]
   assert (len(dataset.train), len(dataset.test)) == (9, 3)
   warnings = [r.getMessage() for r in caplog.records]
-  assert f'Left out 1 file(s) of train/ in {root} that trainLabels.csv does not list: 13.png.' in (
-      warnings)
+  assert (f'Left out 1 file(s) of train/ in {root} that trainLabels.csv does not list with a '
+          'class: 13.png.') in warnings
+  assert f'trainLabels.csv lists 1 image(s) that train/ in {root} does not hold: 14.' in warnings
   assert any(w.endswith(f'Put each in test/<class>/ to use it, or list their classes in '
                         f'{root}/testLabels.csv.') for w in warnings)
 
@@ -186,6 +188,9 @@ def test_images_lying_in_a_split_take_their_classes_from_its_label_file(tmp_path
     ('label,file\ncat,a.jpg\n\n', {'a.jpg': 'cat'}),  # The label column named, first.
     ('a.jpg,cat\nb.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),  # No header row.
     ('file,label\ntrain/a.jpg,cat\nimages\\b.jpg,dog\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),
+    # Excel where ',' is the decimal mark: semicolons; a duplicate row of the same class.
+    ('id;label\r\na.jpg;cat\r\nb.jpg;dog\r\na.jpg;cat\r\n', {'a.jpg': 'cat', 'b.jpg': 'dog'}),
+    ('id\tlabel\na.jpg\tcat\n', {'a.jpg': 'cat'}),
 ])
 def test_label_files_as_they_come(text, classes, tmp_path):
   path = tmp_path / 'trainLabels.csv'
@@ -198,6 +203,16 @@ def test_a_label_file_of_one_column_is_named(tmp_path):
   path.write_text('a.jpg\nb.jpg\n')
   with pytest.raises(image_tree.LocalDataError, match='train.csv is not a CSV file of image '
                      'names and classes: it needs two columns'):
+    image_tree.read_label_file(str(path))
+
+
+def test_an_image_listed_under_two_classes_is_named(tmp_path):
+  """The last row won, without a word: a label file that contradicts itself trained on
+  whichever class came last."""
+  path = tmp_path / 'trainLabels.csv'
+  path.write_text('id,label\n1,cat\n2,dog\n1,dog\n')
+  with pytest.raises(image_tree.LocalDataError, match='trainLabels.csv lists 1 twice, as cat and '
+                     'as dog: keep the row of its true class.'):
     image_tree.read_label_file(str(path))
 
 

@@ -192,7 +192,11 @@ def read_label_file(path: str) -> dict[str, str]:
   """Image file name -> class, from a CSV label file (see `_LABEL_FILES`)."""
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
-      rows = [[cell.strip() for cell in row] for row in csv.reader(f) if any(row)]
+      first = f.readline()
+      f.seek(0)  # Commas, or the semicolons or tabs of Excel where ',' is the decimal mark.
+      delimiter = next((d for d in ',;\t' if d in first), ',')
+      rows = [[cell.strip() for cell in row] for row in csv.reader(f, delimiter=delimiter)
+              if any(row)]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
     raise LocalDataError(f'{path} cannot be read as a CSV file of image names and classes '
                          f'({type(e).__name__}: {e}).') from e
@@ -204,9 +208,15 @@ def read_label_file(path: str) -> dict[str, str]:
   image = next(i for i in range(len(header)) if i != label)
   if set(header) & set(_LABEL_COLUMNS + _IMAGE_COLUMNS):
     rows = rows[1:]
-  # An image named by its path (`train/1.png`, `images\1.png`) is the file of that name.
-  return {row[image].replace('\\', '/').rsplit('/', 1)[-1]: row[label] for row in rows
-          if len(row) > max(image, label) and row[label]}
+  classes: dict[str, str] = {}
+  for row in rows:
+    if len(row) > max(image, label) and row[label]:
+      # An image named by its path (`train/1.png`, `images\1.png`) is the file of that name.
+      name = row[image].replace('\\', '/').rsplit('/', 1)[-1]
+      if classes.setdefault(name, row[label]) != row[label]:
+        raise LocalDataError(f'{path} lists {name} twice, as {classes[name]} and as '
+                             f'{row[label]}: keep the row of its true class.')
+  return classes
 
 
 def _labelled_from_file(files: list[TreeFile], path: str, split: str, root: str
@@ -214,17 +224,22 @@ def _labelled_from_file(files: list[TreeFile], path: str, split: str, root: str
   """`files`, lying directly in `split`/, with their classes from the label file at `path`;
   those it does not list are left out with one warning."""
   classes = read_label_file(path)
-  labelled, unlisted = [], []
+  labelled, unlisted, found = [], [], set()
   for file in files:
-    cls = classes.get(file.name, classes.get(os.path.splitext(file.name)[0]))
-    if cls is None:
+    name = next((n for n in (file.name, os.path.splitext(file.name)[0]) if n in classes), None)
+    if name is None:
       unlisted.append(file.name)
     else:
-      labelled.append(dataclasses.replace(file, cls=cls))
+      found.add(name)
+      labelled.append(dataclasses.replace(file, cls=classes[name]))
   if unlisted:
-    logging.warning('Left out %d file(s) of %s/ in %s that %s does not list: %s.',
+    logging.warning('Left out %d file(s) of %s/ in %s that %s does not list with a class: %s.',
                     len(unlisted), split, root, os.path.basename(path),
                     first_few(unlisted, ', '))
+  missing = [name for name in classes if name not in found]
+  if missing:  # A name written otherwise than the file's (`1.jpg` for 1.png) shows here.
+    logging.warning('%s lists %d image(s) that %s/ in %s does not hold: %s.',
+                    os.path.basename(path), len(missing), split, root, first_few(missing, ', '))
   return labelled
 
 
