@@ -158,9 +158,10 @@ def test_image_folder_tarball_and_slicing(tmp_path):
                                     getattr(from_archive, split).labels)
 
 
-def test_links_in_a_tar_are_the_files_they_lead_to(tmp_path, caplog):
-  """`tar` keeps a tree's symbolic and hard links as links, which the tar reader passed over
-  without a word: it read fewer images than the folder holds."""
+def test_links_in_a_tar_or_zip_are_the_files_they_lead_to(tmp_path, caplog):
+  """`tar` (and `zip -y`) keep a tree's symbolic and hard links as links, which the readers
+  passed over without a word (or took for files that are not images): they read fewer
+  images than the folder holds."""
   from tests.helpers import tiny_image_tree
   tree = tmp_path / 'tree'
   shutil.copytree(tiny_image_tree(3), tree)
@@ -176,6 +177,16 @@ def test_links_in_a_tar_are_the_files_they_lead_to(tmp_path, caplog):
   archive = tmp_path / 'tree.tar.gz'
   with tarfile.open(archive, 'w:gz') as tar:
     tar.add(tree, arcname='tree')
+  zipped = tmp_path / 'tree.zip'  # As `zip -ry`: a link's entry holds the path it leads to.
+  with zipfile.ZipFile(zipped, 'w') as archive_file:
+    for path in sorted(tree.rglob('*')):
+      name = f'tree/{path.relative_to(tree)}'
+      if path.is_symlink():
+        info = zipfile.ZipInfo(name)
+        info.create_system, info.external_attr = 3, (0o120777 << 16)
+        archive_file.writestr(info, os.readlink(path))
+      elif path.is_file():
+        archive_file.write(path, name)
 
   def examples(root):
     data = load_dataset('image_folder', 'train', '', 'test', local_data_dir=str(root),
@@ -183,14 +194,15 @@ def test_links_in_a_tar_are_the_files_they_lead_to(tmp_path, caplog):
     return sorted((image.tobytes(), int(label)) for image, label in zip(data.train.images,
                                                                         data.train.labels))
   with caplog.at_level(logging.WARNING):
-    from_dir, from_tar = examples(tree), examples(archive)
+    from_dir, from_tar, from_zip = examples(tree), examples(archive), examples(zipped)
   outside = (np.full((20, 20, 3), (1, 2, 3), np.uint8).tobytes(), 1)
   assert len(from_dir) == 9 + 4 + 1 and outside in from_dir  # The folder follows each link.
   from_dir.remove(outside)
-  assert from_tar == from_dir
-  (warning,) = [r.getMessage() for r in caplog.records if 'link(s)' in r.getMessage()]
-  assert warning.startswith(f'Left out 3 link(s) in {archive} that lead to no file inside it: ')
-  assert all(f'tree/train/bee/{name}' in warning for name in ('outside.png', 'loop1.png'))
+  assert from_tar == from_dir and from_zip == from_dir
+  warnings = [r.getMessage() for r in caplog.records if 'link(s)' in r.getMessage()]
+  for packed, warning in zip((archive, zipped), warnings, strict=True):
+    assert warning.startswith(f'Left out 3 link(s) in {packed} that lead to no file inside it: ')
+    assert all(f'tree/train/bee/{name}' in warning for name in ('outside.png', 'loop1.png'))
 
 
 def test_images_in_sub_folders_of_a_class_belong_to_it(tmp_path):

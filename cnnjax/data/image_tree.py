@@ -28,6 +28,7 @@ import lzma
 import os
 import posixpath
 import re
+import stat
 import tarfile
 import unicodedata
 import zipfile
@@ -361,27 +362,28 @@ def _tar_members(root: str, kind: str) -> Iterator[tuple[str, bytes]]:
           files[posixpath.normpath(member.name)] = tar.extractfile(member).read()
           yield member.name, files[posixpath.normpath(member.name)]
         elif member.issym() or member.islnk():
-          links[member.name] = _link_target(member)
+          links[member.name] = _link_target(member.name, member.linkname, member.islnk())
     while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
       pass
   yield from _linked_files(links, files, root)
 
 
-def _link_target(member: tarfile.TarInfo) -> str:
-  """The archive name a link member leads to ('' for one leading out of the archive)."""
-  if member.islnk():  # A hard link names its target from the archive's top.
-    return posixpath.normpath(member.linkname)
-  if member.linkname.startswith('/'):
+def _link_target(name: str, linkname: str, hard: bool = False) -> str:
+  """The archive name that link `name` to `linkname` leads to ('' for one leading out of
+  the archive)."""
+  if hard:  # A hard link names its target from the archive's top.
+    return posixpath.normpath(linkname)
+  if linkname.startswith('/'):
     return ''
-  target = posixpath.normpath(posixpath.join(posixpath.dirname(member.name), member.linkname))
+  target = posixpath.normpath(posixpath.join(posixpath.dirname(name), linkname))
   return '' if target.startswith('../') or target == '..' else target
 
 
 def _linked_files(links: dict[str, str], files: dict[str, bytes], root: str
                   ) -> Iterator[tuple[str, bytes]]:
-  """(name, content) of each link of a tar that leads to a file in it (`tar` keeps a tree's
-  links as links: the tree's own links and hard links both); one warning names those that
-  lead elsewhere, which are left out."""
+  """(name, content) of each link of an archive that leads to a file in it (`tar`, and `zip
+  -y`, keep a tree's links as links); one warning names those that lead elsewhere, which
+  are left out."""
   normalised = {posixpath.normpath(name): target for name, target in links.items()}
   outside = []
   for name, target in links.items():
@@ -395,7 +397,7 @@ def _linked_files(links: dict[str, str], files: dict[str, bytes], root: str
       outside.append(name)
   if outside:
     logging.warning('Left out %d link(s) in %s that lead to no file inside it: %s. Pack the '
-                    'files themselves to use them (tar -h, or --dereference, follows links).',
+                    'files themselves to use them (tar -h follows links, as zip does without -y).',
                     len(outside), root, first_few(outside, ', '))
 
 
@@ -423,8 +425,17 @@ def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
         raise LocalDataError(f'{root} is compressed with method {member.compress_type} '
                              f'({method}), which Python cannot read: {unzip}, or zip it again '
                              'with the usual Deflate.')
+    files: dict[str, bytes] = {}
+    links: dict[str, str] = {}
     for member in members:
-      yield _zip_name(member), archive.read(member)
+      name = _zip_name(member)
+      if member.create_system == 3 and stat.S_ISLNK(member.external_attr >> 16):
+        # Info-ZIP's `zip -y` keeps a link as a link: its content is the path it leads to.
+        links[name] = _link_target(name, archive.read(member).decode('utf-8', 'replace'))
+        continue
+      files[posixpath.normpath(name)] = archive.read(member)
+      yield name, files[posixpath.normpath(name)]
+  yield from _linked_files(links, files, root)
 
 
 def _zip_name(member: zipfile.ZipInfo) -> str:
