@@ -98,6 +98,8 @@ def write_image_tree(root, images, labels, class_names, split):
     ('cat', 'bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\)'),
     ('caf\u00e9', 'cafe\u0301', 'Folder test/cafe\u0301 in .* is not a class of this dataset: it '
                              'differs from class caf\u00e9 in Unicode form alone'),
+    ('cat ', 'cat', "Folder test/cat in .* is not a class of this dataset: it differs from class "
+                    "'cat ' in spaces at its ends alone"),
 ])
 def test_a_test_folder_that_names_no_training_class(train_class, test_class, message, tmp_path):
   images = np.zeros((4, 6, 6, 3), np.uint8)
@@ -107,6 +109,26 @@ def test_a_test_folder_that_names_no_training_class(train_class, test_class, mes
     datasets.load_dataset(datasets.DataOptions('image_folder', 'train', '', 'test',
                                                local_data_dir=str(tmp_path), image_size=6,
                                                channels=3))
+
+
+@pytest.mark.parametrize('folders', [('Train', 'Test', 'Valid'), ('TRAINING', 'TESTING', 'VAL'),
+                                     ('training', 'testing', 'validation')])
+def test_split_folders_spelled_as_datasets_come(folders, tmp_path):
+  """Kaggle's trees come as Train/ and Test/, or Training/ and Testing/: 'No train/<class>/
+  <image> files (it has Test/, Train/)' made the user rename them."""
+  images = np.random.default_rng(0).integers(0, 256, (12, 6, 6, 3), np.uint8)
+  labels = [0, 1] * 6
+  spelled, plain = tmp_path / 'spelled', tmp_path / 'plain'
+  for folder, standard, part in zip(folders, ('train', 'test', 'val'), np.split(np.arange(12), 3)):
+    for root, name in ((spelled, folder), (plain, standard)):
+      write_image_tree(str(root), images[part], [labels[i] for i in part], ['cat', 'dog'], name)
+  expected, read = (
+      datasets.load_dataset(datasets.DataOptions('image_folder', 'train', 'val', 'test',
+                                                 local_data_dir=str(root), image_size=6,
+                                                 channels=3)) for root in (plain, spelled))
+  for split in ('train', 'val', 'test'):
+    np.testing.assert_array_equal(getattr(read, split).images, getattr(expected, split).images)
+    np.testing.assert_array_equal(getattr(read, split).labels, getattr(expected, split).labels)
 
 
 def local_order(labels, class_names):

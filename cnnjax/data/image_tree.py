@@ -512,9 +512,26 @@ def list_tree(root: str) -> Listing:
   return _archive_files(root, stat.st_mtime_ns, stat.st_size)
 
 
+# How datasets spell the split folders besides train/, test/ and val/ (compared without case):
+# Kaggle's often come as Train/ and Test/, or Training/ and Testing/.
+_SPLIT_SPELLINGS = {'train': ('train', 'training'), 'test': ('test', 'testing'),
+                    'val': ('val', 'valid', 'validation'),
+                    'validation': ('validation', 'val', 'valid')}
+
+
+def _split_folder(tree: dict[str, list[TreeFile]], split: str) -> str:
+  """The folder of `tree` that holds split `split`: its own name, else the one folder that
+  spells it otherwise (Train/, TRAINING/, valid/ for val)."""
+  if split in tree:
+    return split
+  spellings = _SPLIT_SPELLINGS.get(split.lower(), (split.lower(),))
+  found = [name for name in tree if name.lower() in spellings]
+  return found[0] if len(found) == 1 else split
+
+
 def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[TreeFile]:
   """Split `split`'s files in a listing of the tree at `root` (`list_tree`)."""
-  files = tree.get(split)
+  files = tree.get(_split_folder(tree, split))
   if not files and getattr(tree, 'keras_layout', False):
     raise LocalDataError(
         f'{root} holds class folders with no split folders (Keras\' <class>/<image> layout), '
@@ -552,8 +569,9 @@ def class_names(tree: dict[str, list[TreeFile]], root: str, split: str = 'train'
 
 
 def _folded(name: str) -> str:
-  """`name` as two names that look alike to a user compare: case and Unicode form ignored."""
-  return unicodedata.normalize('NFC', name).casefold()
+  """`name` as two names that look alike to a user compare: case, Unicode form and spaces
+  at the ends ignored."""
+  return unicodedata.normalize('NFC', name).casefold().strip()
 
 
 def _check_classes(files: Sequence[TreeFile], split: str, root: str,
@@ -562,10 +580,15 @@ def _check_classes(files: Sequence[TreeFile], split: str, root: str,
   for f in files:
     if f.cls not in known:
       twin = next((name for name in class_names_ if _folded(name) == _folded(f.cls)), None)
-      how = ('case alone' if twin is None or twin.casefold() == f.cls.casefold() else
-             "Unicode form alone (macOS writes 'é' as 'e' and an accent, other systems as one "
-             'character)')
-      hint = (f': it differs from class {twin} in {how}; rename one of the two folders'
+      shown = twin
+      if twin is None or twin.strip() == f.cls.strip():
+        how, shown = 'spaces at its ends alone', repr(twin)  # Quoted: the spaces show.
+      elif twin.casefold() == f.cls.casefold():
+        how = 'case alone'
+      else:
+        how = ("Unicode form alone (macOS writes 'é' as 'e' and an accent, other systems as "
+               'one character)')
+      hint = (f': it differs from class {shown} in {how}; rename one of the two folders'
               if twin else f' ({", ".join(class_names_)})')
       raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset'
                            f'{hint}.')
