@@ -13,7 +13,7 @@ import logging
 import os
 import re
 import sys
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from cnnjax.errors import UserError
 
@@ -155,10 +155,12 @@ class OwnWarningsPlain(logging.Formatter):
     return f'{self.tool}: {record.levelname.lower()}: {record.getMessage()}'
 
 
-def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
+def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
+                 ) -> Callable[[list[str]], list[str]]:
   """An absl flags parser (`app.run(main, flags_parser=...)`) that reports what is wrong with
   the command line (a flag value, a config file that is missing or does not run, a config
-  field that does not exist) in one line, exit status 2, instead of a traceback."""
+  field that does not exist) in one line, exit status 2, instead of a traceback.
+  `defaults` (configs/default.py's `get_config`) lets it name more of what is wrong."""
   from absl import flags
 
   def parse(argv: list[str]) -> list[str]:
@@ -184,7 +186,7 @@ def flags_parser(tool: str) -> Callable[[list[str]], list[str]]:
       if 'workdir' in flags.FLAGS and flags.FLAGS.workdir:
         flags.FLAGS.workdir = os.path.expanduser(flags.FLAGS.workdir)
     except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
-      exit_with_error(tool, flag_error_message(error))
+      exit_with_error(tool, flag_error_message(error, defaults and defaults()))
     swallowed = flag_given_a_flag(flags.FLAGS)
     if swallowed:
       exit_with_error(tool, swallowed)
@@ -241,11 +243,11 @@ _OVERRIDE_HOLDER = re.compile(r"Attribute <class '(\w+)'>\.\w+ does not exist .*
                               r"to lookup: ([\w.]+)")
 
 
-def _string_field_on(path: list[str]) -> str | None:
-  """The first field along `path` (configs/default.py's) that holds a string, or None."""
+def _string_field_on(path: list[str], defaults) -> str | None:
+  """The first field along `path` in `defaults` (configs/default.py's config) that holds a
+  string, or None."""
   import ml_collections
-  from configs import default
-  node = default.get_config()
+  node = defaults
   for depth, key in enumerate(path):
     if not isinstance(node, dict | ml_collections.ConfigDict) or key not in node:
       return None
@@ -255,18 +257,19 @@ def _string_field_on(path: list[str]) -> str | None:
   return None
 
 
-def override_path_message(error: Exception, text: str) -> str | None:
+def override_path_message(error: Exception, text: str, defaults=None) -> str | None:
   """What is wrong with a `--config.<path>=value` whose path ml_collections cannot follow
-  (a field of a number, a tuple's item), or None."""
+  (a field of a number, of a string where `defaults`, configs/default.py's config, is
+  given, a tuple's item), or None."""
   holder = _OVERRIDE_HOLDER.search(text)
   if isinstance(error, KeyError) and holder:
     path = holder[2]
     parent = path.rsplit('.', 1)[0]
     return f'--config.{path}: config.{parent} is a value ({holder[1]}), not a group of fields.'
-  if isinstance(error, TypeError) and 'string indices' in text:  # A field of a string.
+  if isinstance(error, TypeError) and 'string indices' in text and defaults is not None:
     for arg in sys.argv:  # ml_collections' error names no flag: find it among the overrides.
       path = arg.removeprefix('--config.').split('=')[0].split('.')
-      parent = _string_field_on(path[:-1]) if arg.startswith('--config.') else None
+      parent = _string_field_on(path[:-1], defaults) if arg.startswith('--config.') else None
       if parent:
         return (f'--config.{".".join(path)}: config.{parent} is a value (str), not a group '
                 'of fields.')
@@ -380,8 +383,9 @@ def config_file_hint(missing: str | None) -> str:
   return f'; did you mean --config={by_name[match[0]]}?' if match else ''
 
 
-def flag_error_message(error: Exception) -> str:
-  """What went wrong parsing a command line's config flags, as one line."""
+def flag_error_message(error: Exception, defaults=None) -> str:
+  """What went wrong parsing a command line's config flags, as one line (`defaults`:
+  configs/default.py's config, which entry points pass, names more)."""
   text = str(error)
   from absl import flags
   mistyped = getattr(error, 'flagname', 'config.').split('.')[0] != 'config'  # e.g. --confg
@@ -396,7 +400,7 @@ def flag_error_message(error: Exception) -> str:
                            error, text)
   if wrong_type:
     return wrong_type
-  bad_path = override_path_message(error, text)
+  bad_path = override_path_message(error, text, defaults)
   if bad_path:
     return bad_path
   if isinstance(error, AttributeError) and "has no attribute 'get_config'" in text:

@@ -114,4 +114,5 @@ def main(argv):
 
 if __name__ == '__main__':
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Before anything imports TensorFlow.
-  app.run(main, flags_parser=cli.flags_parser('cnnjax.diagnose'))
+  from configs import default as config_defaults
+  app.run(main, flags_parser=cli.flags_parser('cnnjax.diagnose', config_defaults.get_config))

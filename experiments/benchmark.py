@@ -80,7 +80,8 @@ def load_config(path: str, overrides: Sequence[str] = ()):
     config = holder.value
     config.to_dict()  # ml_collections loads the file only when the config is first used.
   except Exception as error:  # pylint: disable=broad-except  # Config files run user code.
-    raise ConfigError(cli.flag_error_message(error)) from error
+    from configs import default
+    raise ConfigError(cli.flag_error_message(error, default.get_config())) from error
   finally:
     sys.argv = saved
   swallowed = cli.flag_given_a_flag(flag_values)
