@@ -508,8 +508,8 @@ def list_tree(root: str) -> Listing:
   """Each split's files of the tree at `root` (directory or archive), in example order."""
   if os.path.isdir(root):
     return _directory_files(root)
-  stat = os.stat(root)
-  return _archive_files(root, stat.st_mtime_ns, stat.st_size)
+  info = os.stat(root)
+  return _archive_files(root, info.st_mtime_ns, info.st_size)
 
 
 # How datasets spell the split folders besides train/, test/ and val/ (compared without case):
@@ -580,16 +580,17 @@ def _check_classes(files: Sequence[TreeFile], split: str, root: str,
   for f in files:
     if f.cls not in known:
       twin = next((name for name in class_names_ if _folded(name) == _folded(f.cls)), None)
-      shown = twin
-      if twin is None or twin.strip() == f.cls.strip():
-        how, shown = 'spaces at its ends alone', repr(twin)  # Quoted: the spaces show.
-      elif twin.casefold() == f.cls.casefold():
-        how = 'case alone'
-      else:
-        how = ("Unicode form alone (macOS writes 'é' as 'e' and an accent, other systems as "
-               'one character)')
-      hint = (f': it differs from class {shown} in {how}; rename one of the two folders'
-              if twin else f' ({", ".join(class_names_)})')
+      hint = f' ({", ".join(class_names_)})'
+      if twin is not None:
+        shown = twin
+        if twin.strip() == f.cls.strip():
+          how, shown = 'spaces at its ends alone', repr(twin)  # Quoted: the spaces show.
+        elif twin.casefold() == f.cls.casefold():
+          how = 'case alone'
+        else:
+          how = ("Unicode form alone (macOS writes 'é' as 'e' and an accent, other systems as "
+                 'one character)')
+        hint = f': it differs from class {shown} in {how}; rename one of the two folders'
       raise LocalDataError(f'Folder {split}/{f.cls} in {root} is not a class of this dataset'
                            f'{hint}.')
 
