@@ -136,8 +136,9 @@ def check_writable(workdir: str) -> None:
   """Fails before any data is read if `workdir` is a file, lies inside another run (its
   checkpoints/ folder, given for the run itself) or cannot be written."""
   check_folder_can_be_written(workdir, '--workdir')
-  shown = image_tree.readable_name(os.path.abspath(workdir))
-  if shown != os.path.abspath(workdir):  # Bytes the file system's encoding did not decode.
+  absolute = os.path.abspath(workdir)
+  shown = image_tree.readable_name(absolute)
+  if shown != absolute:  # Bytes the file system's encoding did not decode.
     raise WorkdirError(f'--workdir={shown} has bytes in its path that are not UTF-8 text, and '
                        "the checkpoints' writer (tensorstore) takes UTF-8 paths alone: rename "
                        'the folder in UTF-8, or choose another --workdir.')
