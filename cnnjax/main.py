@@ -43,6 +43,8 @@ def main(argv):
       from cnnjax import sharding
       from cnnjax import train
       from configs import default
+      sharding.check_multiprocess_flags(_MULTIHOST.value, _COORDINATOR.value,
+                                        _NUM_PROCESSES.value, _PROCESS_ID.value)
       if _MULTIHOST.value:
         sharding.initialize_distributed(_COORDINATOR.value, _NUM_PROCESSES.value,
                                         _PROCESS_ID.value)

@@ -7,6 +7,7 @@ over the global batch because the step is written for the global batch.
 """
 import difflib
 import os
+import re
 
 import jax
 import numpy as np
@@ -21,6 +22,39 @@ DEVICE_COUNT_FLAG = 'xla_force_host_platform_device_count'
 
 class BackendError(UserError, RuntimeError):
   """jax cannot start the devices this environment asks for."""
+
+
+class MultiProcessError(UserError, ValueError):
+  """The flags of a multi-process run are inconsistent, or its processes cannot meet."""
+
+
+_PEER_FLAGS = ('Outside TPU pods and SLURM/Open MPI clusters, start every process with '
+               '--multihost --coordinator_address=HOST0:PORT --num_processes=N --process_id=I '
+               '(I from 0 to N-1, process 0 on HOST0).')
+
+
+def check_multiprocess_flags(multihost: bool, coordinator_address: str | None,
+                             num_processes: int | None, process_id: int | None) -> None:
+  """The flags of a multi-process run, checked before jax is asked to join one: given
+  without --multihost they would be ignored, and jax's own errors for them are tracebacks
+  (an address without a port is an IndexError)."""
+  given = [f'--{name}' for name, value in (('coordinator_address', coordinator_address),
+                                           ('num_processes', num_processes),
+                                           ('process_id', process_id)) if value is not None]
+  if given and not multihost:
+    one = len(given) == 1
+    raise MultiProcessError(f'{" ".join(given)} {"is" if one else "are"} for a multi-process '
+                            'run, which only --multihost starts: add --multihost, or leave '
+                            f'{"it" if one else "them"} out to train in this process alone.')
+  if num_processes is not None and num_processes < 1:
+    raise MultiProcessError(f'--num_processes={num_processes}: give 1 or more. {_PEER_FLAGS}')
+  if process_id is not None and (process_id < 0 or (num_processes is not None
+                                                    and process_id >= num_processes)):
+    top = f'{num_processes - 1}' if num_processes is not None else 'N-1'
+    raise MultiProcessError(f'--process_id={process_id}: give 0 to {top}. {_PEER_FLAGS}')
+  if coordinator_address is not None and not re.fullmatch(r'.+:\d+', coordinator_address):
+    raise MultiProcessError(f'--coordinator_address={coordinator_address} is not HOST:PORT '
+                            f'(e.g. 10.0.0.1:1234). {_PEER_FLAGS}')
 
 
 def start_backend() -> None:
@@ -103,9 +137,15 @@ def initialize_distributed(coordinator_address: str | None = None,
   On TPU pods and SLURM/Open MPI clusters jax finds the arguments itself;
   elsewhere pass all three. CPU processes talk through gloo collectives.
   """
+  check_multiprocess_flags(True, coordinator_address, num_processes, process_id)
   # Only the CPU backend reads this; GPUs and TPUs use their own collectives.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
-  jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  try:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  except (ValueError, RuntimeError) as error:  # Flags missing; peers that never came.
+    reason = ' '.join(str(error).split()).rstrip('.')
+    raise MultiProcessError(f'--multihost could not join a multi-process run: {reason}. '
+                            f'{_PEER_FLAGS}') from error
 
 
 def gathered_from_processes(value: float) -> list[float]:

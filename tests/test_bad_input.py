@@ -168,6 +168,18 @@ MAIN_CASES = {
         'get_config() returned dict, not an ml_collections.ConfigDict'),
     'a field of a number': (with_data('--config.seed.x=1'),
                             '--config.seed.x: config.seed is a value (int), not a group'),
+    'multi-process flags without --multihost': (
+        with_data('--num_processes=2', '--process_id=0'),
+        '--num_processes --process_id are for a multi-process run, which only --multihost '
+        'starts'),
+    'a process id past the processes': (
+        with_data('--multihost', '--coordinator_address=127.0.0.1:1', '--num_processes=2',
+                  '--process_id=2'), '--process_id=2: give 0 to 1. Outside TPU pods'),
+    'a coordinator address without a port': (
+        with_data('--multihost', '--coordinator_address=localhost', '--num_processes=2',
+                  '--process_id=0'), '--coordinator_address=localhost is not HOST:PORT'),
+    '--multihost alone, outside a cluster': (
+        with_data('--multihost'), '--multihost could not join a multi-process run: '),
     'a field of a string': (with_data('--config.optimizer.lr=1'),
                             '--config.optimizer.lr: config.optimizer is a value (str), '
                             'not a group'),
