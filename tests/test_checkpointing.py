@@ -1,6 +1,7 @@
 """A stopped run continues as if it never stopped; failures never cost saved work."""
 import glob
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -518,15 +519,17 @@ def test_every_process_refuses_a_save_that_one_process_cannot_fit(tmp_path, monk
   assert os.listdir(checkpointer.directory) == []  # Nothing was started.
 
 
-def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds):
+def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds, caplog):
   from cnnjax.runs import writers
   config = resumable_config('cnn_simple', 6)
   train_and_evaluate(config, tmp_path / 'uninterrupted')
   workdir = stopped_at_step_3(tmp_path / 'run')
   with open(workdir / 'metrics.jsonl', 'a') as f:
     f.write('{"epoch": 2, "step": 6, "train_lo')  # Killed mid-append: no newline.
-  assert [row['step'] for row in writers.read_metrics(str(workdir))] == [3]
-  train_and_evaluate(config, workdir)
+  with caplog.at_level(logging.WARNING):
+    assert [row['step'] for row in writers.read_metrics(str(workdir))] == [3]
+    train_and_evaluate(config, workdir)  # Reads the file again: said once, not at each read.
+  assert len([r for r in caplog.records if 'Left out the last line' in r.getMessage()]) == 1
   assert_same_run(str(tmp_path / 'uninterrupted'), str(workdir), config)
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   (workdir / 'metrics.jsonl').write_text('\n'.join(['{"epoch": 1, "ste', *lines]) + '\n')

@@ -52,6 +52,9 @@ class MetricsFileError(UserError, ValueError):
   """A run's metrics.jsonl has a line that is not one epoch's JSON row."""
 
 
+_CUT_LINES_SAID: set[tuple[str, str]] = set()
+
+
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
   """The rows of a run's metrics.jsonl, one per epoch ([] if there is none).
 
@@ -73,8 +76,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         raise ValueError('not an object with an integer "step"')
     except ValueError as error:
       if number == len(lines):  # No newline after it: cut off while being written.
-        logging.warning('Left out the last line of %s, cut off while it was written (%s).',
-                        path, line[:80])
+        if (path, line) not in _CUT_LINES_SAID:  # A run reads the file more than once.
+          _CUT_LINES_SAID.add((path, line))
+          logging.warning('Left out the last line of %s, cut off while it was written (%s).',
+                          path, line[:80])
         break
       raise MetricsFileError(
           f'Line {number} of {path} is not an epoch\'s row ({error}): {line[:80]!r}. Restore '
