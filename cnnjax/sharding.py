@@ -135,9 +135,9 @@ def initialize_distributed(coordinator_address: str | None = None,
   """Joins a multi-process run (TPU pod slice, several GPU hosts, or CPU processes).
 
   On TPU pods and SLURM/Open MPI clusters jax finds the arguments itself;
-  elsewhere pass all three. CPU processes talk through gloo collectives.
+  elsewhere pass all three (`check_multiprocess_flags` has checked them). CPU
+  processes talk through gloo collectives.
   """
-  check_multiprocess_flags(True, coordinator_address, num_processes, process_id)
   # Only the CPU backend reads this; GPUs and TPUs use their own collectives.
   jax.config.update('jax_cpu_collectives_implementation', 'gloo')
   try:

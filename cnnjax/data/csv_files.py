@@ -81,10 +81,11 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
       warnings.simplefilter('ignore', UserWarning)  # numpy's 'input contained no data': below.
       rows = np.loadtxt(f, delimiter=delimiter, dtype=np.int64, skiprows=header, ndmin=2)
   except (OSError, ValueError, UnicodeError) as e:
-    reason = f'{type(e).__name__}: {_with_file_lines(str(e), header)}'
-    if 'could not convert string' in str(e):  # Pixels in [0, 1], an empty cell, spaces.
-      reason = (f'{_with_file_lines(str(e), header).rstrip(".")}; its values must be integers, '
-                'pixels 0..255, separated by commas, semicolons or tabs')
+    message = _with_file_lines(str(e), header)
+    reason = f'{type(e).__name__}: {message}'
+    if 'could not convert string' in message:  # Pixels in [0, 1], an empty cell, spaces.
+      reason = (f'{message.rstrip(".")}; its values must be integers, pixels 0..255, separated '
+                'by commas, semicolons or tabs')
     raise LocalDataError(f'{path} is not a CSV of a label and pixel values per row '
                          f'({reason}).') from e
   if not len(rows):

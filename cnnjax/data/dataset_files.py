@@ -18,7 +18,8 @@ from cnnjax.data.image_tree import LocalDataError
 
 # The names array files travel by: IDX files (gzipped or not, '-idx3-ubyte' or '.idx3-ubyte'),
 # and CSV files.
-ARRAY_FILE_ENDINGS = ('-ubyte', '-ubyte.gz', '.csv')
+IDX_FILE_ENDINGS = ('-ubyte', '-ubyte.gz')
+ARRAY_FILE_ENDINGS = (*IDX_FILE_ENDINGS, '.csv')
 # The files of an archive read to tell an archive of arrays from one of an image tree.
 _FILES_PEEKED = 3
 
@@ -71,7 +72,7 @@ def archive_of_arrays(root: str) -> bool:
     names = (name for name, _ in image_tree.visible_members(root))
     first = list(itertools.islice(names, _FILES_PEEKED))
     return bool(first) and (all(name.endswith(ARRAY_FILE_ENDINGS) for name in first)
-                            or any(name.endswith(ARRAY_FILE_ENDINGS[:2]) for name in first))
+                            or any(name.endswith(IDX_FILE_ENDINGS) for name in first))
   except LocalDataError:  # Not an archive, or a damaged one: the tree reader says which.
     return False
 

@@ -359,8 +359,8 @@ def _tar_members(root: str, kind: str) -> Iterator[tuple[str, bytes]]:
     with tarfile.open(fileobj=stream, mode='r|') as tar:
       for member in tar:
         if member.isfile():
-          files[posixpath.normpath(member.name)] = tar.extractfile(member).read()
-          yield member.name, files[posixpath.normpath(member.name)]
+          payload = files[posixpath.normpath(member.name)] = tar.extractfile(member).read()
+          yield member.name, payload
         elif member.issym() or member.islnk():
           links[member.name] = _link_target(member.name, member.linkname, member.islnk())
     while stream.read(1 << 20):  # To the end: a cut-off gzip stream fails here.
@@ -433,8 +433,8 @@ def _zip_members(root: str) -> Iterator[tuple[str, bytes]]:
         # Info-ZIP's `zip -y` keeps a link as a link: its content is the path it leads to.
         links[name] = _link_target(name, archive.read(member).decode('utf-8', 'replace'))
         continue
-      files[posixpath.normpath(name)] = archive.read(member)
-      yield name, files[posixpath.normpath(name)]
+      payload = files[posixpath.normpath(name)] = archive.read(member)
+      yield name, payload
   yield from _linked_files(links, files, root)
 
 
