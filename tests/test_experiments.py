@@ -109,6 +109,21 @@ def test_reproduce_only_keeps_the_other_recorded_rows(tmp_path, mock_tfds_64):
   assert 'could not run' not in both  # Both rows are runs (a batch of 64 fits the data).
 
 
+@pytest.mark.parametrize('recorded', ['[{"name": "mlp_128_64", "res', '{"mlp_128_64": {}}'])
+def test_reproduce_names_an_unreadable_record_before_training(recorded, tmp_path, capsys):
+  """The suite's record of earlier runs, cut off or edited by hand, was a traceback."""
+  from experiments import reproduce
+  (tmp_path / 'fashion_mnist.json').write_text(recorded)
+  with pytest.raises(SystemExit) as exit_info:
+    reproduce.main(['--suite=fashion_mnist', '--only=mlp_128_64', f'--results_dir={tmp_path}',
+                    f'--workdir_root={tmp_path}/runs'])
+  err = capsys.readouterr().err
+  assert exit_info.value.code == 2 and 'Traceback' not in err
+  assert err.strip().splitlines()[-1].startswith(
+      f'reproduce.py: error: {tmp_path}/fashion_mnist.json is unreadable (')
+  assert not (tmp_path / 'runs').exists()  # Nothing trained.
+
+
 def test_reproduce_never_replaces_a_recorded_run_with_a_failure(tmp_path, mock_tfds_64,
                                                                capsys):
   from experiments import reproduce
