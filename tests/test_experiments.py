@@ -249,6 +249,20 @@ def test_benchmark_bad_input_is_one_line(case, tmp_path):
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
+def test_benchmark_workers_warn_as_the_tool_does(tmp_path):
+  """A worker is a fresh process: its data warnings came as Python's 'WARNING:root:'."""
+  from tests.helpers import make_idx_dataset, run_tool
+  make_idx_dataset(str(tmp_path))
+  result = run_tool('experiments.benchmark', benchmark_args(
+      tmp_path, '--no-keras', '--epochs=1', '--evals=1', '--config.train_split=train[:20]',
+      '--config.test_split=train[:10]'), tmp_path)
+  assert result.returncode == 0, result.stderr[-2000:]
+  warnings = [line for line in result.stderr.splitlines() if 'warning' in line.lower()]
+  assert warnings and all(line.startswith('benchmark.py: warning: ') for line in warnings), (
+      warnings)
+  assert any('share 10 examples' in line for line in warnings)
+
+
 def test_benchmark_times_cnnjax_alone_and_a_dead_worker_ends_it(tmp_path, capsys):
   import argparse
   import signal
