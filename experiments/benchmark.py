@@ -239,7 +239,7 @@ def worker(side_name, config_path, overrides, connection):
   Each answer is ('ok', value), ('user_error', message) or ('bug', traceback); after an
   error, or when the parent is gone, the worker ends."""
   signal.signal(signal.SIGINT, signal.SIG_IGN)  # The parent's to act on (`Worker`).
-  cli.show_own_warnings_plainly(TOOL)  # A fresh process: the data's warnings as the tools'.
+  cli.show_own_warnings_plainly(TOOL)  # A fresh process: data warnings as the tool's own.
   try:
     from cnnjax.data import datasets
     config = load_config(config_path, overrides)

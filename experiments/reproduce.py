@@ -213,19 +213,15 @@ def recorded_runs(results_dir: str, name: str) -> list[dict]:
   """The runs the suite's page last recorded (`<name>.json`), [] if there is none; one that
   cannot be read is an error before any training, not a traceback."""
   from cnnjax.errors import UserError
+  from cnnjax.runs import writers
   path = os.path.join(results_dir, f'{name}.json')
   if not os.path.exists(path):
     return []
-  try:
-    with open(path, encoding='utf-8') as f:
-      runs = json.load(f)
-    if not isinstance(runs, list) or not all(isinstance(run, dict) and 'name' in run
-                                             for run in runs):
-      raise ValueError('not a list of runs, each with its name')
-  except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
-    raise UserError(f'{path} is unreadable ({type(e).__name__}: {e}). It holds the results the '
-                    "suite's page keeps for the configs that do not run now: restore it (git "
-                    'checkout), or move it away to write the page from this run alone.') from e
+  meaning = ("It holds the results the suite's page keeps for the configs that do not run now: "
+             'restore it (git checkout), or move it away to write the page from this run alone.')
+  runs = writers.read_record(path, meaning, UserError, expected=list)
+  if not all(isinstance(run, dict) and 'name' in run for run in runs):
+    raise UserError(f'{path} is unreadable (not a list of runs, each with its name). {meaning}')
   return runs
 
 

@@ -34,15 +34,16 @@ class RecordError(UserError, ValueError):
   """A JSON file a run wrote (config, results) is unreadable: cut, or edited by hand."""
 
 
-def read_record(path: str, meaning: str, error_type: type[UserError] = RecordError
-                ) -> dict[str, Any]:
-  """The JSON object in `path`, a file a run wrote; where it is not one, an `error_type`
-  naming the file, why, and `meaning` (what that means for the run, and the way out)."""
+def read_record(path: str, meaning: str, error_type: type[UserError] = RecordError,
+                expected: type = dict) -> Any:
+  """The JSON object (or other `expected` type) in `path`, a file a run wrote; where it is
+  not one, an `error_type` naming the file, why, and `meaning` (what that means for the
+  run, and the way out)."""
   try:
     with open(path, encoding='utf-8') as f:
       record = json.load(f)
-    if not isinstance(record, dict):
-      raise ValueError('not a JSON object')
+    if not isinstance(record, expected):
+      raise ValueError(f'not a JSON {"object" if expected is dict else expected.__name__}')
   except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
     raise error_type(f'{path} is unreadable ({type(e).__name__}: {e}). {meaning}') from e
   return record
