@@ -17,6 +17,7 @@ import numpy as np
 
 from cnnjax.data import splits
 from cnnjax.data.dataset_files import DatasetFiles
+from cnnjax.data import image_tree
 from cnnjax.data.image_tree import LocalDataError
 
 SPLITS = ('train', 'test')
@@ -73,7 +74,7 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   try:
     with _text(files, name) as f:
       first = f.readline()
-    delimiter = next((d for d in ',;\t' if d in first), ',')
+    delimiter = image_tree.csv_delimiter(first)
     columns = [column.strip().strip('"').lower() for column in first.split(delimiter)]
     header = 0 if columns[0].lstrip('-').isdigit() else 1
     label_column = columns.index('label') if header and 'label' in columns else 0

@@ -189,13 +189,18 @@ def label_file(root: str, split: str) -> str | None:
   return next((os.path.join(root, found[name]) for name in wanted if name in found), None)
 
 
+def csv_delimiter(first_line: str) -> str:
+  """The delimiter of a CSV file from its first line: commas, or the semicolons or tabs that
+  Excel writes where ',' is the decimal mark."""
+  return next((d for d in ',;\t' if d in first_line), ',')
+
+
 def read_label_file(path: str) -> dict[str, str]:
   """Image file name -> class, from a CSV label file (see `_LABEL_FILES`)."""
   try:
     with open(path, newline='', encoding='utf-8-sig') as f:
-      first = f.readline()
-      f.seek(0)  # Commas, or the semicolons or tabs of Excel where ',' is the decimal mark.
-      delimiter = next((d for d in ',;\t' if d in first), ',')
+      delimiter = csv_delimiter(f.readline())
+      f.seek(0)
       rows = [[cell.strip() for cell in row] for row in csv.reader(f, delimiter=delimiter)
               if any(row)]
   except (OSError, UnicodeDecodeError, csv.Error) as e:
