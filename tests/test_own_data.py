@@ -103,6 +103,20 @@ def test_a_link_to_nothing_is_skipped_and_named_not_dropped_unsaid(in_memory, tm
       'train/orchid/gone.png (FileNotFoundError: ' in skipped), skipped
 
 
+@pytest.mark.parametrize('channels', [1, 3])
+def test_a_cielab_tiff_is_read_as_its_colours_not_skipped(channels):
+  """Pillow converts LAB to RGB but not to grey: a grey dataset skipped such a file as unreadable."""
+  import io
+  from cnnjax.data import images
+  red = Image.new('LAB', (6, 4), (136, 208, 195))  # CIELAB L=53, a=80, b=67: sRGB red.
+  payload = io.BytesIO()
+  red.save(payload, 'TIFF')
+  array = images.decode(payload.getvalue(), (4, 6, channels))
+  expected = Image.new('RGB', (6, 4), (255, 0, 0)).convert({1: 'L', 3: 'RGB'}[channels])
+  assert array.shape == (4, 6, channels)
+  assert np.abs(array.astype(int) - np.asarray(expected).reshape(4, 6, channels)).max() <= 12
+
+
 def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn):
   from cnnjax.data import images
   path = tmp_path / 'IMG_0001.png'

@@ -60,6 +60,8 @@ def fit(image, image_shape: tuple[int, int, int], resize: bool = True) -> np.nda
     image = _to_8_bit(image)
   if image.mode == 'P' or image.mode == 'PA':  # Palette transparency: through RGBA.
     image = image.convert('RGBA')
+  if image.mode == 'LAB':  # CIELAB (a TIFF from a prepress tool): Pillow converts it to RGB only.
+    image = image.convert('RGB')
   image = image.convert({1: 'L', 3: 'RGB'}[channels])
   if image.size != (width, height):
     if not resize:
