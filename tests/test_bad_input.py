@@ -199,9 +199,10 @@ def test_bad_input_to_main_is_one_line_and_makes_no_workdir(case, data, tmp_path
   args = make_args(data, tmp_path)
   if not any(a.startswith('--config=') for a in args):
     args = [CNN_SIMPLE, *args]
-  result = run_tool('cnnjax.main', [*args, f'--workdir={tmp_path}/run'], tmp_path)
+  # In a folder yet to be made: a run refused leaves neither it nor its lock file behind.
+  result = run_tool('cnnjax.main', [*args, f'--workdir={tmp_path}/runs/run'], tmp_path)
   assert_one_line_error(result, 'cnnjax', *messages)
-  assert not os.path.exists(tmp_path / 'run') and not os.path.exists(tmp_path / 'run.lock')
+  assert not os.path.exists(tmp_path / 'runs')
 
 
 COMMAND_LINE_CASES = {

@@ -39,6 +39,7 @@ class WorkdirLock:
   def __init__(self, workdir: str, enabled: bool = True):
     """`enabled=False` (processes other than 0 of a multi-host run) holds nothing."""
     self.workdir, self.path, self.enabled, self._fd = workdir, lock_path(workdir), enabled, None
+    self._made: list[str] = []  # Folders made for the lock file, deepest first.
 
   def __enter__(self) -> 'WorkdirLock':
     if self.enabled:
@@ -49,6 +50,7 @@ class WorkdirLock:
   def _acquire(self) -> int | None:
     """The locked file's descriptor, with this process written in it; None where the file
     system cannot lock files."""
+    self._made = _missing_folders(os.path.dirname(self.path))
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     while True:
       fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -89,11 +91,25 @@ class WorkdirLock:
     return fd
 
   def __exit__(self, *exc_info) -> None:
-    if self._fd is None:
-      return
-    try:
-      os.remove(self.path)
-    except FileNotFoundError:
-      pass
-    os.close(self._fd)
-    self._fd = None
+    if self._fd is not None:
+      try:
+        os.remove(self.path)
+      except FileNotFoundError:
+        pass
+      os.close(self._fd)
+      self._fd = None
+    for folder in self._made:  # A run that failed before writing leaves no empty folders.
+      try:
+        os.rmdir(folder)
+      except OSError:  # Not empty: the run (or another) wrote there.
+        break
+    self._made = []
+
+
+def _missing_folders(folder: str) -> list[str]:
+  """The folders on `folder`'s path that do not exist yet, deepest first."""
+  missing = []
+  while folder and not os.path.lexists(folder):
+    missing.append(folder)
+    folder = os.path.dirname(folder)
+  return missing
