@@ -538,6 +538,28 @@ def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds, c
     writers.read_metrics(str(workdir))
 
 
+@pytest.mark.parametrize('steps, resumed_at, missing', [
+    ([5, 10], 12, ''), ([5, 10, 12], 12, ''), (None, 10, '1, 2'), ([10], 10, '1'),
+    ([5, 15], 17, '2'), ([], 3, ''), (list(range(5, 41, 5)), 40, ''),
+    ([5], 40, '2, 3, 4, 5, 6 and 2 more')])
+def test_epochs_trained_without_a_metrics_row_are_named(steps, resumed_at, missing, tmp_path,
+                                                        caplog):
+  """A metrics.jsonl deleted, or edited, while its checkpoints were kept: resumed without a
+  word, the run's curves and record lacked those epochs."""
+  from cnnjax.runs import writers
+  if steps is not None:  # None: no file at all.
+    (tmp_path / 'metrics.jsonl').write_text(
+        ''.join(f'{{"epoch": {-(-s // 5)}, "step": {s}}}\n' for s in steps))
+  log = writers.RunWriter(str(tmp_path), num_epochs=8, steps_per_epoch=5)
+  with caplog.at_level(logging.WARNING):
+    log.truncate_metrics(resumed_at, continues=True)
+  said = [r.getMessage() for r in caplog.records if 'has no row for epoch' in r.getMessage()]
+  assert said == ([f'{tmp_path}/metrics.jsonl has no row for epoch(s) {missing}, which the '
+                   f'checkpoint at step {resumed_at} has trained (was the file edited, moved '
+                   'or deleted?): its curves and record will lack them.'] if missing else [])
+  assert os.path.exists(tmp_path / 'metrics.jsonl') == (steps is not None)
+
+
 def test_a_metrics_row_the_disk_refuses_is_not_left_half_written(tmp_path, monkeypatch):
   import errno
   from cnnjax.runs import atomic

@@ -131,12 +131,23 @@ class RunWriter:
     resumed run writes them again, identically.
     """
     path = self.path(METRICS_FILE)
-    if not self.is_writer or not os.path.exists(path):
+    if not self.is_writer:
       return
     rows = read_metrics(self.workdir)
     partial_epoch_end = step % self.steps_per_epoch != 0
     kept = [r for r in rows
             if r['step'] < step or (r['step'] == step and not (continues and partial_epoch_end))]
+    epoch_ends = {r['step'] for r in kept}
+    missing = [epoch for epoch in range(1, step // self.steps_per_epoch + 1)
+               if epoch * self.steps_per_epoch not in epoch_ends]
+    if missing:  # Said, not passed over: the run's curves and record will lack them.
+      named = ', '.join(map(str, missing[:5])) + (f' and {len(missing) - 5} more'
+                                                  if len(missing) > 5 else '')
+      logging.warning('%s has no row for epoch(s) %s, which the checkpoint at step %d has '
+                      'trained (was the file edited, moved or deleted?): its curves and '
+                      'record will lack them.', path, named, step)
+    if not os.path.exists(path):
+      return
     with atomic.replaced_whole(path) as f:
       f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
 
