@@ -213,6 +213,10 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--flops_only', action='store_true', help='FLOP counts; nothing runs.')
   parser.add_argument('--json', default='', help='Also write the report to this file.')
   args = benchmark.parse_with_overrides(parser, argv)
+  if min(args.warmup, args.window, args.windows) < 1:  # Compile time kept out of the windows.
+    parser.error('--warmup, --window and --windows must be 1 or more.')
+  if args.steps_per_dispatch < 0 or args.peak_tflops < 0:
+    parser.error('--steps_per_dispatch and --peak_tflops must be 0 (the default) or more.')
   with cli.running_as_tool(TOOL, 'before reporting anything.'):
     if args.json:  # Before the device time is spent, not after.
       workdir_lib.check_file_can_be_written(args.json, '--json')

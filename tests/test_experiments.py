@@ -442,6 +442,12 @@ def test_device_benchmark_counts_flops_on_the_host_where_the_backend_counts_none
     (['--json={tmp}'], '--json={tmp} is a folder; name a file in it'),
     (['--json={tmp}/t10k-labels-idx1-ubyte.gz/report.json'],
      'its folder {tmp}/t10k-labels-idx1-ubyte.gz is a file, not a directory'),
+    # Timing flags out of range: a ZeroDivisionError, a median of nothing, a negative MFU.
+    (['--window=0'], '--warmup, --window and --windows must be 1 or more'),
+    (['--windows=-1'], '--warmup, --window and --windows must be 1 or more'),
+    (['--warmup=0'], '--warmup, --window and --windows must be 1 or more'),
+    (['--peak_tflops=-5'], '--steps_per_dispatch and --peak_tflops must be 0 (the default)'),
+    (['--steps_per_dispatch=-1'], '--steps_per_dispatch and --peak_tflops must be 0'),
 ])
 def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
   """The missing folder is one under the test's own directory: a fixed path such as
