@@ -485,13 +485,19 @@ def main(argv: list[str] | None = None) -> None:
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--config', default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
   parser.add_argument('--local_data_dir', default='')
-  parser.add_argument('--epochs', type=int, default=3, help='Epochs measured per side.')
-  parser.add_argument('--evals', type=int, default=5, help='Test evaluations per side.')
+  parser.add_argument('--epochs', type=int, help='Epochs measured per side (3).')
+  parser.add_argument('--evals', type=int, help='Test evaluations per side (5).')
   parser.add_argument('--keras', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--ops', action='store_true', help='Benchmark the op rewrites instead.')
   parser.add_argument('--vs', default='', help='A second cnnjax config to run end to end.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
   args = parse_with_overrides(parser, argv)
+  if args.vs and (args.epochs, args.evals) != (None, None):  # Else taken and not used.
+    parser.error('--epochs and --evals time the side-by-side comparison; with --vs each config '
+                 'trains end to end, as long as its file says: shorten both with '
+                 '--config.num_epochs=N.')
+  args.epochs = 3 if args.epochs is None else args.epochs
+  args.evals = 5 if args.evals is None else args.evals
   if args.epochs < 1 or args.evals < 1:
     parser.error('--epochs and --evals must be 1 or more.')
   if args.local_data_dir:

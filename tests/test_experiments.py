@@ -234,6 +234,10 @@ BENCHMARK_CASES = {  # Each checked before a worker starts, or by a worker and s
                                           'selects no example'),
     'empty split, two configs': ([f'--vs={REPO_ROOT}/configs/mlp_128_64.py',
                                   '--config.train_split=train[:0]'], 'selects no example'),
+    # Taken, then not used: the two configs trained their files' full length.
+    'epochs with two configs': ([f'--vs={REPO_ROOT}/configs/mlp_128_64.py', '--epochs=1'],
+                                'with --vs each config trains end to end, as long as its file '
+                                'says: shorten both with --config.num_epochs=N'),
 }
 
 
