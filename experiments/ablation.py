@@ -75,15 +75,17 @@ def apply(config, overrides: dict) -> None:
     target[leaf] = value
 
 
+def pieces_used(config) -> list[str]:
+  return [key for key, (_, used, _) in PIECES.items() if used(config)]
+
+
 def runs_of(config, only: list[str]) -> list[tuple[str, str, dict]]:
-  """(key, description, overrides) of the full recipe and of each piece it uses."""
-  unknown = sorted(set(only) - set(PIECES))
-  if unknown:
-    raise SystemExit(f'ablation.py: error: unknown piece(s) {unknown}; pieces: '
-                     f'{", ".join(PIECES)}')
+  """(key, description, overrides) of the full recipe and of each piece it uses (`only`
+  those, where given)."""
   runs = [('full', 'full recipe', {})]
-  for key, (description, used, overrides) in PIECES.items():
-    if used(config) and (not only or key in only):
+  for key in pieces_used(config):
+    if not only or key in only:
+      description, _, overrides = PIECES[key]
       runs.append((key, f'without {description}', overrides))
   return runs
 
@@ -182,8 +184,15 @@ def main(argv: list[str] | None = None) -> str:
   if args.epochs is not None and args.epochs < 1:
     parser.error(f'--epochs={args.epochs}: give 1 or more, or leave it out for the config\'s '
                  'own number of epochs.')
+  only = [p for p in args.only.split(',') if p]
+  if unknown := sorted(set(only) - set(PIECES)):
+    parser.error(f'--only: unknown piece(s) {unknown}; the pieces: {", ".join(PIECES)}.')
   with cli.reporting_user_errors('ablation.py'):
     config = load_config(args.config)
+  if unused := [p for p in only if p not in pieces_used(config)]:  # Else left out unsaid.
+    parser.error(f'--only: {args.config} does not use {unused}, so there is nothing to remove; '
+                 f'the pieces it uses: {", ".join(pieces_used(config)) or "none"}.')
+  with cli.reporting_user_errors('ablation.py'):
     from cnnjax.runs import workdir as workdir_lib
     workdir_lib.check_script_folders(args.results_dir, args.workdir_root)
     from cnnjax import sharding
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> str:
                                                         name)
   rows = []
   with cli.running_as_tool('ablation.py'):  # Up to the pages' end: a stop waits for them.
-    for key, description, overrides in runs_of(config, [p for p in args.only.split(',') if p]):
+    for key, description, overrides in runs_of(config, only):
       if key in EVALUATION_ONLY and not config.selection.monitor:  # (Else it picks epochs.)
         results = evaluate_without(args.config, key, overrides, args, rows[0]['results'])
       else:

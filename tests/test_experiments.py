@@ -74,6 +74,22 @@ def test_ablation_refuses_no_epochs_in_its_own_flags_words(epochs, tmp_path, cap
   assert not (tmp_path / 'runs').exists()
 
 
+@pytest.mark.parametrize('only, message', [
+    ('batchnorm', "--only: unknown piece(s) ['batchnorm']; the pieces: batch_norm, crop_flip"),
+    # A piece the config does not use was left out without a word: the table held none.
+    ('ema', "configs/cnn_simple.py does not use ['ema'], so there is nothing to remove; the "
+     'pieces it uses: none.')])
+def test_ablation_refuses_pieces_it_cannot_remove_in_one_line(only, message, tmp_path, capsys):
+  from experiments import ablation
+  with pytest.raises(SystemExit) as stopped:  # Exit status 1 before, for an unknown piece.
+    ablation.main([f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--only={only}',
+                   f'--workdir_root={tmp_path}/runs', f'--results_dir={tmp_path}/results'])
+  assert stopped.value.code == 2
+  (line,) = capsys.readouterr().err.strip().splitlines()[-1:]
+  assert message in line and ': error: --only: ' in line, line  # (prog: run in-process.)
+  assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize('script', ['ablation', 'reproduce'])
 def test_a_results_or_runs_folder_that_cannot_be_written_is_refused_before_training(
     script, tmp_path, capsys):
