@@ -125,6 +125,10 @@ MAIN_CASES = {
     'test-time shift as large as the image': (
         with_data('--config.augment.translate_test=28'),
         'config.augment.translate_test=28 shifts 28x28 images by their whole size'),
+    # Trained on: some crops lay wholly in the zero padding, blank images with a label.
+    'crop padding larger than the image': (
+        with_data('--config.augment.crop_padding=100'),
+        'config.augment.crop_padding=100 shifts 28x28 images by their whole size'),
     'images too small for the model': (
         with_data('--config.image_size=3'),
         "Model 'cnn_simple' needs images of at least 4x4 pixels; these are 3x3",

@@ -224,10 +224,11 @@ def _check_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
 def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_classes: int
           ) -> Experiment:
   """The experiment of `config` on images of `image_shape` in `num_classes` classes."""
-  if config.augment.translate_test >= min(image_shape[:2]):
-    raise ConfigError(f'config.augment.translate_test={config.augment.translate_test} shifts '
-                      f'{image_shape[0]}x{image_shape[1]} images by their whole size; use fewer '
-                      'pixels (1 or 2 suit 32x32 images).')
+  for field in ('crop_padding', 'translate_test'):  # Else views (or crops) of padding alone.
+    if config.augment[field] >= min(image_shape[:2]):
+      raise ConfigError(f'config.augment.{field}={config.augment[field]} shifts '
+                        f'{image_shape[0]}x{image_shape[1]} images by their whole size; use '
+                        'fewer pixels (1 to 4 suit 32x32 images).')
   first = create_model(config, num_classes)  # The first stage's BatchNorms follow config.trainable.
   backbone = getattr(first, 'backbone', None)
   plan = stages_lib.plan(config, backbone)
