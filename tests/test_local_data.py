@@ -95,7 +95,8 @@ def write_image_tree(root, images, labels, class_names, split):
 @pytest.mark.parametrize('train_class, test_class, message', [
     ('cat', 'Cat', 'Folder test/Cat in .* is not a class of this dataset: it differs from class '
                    'cat in case alone; rename one of the two folders'),
-    ('cat', 'bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\)'),
+    ('cat', 'bird', r'Folder test/bird in .* is not a class of this dataset \(cat, dog\): '
+                    'rename it to one of them, or move it out of test/'),
     ('caf\u00e9', 'cafe\u0301', 'Folder test/cafe\u0301 in .* is not a class of this dataset: it '
                              'differs from class caf\u00e9 in Unicode form alone'),
     ('cat ', 'cat', "Folder test/cat in .* is not a class of this dataset: it differs from class "

@@ -585,7 +585,8 @@ def _check_classes(files: Sequence[TreeFile], split: str, root: str,
   for f in files:
     if f.cls not in known:
       twin = next((name for name in class_names_ if _folded(name) == _folded(f.cls)), None)
-      hint = f' ({", ".join(class_names_)})'
+      hint = (f' ({", ".join(class_names_)}): rename it to one of them, or move it out of '
+              f'{split}/')
       if twin is not None:
         shown = twin
         if twin.strip() == f.cls.strip():
