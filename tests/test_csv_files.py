@@ -63,7 +63,8 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
                      ".*separated by commas, semicolons or tabs"):
     csv_files.read_csv_split(str(tmp_path), 'test')
   write_csv(tmp_path / 'test.csv', images.astype(np.int64) + 300, labels)
-  with pytest.raises(LocalDataError, match='pixel values outside 0..255 \\(300 to 300\\)'):
+  with pytest.raises(LocalDataError, match=r'pixel values outside 0..255 \(300 to 300; the first '
+                     r'in example 1 of the file\): pixels are 8-bit grey levels, so rescale'):
     csv_files.read_csv_split(str(tmp_path), 'test')
   write_csv(tmp_path / 'old_train.csv', images, labels)
   with pytest.raises(LocalDataError, match="holds 2 .csv file\\(s\\) with 'train' in the name"):

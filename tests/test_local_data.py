@@ -34,7 +34,16 @@ def test_truncated_idx_file_is_named(tmp_path):
   path = tmp_path / 'train-images-idx3-ubyte.gz'
   payload = gzip.decompress(path.read_bytes())
   path.write_bytes(gzip.compress(payload[:-100]))
-  with pytest.raises(image_tree.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'):
+  with pytest.raises(image_tree.LocalDataError, match='train-images-idx3-ubyte.gz is truncated'
+                     '.*: copy or download it again'):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  path.write_bytes(gzip.compress(b'<html>' * 9))  # A download that saved an error page.
+  with pytest.raises(image_tree.LocalDataError, match='is not an IDX file of 3-d unsigned bytes '
+                     r'\(header 3c68746d\): copy or download it again'):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  path.write_bytes(gzip.compress(payload[:4] + (39).to_bytes(4, 'big') + payload[8:-784]))
+  with pytest.raises(image_tree.LocalDataError, match='holds 39 images but .*holds 40 labels: '
+                     "the two are one split's pair, so copy or download them again together"):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 

@@ -101,6 +101,9 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   # Kaggle's label-first rows as a view: a copy of them all would add 8 bytes per value.
   images = rows[:, 1:] if label_column == 0 else np.delete(rows, label_column, axis=1)
   if images.min() < 0 or images.max() > 255:
+    first = int(np.argmax(((images < 0) | (images > 255)).any(axis=1))) + 1
     raise LocalDataError(f'{path} holds pixel values outside 0..255 ({images.min()} to '
-                         f'{images.max()}).')
+                         f'{images.max()}; the first in example {first} of the file): pixels '
+                         'are 8-bit grey levels, so rescale them to 0..255 (or check that the '
+                         'label is the first column, or one named "label").')
   return images.astype(np.uint8).reshape(-1, side, side, 1), labels.astype(np.int32)

@@ -37,13 +37,14 @@ def read_idx(files: DatasetFiles, name: str, expected_ndim: int) -> np.ndarray:
                          'download it again.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != _IDX_UBYTE or data[3] != expected_ndim:
     raise LocalDataError(f'{path} is not an IDX file of {expected_ndim}-d unsigned bytes '
-                         f'(header {data[:4].hex()}).')
+                         f'(header {data[:4].hex()}): copy or download it again.')
   header_end = 4 + 4 * expected_ndim
   shape = struct.unpack(f'>{expected_ndim}I', data[4:header_end])
   body = np.frombuffer(data, np.uint8, offset=header_end)
   if body.size != int(np.prod(shape)):
     raise LocalDataError(f'{path} is truncated or padded: header says shape {shape} '
-                         f'({int(np.prod(shape))} bytes) but it holds {body.size}.')
+                         f'({int(np.prod(shape))} bytes) but it holds {body.size}: copy or '
+                         'download it again.')
   return body.reshape(shape)
 
 
@@ -72,7 +73,8 @@ def read_idx_split(data_dir: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   labels = read_idx(files, labels_name, 1).astype(np.int32)
   if len(images) != len(labels):
     raise LocalDataError(f'{files.shown(images_name)} holds {len(images)} images but '
-                         f'{files.shown(labels_name)} holds {len(labels)} labels.')
+                         f'{files.shown(labels_name)} holds {len(labels)} labels: the two are '
+                         'one split\'s pair, so copy or download them again together.')
   return images, labels
 
 
