@@ -10,6 +10,7 @@ dropout keys from (seed, step).
 """
 import functools
 import math
+import os
 import time
 from typing import Any
 
@@ -188,12 +189,12 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             'can be neither resumed nor reported again. Nothing was changed. Pass '
             '--config.resume=False to train afresh (the old run is moved aside), or choose a '
             'new --workdir.')
-      dropped = len(writers.read_metrics(workdir))
-      if dropped:
-        log.truncate_metrics(0, continues=True)
+      earlier = len(writers.read_metrics(workdir))
+      if earlier:  # Kept, not dropped: the record of training that did take place.
+        kept_at = log.move_metrics_aside()
         log.announce(f'{workdir} holds no readable checkpoint: training starts again from step '
-                     f'0, and the {dropped} epoch row(s) of the earlier run were dropped from '
-                     f'{writers.METRICS_FILE}.')
+                     f'0, and the {earlier} epoch row(s) of the earlier run were moved from '
+                     f'{writers.METRICS_FILE} to {os.path.basename(kept_at)}.')
       variables, pretrained_info = fresh or initial_variables()
       variables = experiment.init_from_data(variables, data.train)
       state, stage_index = jax.device_put(experiment.initial_state(variables), replicated), 0

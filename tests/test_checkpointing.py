@@ -445,16 +445,23 @@ def test_stop_on_collapse_at_an_epochs_end_saves_it_and_resumes(tmp_path, mock_t
   assert_same_run(straight, stopped, config)
 
 
-def test_a_restart_from_scratch_drops_the_old_rows_and_says_so(tmp_path, mock_tfds, capsys):
+def test_a_restart_from_scratch_moves_the_old_rows_aside_and_says_so(tmp_path, mock_tfds,
+                                                                      capsys):
+  """The earlier rows were dropped: the record of training that had taken place, lost."""
   config = resumable_config('cnn_simple', 6)
   train_and_evaluate(config, tmp_path / 'straight')
   workdir = tmp_path / 'run'
   train_and_evaluate(resumable_config('cnn_simple', 4), workdir)
+  earlier = (workdir / 'metrics.jsonl').read_text()
   os.remove(workdir / 'results.json')  # As if stopped in epoch 2,
   os.rename(workdir / 'checkpoints', tmp_path / 'gone')  # then its checkpoints deleted.
   capsys.readouterr()
   train_and_evaluate(config, workdir)
-  assert 'no readable checkpoint: training starts again from step 0' in capsys.readouterr().out
+  out = capsys.readouterr().out
+  (aside,) = [name for name in os.listdir(workdir) if name.startswith('metrics.jsonl.previous-')]
+  assert ('no readable checkpoint: training starts again from step 0, and the 2 epoch row(s) '
+          f'of the earlier run were moved from metrics.jsonl to {aside}.') in out
+  assert (workdir / aside).read_text() == earlier
   assert [r['epoch'] for r in read_jsonl(workdir / 'metrics.jsonl')] == [1, 2]
   assert_same_run(str(tmp_path / 'straight'), str(workdir), config)
 

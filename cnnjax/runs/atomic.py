@@ -2,8 +2,10 @@
 at all, and a disk that refuses them (full, read-only) reported in one line."""
 import contextlib
 import errno
+import itertools
 import os
 import re
+import time
 from typing import IO, Iterator
 
 from cnnjax.errors import UserError
@@ -100,3 +102,11 @@ def append_line(path: str, line: str) -> None:
         raise
     finally:
       os.close(fd)
+
+
+def aside_name(path: str) -> str:
+  """A free name beside `path` to move it to, over nothing: `<path>.previous-<time>`, and
+  `-2`, `-3`... for a second move within the same second."""
+  aside = f'{os.path.abspath(path).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
+  candidates = itertools.chain([aside], (f'{aside}-{n}' for n in itertools.count(2)))
+  return next(target for target in candidates if not os.path.lexists(target))

@@ -5,12 +5,10 @@ different config is never written over: the run fails and names the fields
 that differ. `--config.resume=False` starts afresh and moves the old run
 aside (`DIR.previous-<time>`) instead of deleting anything.
 """
-import itertools
 import json
 import logging
 import os
 import shutil
-import time
 from typing import Any
 
 import jax
@@ -18,6 +16,7 @@ import ml_collections
 
 from cnnjax.data import image_tree
 from cnnjax.errors import UserError
+from cnnjax.runs import atomic
 from cnnjax.runs import checkpoints
 from cnnjax.runs import writers
 
@@ -193,12 +192,7 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
   if not holds_run(workdir):
     return {}
   if not config.resume:
-    aside = f'{os.path.abspath(workdir).rstrip("/")}.previous-{time.strftime("%Y%m%d-%H%M%S")}'
-    target = aside
-    for number in itertools.count(2):  # A run moved aside within the same second before.
-      if not os.path.lexists(target):
-        break
-      target = f'{aside}-{number}'
+    target = atomic.aside_name(workdir)
     if jax.process_index() == 0:
       shutil.move(workdir, target)
       print(f'config.resume=False: moved the previous run in {workdir} to {target}; starting '

@@ -151,6 +151,16 @@ class RunWriter:
     with atomic.replaced_whole(path) as f:
       f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
 
+  def move_metrics_aside(self) -> str:
+    """Moves the metrics of a run that starts again from step 0 (its checkpoints gone) beside
+    the file, where the new run's cannot overwrite them; returns where."""
+    path = self.path(METRICS_FILE)
+    target = atomic.aside_name(path)
+    if self.is_writer:
+      with atomic.refusals_reported(target):
+        os.rename(path, target)
+    return target
+
   def write_config(self, config: dict[str, Any]) -> None:
     if self.is_writer:
       write_json(self.path(CONFIG_FILE), config)
