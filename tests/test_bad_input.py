@@ -5,6 +5,7 @@ import io
 import os
 import re
 import tarfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -488,6 +489,20 @@ def test_evaluate_and_predict_bad_input(data, tmp_path):
     assert_one_line_error(result, tool, 'config.json is unreadable (JSONDecodeError',
                           'It holds the config the run was started with: restore it from a '
                           'backup.')
+
+def test_a_run_whose_every_checkpoint_is_unreadable_names_the_way_out(data, tmp_path):
+  workdir = trained_run(data, tmp_path)
+  for folder, _, files in os.walk(workdir / 'checkpoints'):
+    for name in files:
+      (Path(folder) / name).write_bytes(b'')  # A disk that lost them.
+  before = tree_digest(workdir)
+  for tool, args in (('cnnjax.evaluate', []), ('cnnjax.predict', [str(data)])):
+    result = run_tool(tool, [f'--workdir={workdir}', *args], tmp_path)
+    assert_one_line_error(result, tool, f'{workdir} holds no readable checkpoint (the warnings '
+                          'above say why): restore its checkpoints/ folder from a copy, or train '
+                          'the run again')
+  assert tree_digest(workdir) == before  # Read, not moved: a reader changes nothing.
+
 
 @pytest.mark.parametrize('payload, reason', [
     (b'', 'the file is empty'),

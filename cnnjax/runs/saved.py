@@ -88,7 +88,10 @@ def restore_latest(experiment: setup.Experiment, workdir: str) -> checkpoints.Re
   finally:
     checkpointer.close()
   if restored is None:
-    raise RunNotFoundError(f'{workdir} holds no readable checkpoint.')
+    raise RunNotFoundError(f'{workdir} holds no readable checkpoint (the warnings above say '
+                           'why): restore its checkpoints/ folder from a copy, or train the run '
+                           'again (python -m cnnjax.main --config=... --workdir=... '
+                           '--config.resume=False moves this one aside).')
   return restored
 
 
