@@ -186,7 +186,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       if saved_results is not None:
         raise workdir_lib.WorkdirError(
             f'{workdir} holds the results of a finished run but no readable checkpoint, so it '
-            'can be neither resumed nor reported again. Nothing was changed. Pass '
+            'can be neither resumed nor reported again. Its results were left as they are. Pass '
             '--config.resume=False to train afresh (the old run is moved aside), or choose a '
             'new --workdir.')
       earlier = len(writers.read_metrics(workdir))

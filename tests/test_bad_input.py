@@ -502,6 +502,13 @@ def test_a_run_whose_every_checkpoint_is_unreadable_names_the_way_out(data, tmp_
                           'above say why): restore its checkpoints/ folder from a copy, or train '
                           'the run again')
   assert tree_digest(workdir) == before  # Read, not moved: a reader changes nothing.
+  result = run_tool('cnnjax.main', [CNN_SIMPLE, f'--config.local_data_dir={data}',
+                                    '--config.batch_size=8', '--config.num_epochs=1',
+                                    f'--workdir={workdir}'], tmp_path)
+  assert_one_line_error(result, 'cnnjax', 'holds the results of a finished run but no readable '
+                        'checkpoint, so it can be neither resumed nor reported again. Its results '
+                        'were left as they are. Pass --config.resume=False to train afresh')
+  assert (workdir / 'results.json').exists() and os.listdir(workdir / 'checkpoints_unreadable')
 
 
 @pytest.mark.parametrize('payload, reason', [
