@@ -69,6 +69,10 @@ def image_files(paths: list[str]) -> list[tuple[str, bool]]:
         raise images.ImageInputError(f'{path} is a folder with no files in it; pass image '
                                      'files, or a folder that holds them.')
       files += [(file, False) for file in found]
+    elif not os.path.exists(path) and '://' in path:
+      raise images.ImageInputError(f'{path} is a web address; cnnjax.predict reads files: '
+                                   'download the image first (curl -O ADDRESS), then pass its '
+                                   'file.')
     elif not os.path.exists(path):
       raise images.ImageInputError(f'{path} does not exist.')
     elif named and (problem := images.header_problem(path)):

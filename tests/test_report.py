@@ -431,6 +431,10 @@ def test_predict_expands_patterns_a_shell_left_alone(tmp_path):
   assert predict_lib.image_files([f'{photos}/*.db']) == [(f'{photos}/Thumbs.db', False)]
   with pytest.raises(images.ImageInputError, match=r'photos/\*\.gif matches no file\.$'):
     predict_lib.image_files([f'{photos}/*.gif'])
+  # An address copied from a browser 'did not exist'.
+  with pytest.raises(images.ImageInputError, match=r'^https://example.com/shirt.png is a web '
+                     r'address; cnnjax.predict reads files: download the image first'):
+    predict_lib.image_files(['https://example.com/shirt.png'])
 
 
 def test_predict_rejects_a_non_image_and_a_run_without_checkpoint(trained, tmp_path):
