@@ -255,6 +255,11 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
         splits.parse_split(config[field])
       except ValueError as e:
         raise ConfigError(f'config.{field}: {e}') from e
+  if config.local_data_dir and not os.path.exists(config.local_data_dir) and (
+      '://' in config.local_data_dir):
+    raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} is a web address; it '
+                      'takes files: download the archive first, then point it at the file or '
+                      'the folder it unpacks to.')
   if config.local_data_dir and not os.path.exists(config.local_data_dir):
     raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} does not exist. '
                       'Point it at the folder (or .tar.gz) that holds the dataset files.')

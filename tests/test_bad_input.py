@@ -89,6 +89,10 @@ def config_file(text, overridden=True):
 MAIN_CASES = {
     'truncated archive': (truncated_archive, 'is truncated or corrupt'),
     'label outside the classes': (bad_labels, "are not classes 0..9 (e.g. [12])"),
+    'a web address as the data folder': (
+        lambda data, tmp_path: ['--config.local_data_dir=https://example.com/fashion.zip'],
+        "config.local_data_dir='https://example.com/fashion.zip' is a web address; it takes "
+        'files: download the archive first'),
     'split beyond 100%': (with_data('--config.train_split=train[:200%]'), 'beyond 100%'),
     'split reversed': (with_data('--config.train_split=train[5:2]'), 'selects no example'),
     'split empty': (with_data('--config.train_split=train[:0]'), 'selects no example'),
