@@ -115,10 +115,13 @@ def test_truncated_file_is_named_corrupt(tmp_path):
 
 
 def test_not_an_h5_file(tmp_path):
-  path = tmp_path / 'page.h5'
-  path.write_text('<html>404</html>')
-  with pytest.raises(WeightsFileError, match='not a readable HDF5 file'):
-    pretrained.port_h5(str(path))
+  """A file of another kind was 'truncated or corrupt', to be deleted: say a README given by
+  mistake."""
+  for name, text in (('page.h5', '<html>404</html>'), ('README.md', '# weights\n' * 100)):
+    (tmp_path / name).write_text(text)
+    with pytest.raises(WeightsFileError, match=r'not an HDF5 file \(no HDF5 signature at its '
+                       r'start\): pass the Keras application .h5 weights file \(if this'):
+      pretrained.port_h5(str(tmp_path / name))
 
 
 def test_wrong_model_file_lists_missing_and_unexpected_layers():
