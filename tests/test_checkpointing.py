@@ -170,8 +170,9 @@ def test_resume_false_moves_the_old_run_aside(tmp_path, mock_tfds):
 def test_runs_moved_aside_within_one_second_each_keep_a_folder_of_their_own(tmp_path, monkeypatch):
   """The second was moved into the first's folder (shutil.move into a folder that exists)."""
   from configs import default
+  from cnnjax.runs import atomic
   from cnnjax.runs import workdir as workdir_lib
-  monkeypatch.setattr(workdir_lib.time, 'strftime', lambda *args: '20261204-142457')
+  monkeypatch.setattr(atomic.time, 'strftime', lambda *args: '20261204-142457')
   workdir = tmp_path / 'run'
   config = resumable_config('cnn_simple', 2, resume=False)
   for run in range(3):
