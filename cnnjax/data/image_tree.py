@@ -43,10 +43,10 @@ from cnnjax.errors import UserError
 _SHOWN = 3  # Files a warning names.
 
 
-def first_few(names: Sequence[str], separator: str = '; ') -> str:
+def first_few(names: Sequence[str], separator: str = '; ', shown: int = _SHOWN) -> str:
   """The first few of `names` and how many more: what a warning about many files lists."""
-  more = f' and {len(names) - _SHOWN} more' if len(names) > _SHOWN else ''
-  return separator.join(names[:_SHOWN]) + more
+  more = f' and {len(names) - shown} more' if len(names) > shown else ''
+  return separator.join(names[:shown]) + more
 
 
 class LocalDataError(UserError, ValueError):

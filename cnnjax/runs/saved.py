@@ -10,6 +10,7 @@ import jax
 import ml_collections
 
 from cnnjax import sharding
+from cnnjax.data import image_tree
 from cnnjax.errors import UserError
 from cnnjax.runs import checkpoints
 from cnnjax.runs import selection as selection_lib
@@ -49,7 +50,7 @@ def _runs_near(workdir: str) -> str:
   names = workdir_lib.runs_inside(workdir)
   if not names:
     return ''
-  shown = ', '.join(names[:5]) + (f' and {len(names) - 5} more' if len(names) > 5 else '')
+  shown = image_tree.first_few(names, ', ', shown=5)
   return (f' It holds the run(s) {shown}: pass one of them, as in '
           f'--workdir={os.path.join(workdir, names[0])}.')
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import jax
 
+from cnnjax.data import image_tree
 from cnnjax.errors import UserError
 from cnnjax.runs import atomic
 
@@ -141,11 +142,10 @@ class RunWriter:
     missing = [epoch for epoch in range(1, step // self.steps_per_epoch + 1)
                if epoch * self.steps_per_epoch not in epoch_ends]
     if missing:  # Said, not passed over: the run's curves and record will lack them.
-      named = ', '.join(map(str, missing[:5])) + (f' and {len(missing) - 5} more'
-                                                  if len(missing) > 5 else '')
       logging.warning('%s has no row for epoch(s) %s, which the checkpoint at step %d has '
                       'trained (was the file edited, moved or deleted?): its curves and '
-                      'record will lack them.', path, named, step)
+                      'record will lack them.', path,
+                      image_tree.first_few([str(e) for e in missing], ', ', shown=5), step)
     if not os.path.exists(path):
       return
     with atomic.replaced_whole(path) as f:
