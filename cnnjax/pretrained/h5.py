@@ -33,27 +33,6 @@ def _weights_group(f, path: str):
                          "'layer_names' attribute). Use the Keras application .h5 file.")
 
 
-_HDF5_SIGNATURE = b'\x89HDF\r\n\x1a\n'
-
-
-def _has_hdf5_signature(path: str) -> bool:
-  """Whether the file starts as HDF5 does: its signature at byte 0, or at 512, 1024, 2048...
-  after a user block."""
-  try:
-    with open(path, 'rb') as f:
-      offset = 0
-      while True:
-        f.seek(offset)
-        head = f.read(8)
-        if head == _HDF5_SIGNATURE:
-          return True
-        if len(head) < 8:
-          return False
-        offset = max(512, offset * 2)
-  except OSError:
-    return False
-
-
 def read_layers(path: str) -> dict[str, list[np.ndarray]]:
   """{Keras layer name: its arrays in weight order} for every layer of the file."""
   import h5py  # Only reading .h5 needs it; converted checkpoints do not.
@@ -65,7 +44,7 @@ def read_layers(path: str) -> dict[str, list[np.ndarray]]:
   except FileNotFoundError as e:
     raise WeightsFileError(f'Weights file {path} does not exist.') from e
   except OSError as e:
-    if not _has_hdf5_signature(path):  # Another kind of file: deleting it is no advice.
+    if not h5py.is_hdf5(path):  # Another kind of file: deleting it is no advice.
       raise WeightsFileError(f'{path} is not an HDF5 file (no HDF5 signature at its start): '
                              'pass the Keras application .h5 weights file (if this was meant to '
                              'be it, its download failed: download it again).') from e
