@@ -124,6 +124,21 @@ def test_not_an_h5_file(tmp_path):
       pretrained.port_h5(str(tmp_path / name))
 
 
+def test_a_weights_file_this_user_may_not_read_is_named_so(tmp_path, monkeypatch):
+  """Asking h5py whether such a file is HDF5 raises a PermissionError: a traceback. (The
+  tests may run as root, whom no permission stops: h5py's refusal is played.)"""
+  import errno
+  import h5py
+  def refused(path, mode):
+    raise PermissionError(errno.EACCES, 'Unable to synchronously open file (Permission denied)')
+  monkeypatch.setattr(h5py, 'File', refused)
+  path = tmp_path / 'w.h5'
+  path.write_bytes(b'\x89HDF\r\n\x1a\n' + bytes(100))
+  with pytest.raises(WeightsFileError, match=r'w.h5 cannot be opened \(permission denied\): '
+                     r'make it readable to this user \(chmod a\+r\)'):
+    pretrained.port_h5(str(path))
+
+
 def test_wrong_model_file_lists_missing_and_unexpected_layers():
   with pytest.raises(WeightsFileError) as error:
     pretrained.port_h5(shared_weights_file('mobilenet_v2'), 'vgg16')

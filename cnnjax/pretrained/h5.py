@@ -43,6 +43,9 @@ def read_layers(path: str) -> dict[str, list[np.ndarray]]:
     f = h5py.File(path, 'r')
   except FileNotFoundError as e:
     raise WeightsFileError(f'Weights file {path} does not exist.') from e
+  except PermissionError as e:
+    raise WeightsFileError(f'Weights file {path} cannot be opened (permission denied): make it '
+                           'readable to this user (chmod a+r), or pass a copy that is.') from e
   except OSError as e:
     if not h5py.is_hdf5(path):  # Another kind of file: deleting it is no advice.
       raise WeightsFileError(f'{path} is not an HDF5 file (no HDF5 signature at its start): '
