@@ -263,6 +263,11 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
   if config.local_data_dir and not os.path.exists(config.local_data_dir):
     raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} does not exist. '
                       'Point it at the folder (or .tar.gz) that holds the dataset files.')
+  if config.local_data_dir and not os.access(config.local_data_dir, os.R_OK | (
+      os.X_OK if os.path.isdir(config.local_data_dir) else 0)):  # Else a PermissionError later.
+    raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} cannot be read by this '
+                      'user (permission denied): make it readable (chmod -R a+rX on it), or '
+                      'copy the dataset where you can read it.')
   for field in ('trainable', 'pretrained_load'):
     try:
       re.compile(config[field])

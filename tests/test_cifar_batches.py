@@ -143,6 +143,22 @@ def test_damaged_or_mismatched_batches_are_named(tmp_path):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'py'))
 
 
+def test_a_batch_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypatch):
+  """It was a PermissionError traceback. (Tests may run as root: the refusal is played.)"""
+  import errno
+  write_python_batches(str(tmp_path / 'py'))
+  refused = str(tmp_path / 'py' / 'data_batch_3')
+
+  def refusing_open(path, mode='r'):
+    if path == refused:
+      raise PermissionError(errno.EACCES, 'Permission denied', path)
+    return open(path, mode)
+  monkeypatch.setattr(cifar_batches, 'open', refusing_open, raising=False)
+  with pytest.raises(LocalDataError, match=f'^{refused} cannot be read \\(Permission denied\\): '
+                     r'make it readable to this user \(chmod -R a\+rX on it\)\.$'):
+    cifar_batches.read_split(str(tmp_path / 'py'), 'train')
+
+
 def test_offline_tfds_points_at_the_copy_keras_downloaded(tmp_path, monkeypatch):
   import tensorflow_datasets as tfds
 

@@ -47,6 +47,31 @@ def test_truncated_idx_file_is_named(tmp_path):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
+def test_data_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypatch):
+  """A data folder without read permission was a PermissionError traceback, and an IDX file
+  'to copy or download again'. (Tests may run as root: the system's refusal is played.)"""
+  import errno
+  from cnnjax import config_validation
+  from cnnjax.data import dataset_files
+  from tests.helpers import load_config, validate
+  make_idx_dataset(str(tmp_path))
+  config = load_config('cnn_simple')
+  config.local_data_dir = str(tmp_path)
+  monkeypatch.setattr(config_validation.os, 'access', lambda path, mode: False)
+  with pytest.raises(config_validation.ConfigError, match=(
+      f"^config.local_data_dir='{tmp_path}' cannot be read by this user \\(permission denied\\): "
+      r'make it readable \(chmod -R a\+rX on it\)')):
+    validate(config)
+  monkeypatch.undo()
+
+  def refused(self, name):
+    raise PermissionError(errno.EACCES, 'Permission denied', os.path.join(self.root, name))
+  monkeypatch.setattr(dataset_files.DatasetFiles, 'open', refused)
+  with pytest.raises(image_tree.LocalDataError, match=(
+      r'-ubyte.gz cannot be read \(Permission denied\): make it readable to this user \(chmod')):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
 def test_the_folder_above_the_data_names_the_data_folder(tmp_path):
   """`--config.local_data_dir=data` where the files are in data/fashion_mnist/: read as an
   image tree, it warned of 4 loose files, then found no train/<class>/ images."""

@@ -105,7 +105,8 @@ def test_a_link_to_nothing_is_skipped_and_named_not_dropped_unsaid(in_memory, tm
 
 @pytest.mark.parametrize('channels', [1, 3])
 def test_a_cielab_tiff_is_read_as_its_colours_not_skipped(channels):
-  """Pillow converts LAB to RGB but not to grey: a grey dataset skipped such a file as unreadable."""
+  """Pillow converts LAB to RGB but not to grey: a grey dataset skipped such a file as
+  unreadable."""
   import io
   from cnnjax.data import images
   red = Image.new('LAB', (6, 4), (136, 208, 195))  # CIELAB L=53, a=80, b=67: sRGB red.
@@ -115,6 +116,34 @@ def test_a_cielab_tiff_is_read_as_its_colours_not_skipped(channels):
   expected = Image.new('RGB', (6, 4), (255, 0, 0)).convert({1: 'L', 3: 'RGB'}[channels])
   assert array.shape == (4, 6, channels)
   assert np.abs(array.astype(int) - np.asarray(expected).reshape(4, 6, channels)).max() <= 12
+
+
+@pytest.mark.parametrize('refused', ['train', 'train/fern', 'test/orchid/old'])
+def test_a_folder_the_user_may_not_read_is_named_not_passed_over(refused, tmp_path,
+                                                                 monkeypatch):
+  """A class folder without read permission was 'empty', its class left out with a warning;
+  a split folder was a PermissionError traceback. (Tests may run as root, whom no permission
+  stops: the system's refusal is played.)"""
+  import errno
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  os.makedirs(os.path.join(root, 'test', 'orchid', 'old'))
+  refused_path = os.path.join(root, refused)
+  listdir, scandir = os.listdir, os.scandir
+
+  def refusing(real):
+    def list_folder(path='.'):
+      if os.fspath(path) == refused_path:
+        raise PermissionError(errno.EACCES, 'Permission denied', refused_path)
+      return real(path)
+    return list_folder
+  monkeypatch.setattr(os, 'listdir', refusing(listdir))
+  monkeypatch.setattr(os, 'scandir', refusing(scandir))
+  options = datasets.DataOptions('image_folder', 'train', '', 'test', local_data_dir=root,
+                                 image_size=8, channels=3)
+  with pytest.raises(image_tree.LocalDataError, match=(
+      f'^{refused_path} cannot be read \\(Permission denied\\): make it readable to this '
+      r'user \(chmod -R a\+rX on it\)\.$')):
+    datasets.load_dataset(options)
 
 
 def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn):

@@ -48,8 +48,9 @@ def _is_batch_name(path: str) -> bool:
 
 def _batch_folder(root: str) -> str | None:
   """The folder of a directory's batches: `root`, or the one folder inside it that has them."""
-  for folder in [root] + sorted(os.path.join(root, name) for name in os.listdir(root)):
-    if os.path.isdir(folder) and any(map(_is_batch_name, os.listdir(folder))):
+  inside = sorted(os.path.join(root, name) for name in image_tree.folder_names(root))
+  for folder in [root] + inside:
+    if os.path.isdir(folder) and any(map(_is_batch_name, image_tree.folder_names(folder))):
       return folder
   return None
 
@@ -74,9 +75,12 @@ def _batch_files(root: str, mtime_ns: int) -> dict[str, bytes]:
   if os.path.isdir(root):
     folder = _batch_folder(root)
     files = {}
-    for name in os.listdir(folder):
-      with open(os.path.join(folder, name), 'rb') as f:
-        files[name] = f.read()
+    for name in image_tree.folder_names(folder):
+      try:
+        with open(os.path.join(folder, name), 'rb') as f:
+          files[name] = f.read()
+      except PermissionError as e:
+        raise image_tree.unreadable(e) from e
     return files
   return {os.path.basename(name): payload for name, payload in image_tree.archive_members(root)}
 

@@ -38,7 +38,7 @@ class DatasetFiles:
     """The names of the files and folders directly in `folder` ('': at the top), sorted."""
     if self._archived is None:
       path = os.path.join(self.root, folder)
-      return sorted(os.listdir(path)) if os.path.isdir(path) else []
+      return sorted(image_tree.folder_names(path)) if os.path.isdir(path) else []
     prefix = f'{folder}/' if folder else ''
     return sorted({name[len(prefix):].split('/')[0] for name in self._archived
                    if name.startswith(prefix)})

@@ -388,7 +388,7 @@ def _local_kind(root: str) -> str:
   kind = _array_kind(root)
   if kind or not os.path.isdir(root) or os.path.isdir(os.path.join(root, 'train')):
     return kind or 'tree'
-  for name in sorted(os.listdir(root)):
+  for name in sorted(image_tree.folder_names(root)):
     inner = os.path.join(root, name)
     if os.path.isdir(inner) and _array_kind(inner):
       raise image_tree.LocalDataError(

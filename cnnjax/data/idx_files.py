@@ -14,6 +14,7 @@ import zlib
 
 import numpy as np
 
+from cnnjax.data import image_tree
 from cnnjax.data import splits
 from cnnjax.data.dataset_files import DatasetFiles
 from cnnjax.data.image_tree import LocalDataError
@@ -32,6 +33,8 @@ def read_idx(files: DatasetFiles, name: str, expected_ndim: int) -> np.ndarray:
       data = f.read()
     if data[:2] == _GZIP_MAGIC:
       data = gzip.decompress(data)
+  except PermissionError as e:
+    raise image_tree.unreadable(e) from e
   except (OSError, EOFError, zlib.error) as e:
     raise LocalDataError(f'Cannot read IDX file {path} ({type(e).__name__}: {e}): copy or '
                          'download it again.') from e

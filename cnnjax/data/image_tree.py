@@ -53,6 +53,26 @@ class LocalDataError(UserError, ValueError):
   """A local dataset file or tree is missing or malformed."""
 
 
+def unreadable(error: OSError) -> LocalDataError:
+  """A dataset file or folder the system will not read (no permission): the fault it is,
+  named, where os.walk would pass a folder over (its class gone missing) and a read end in a
+  traceback."""
+  return LocalDataError(f'{error.filename} cannot be read ({error.strerror}): make it readable '
+                        'to this user (chmod -R a+rX on it).')
+
+
+def _raise_unreadable(error: OSError) -> None:
+  raise unreadable(error) from error
+
+
+def folder_names(folder: str) -> list[str]:
+  """os.listdir(folder), a folder that cannot be listed said by `unreadable`."""
+  try:
+    return os.listdir(folder)
+  except OSError as e:
+    raise unreadable(e) from e
+
+
 @dataclasses.dataclass(frozen=True)
 class TreeFile:
   """One file of a tree: on disk (`path`) or read from an archive (`payload`)."""
@@ -184,7 +204,7 @@ _IMAGE_COLUMNS = ('id', 'image', 'image_id', 'file', 'filename', 'file_name', 'n
 def label_file(root: str, split: str) -> str | None:
   """The CSV file in directory `root` that lists the classes of `split`'s loose images."""
   wanted = [name.format(split=split).lower() for name in _LABEL_FILES]
-  found = {name.lower(): name for name in os.listdir(root)
+  found = {name.lower(): name for name in folder_names(root)
            if os.path.isfile(os.path.join(root, name))}
   return next((os.path.join(root, found[name]) for name in wanted if name in found), None)
 
@@ -253,7 +273,7 @@ def files_under(directory: str) -> list[str]:
   """The visible files under `directory`, at any depth, as '/'-joined relative names.
   Linked sub-folders are not followed (a link back up would never end)."""
   names = []
-  for parent, folders, files in os.walk(directory):
+  for parent, folders, files in os.walk(directory, onerror=_raise_unreadable):
     folders[:] = sorted(filter(visible, folders))
     relative = os.path.relpath(parent, directory)
     for name in sorted(filter(visible, files)):
@@ -267,11 +287,11 @@ def _directory_files(root: str) -> Listing:
   tree: dict[str, list[TreeFile]] = {}
   loose: dict[str, list[TreeFile]] = {}
   empty: list[str] = []
-  for split in sorted(filter(visible, os.listdir(root))):
+  for split in sorted(filter(visible, folder_names(root))):
     split_dir = os.path.join(root, split)
     if not os.path.isdir(split_dir):
       continue
-    for cls in sorted(filter(visible, os.listdir(split_dir))):
+    for cls in sorted(filter(visible, folder_names(split_dir))):
       cls_dir = os.path.join(split_dir, cls)
       if os.path.isfile(cls_dir):
         loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir))
