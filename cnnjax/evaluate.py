@@ -79,6 +79,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   from cnnjax import sharding
   from cnnjax.data import datasets, image_tree
   from cnnjax.runs import atomic, preemption, report, saved, writers
+  from cnnjax.runs import workdir as workdir_lib
   from cnnjax.training import setup
   config = saved.load_config(workdir, defaults)
   if local_data_dir is not None:
@@ -96,6 +97,9 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   data = _load_split(options, split, spec, config.val_split)
   where = reports_dir(workdir, config, split, local_data_dir,
                       data.fingerprint() if local_data_dir is not None else '', reported.data)
+  workdir_lib.check_folder_can_be_written(  # Before the evaluation, not after it.
+      where, '--workdir', f'{where}, where the reports go,',
+      'make the run writable to this user, or evaluate a copy of it')
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
   metrics, predictions, labels = trainer.evaluate(reported.state, data)

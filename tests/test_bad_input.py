@@ -469,6 +469,48 @@ def test_xla_flags_mistake_is_one_line_before_jax_starts(data, tmp_path):
   assert not os.path.exists(tmp_path / 'run')
 
 
+def test_another_users_run_is_named_as_such_by_its_readers(data, tmp_path, monkeypatch):
+  """A run this user may not read had 'no config.json', or its checkpoints/ folder a
+  PermissionError traceback; one it may not write was evaluated, then refused its reports.
+  (Tests may run as root, whom no permission stops: the system's answers are played.)"""
+  import errno
+  from cnnjax import evaluate, predict
+  from cnnjax.runs import saved
+  from tests.helpers import defaults
+  workdir = trained_run(data, tmp_path)
+  image = tmp_path / 'shirt.png'
+  Image.fromarray(np.zeros((28, 28), np.uint8)).save(image)
+  before = tree_digest(workdir)
+  access = os.access
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'access', lambda path, mode: path != str(workdir) and access(path, mode))
+    for read in (lambda: evaluate.evaluate(str(workdir), defaults()),
+                 lambda: predict.predict(str(workdir), [str(image)], defaults())):
+      with pytest.raises(saved.RunNotFoundError, match=(
+          f'^{workdir} cannot be read by this user \\(permission denied\\): make the run '
+          f'readable \\(chmod -R a\\+rX {workdir}\\), or work on a copy of it.$')):
+        read()
+  listdir = os.listdir
+  def refusing(path):
+    if os.fspath(path) == str(workdir / 'checkpoints'):
+      raise PermissionError(errno.EACCES, 'Permission denied', path)
+    return listdir(path)
+  with monkeypatch.context() as patch:
+    patch.setattr(os, 'listdir', refusing)
+    with pytest.raises(PermissionError, match=f'^{workdir}/checkpoints cannot be read by this '
+                       'user \\(permission denied\\): make the run readable'):
+      predict.predict(str(workdir), [str(image)], defaults())
+  with monkeypatch.context() as patch:  # Readable, not writable: refused before evaluating.
+    patch.setattr(os, 'access', lambda path, mode: not (path == str(workdir) and mode & os.W_OK))
+    from cnnjax.training import setup
+    patch.setattr(setup.Experiment, 'trainer', lambda *args, **kw: pytest.fail('evaluated first'))
+    with pytest.raises(ValueError, match=f'^{workdir}, where the reports go, cannot be written '
+                       f'\\({workdir} is not a writable directory\\); make the run writable to '
+                       'this user, or evaluate a copy of it.$'):
+      evaluate.evaluate(str(workdir), defaults())
+  assert tree_digest(workdir) == before
+
+
 def test_evaluate_and_predict_bad_input(data, tmp_path):
   workdir = trained_run(data, tmp_path)
   before = tree_digest(workdir)

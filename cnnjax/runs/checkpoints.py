@@ -54,10 +54,19 @@ def shape_fingerprint(tree: Any) -> dict[str, str]:
   return {jax.tree_util.keystr(path): f'{leaf.dtype}{list(leaf.shape)}' for path, leaf in flat}
 
 
+class UnreadableCheckpointsError(UserError, PermissionError):
+  """The checkpoints folder is one this user may not read (another user's run)."""
+
+
 def has_checkpoints(workdir: str) -> bool:
   """Whether `workdir` holds any checkpoint step (readable or not)."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
-  return os.path.isdir(directory) and any(s.isdigit() for s in os.listdir(directory))
+  try:
+    return os.path.isdir(directory) and any(s.isdigit() for s in os.listdir(directory))
+  except PermissionError as e:  # The first look at them, training or reading the run.
+    raise UnreadableCheckpointsError(
+        f'{directory} cannot be read by this user (permission denied): make the run readable '
+        f'(chmod -R a+rX {workdir}), or work on a copy of it.') from e
 
 
 def _abstract(tree: Any) -> Any:

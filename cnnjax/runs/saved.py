@@ -62,6 +62,10 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   after the run was started take their defaults.
   """
   path = os.path.join(workdir, writers.CONFIG_FILE)
+  if os.path.isdir(workdir or '.') and not os.access(workdir or '.', os.R_OK | os.X_OK):
+    raise RunNotFoundError(f'{workdir} cannot be read by this user (permission denied): make '
+                           f'the run readable (chmod -R a+rX {workdir}), or work on a copy of '
+                           'it.')  # Else its config.json would be 'missing'.
   if not os.path.exists(path):
     raise RunNotFoundError(
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '

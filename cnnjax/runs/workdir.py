@@ -147,14 +147,17 @@ def check_writable(workdir: str) -> None:
                        'choose a --workdir outside it.')
 
 
-def check_folder_can_be_written(folder: str, flag: str, named: str = '') -> None:
+def check_folder_can_be_written(folder: str, flag: str, named: str = '',
+                                 way_out: str = '') -> None:
   """Fails if the `flag` folder is a file, or if it cannot be made or written: checked before
   the work whose records it is to hold, not after (a link to nowhere on its path, say a
   drive not mounted, leaves mkdir nothing to make). `named`: how the error names the folder
-  (by default `flag=folder`)."""
+  (by default `flag=folder`); `way_out`: what else the user may do (by default, choose
+  another `flag`)."""
   named = named or f'{flag}={folder}'
+  way_out = way_out or f'choose another {flag}'
   if os.path.exists(folder) and not os.path.isdir(folder):
-    raise WorkdirError(f'{named} is a file, not a directory; choose another {flag}.')
+    raise WorkdirError(f'{named} is a file, not a directory; {way_out}.')
   existing = os.path.abspath(folder)
   while not os.path.lexists(existing):
     existing = os.path.dirname(existing)
@@ -162,10 +165,10 @@ def check_folder_can_be_written(folder: str, flag: str, named: str = '') -> None
     target = os.path.join(os.path.dirname(existing), os.readlink(existing))
     raise WorkdirError(f'{named} cannot be made: {existing} is a link to '
                        f'{os.path.normpath(target)}, which does not exist. Create that folder '
-                       f'(or mount its drive), or choose another {flag}.')
+                       f'(or mount its drive), or {way_out}.')
   if not os.path.isdir(existing) or not os.access(existing, os.W_OK | os.X_OK):
     raise WorkdirError(f'{named} cannot be written ({existing} is not a writable '
-                       f'directory); choose another {flag}.')
+                       f'directory); {way_out}.')
 
 
 def check_script_folders(results_dir: str, workdir_root: str) -> None:
