@@ -676,6 +676,26 @@ def test_the_removal_of_unfinished_saves_ends_before_the_run_goes_on(tmp_path, m
   checkpointer.close()
 
 
+def test_a_lock_file_of_another_user_is_named_as_such(tmp_path, monkeypatch):
+  """Another user's lock file, which this one may not open, was 'Could not write ... Free some
+  space'. (Tests may run as root, whom no permission stops: the refusal is played.)"""
+  import errno
+  from cnnjax.runs import lock
+  workdir = str(tmp_path / 'run')
+  open(lock.lock_path(workdir), 'w').close()
+  real_open = os.open
+  def refusing(path, *args, **kwargs):
+    if path == lock.lock_path(workdir):
+      raise PermissionError(errno.EACCES, 'Permission denied', path)
+    return real_open(path, *args, **kwargs)
+  monkeypatch.setattr(os, 'open', refusing)
+  with pytest.raises(lock.WorkdirBusyError, match=(
+      f'^{workdir} is locked by a file this user may not open, {workdir}.lock: another user\'s '
+      'run may be using the workdir. Choose another --workdir, or, once no run of theirs is '
+      'using it, ask them to remove the lock file.$')):
+    lock.WorkdirLock(workdir).__enter__()
+
+
 def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
   from cnnjax.runs import lock
   workdir = str(tmp_path / 'run')

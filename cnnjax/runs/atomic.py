@@ -59,7 +59,7 @@ def refusals_reported(what: str, then: str = 'run the same command again.',
     yield
   except Exception as error:  # pylint: disable=broad-except  # Libraries wrap OSErrors.
     code = refusal_errno(error)
-    if code is None:
+    if code is None or isinstance(error, UserError):  # Said already, in its own words.
       raise
     raise error_type(f'Could not write {what} ({os.strerror(code)}). {FIXES[code]} and '
                      f'{then}') from error

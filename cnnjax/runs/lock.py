@@ -53,7 +53,15 @@ class WorkdirLock:
     self._made = _missing_folders(os.path.dirname(self.path))
     os.makedirs(os.path.dirname(self.path), exist_ok=True)
     while True:
-      fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      try:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+      except PermissionError:
+        if not os.path.exists(self.path):
+          raise  # The folder refuses the new file: said as a disk's refusal.
+        raise WorkdirBusyError(
+            f'{self.workdir} is locked by a file this user may not open, {self.path}: another '
+            'user\'s run may be using the workdir. Choose another --workdir, or, once no run '
+            'of theirs is using it, ask them to remove the lock file.') from None
       try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
       except BlockingIOError:
