@@ -12,7 +12,7 @@ import ml_collections
 from cnnjax import sharding
 from cnnjax.data import datasets
 from cnnjax.data import splits
-from cnnjax.errors import ConfigError
+from cnnjax.errors import ConfigError, unreadable_message
 from cnnjax.models import build_model
 from cnnjax.models import transfer
 from cnnjax.runs import selection
@@ -265,9 +265,9 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
                       'Point it at the folder (or .tar.gz) that holds the dataset files.')
   if config.local_data_dir and not os.access(config.local_data_dir, os.R_OK | (
       os.X_OK if os.path.isdir(config.local_data_dir) else 0)):  # Else a PermissionError later.
-    raise ConfigError(f'config.local_data_dir={config.local_data_dir!r} cannot be read by this '
-                      'user (permission denied): make it readable (chmod -R a+rX on it), or '
-                      'copy the dataset where you can read it.')
+    raise ConfigError(unreadable_message(f'config.local_data_dir={config.local_data_dir!r}',
+                                         config.local_data_dir)
+                      + ', or copy the dataset where you can read it.')
   for field in ('trainable', 'pretrained_load'):
     try:
       re.compile(config[field])

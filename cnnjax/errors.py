@@ -14,3 +14,10 @@ class UserError(Exception):
 
 class ConfigError(UserError, ValueError):
   """A config field is unknown or invalid; the message names it."""
+
+
+def unreadable_message(path: str, opened: str = '') -> str:
+  """How every tool names a file or folder this user may not read, with the chmod that opens
+  it (`opened`: the folder to open, where it is more than `path`)."""
+  return (f'{path} cannot be read by this user (permission denied): make it readable '
+          f'(chmod -R a+rX {opened or path})')

@@ -487,8 +487,8 @@ def test_another_users_run_is_named_as_such_by_its_readers(data, tmp_path, monke
     for read in (lambda: evaluate.evaluate(str(workdir), defaults()),
                  lambda: predict.predict(str(workdir), [str(image)], defaults())):
       with pytest.raises(saved.RunNotFoundError, match=(
-          f'^{workdir} cannot be read by this user \\(permission denied\\): make the run '
-          f'readable \\(chmod -R a\\+rX {workdir}\\), or work on a copy of it.$')):
+          f'^{workdir} cannot be read by this user \\(permission denied\\): make it '
+          f'readable \\(chmod -R a\\+rX {workdir}\\), or work on a copy of the run.$')):
         read()
   listdir = os.listdir
   def refusing(path):
@@ -498,7 +498,8 @@ def test_another_users_run_is_named_as_such_by_its_readers(data, tmp_path, monke
   with monkeypatch.context() as patch:
     patch.setattr(os, 'listdir', refusing)
     with pytest.raises(PermissionError, match=f'^{workdir}/checkpoints cannot be read by this '
-                       'user \\(permission denied\\): make the run readable'):
+                       f'user \\(permission denied\\): make it readable \\(chmod -R a\\+rX '
+                       f'{workdir}\\), or work on a copy of the run.$'):
       predict.predict(str(workdir), [str(image)], defaults())
   with monkeypatch.context() as patch:  # Readable, not writable: refused before evaluating.
     patch.setattr(os, 'access', lambda path, mode: not (path == str(workdir) and mode & os.W_OK))

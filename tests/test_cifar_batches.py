@@ -154,8 +154,8 @@ def test_a_batch_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypat
       raise PermissionError(errno.EACCES, 'Permission denied', path)
     return open(path, mode)
   monkeypatch.setattr(cifar_batches, 'open', refusing_open, raising=False)
-  with pytest.raises(LocalDataError, match=f'^{refused} cannot be read \\(Permission denied\\): '
-                     r'make it readable to this user \(chmod -R a\+rX on it\)\.$'):
+  with pytest.raises(LocalDataError, match=f'^{refused} cannot be read by this user \\(permission '
+                     f'denied\\): make it readable \\(chmod -R a\\+rX {refused}\\)\\.$'):
     cifar_batches.read_split(str(tmp_path / 'py'), 'train')
 
 

@@ -60,7 +60,7 @@ def test_data_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypatch)
   monkeypatch.setattr(config_validation.os, 'access', lambda path, mode: False)
   with pytest.raises(config_validation.ConfigError, match=(
       f"^config.local_data_dir='{tmp_path}' cannot be read by this user \\(permission denied\\): "
-      r'make it readable \(chmod -R a\+rX on it\)')):
+      f'make it readable \\(chmod -R a\\+rX {tmp_path}\\), or copy the dataset')):
     validate(config)
   monkeypatch.undo()
 
@@ -68,7 +68,7 @@ def test_data_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypatch)
     raise PermissionError(errno.EACCES, 'Permission denied', os.path.join(self.root, name))
   monkeypatch.setattr(dataset_files.DatasetFiles, 'open', refused)
   with pytest.raises(image_tree.LocalDataError, match=(
-      r'-ubyte.gz cannot be read \(Permission denied\): make it readable to this user \(chmod')):
+      r'-ubyte.gz cannot be read by this user \(permission denied\): make it readable \(chmod')):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 

@@ -141,8 +141,8 @@ def test_a_folder_the_user_may_not_read_is_named_not_passed_over(refused, tmp_pa
   options = datasets.DataOptions('image_folder', 'train', '', 'test', local_data_dir=root,
                                  image_size=8, channels=3)
   with pytest.raises(image_tree.LocalDataError, match=(
-      f'^{refused_path} cannot be read \\(Permission denied\\): make it readable to this '
-      r'user \(chmod -R a\+rX on it\)\.$')):
+      f'^{refused_path} cannot be read by this user \\(permission denied\\): make it readable '
+      f'\\(chmod -R a\\+rX {refused_path}\\)\\.$')):
     datasets.load_dataset(options)
 
 

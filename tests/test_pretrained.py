@@ -134,8 +134,8 @@ def test_a_weights_file_this_user_may_not_read_is_named_so(tmp_path, monkeypatch
   monkeypatch.setattr(h5py, 'File', refused)
   path = tmp_path / 'w.h5'
   path.write_bytes(b'\x89HDF\r\n\x1a\n' + bytes(100))
-  with pytest.raises(WeightsFileError, match=r'w.h5 cannot be opened \(permission denied\): '
-                     r'make it readable to this user \(chmod a\+r\)'):
+  with pytest.raises(WeightsFileError, match=r'w.h5 cannot be read by this user \(permission '
+                     r'denied\): make it readable \(chmod -R a\+rX .*w.h5\), or pass a copy'):
     pretrained.port_h5(str(path))
 
 

@@ -38,7 +38,7 @@ from typing import IO, Callable, Iterator, Sequence
 import numpy as np
 
 from cnnjax.data import images as images_lib
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, unreadable_message
 
 _SHOWN = 3  # Files a warning names.
 
@@ -57,8 +57,7 @@ def unreadable(error: OSError) -> LocalDataError:
   """A dataset file or folder the system will not read (no permission): the fault it is,
   named, where os.walk would pass a folder over (its class gone missing) and a read end in a
   traceback."""
-  return LocalDataError(f'{error.filename} cannot be read ({error.strerror}): make it readable '
-                        'to this user (chmod -R a+rX on it).')
+  return LocalDataError(unreadable_message(error.filename) + '.')
 
 
 def _raise_unreadable(error: OSError) -> None:

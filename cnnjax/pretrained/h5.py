@@ -12,7 +12,7 @@ import os
 
 import numpy as np
 
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, unreadable_message
 
 
 class WeightsFileError(UserError, ValueError):
@@ -44,8 +44,7 @@ def read_layers(path: str) -> dict[str, list[np.ndarray]]:
   except FileNotFoundError as e:
     raise WeightsFileError(f'Weights file {path} does not exist.') from e
   except PermissionError as e:
-    raise WeightsFileError(f'Weights file {path} cannot be opened (permission denied): make it '
-                           'readable to this user (chmod a+r), or pass a copy that is.') from e
+    raise WeightsFileError(unreadable_message(path) + ', or pass a copy that is.') from e
   except OSError as e:
     if not h5py.is_hdf5(path):  # Another kind of file: deleting it is no advice.
       raise WeightsFileError(f'{path} is not an HDF5 file (no HDF5 signature at its start): '

@@ -26,7 +26,7 @@ import orbax.checkpoint as ocp
 
 from cnnjax import sharding
 from cnnjax.runs import atomic
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, unreadable_message
 
 CHECKPOINT_DIR = 'checkpoints'
 UNREADABLE_DIR = 'checkpoints_unreadable'
@@ -65,8 +65,7 @@ def has_checkpoints(workdir: str) -> bool:
     return os.path.isdir(directory) and any(s.isdigit() for s in os.listdir(directory))
   except PermissionError as e:  # The first look at them, training or reading the run.
     raise UnreadableCheckpointsError(
-        f'{directory} cannot be read by this user (permission denied): make the run readable '
-        f'(chmod -R a+rX {workdir}), or work on a copy of it.') from e
+        unreadable_message(directory, workdir) + ', or work on a copy of the run.') from e
 
 
 def _abstract(tree: Any) -> Any:

@@ -11,7 +11,7 @@ import ml_collections
 
 from cnnjax import sharding
 from cnnjax.data import image_tree
-from cnnjax.errors import UserError
+from cnnjax.errors import UserError, unreadable_message
 from cnnjax.runs import checkpoints
 from cnnjax.runs import selection as selection_lib
 from cnnjax.runs import workdir as workdir_lib
@@ -62,10 +62,9 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   after the run was started take their defaults.
   """
   path = os.path.join(workdir, writers.CONFIG_FILE)
+  # A run this user may not read: said so, where its config.json would be 'missing'.
   if os.path.isdir(workdir or '.') and not os.access(workdir or '.', os.R_OK | os.X_OK):
-    raise RunNotFoundError(f'{workdir} cannot be read by this user (permission denied): make '
-                           f'the run readable (chmod -R a+rX {workdir}), or work on a copy of '
-                           'it.')  # Else its config.json would be 'missing'.
+    raise RunNotFoundError(unreadable_message(workdir) + ', or work on a copy of the run.')
   if not os.path.exists(path):
     raise RunNotFoundError(
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
