@@ -434,9 +434,25 @@ def flag_error_message(error: Exception, defaults=None) -> str:
   if isinstance(error, flags.Error) and group:  # --config.augment=True: a group, not a field.
     return (f'{group[1]} is a group of fields, not a value: set one of them '
             f'(--{group[1]}.<field>=value).')
+  if isinstance(error, flags.UnrecognizedFlagError):  # absl's guess ranges over its own flags.
+    known = _tool_flags()
+    meant = difflib.get_close_matches(error.flagname, known, n=1, cutoff=0.6)
+    return f'unrecognized flag --{error.flagname}' + (
+        f'; did you mean --{meant[0]}?' if meant else
+        f'; the flags are {", ".join("--" + name for name in known)}.')
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())
+
+
+def _tool_flags() -> list[str]:
+  """The flags an absl tool defines itself, with --verbosity and --help (the README's), not
+  absl's other logging flags: `--workdir` given to a tool that writes nothing was 'did you
+  mean log_dir?'."""
+  from absl import flags
+  own = {flag.name for module, defined in flags.FLAGS.flags_by_module_dict().items()
+         if not module.startswith('absl.') for flag in defined}
+  return sorted(own | {'verbosity', 'help'})
 
 
 class ArgumentParser(argparse.ArgumentParser):

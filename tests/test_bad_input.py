@@ -241,7 +241,7 @@ COMMAND_LINE_CASES = {
         lambda data, tmp_path: [CNN_SIMPLE, '--config', '--config.batch_size=3'],
         '--config was given no value and took the next flag, --config.batch_size=3,'),
     'mistyped --config': (lambda data, tmp_path: [f'--confg={REPO_ROOT}/configs/cnn_simple.py'],
-                          "Unknown command line flag 'confg'"),
+                          'unrecognized flag --confg; did you mean --config?'),
     'a misspelt config file': (lambda data, tmp_path: ['--config=configs/cnn_simpel.py'],
                                "No such file or directory: 'configs/cnn_simpel.py'; did you "
                                f'mean --config={REPO_ROOT}/configs/cnn_simple.py?'),
@@ -655,6 +655,10 @@ def test_convert_and_diagnose_bad_input(data, tmp_path):
   result = run_tool('cnnjax.diagnose', [CNN_SIMPLE, f'--config.local_data_dir={data}',
                                         '--every=0'], tmp_path)
   assert_one_line_error(result, 'cnnjax.diagnose', 'every')
+  # A habit from cnnjax.main: absl guessed among its own logging flags, 'did you mean log_dir?'.
+  result = run_tool('cnnjax.diagnose', [CNN_SIMPLE, f'--workdir={tmp_path}/run'], tmp_path)
+  assert_one_line_error(result, 'cnnjax.diagnose', 'unrecognized flag --workdir; the flags are '
+                        '--config, --every, --help, --steps, --verbosity.')
 
 
 def test_a_missing_class_folder_is_warned_about(tmp_path):
