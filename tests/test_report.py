@@ -70,6 +70,26 @@ def test_worst_confusions_are_the_largest_off_diagonal_counts():
   assert pairs[0]['fraction_of_true'] == pytest.approx(7 / 9)
 
 
+def test_a_read_only_home_gives_matplotlib_a_folder_of_its_own(tmp_path, monkeypatch):
+  """A read-only home (a container, a shared account): matplotlib made a fresh folder at
+  each run, rebuilt its font cache there, and warned twice, in absl's format, in the run's
+  console. (A config home under a file plays the read-only one: tests may run as root.)"""
+  import tempfile
+  (tmp_path / 'home').write_text('a file, not a folder')
+  monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'home' / 'config'))
+  monkeypatch.delenv('MPLCONFIGDIR', raising=False)
+  monkeypatch.setattr(tempfile, 'tempdir', str(tmp_path / 'tmp'))
+  (tmp_path / 'tmp').mkdir()
+  report._writable_matplotlib_folder()  # pylint: disable=protected-access
+  folder = os.environ['MPLCONFIGDIR']
+  assert folder == str(tmp_path / 'tmp' / f'cnnjax-matplotlib-{os.getuid()}')
+  assert os.path.isdir(folder) and os.stat(folder).st_mode & 0o777 == 0o700
+  monkeypatch.setenv('XDG_CONFIG_HOME', str(tmp_path / 'writable'))  # A home as usual:
+  monkeypatch.delenv('MPLCONFIGDIR')
+  report._writable_matplotlib_folder()  # pylint: disable=protected-access
+  assert 'MPLCONFIGDIR' not in os.environ  # matplotlib's own folder is used.
+
+
 def test_class_names_the_font_lacks_are_drawn_without_a_warning(tmp_path, recwarn):
   names = ['dög 🐕', '猫', 'bird']
   path = str(tmp_path / 'matrix.png')

@@ -32,8 +32,33 @@ REPORT_JSON = 'classification_report.json'
 ANNOTATED_CLASSES, NAMED_CLASSES, MAX_FIGURE_INCHES = 30, 100, 22.0
 
 
+def _writable_matplotlib_folder() -> None:
+  """Where the home folder is read-only (a container, a shared account), matplotlib makes a
+  fresh cache folder at each run, rebuilding its font cache, and warns twice in the console:
+  a folder of this user's own in the temporary directory serves instead, and lasts."""
+  if 'MPLCONFIGDIR' in os.environ:
+    return
+  home = os.environ.get('XDG_CONFIG_HOME') or os.path.join(os.path.expanduser('~'), '.config')
+  try:
+    os.makedirs(os.path.join(home, 'matplotlib'), exist_ok=True)
+    if os.access(os.path.join(home, 'matplotlib'), os.W_OK):
+      return
+  except OSError:
+    pass
+  import tempfile
+  user = os.getuid() if hasattr(os, 'getuid') else os.environ.get('USERNAME', '')
+  folder = os.path.join(tempfile.gettempdir(), f'cnnjax-matplotlib-{user}')
+  try:
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+  except OSError:
+    return  # matplotlib's own fallback, and its warning, then.
+  if os.access(folder, os.W_OK):  # Not another user's folder of that name.
+    os.environ['MPLCONFIGDIR'] = folder
+
+
 def pyplot():
   """matplotlib's pyplot, drawing to files (no display needed)."""
+  _writable_matplotlib_folder()
   import matplotlib
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt
