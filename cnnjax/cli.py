@@ -435,14 +435,18 @@ def flag_error_message(error: Exception, defaults=None) -> str:
     return (f'{group[1]} is a group of fields, not a value: set one of them '
             f'(--{group[1]}.<field>=value).')
   if isinstance(error, flags.UnrecognizedFlagError):  # absl's guess ranges over its own flags.
-    known = _tool_flags()
-    meant = difflib.get_close_matches(error.flagname, known, n=1, cutoff=0.6)
-    return f'unrecognized flag --{error.flagname}' + (
-        f'; did you mean --{meant[0]}?' if meant else
-        f'; the flags are {", ".join("--" + name for name in known)}.')
+    return unknown_flag_message(f'--{error.flagname}', [f'--{name}' for name in _tool_flags()])
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())
+
+
+def unknown_flag_message(name: str, known: list[str]) -> str:
+  """A flag no tool defines, named with the one of `known` (sorted) it is closest to, or with
+  them all: the absl and the argparse tools alike."""
+  meant = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+  return f'unrecognized flag {name}' + (f'; did you mean {meant[0]}?' if meant else
+                                        f'; the flags are {", ".join(known)}.')
 
 
 def _tool_flags() -> list[str]:
@@ -482,6 +486,4 @@ class ArgumentParser(argparse.ArgumentParser):
       if (not name.startswith('--') or name in known or name.startswith(self.passthrough)
           or any(flag.startswith(name) for flag in known)):  # argparse's abbreviations.
         continue
-      meant = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-      self.error(f'unrecognized flag {name}' + (f'; did you mean {meant[0]}?' if meant else
-                                                f'; the flags are {", ".join(known)}.'))
+      self.error(unknown_flag_message(name, known))

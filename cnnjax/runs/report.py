@@ -38,10 +38,11 @@ def _writable_matplotlib_folder() -> None:
   a folder of this user's own in the temporary directory serves instead, and lasts."""
   if 'MPLCONFIGDIR' in os.environ:
     return
-  home = os.environ.get('XDG_CONFIG_HOME') or os.path.join(os.path.expanduser('~'), '.config')
+  config_home = os.environ.get('XDG_CONFIG_HOME') or os.path.expanduser('~/.config')
+  default = os.path.join(config_home, 'matplotlib')
   try:
-    os.makedirs(os.path.join(home, 'matplotlib'), exist_ok=True)
-    if os.access(os.path.join(home, 'matplotlib'), os.W_OK):
+    os.makedirs(default, exist_ok=True)
+    if os.access(default, os.W_OK):
       return
   except OSError:
     pass
