@@ -230,6 +230,42 @@ def not_a_config(loaded, error: Exception, text: str) -> str | None:
   return returned_not_a_config(type(loaded).__name__)
 
 
+def not_python_config(given: list[str], loaded) -> str | None:
+  """The error for a `--config` file that is not Python and did not load, or None. A run's
+  saved `config.json` is the one users reach for (JSON loaded as Python fails with
+  "name 'false' is not defined"); it names the command that continues that run."""
+  import ml_collections
+  path = given[-1] if given else ''
+  if (not os.path.isfile(path) or path.endswith('.py')
+      or isinstance(loaded, ml_collections.ConfigDict)):
+    return None
+  usage = ('--config takes a Python file whose get_config() returns the config, as '
+           'configs/cnn_simple.py does')
+  workdir = os.path.dirname(path) or '.'
+  if os.path.basename(path) != 'config.json' or not os.path.isdir(
+      os.path.join(workdir, 'checkpoints')):
+    return f'--config={path} is not a config file: {usage}.'
+  name = _saved_config_name(path)
+  repo_config = os.path.join(_CONFIGS_DIR, f'{name}.py')
+  started_with = (f'--config={_shown(repo_config)}' if name and os.path.isfile(repo_config)
+                  else '--config=<the config file it was started with>')
+  return (f'--config={path} is the config a run saved, not a config file: {usage}. To '
+          f'continue or finish that run, give the file it was started with and its workdir '
+          f'({started_with} --workdir={workdir}); python -m cnnjax.evaluate '
+          f'--workdir={workdir} evaluates it as it stands.')
+
+
+def _saved_config_name(path: str) -> str | None:
+  """`config.name` of a run's saved config.json, or None where it cannot be read."""
+  import json
+  try:
+    with open(path) as file:
+      name = json.load(file).get('name')
+  except (OSError, ValueError, AttributeError):
+    return None
+  return name if isinstance(name, str) and re.fullmatch(r'\w+', name) else None
+
+
 def returned_not_a_config(type_name: str) -> str:
   if type_name == 'NoneType':
     return "the config file's get_config() returned None (a missing 'return config'?)."
@@ -354,6 +390,17 @@ def expand_home_in_paths(config) -> None:
       config[field] = os.path.expanduser(config[field])
 
 
+# cnnjax's own config files, beside the package in a checkout.
+_CONFIGS_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            'configs')
+
+
+def _shown(path: str) -> str:
+  """`path` relative to the current directory where it lies below it, else absolute."""
+  relative = os.path.relpath(path)
+  return path if relative.startswith('..') else relative
+
+
 def _named_path(reason: str) -> str | None:
   match = re.search(r"(?:No such file or directory|Is a directory): '(.+)'$", reason)
   return match[1] if match else None
@@ -372,12 +419,10 @@ def config_file_hint(missing: str | None) -> str:
             else '; --config takes a config file, e.g. --config=configs/cnn_simple.py')
   if not missing or os.path.exists(missing):
     return ''
-  configs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
   by_name = {}  # Each config file by its name alone, as the user's path would name it.
-  for folder in (configs, os.path.dirname(missing) or '.'):
+  for folder in (_CONFIGS_DIR, os.path.dirname(missing) or '.'):
     for path in sorted(glob.glob(os.path.join(glob.escape(folder), '[!_]*.py'))):
-      shown = os.path.relpath(path)
-      by_name[os.path.basename(path)[:-3]] = shown if not shown.startswith('..') else path
+      by_name[os.path.basename(path)[:-3]] = _shown(path)
   name = re.split(r'[./\\]', missing.removesuffix('.py'))[-1]
   match = difflib.get_close_matches(name, sorted(by_name), n=1, cutoff=0.75)
   return f'; did you mean --config={by_name[match[0]]}?' if match else ''
@@ -396,8 +441,11 @@ def flag_error_message(error: Exception, defaults=None) -> str:
     return (f'no config file given: pass --config=FILE (e.g. --config={example}); '
             + (f'{example} alone is an argument, not the config. ' if bare else '')
             + '--config.<field>=value flags then override its fields.')
-  wrong_type = not_a_config(flags.FLAGS['config'].value if 'config' in flags.FLAGS else None,
-                           error, text)
+  loaded = flags.FLAGS['config'].value if 'config' in flags.FLAGS else None
+  foreign = not_python_config(config_files_given(sys.argv), loaded)
+  if foreign:
+    return foreign
+  wrong_type = not_a_config(loaded, error, text)
   if wrong_type:
     return wrong_type
   bad_path = override_path_message(error, text, defaults)

@@ -2,6 +2,7 @@
 the workdir as it was (or never made)."""
 import importlib.util
 import io
+import json
 import os
 import re
 import tarfile
@@ -254,6 +255,18 @@ COMMAND_LINE_CASES = {
     'the configs directory as --config': (
         lambda data, tmp_path: [f'--config={REPO_ROOT}/configs'],
         f'.py files in it, e.g. --config={REPO_ROOT}/configs/cnn_simple.py'),
+    # JSON run as Python: 'the config file failed: NameError: name 'false' is not defined'.
+    "a run's saved config.json as --config": (
+        lambda data, tmp_path: [f'--config={saved_run_config(tmp_path)}'],
+        '--config=old_run/config.json is the config a run saved, not a config file: '
+        '--config takes a Python file whose get_config() returns the config, as '
+        'configs/cnn_simple.py does. To continue or finish that run, give the file it was '
+        f'started with and its workdir (--config={REPO_ROOT}/configs/cnn_simple.py '
+        '--workdir=old_run); python -m cnnjax.evaluate --workdir=old_run evaluates it'),
+    'a YAML file as --config': (
+        lambda data, tmp_path: [f'--config={config_file_of(tmp_path, "run.yaml")}'],
+        '--config=run.yaml is not a config file: --config takes a Python file whose '
+        'get_config() returns the config'),
     'a stray argument': (lambda data, tmp_path: [CNN_SIMPLE, 'batch_size=3'],
                          'unexpected argument(s) batch_size=3: every option is a flag'),
 }
@@ -267,6 +280,20 @@ def test_config_hints_look_in_a_folder_named_with_glob_characters(tmp_path):
   (folder / 'mine.py').write_text('')
   assert cli.config_file_hint(str(folder)).endswith(f', e.g. --config={folder}/mine.py')
   assert cli.config_file_hint(f'{folder}/mien.py') == f'; did you mean --config={folder}/mine.py?'
+
+
+def config_file_of(tmp_path, name: str) -> str:
+  """A config in another format than Python (`name`, in the tool's folder, `tmp_path`)."""
+  (tmp_path / name).write_text('batch_size: 64\noptimizer: adam\n')
+  return name
+
+
+def saved_run_config(tmp_path) -> str:
+  """The config.json of a run's workdir, as cnnjax.main saves it (in part)."""
+  (tmp_path / 'old_run' / 'checkpoints').mkdir(parents=True)
+  (tmp_path / 'old_run' / 'config.json').write_text(
+      json.dumps({'name': 'cnn_simple', 'resume': True, 'stop_on_collapse': False}))
+  return 'old_run/config.json'  # As given from the folder the tool runs in, `tmp_path`.
 
 
 @pytest.mark.parametrize('case', sorted(COMMAND_LINE_CASES))
