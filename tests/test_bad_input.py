@@ -15,7 +15,7 @@ from PIL import Image
 from cnnjax import sharding
 from cnnjax.data import datasets
 from tests.helpers import (REPO_ROOT, load_dataset, make_idx_dataset, run_tool,
-                           shared_weights_file, tree_digest, write_idx)
+                           shared_weights_file, tiny_image_tree, tree_digest, write_idx)
 
 CNN_SIMPLE = f'--config={REPO_ROOT}/configs/cnn_simple.py'
 
@@ -89,6 +89,24 @@ def config_file(text, overridden=True):
 
 MAIN_CASES = {
     'truncated archive': (truncated_archive, 'is truncated or corrupt'),
+    # Each folder had been 'not a class of this dataset: rename it to one of them'.
+    "CIFAR-10's images given to a Fashion-MNIST config": (
+        lambda data, tmp_path: [f'--config.local_data_dir={image_tree_archive(tmp_path)}'],
+        'None of the class folders of train/ in ', 'cifar.tar.gz (airplane, automobile, bird '
+        "and 7 more) is a class of fashion_mnist (T-shirt/top, Trouser, Pullover, Dress, Coat, "
+        "Sandal, Shirt, Sneaker, Bag, Ankle boot): these are another dataset's images; pass "
+        '--config.dataset=cifar10, or use a config made for it.'),
+    "images of the user's own classes given to a CIFAR-10 config": (
+        lambda data, tmp_path: [f'--config={REPO_ROOT}/configs/cifar_cnn.py',
+                                f'--config.local_data_dir={tiny_image_tree(2)}'],
+        'None of the class folders of train/ in ', '(ant, bee, wasp) is a class of cifar10',
+        'for images of your own classes use configs/image_folder.py '
+        "(--config.dataset=image_folder), whose classes are the folders' names."),
+    "Fashion-MNIST's files given to a CIFAR-10 config": (
+        config_with_data('cifar_cnn'), "have shape (28, 28, 1), as fashion_mnist's and mnist's "
+        "do; cifar10's have (32, 32, 3). For fashion_mnist's files pass "
+        '--config.dataset=fashion_mnist (or mnist); to train on these resized to '
+        "cifar10's, pass --config.image_size=32 --config.channels=3."),
     'label outside the classes': (bad_labels, "are not classes 0..9 (e.g. [12])"),
     'a web address as the data folder': (
         lambda data, tmp_path: ['--config.local_data_dir=https://example.com/fashion.zip'],

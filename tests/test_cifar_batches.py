@@ -138,8 +138,9 @@ def test_damaged_or_mismatched_batches_are_named(tmp_path):
   with pytest.raises(LocalDataError, match="splits \\['test', 'train'\\], not 'val'"):
     cifar_batches.read_split(str(tmp_path / 'four'), 'val')
   write_python_batches(str(tmp_path / 'py'))  # Fashion-MNIST's classes are not CIFAR-10's.
-  with pytest.raises(LocalDataError, match='CIFAR batches of the classes airplane.*this '
-                     "dataset's are T-shirt/top"):
+  with pytest.raises(LocalDataError, match="CIFAR batches of the classes airplane.*; "
+                     "fashion_mnist's are T-shirt/top.*: pass --config.dataset=cifar10, or "
+                     'use a config made for it.$'):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'py'))
 
 

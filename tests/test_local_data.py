@@ -412,7 +412,9 @@ def test_a_zip_with_backslashes_between_folders_is_read_as_a_tree(tmp_path):
 
 def test_unknown_class_folder_is_named(tmp_path):
   write_image_tree(str(tmp_path), np.zeros((1, 32, 32, 3), np.uint8), [0], ['airplanes'], 'train')
-  with pytest.raises(image_tree.LocalDataError, match='train/airplanes.*not a class'):
+  with pytest.raises(image_tree.LocalDataError, match=r'train/airplanes.*not a class of this '
+                     r'dataset \(airplane, .*, truck\): did you mean airplane\? Rename it, or '
+                     r'move it out of train/.$'):
     load_dataset('cifar10', 'train', '', 'train', local_data_dir=str(tmp_path))
 
 
@@ -610,9 +612,13 @@ def test_local_arrays_convert_to_the_channels_the_config_asks_for(tmp_path):
   rgb = load_dataset('fashion_mnist', local_data_dir=str(tmp_path), channels=3)
   np.testing.assert_array_equal(rgb.train.images, np.repeat(arrays['train'][0][..., None], 3, -1))
   with pytest.raises(image_tree.LocalDataError,  # Other sizes still need config.image_size.
-                     match=r'have shape \(28, 28, 1\); this dataset has \(32, 32, 1\)'):
-    datasets._shaped(rgb.train.images[..., :1], (32, 32, 1), False, True, 'files')
-  resized = datasets._shaped(rgb.train.images[..., :1], (32, 32, 3), True, True, 'files')
+                     match=r"have shape \(24, 24, 1\); grey32's have \(32, 32, 1\). To train "
+                           r"on these resized to grey32's, pass --config.image_size=32 "
+                           r'--config.channels=1.$'):
+    datasets._shaped(rgb.train.images[:, :24, :24, :1], (32, 32, 1), False, True, 'files',
+                     'grey32')
+  resized = datasets._shaped(rgb.train.images[..., :1], (32, 32, 3), True, True, 'files',
+                             'cifar10')
   assert resized.shape == (40, 32, 32, 3)
 
 

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import re
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -246,7 +246,7 @@ class _Loader:
     self.kind = _local_kind(root) if root else 'tfds'
     self.source = f'local:{root}' if root else 'tfds'
     if self.kind == 'cifar':
-      _check_batch_classes(root, spec.class_names)
+      _check_batch_classes(root, spec.class_names, options.dataset)
     self._whole: dict[str, Any] = {}
     self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._tree = spec.tree  # A tree is listed once: here if `describe` did not.
@@ -289,7 +289,10 @@ class _Loader:
     takes a while to list and sort)."""
     if self._tree is None:
       self._tree = _listed_tree(self.options.local_data_dir)
-    return image_tree.split_files(self._tree, self.options.local_data_dir, split)
+    files = image_tree.split_files(self._tree, self.options.local_data_dir, split)
+    if self.options.dataset in DATASETS:
+      _check_tree_is_the_dataset(files, split, self.options.local_data_dir, self.options.dataset)
+    return files
 
   def load(self, split_spec: str, in_memory: bool) -> Split | StreamedSplit:
     options, shape = self.options, self.spec.image_shape
@@ -331,7 +334,8 @@ class _Loader:
       if self.kind in ARRAY_KINDS:
         images, labels = self._read_arrays(name)
         self._whole[key] = (_shaped(images, shape, self._resize_allowed(),
-                                    bool(self.options.channels), root), labels, None)
+                                    bool(self.options.channels), root, self.options.dataset),
+                            labels, None)
       elif in_memory:
         self._whole[key] = image_tree.read_split(self._tree_files(name), root, name,
                                                  self.spec.class_names, shape,
@@ -359,7 +363,8 @@ class _Loader:
       return StreamedSplit(lambda i: (images[i], labels[i]), len(raw), shape, raw.fingerprint(),
                            self.options.workers)
     _check_reshapable(raw.image_shape, shape, self._resize_allowed(),
-                      bool(self.options.channels), self.options.local_data_dir)
+                      bool(self.options.channels), self.options.local_data_dir,
+                      self.options.dataset)
     return StreamedSplit(lambda i: (images_lib.fit_array(images[i], shape), labels[i]),
                          len(raw), shape, f'resized:{raw.fingerprint()}', self.options.workers)
 
@@ -397,32 +402,76 @@ def _local_kind(root: str) -> str:
   return 'tree'
 
 
-def _check_batch_classes(root: str, class_names: tuple[str, ...]) -> None:
+def _check_tree_is_the_dataset(files: list[image_tree.TreeFile], split: str, root: str,
+                               dataset: str) -> None:
+  """An error for a tree of `dataset` (one of `DATASETS`) none of whose class folders is a
+  class of it: another dataset's images, where a folder-by-folder error had said to rename
+  each folder."""
+  folders = sorted({f.cls for f in files})
+  class_names = DATASETS[dataset].class_names
+  if not folders or set(folders) & set(class_names):
+    return  # Its classes: image_tree names each folder that is not one.
+  theirs = _dataset_of_classes(folders, dataset)
+  if not theirs and any(image_tree.class_meant(name, class_names) for name in folders):
+    return  # Misspelt: image_tree names each folder with the class it may mean.
+  raise image_tree.LocalDataError(
+      f'None of the class folders of {split}/ in {root} ({image_tree.first_few(folders, ", ")}) '
+      f'is a class of {dataset} ({", ".join(class_names)}): these are another dataset\'s '
+      f'images; {_way_to_their_dataset(folders, dataset)}.')
+
+
+def _way_to_their_dataset(classes: Sequence[str], dataset: str) -> str:
+  """How to train on files whose classes (`classes`) are not `dataset`'s: the dataset of
+  `DATASETS` they belong to, or an image folder of the user's own classes."""
+  theirs = _dataset_of_classes(classes, dataset)
+  if theirs:
+    return f'pass --config.dataset={theirs}, or use a config made for it'
+  return ('for images of your own classes use configs/image_folder.py '
+          "(--config.dataset=image_folder), whose classes are the folders' names")
+
+
+def _dataset_of_classes(classes: Sequence[str], dataset: str) -> str | None:
+  """The dataset of `DATASETS` other than `dataset` whose classes `classes` all are, or None."""
+  return next((name for name, spec in DATASETS.items()
+               if name != dataset and set(classes) <= set(spec.class_names)), None)
+
+
+def _check_batch_classes(root: str, class_names: tuple[str, ...], dataset: str) -> None:
   listed = cifar_batches.class_names(root)
   if listed is not None and listed != tuple(class_names):
     raise image_tree.LocalDataError(
-        f'{root} holds CIFAR batches of the classes {", ".join(listed)}; this dataset\'s are '
-        f'{", ".join(class_names)}.')
+        f'{root} holds CIFAR batches of the classes {", ".join(listed)}; {dataset}\'s are '
+        f'{", ".join(class_names)}: {_way_to_their_dataset(listed, dataset)}.')
 
 
 def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool,
-            convert_channels: bool, root: str) -> np.ndarray:
+            convert_channels: bool, root: str, dataset: str) -> np.ndarray:
   """`images` in `shape`, by the image policy; resized only where `resize` (the studies'
   files keep their one size unless config.image_size asks for another), converted to grey
   or RGB where that or `convert_channels` (config.channels) allows it."""
   from cnnjax.data import images as images_lib
   if images.shape[1:] == tuple(shape):
     return images
-  _check_reshapable(images.shape[1:], shape, resize, convert_channels, root)
+  _check_reshapable(images.shape[1:], shape, resize, convert_channels, root, dataset)
   return np.stack([images_lib.fit_array(image, shape) for image in images])
 
 
 def _check_reshapable(image_shape: tuple[int, ...], shape: tuple[int, int, int], resize: bool,
-                      convert_channels: bool, root: str) -> None:
-  """An error where images of `image_shape` may not become `shape` (see `_shaped`)."""
-  if not resize and (tuple(image_shape[:2]) != tuple(shape[:2]) or not convert_channels):
-    raise image_tree.LocalDataError(f'The images in {root} have shape {tuple(image_shape)}; '
-                                    f'this dataset has {tuple(shape)}.')
+                      convert_channels: bool, root: str, dataset: str) -> None:
+  """An error where images of `image_shape` may not become `shape` (see `_shaped`), naming
+  the datasets whose images have that shape: such files are most often another study's."""
+  if resize or (tuple(image_shape[:2]) == tuple(shape[:2]) and convert_channels):
+    return
+  shaped_so = [name for name, spec in DATASETS.items()
+               if spec.image_shape == tuple(image_shape) and name != dataset]
+  owners = [name + "'s" for name in shaped_so]
+  like = f', as {" and ".join(owners)} do' if shaped_so else ''
+  theirs = (f'For {owners[0]} files pass --config.dataset={shaped_so[0]}'
+            + (f' (or {shaped_so[1]})' if shaped_so[1:] else '') + '; to' if shaped_so else 'To')
+  raise image_tree.LocalDataError(
+      f'The images in {root} have shape {tuple(image_shape)}{like}; {dataset}\'s have '
+      f'{tuple(shape)}. {theirs} train on these resized to {dataset}\'s, pass '
+      f'--config.image_size={shape[0]} --config.channels={shape[2]}.')
 
 
 def load_dataset(options: DataOptions, spec: DatasetSpec | None = None) -> Dataset:

@@ -20,6 +20,7 @@ and point `config.local_data_dir` at the directory).
 import bz2
 import csv
 import dataclasses
+import difflib
 import functools
 import gzip
 import hashlib
@@ -598,14 +599,26 @@ def _folded(name: str) -> str:
   return unicodedata.normalize('NFC', name).casefold().strip()
 
 
+def class_meant(folder: str, class_names_: Sequence[str]) -> str | None:
+  """The class of `class_names_` a folder named `folder` stands for, or is a misspelling of
+  ('airplanes' for 'airplane'), or None."""
+  if folder in class_names_:
+    return folder
+  by_folded = {_folded(name): name for name in class_names_}
+  close = difflib.get_close_matches(_folded(folder), list(by_folded), n=1, cutoff=0.8)
+  return by_folded[close[0]] if close else None
+
+
 def _check_classes(files: Sequence[TreeFile], split: str, root: str,
                    class_names_: Sequence[str]) -> None:
   known = set(class_names_)
   for f in files:
     if f.cls not in known:
       twin = next((name for name in class_names_ if _folded(name) == _folded(f.cls)), None)
-      hint = (f' ({", ".join(class_names_)}): rename it to one of them, or move it out of '
-              f'{split}/')
+      meant = class_meant(f.cls, class_names_)
+      hint = (f' ({", ".join(class_names_)}): '
+              + (f'did you mean {meant}? Rename it' if meant else 'rename it to one of them')
+              + f', or move it out of {split}/')
       if twin is not None:
         shown = twin
         if twin.strip() == f.cls.strip():
