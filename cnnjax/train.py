@@ -9,6 +9,7 @@ A run is a pure function of its config: batches come from (seed, epoch),
 dropout keys from (seed, step).
 """
 import functools
+import logging
 import math
 import os
 import time
@@ -48,20 +49,28 @@ def device_summary() -> dict[str, Any]:
 
 def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str],
                      workdir: str) -> None:
-  """Refuses to resume on other examples than the run started with (another data source
-  orders them differently, so a validation slice would take other examples)."""
+  """Refuses to resume on other training or validation examples than the run started with
+  (another data source orders them differently, so a validation slice would take other
+  examples). The test split is read only once training is over: another one (a broken test
+  image that stopped the run, removed) is warned of, and the run is tested on it."""
   saved = restored.meta.get('data')
   if saved is None:  # A checkpoint from before fingerprints were recorded.
     return
   differ = [split for split in sorted(set(saved) | set(fingerprints))
             if split not in saved or split not in fingerprints
             or not examples.same_examples(saved[split], fingerprints[split])]
-  if differ:
+  trained_on = [split for split in differ if split != 'test']
+  if trained_on:
     raise checkpoints.IncompatibleCheckpointError(
         f'The run in {workdir} was trained on other examples than config.local_data_dir / '
-        f'config.tfds_data_dir now give (split(s) {", ".join(differ)} differ: other files, or '
-        'another source that orders them differently). Nothing was changed. Resume with the '
-        'data it started with, or choose a new --workdir.')
+        f'config.tfds_data_dir now give (split(s) {", ".join(trained_on)} differ: other '
+        'files, or another source that orders them differently). Nothing was changed. Resume '
+        'with the data it started with, or choose a new --workdir (or pass '
+        '--config.resume=False: the run starts again, the old one moved aside).')
+  if differ:
+    logging.warning('The test split holds other examples than when the run in %s started '
+                    '(files added, removed or renamed): the run is tested on those it holds '
+                    'now.', workdir)
 
 
 def _check_stage(plan: list[stages_lib.Stage], restored: checkpoints.Restored,
@@ -171,9 +180,14 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       stage_index = _check_stage(list(experiment.stages), restored, steps_per_epoch, total_steps)
       done = (restored.step >= total_steps
               or selection_lib.progress_at(selection, workdir, restored.step).stopped)
-      if done and saved_results is not None:
+      if done and saved_results is not None and saved_results.get('steps') == restored.step:
         log.report_finished(saved_results)
         return saved_results
+      if saved_results is not None:  # A shorter run's, trained on (or on to its end) since.
+        kept_at = log.move_aside(writers.RESULTS_FILE)
+        log.announce(f'{writers.RESULTS_FILE} held the results of the run at step '
+                     f'{saved_results.get("steps")}; the run goes on from its checkpoint at '
+                     f'step {restored.step}, so they were moved to {os.path.basename(kept_at)}.')
       if not done:
         workdir_lib.warn_of_a_bent_schedule(resumed_config, config)
       log.truncate_metrics(restored.step, continues=not done)
@@ -191,7 +205,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             'new --workdir.')
       earlier = len(writers.read_metrics(workdir))
       if earlier:  # Kept, not dropped: the record of training that did take place.
-        kept_at = log.move_metrics_aside()
+        kept_at = log.move_aside(writers.METRICS_FILE)
         log.announce(f'{workdir} holds no readable checkpoint: training starts again from step '
                      f'0, and the {earlier} epoch row(s) of the earlier run were moved from '
                      f'{writers.METRICS_FILE} to {os.path.basename(kept_at)}.')

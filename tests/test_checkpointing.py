@@ -77,6 +77,26 @@ def test_finished_run_is_not_retrained(tmp_path, mock_tfds, capsys):
   assert os.path.getmtime(tmp_path / 'metrics.jsonl') == stamp
 
 
+def test_a_run_trained_on_keeps_the_shorter_runs_results_aside_and_never_reports_them(
+    tmp_path, mock_tfds, capsys):
+  """A finished run of 3 steps, trained on to 6 and killed between its last checkpoint and
+  its results: the next run reported the 3-step results.json as the 6-step run's."""
+  train_and_evaluate(resumable_config('cnn_simple', 3), tmp_path)
+  shorter = (tmp_path / 'results.json').read_text()
+  capsys.readouterr()
+  longer = train_and_evaluate(resumable_config('cnn_simple', 6), tmp_path)
+  (aside,) = [name for name in os.listdir(tmp_path) if name.startswith('results.json.previous-')]
+  assert ('results.json held the results of the run at step 3; the run goes on from its '
+          f'checkpoint at step 3, so they were moved to {aside}.') in capsys.readouterr().out
+  assert (tmp_path / aside).read_text() == shorter and longer['steps'] == 6
+  os.remove(tmp_path / aside)
+  (tmp_path / 'results.json').write_text(shorter)  # As if killed before the 6-step results.
+  again = train_and_evaluate(resumable_config('cnn_simple', 6), tmp_path)
+  assert 'holds a finished run' not in capsys.readouterr().out
+  untimed = lambda results: {k: v for k, v in results.items() if not k.endswith('_seconds')}
+  assert untimed(again) == untimed(longer)  # Evaluated again: the 6-step run's own results.
+
+
 @pytest.mark.parametrize('schedule', ['warmup_cosine', 'constant'])
 def test_a_longer_resumed_run_warns_where_its_schedule_spans_the_run(schedule, tmp_path,
                                                                      mock_tfds, caplog):

@@ -1,4 +1,5 @@
 """Your own data: image folders of any classes and formats, any TFDS dataset, streaming."""
+import io
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from cnnjax.data import datasets
 from cnnjax.data import examples
 from cnnjax.data import image_tree
 from cnnjax.data import pipeline
+from cnnjax.runs import checkpoints
 from tests.helpers import (assert_same_run, defaults, load_config, read_jsonl, shrink,
                            train_and_evaluate)
 
@@ -340,15 +342,54 @@ def test_a_stopped_streamed_run_resumes_bitwise_equal(tmp_path):
   assert_same_run(straight, resumed, config(5))
 
 
-def test_a_file_that_fails_to_decode_while_streaming_stops_the_run_by_name(tmp_path):
-  root = write_tree(str(tmp_path / 'plants'), per_class=2)
-  path = os.path.join(root, 'train', 'cactus', '0.png')
+def cut_short(path: str) -> None:
+  """A valid header, then nothing: found only when the image is decoded."""
   with open(path, 'rb') as f:
     head = f.read(200)
   with open(path, 'wb') as f:
-    f.write(head)  # A valid header, then nothing: found only when decoded.
+    f.write(head)
+
+
+def test_a_file_that_fails_to_decode_while_streaming_stops_the_run_by_name(tmp_path):
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  cut_short(os.path.join(root, 'train', 'cactus', '0.png'))
   with pytest.raises(image_tree.LocalDataError, match='train/cactus/0.png.*while streaming'):
     train_and_evaluate(folder_config(root, data_in_memory='false', batch_size=2), tmp_path / 'r')
+
+
+def test_a_run_stopped_by_a_broken_file_resumes_once_it_is_fixed(tmp_path, caplog):
+  """The fix the stop names works: a training image replaced by a whole one of another
+  size, a test image removed. Fingerprints had counted file sizes, so the resume that the
+  message promised was refused as 'trained on other examples'."""
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  config = lambda steps: folder_config(root, data_in_memory='false', batch_size=2,
+                                       num_train_steps=steps, num_epochs=100)
+  workdir = tmp_path / 'run'
+  train_and_evaluate(config(2), workdir)  # Finished at step 2: a longer run resumes there.
+  train_image = os.path.join(root, 'train', 'cactus', '0.png')
+  whole = open(train_image, 'rb').read()
+  cut_short(train_image)
+  with pytest.raises(image_tree.LocalDataError, match='Replace it with a readable image of '
+                     'the same name and run the same command again'):
+    train_and_evaluate(config(6), workdir)
+  Image.open(io.BytesIO(whole)).save(train_image, 'PNG', compress_level=0)  # Another size.
+  assert os.path.getsize(train_image) != len(whole)
+  test_image = os.path.join(root, 'test', 'fern', '1.png')
+  cut_short(test_image)
+  with pytest.raises(image_tree.LocalDataError, match='test/fern/1.png.*while streaming'):
+    train_and_evaluate(config(6), workdir)  # Trained to the end, then tested.
+  assert read_jsonl(workdir / 'metrics.jsonl')[-1]['step'] == 6
+  os.remove(test_image)
+  with caplog.at_level(logging.WARNING):
+    results = train_and_evaluate(config(6), workdir)
+  report = json.loads((workdir / 'classification_report.json').read_text())
+  assert results['steps'] == 6 and report['macro avg']['support'] == 5  # 3 x 2, less one.
+  assert any('The test split holds other examples than when the run' in record.getMessage()
+             for record in caplog.records)
+  os.remove(os.path.join(root, 'train', 'cactus', '1.jpeg'))  # Training examples: refused.
+  (workdir / 'results.json').unlink()
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match=r'split\(s\) train differ'):
+    train_and_evaluate(config(6), workdir)
 
 
 def test_each_of_two_processes_streams_only_its_rows_of_each_batch(monkeypatch):

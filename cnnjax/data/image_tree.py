@@ -93,9 +93,6 @@ class TreeFile:
       reason = f'{type(e).__name__}: {e.strerror or e}'
       raise images_lib.ImageInputError(f'cannot be read ({reason})', reason) from e
 
-  def size(self) -> int:
-    return len(self.payload) if self.payload is not None else os.path.getsize(self.path)
-
 
 def example_order_key(cls: str, fname: str) -> str:
   """A fixed pseudo-random order of an image tree's files: a hash of their path.
@@ -699,13 +696,16 @@ def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_:
 
 
 def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
-  """A tree's examples, identified by path, size and label in order, whether they are
-  decoded into memory or streamed (reading every byte again on each start would cost as
-  much as an epoch for a large tree)."""
+  """A tree's examples, identified by path and label in order, whether they are decoded
+  into memory or streamed (reading every byte again on each start would cost as much as an
+  epoch for a large tree). Not by size: a file that stopped a streamed run, fixed in place
+  (a truncated image replaced by a whole one), is the same example, and the run resumes.
+  Fingerprints of this kind are 'names:'; a run saved with the earlier 'files:' kind, which
+  counted sizes, resumes unchecked (`examples.same_examples`)."""
   digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
   for f in files:
-    digest.update(f'{f.cls}/{f.name}:{f.size()}\n'.encode('utf-8', 'surrogateescape'))
-  return f'files:{len(files)}:{digest.hexdigest()[:16]}'
+    digest.update(f'{f.cls}/{f.name}\n'.encode('utf-8', 'surrogateescape'))
+  return f'names:{len(files)}:{digest.hexdigest()[:16]}'
 
 
 def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple[int, int, int],
@@ -717,7 +717,8 @@ def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple
       return images_lib.decode(f.read(), image_shape, resize)
     except (images_lib.ImageInputError, images_lib.ImageSizeError, OSError) as e:
       raise LocalDataError(
-          f'{split}/{f.cls}/{f.name} in {root} {e} (found while streaming it). Remove or '
-          'replace the file and run the same command again: the run resumes from its last '
-          'checkpoint.') from e
+          f'{split}/{f.cls}/{f.name} in {root} {e} (found while streaming it). Replace it '
+          'with a readable image of the same name and run the same command again: the run '
+          'resumes from its last checkpoint. (Removing it changes the split: a resumed run '
+          'accepts that of its test split only.)') from e
   return decode

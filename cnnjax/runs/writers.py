@@ -151,10 +151,11 @@ class RunWriter:
     with atomic.replaced_whole(path) as f:
       f.writelines(json.dumps(r, sort_keys=True) + '\n' for r in kept)
 
-  def move_metrics_aside(self) -> str:
-    """Moves the metrics of a run that starts again from step 0 (its checkpoints gone) beside
-    the file, where the new run's cannot overwrite them; returns where."""
-    path = self.path(METRICS_FILE)
+  def move_aside(self, name: str) -> str:
+    """Moves the run's file `name` that no longer describes it (the metrics of a run that
+    starts again from step 0, its checkpoints gone; the results of a run that trains on)
+    beside it, where the new one cannot overwrite it; returns where."""
+    path = self.path(name)
     target = atomic.aside_name(path)
     if self.is_writer:
       with atomic.refusals_reported(target):
