@@ -255,12 +255,22 @@ def worker(side_name, config_path, overrides, connection):
                 'eval': side.evaluate}
     while (command := connection.recv()) != 'stop':
       connection.send(('ok', handlers[command]()))
-  except (EOFError, BrokenPipeError):  # The parent stopped: nothing to answer.
+  except (EOFError, ConnectionError):  # The parent stopped (a reset pipe too): no answer.
     pass
   except UserError as error:
-    connection.send(('user_error', str(error)))
+    _answer_if_heard(connection, ('user_error', str(error)))
   except Exception:  # pylint: disable=broad-except  # A bug: the parent shows its traceback.
-    connection.send(('bug', traceback.format_exc()))
+    _answer_if_heard(connection, ('bug', traceback.format_exc()))
+
+
+def _answer_if_heard(connection, answer) -> None:
+  """Sends `answer` unless the parent has gone (stopped by Ctrl-C): a send that failed
+  there escaped the worker, and multiprocessing printed 'Process SpawnProcess-1:' as the
+  console's last line."""
+  try:
+    connection.send(answer)
+  except (EOFError, ConnectionError):
+    pass
 
 
 class Worker:
