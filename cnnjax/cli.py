@@ -459,9 +459,7 @@ def flag_error_message(error: Exception, defaults=None) -> str:
     field = match[2] if match else text.strip('\'"').split('\'')[0].strip('\\')
     hint = f' (did you mean {match[1]}?)' if match else ''
     if any(arg.startswith(f'--config.model_kwargs.{field}=') for arg in sys.argv):
-      return (f'config.model_kwargs.{field} is not set by this config file, and the command '
-              'line can only override fields a config has: set it in a config file '
-              f'(config.model_kwargs.{field} = ...; the model checks its options).')
+      return _unset_model_option(field, _model_named(config_files_given(sys.argv)))
     return (f'config field {field!r} does not exist{hint}; every field is defined in '
             'configs/default.py.')
   if isinstance(error, SyntaxError):
@@ -487,6 +485,36 @@ def flag_error_message(error: Exception, defaults=None) -> str:
   if isinstance(error, flags.Error):
     return ' '.join(text.split())
   return f'the config file failed: {type(error).__name__}: ' + ' '.join(text.split())
+
+
+def _model_named(config_files: list[str]) -> Any:
+  """The model a command line names (`--config.model=`, else the last of `config_files`'s),
+  or None: an override that fails leaves ml_collections holding no config, so the file is
+  loaded again, overrides left out."""
+  from ml_collections.config_flags import config_flags  # pylint: disable=import-outside-toplevel
+  named = [arg.split('=', 1)[1] for arg in sys.argv if arg.startswith('--config.model=')]
+  if named:
+    return named[-1]
+  try:
+    return config_flags.ConfigFileFlagParser(name='config').parse(config_files[-1]).model
+  except Exception:  # pylint: disable=broad-except  # Any failure: the plainer message.
+    return None
+
+
+def _unset_model_option(field: str, model: Any) -> str:
+  """What to say of `--config.model_kwargs.<field>=...` where the config sets no such option:
+  a misspelt option of the config's model is named with the one it may mean (ml_collections
+  suggests only among the options the config sets), a real one is to be set in a config file."""
+  from cnnjax import models  # pylint: disable=import-outside-toplevel  # flax, only here.
+  options = sorted(models.model_fields(model)) if model in models.MODELS else [field]
+  if field not in options:
+    meant = difflib.get_close_matches(field, options, n=1)
+    return (f'config.model_kwargs.{field} is not an option of model {model!r}'
+            + (f' (did you mean {meant[0]}?)' if meant else '')
+            + f'; its options are {", ".join(options)}.')
+  return (f'config.model_kwargs.{field} is not set by this config file, and the command '
+          'line can only override fields a config has: set it in a config file '
+          f'(config.model_kwargs.{field} = ...; the model checks its options).')
 
 
 def unknown_flag_message(name: str, known: list[str]) -> str:

@@ -123,8 +123,20 @@ MAIN_CASES = {
     'unknown field on the command line': (with_data('--config.batchsize=3'),
                                           "config field 'batchsize' does not exist"),
     'model option the config file does not set': (
-        with_data('--config.model_kwargs.batch_norm=True'),
+        config_with_data('cnn_deep', '--config.model_kwargs.batch_norm=True'),
         'config.model_kwargs.batch_norm is not set by this config file'),
+    'misspelt model option': (
+        config_with_data('cnn_deep', '--config.model_kwargs.batchnorm=True'),
+        "config.model_kwargs.batchnorm is not an option of model 'cnn_deep' (did you mean "
+        'batch_norm?); its options are batch_norm, block_dropout'),
+    "another model's option": (
+        with_data('--config.model_kwargs.batch_norm=True'),
+        "config.model_kwargs.batch_norm is not an option of model 'cnn_simple'; its options "
+        'are dtype, num_classes.'),
+    "an option of the model a flag names": (
+        with_data('--config.model=mlp', '--config.model_kwargs.hiden_sizes=[8]'),
+        "config.model_kwargs.hiden_sizes is not an option of model 'mlp' (did you mean "
+        'hidden_sizes?)'),
     'unknown model option value (cnn_fast)': (
         config_with_data('cifar10_best', '--config.dataset=fashion_mnist',
                          '--config.model_kwargs.activation=relu6'),
