@@ -164,6 +164,8 @@ def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
   from absl import flags
 
   def parse(argv: list[str]) -> list[str]:
+    if '-h' in argv[1:argv.index('--') if '--' in argv else None]:  # argparse's, absl's '?'.
+      argv = [argv[0], '--help']
     try:
       if 'config' in flags.FLAGS:
         given = config_files_given(argv)
@@ -178,8 +180,8 @@ def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
         if argv == sys.argv:  # ml_collections reads the overrides' order from sys.argv.
           sys.argv[:] = reordered
         argv = reordered
-      with _absl_warnings_off():  # ml_collections' 'get_config() returned None': ours says it.
-        remaining = flags.FLAGS(argv)
+      with _absl_warnings_off(), _help_is_success():
+        remaining = flags.FLAGS(argv)  # ml_collections' 'get_config() returned None': ours.
       if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
         flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
         expand_home_in_paths(flags.FLAGS['config'].value)
@@ -195,6 +197,18 @@ def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
                       'is a flag, written --name=value (e.g. --config.batch_size=128).')
     return remaining
   return parse
+
+
+@contextlib.contextmanager
+def _help_is_success() -> Iterator[None]:
+  """absl ends `--help` (and `--helpfull`, ...) with exit status 1, as if it had failed; a
+  script that checks a tool by its help, and argparse's tools, expect 0."""
+  try:
+    yield
+  except SystemExit as stop:
+    if stop.code == 1:
+      sys.exit(0)
+    raise
 
 
 @contextlib.contextmanager

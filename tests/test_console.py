@@ -163,6 +163,17 @@ def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
   assert (home / 'run' / 'evaluation.json').exists()
 
 
+@pytest.mark.parametrize('tool, args', [
+    ('cnnjax.main', ['--help']),
+    ('cnnjax.main', [f'--config={REPO_ROOT}/configs/cnn_deep.py', '-h']),
+    ('cnnjax.diagnose', ['--helpfull']), ('cnnjax.evaluate', ['-h']), ('cnnjax.predict', ['--help'])])
+def test_help_is_printed_to_stdout_with_exit_status_0(tool, args, tmp_path):
+  """absl's help exits 1, as if it had failed, and has no `-h`; argparse's tools have both."""
+  result = run_tool(tool, args, tmp_path)
+  assert (result.returncode, result.stderr) == (0, ''), result.stderr[-2000:]
+  assert '--workdir' in result.stdout or '--config' in result.stdout, result.stdout
+
+
 def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
   (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
   result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--workdir={tmp_path}/run'],
