@@ -166,7 +166,8 @@ def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
 @pytest.mark.parametrize('tool, args', [
     ('cnnjax.main', ['--help']),
     ('cnnjax.main', [f'--config={REPO_ROOT}/configs/cnn_deep.py', '-h']),
-    ('cnnjax.diagnose', ['--helpfull']), ('cnnjax.evaluate', ['-h']), ('cnnjax.predict', ['--help'])])
+    ('cnnjax.diagnose', ['--helpfull']), ('cnnjax.evaluate', ['-h']),
+    ('cnnjax.predict', ['--help'])])
 def test_help_is_printed_to_stdout_with_exit_status_0(tool, args, tmp_path):
   """absl's help exits 1, as if it had failed, and has no `-h`; argparse's tools have both."""
   result = run_tool(tool, args, tmp_path)
