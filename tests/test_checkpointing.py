@@ -168,13 +168,26 @@ def test_incompatible_run_fails_and_changes_nothing(overrides, message, tmp_path
   assert tree_digest(tmp_path) == before
 
 
-def test_mismatched_shapes_are_caught_without_a_config_file(tmp_path, mock_tfds):
+@pytest.mark.parametrize('overrides', [{}, {'batch_size': 4}])
+def test_checkpoints_without_their_config_file_are_not_resumed(overrides, tmp_path, mock_tfds):
+  """Only the shapes could be checked, so another batch size resumed at a step of another
+  epoch, and the metrics counted that epoch twice."""
   train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
   os.remove(tmp_path / 'config.json')
   before = tree_digest(tmp_path)
-  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not fit this model'):
-    train_and_evaluate(resumable_config('cnn_deep', 6), str(tmp_path))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match='holds checkpoints but not the config.json of the run that made them'):
+    train_and_evaluate(resumable_config('cnn_simple', 6, **overrides), str(tmp_path))
   assert tree_digest(tmp_path) == before
+
+
+def test_checkpoints_of_another_model_are_caught_by_their_shapes(tmp_path, mock_tfds):
+  """The last guard, where the config file agrees (edited by hand, or a model changed in code)."""
+  train_and_evaluate(resumable_config('cnn_simple', 3), str(tmp_path))
+  deep = resumable_config('cnn_deep', 6)
+  (tmp_path / 'config.json').write_text(json.dumps(deep.to_dict()))
+  with pytest.raises(checkpoints.IncompatibleCheckpointError, match='does not fit this model'):
+    train_and_evaluate(deep, str(tmp_path))
 
 
 def test_resume_false_moves_the_old_run_aside(tmp_path, mock_tfds):

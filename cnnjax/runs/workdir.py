@@ -215,4 +215,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
           'choose a new --workdir, or pass --config.resume=False to start afresh (the old '
           'run is moved aside, not deleted).')
     return saved
+  if checkpoints.has_checkpoints(workdir):
+    raise checkpoints.IncompatibleCheckpointError(
+        f'{workdir} holds checkpoints but not the {writers.CONFIG_FILE} of the run that made '
+        'them, so this config cannot be checked against that run (another batch size or '
+        'learning rate would resume unnoticed). Nothing was changed. Put the run\'s '
+        f'{writers.CONFIG_FILE} back, choose a new --workdir, or pass --config.resume=False to '
+        'start afresh (the old run is moved aside, not deleted).')
   return {}
