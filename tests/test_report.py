@@ -208,6 +208,10 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path, monke
   with pytest.raises(saved.RunNotFoundError, match=r'^The current directory \(--workdir is '
                      r'empty\) holds no cnnjax run \(config.json is missing\)'):
     saved.load_config('', defaults())
+  (tmp_path / 'checkpoints' / '30' / 'state').mkdir(parents=True)
+  with pytest.raises(saved.RunNotFoundError, match=re.escape(
+      f'{tmp_path} holds checkpoints but not the config.json of the run that made them')):
+    saved.load_config(str(tmp_path), defaults())
 
 
 def test_a_workdir_next_to_a_run_names_the_run(tmp_path):

@@ -65,6 +65,10 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   # A run this user may not read: said so, where its config.json would be 'missing'.
   if os.path.isdir(workdir or '.') and not os.access(workdir or '.', os.R_OK | os.X_OK):
     raise RunNotFoundError(unreadable_message(workdir) + ', or work on a copy of the run.')
+  if not os.path.exists(path) and checkpoints.has_checkpoints(workdir):
+    raise RunNotFoundError(f'{workdir} holds checkpoints but not the {writers.CONFIG_FILE} of '
+                           'the run that made them, which says what model and data they are '
+                           f'of: put the run\'s {writers.CONFIG_FILE} back.')
   if not os.path.exists(path):
     raise RunNotFoundError(
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
