@@ -181,7 +181,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       done = (restored.step >= total_steps
               or selection_lib.progress_at(selection, workdir, restored.step).stopped)
       if done and saved_results is not None and saved_results.get('steps') == restored.step:
-        log.report_finished(saved_results)
+        log.report_finished(saved_results, total_steps)
         return saved_results
       if saved_results is not None:  # A shorter run's, trained on (or on to its end) since.
         kept_at = log.move_aside(writers.RESULTS_FILE)

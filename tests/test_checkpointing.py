@@ -73,8 +73,13 @@ def test_finished_run_is_not_retrained(tmp_path, mock_tfds, capsys):
   first = train_and_evaluate(config, str(tmp_path))
   stamp = os.path.getmtime(tmp_path / 'metrics.jsonl')
   assert train_and_evaluate(config, str(tmp_path)) == first
-  assert 'holds a finished run' in capsys.readouterr().out
+  assert f'{tmp_path} holds a finished run (3 steps); not retraining.' in capsys.readouterr().out
   assert os.path.getmtime(tmp_path / 'metrics.jsonl') == stamp
+  # Asked for fewer steps than it trained: its results, said to be those of the longer run.
+  assert train_and_evaluate(resumable_config('cnn_simple', 2), str(tmp_path)) == first
+  assert ('holds a finished run (3 steps, more than the 2 this config asks for); not '
+          'retraining.') in (out := capsys.readouterr().out)
+  assert 'after those 3 steps; --config.resume=False trains 2 afresh' in out
 
 
 def test_a_run_trained_on_keeps_the_shorter_runs_results_aside_and_never_reports_them(

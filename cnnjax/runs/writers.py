@@ -201,10 +201,18 @@ class RunWriter:
                   f'{eta:.0f}s' + ''.join(f' - {name}: {value:.4f}'
                                           for name, value in (metrics or {}).items()))
 
-  def report_finished(self, results: dict[str, Any]) -> None:
-    self.announce(f'{self.workdir} holds a finished run ({results["steps"]} steps); not '
-                  f'retraining. Test loss {results["test_loss"]:.4f}, test accuracy '
-                  f'{results["test_accuracy"]:.4f}.')
+  def report_finished(self, results: dict[str, Any], steps_asked: int) -> None:
+    """Reports a finished run's saved results, and where it trained longer than the config
+    now asks (`steps_asked`), that these are the longer run's."""
+    steps = results['steps']
+    longer = steps > steps_asked
+    self.announce(
+        f'{self.workdir} holds a finished run ({steps} steps'
+        + (f', more than the {steps_asked} this config asks for' if longer else '')
+        + f'); not retraining. Test loss {results["test_loss"]:.4f}, test accuracy '
+        f'{results["test_accuracy"]:.4f}'
+        + (f', after those {steps} steps; --config.resume=False trains {steps_asked} afresh '
+           '(this run is moved aside, not deleted).' if longer else '.'))
 
   def write_results(self, results: dict[str, Any]) -> None:
     if not self.is_writer:
