@@ -180,7 +180,7 @@ def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
         if argv == sys.argv:  # ml_collections reads the overrides' order from sys.argv.
           sys.argv[:] = reordered
         argv = reordered
-      with _absl_warnings_off(), _help_is_success():
+      with _absl_warnings_off(), _help_is_success(argv):
         remaining = flags.FLAGS(argv)  # ml_collections' 'get_config() returned None': ours.
       if 'config' in flags.FLAGS:  # ml_collections reports a config file it failed to load
         flags.FLAGS['config'].value.to_dict()  # only when the config is first used.
@@ -199,14 +199,19 @@ def flags_parser(tool: str, defaults: Callable[[], Any] | None = None
   return parse
 
 
+_HELP_FLAGS = ('help', 'helpshort', 'helpfull', 'helpxml', '?')
+
+
 @contextlib.contextmanager
-def _help_is_success() -> Iterator[None]:
+def _help_is_success(argv: list[str]) -> Iterator[None]:
   """absl ends `--help` (and `--helpfull`, ...) with exit status 1, as if it had failed; a
-  script that checks a tool by its help, and argparse's tools, expect 0."""
+  script that checks a tool by its help, and argparse's tools, expect 0. (Only where `argv`
+  asks for help: a config file may exit 1 of its own accord.)"""
   try:
     yield
   except SystemExit as stop:
-    if stop.code == 1:
+    if stop.code == 1 and any(arg.startswith('-') and arg.lstrip('-') in _HELP_FLAGS
+                              for arg in argv[1:]):
       sys.exit(0)
     raise
 
