@@ -47,6 +47,23 @@ def device_summary() -> dict[str, Any]:
           'backend': jax.default_backend(), 'device_kind': devices[0].device_kind}
 
 
+def trained_longer_than_asked(config: ml_collections.ConfigDict, results: dict[str, Any]
+                              ) -> str | None:
+  """Why `results` (a finished run's, as `train_and_evaluate` returned them) are not those of
+  the run `config` asks for, or None where they are: a run that trained further in the same
+  workdir reports its own, longer run (and says so). A script that compares runs must not
+  take them for the config's, nor set them beside runs of the length asked."""
+  epochs = config.num_epochs + config.fine_tune.num_epochs
+  steps_per_epoch = round(results['steps'] / results['epochs']) if results['epochs'] else 0
+  asked = epochs * steps_per_epoch
+  if config.num_train_steps > 0:
+    asked = min(asked, config.num_train_steps)
+  if results['steps'] <= asked:
+    return None
+  return (f'its workdir holds a finished run of {results["steps"]} steps ({results["epochs"]:g} '
+          f'epochs), more than the {asked} asked for, and reports that run')
+
+
 def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str],
                      workdir: str) -> None:
   """Refuses to resume on other training or validation examples than the run started with

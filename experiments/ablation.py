@@ -106,10 +106,16 @@ def run_config(config_path: str, key: str, overrides: dict, args):
 def train(config_path: str, key: str, overrides: dict, args) -> dict:
   from cnnjax import train as train_lib
   from configs import default
+  from cnnjax.errors import UserError
   config = run_config(config_path, key, overrides, args)
   print(f'=== {key}', flush=True)
-  return train_lib.train_and_evaluate(config, os.path.join(args.workdir_root, key),
-                                      default.get_config())
+  workdir = os.path.join(args.workdir_root, key)
+  results = train_lib.train_and_evaluate(config, workdir, default.get_config())
+  longer = train_lib.trained_longer_than_asked(config, results)
+  if longer:  # Set beside runs of the length asked, its difference would be the length's.
+    raise UserError(f'{key}: {longer}. Pass another --workdir_root, or move {workdir} away; '
+                    'no page was written.')
+  return results
 
 
 def evaluate_without(config_path: str, key: str, overrides: dict, args, full: dict) -> dict:

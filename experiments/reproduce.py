@@ -104,6 +104,10 @@ def run_config(name: str, args) -> dict:
     results = train.train_and_evaluate(config, workdir, default.get_config())
   except UserError as error:  # Listed, not hidden.
     return {'name': name, 'skipped': f'could not run: {error}'}
+  longer = train.trained_longer_than_asked(config, results)
+  if longer:
+    return {'name': name, 'skipped': f'not listed: {longer} (pass another --workdir_root, or '
+                                     f'move {workdir} away)'}
   return {'name': name, 'results': results, 'rows': writers.read_metrics(workdir),
           'workdir': workdir}
 

@@ -164,6 +164,52 @@ def test_reproduce_never_replaces_a_recorded_run_with_a_failure(tmp_path, mock_t
   assert exit_info.value.code == 2 and open(page).read() == both
 
 
+def test_a_longer_finished_run_is_never_taken_for_the_one_asked(tmp_path, mock_tfds_64,
+                                                                monkeypatch, capsys):
+  """A workdir holding a longer finished run reports that run: a script setting it beside
+  runs of the length asked compared lengths, not recipes."""
+  from experiments import ablation
+  from experiments import reproduce
+  from cnnjax import train
+  from configs import cnn_simple
+  config = cnn_simple.get_config()
+  config.update(num_epochs=2, num_train_steps=0)
+  assert train.trained_longer_than_asked(config, {'steps': 10, 'epochs': 2.0}) is None
+  assert train.trained_longer_than_asked(config, {'steps': 7, 'epochs': 1.4}) is None  # Stopped.
+  config.num_epochs = 1
+  assert 'finished run of 10 steps (2 epochs), more than the 5 asked for' in (
+      train.trained_longer_than_asked(config, {'steps': 10, 'epochs': 2.0}))
+  config.update(num_epochs=2, num_train_steps=3)
+  assert 'more than the 3 asked for' in train.trained_longer_than_asked(
+      config, {'steps': 10, 'epochs': 2.0})
+  common = ['--suite=fashion_mnist', '--quick', '--only=mlp_128_64',
+            f'--workdir_root={tmp_path}/runs', f'--results_dir={tmp_path}/results']
+  monkeypatch.setattr(reproduce, 'QUICK_STEPS', 4)
+  page = reproduce.main(common)
+  recorded = open(page).read()
+  monkeypatch.setattr(reproduce, 'QUICK_STEPS', 2)
+  with pytest.raises(SystemExit) as exit_info:
+    reproduce.main(common)
+  assert exit_info.value.code == 2 and open(page).read() == recorded
+  assert ('no config ran (mlp_128_64: not listed: its workdir holds a finished run of 4 steps'
+          in capsys.readouterr().err)
+
+  config_file = tmp_path / 'tiny_recipe.py'
+  config_file.write_text(
+      'from configs import mlp_128_64\n\n\ndef get_config():\n'
+      '  config = mlp_128_64.get_config()\n'
+      '  config.update(name="tiny", num_epochs=2, label_smoothing=0.1)\n'
+      '  return config\n')
+  flags = [f'--config={config_file}', f'--workdir_root={tmp_path}/ablation',
+           f'--results_dir={tmp_path}/results']
+  table = open(ablation.main(flags)).read()
+  with pytest.raises(SystemExit) as exit_info:
+    ablation.main(flags + ['--epochs=1'])
+  assert exit_info.value.code == 2
+  assert open(tmp_path / 'results' / 'tiny_ablation.md').read() == table
+  assert 'ablation.py: error: full: its workdir holds a finished run of ' in capsys.readouterr().err
+
+
 def test_every_suite_ends_with_its_config_beyond_the_study():
   from experiments import reproduce
   for suite, configs in reproduce.SUITES.items():
