@@ -188,6 +188,40 @@ def test_image_folder_equals_tfds_for_the_same_images(tmp_path, mock_tfds):
     assert getattr(local, split).images.dtype == getattr(tfds_data, split).images.dtype
 
 
+def test_class_folders_numbered_by_label_are_those_labels_classes(tmp_path, caplog):
+  """Exports by label number (`train/0/`, ... `train/9/`) of a dataset whose classes have
+  names had been 'another dataset's images (MNIST's)'. Read in place and streamed, they are
+  the same examples as the named folders; a broken one is named by its folder."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+  labels = np.repeat(np.arange(10), 2)
+  names = datasets.DATASETS['cifar10'].class_names
+  numbers = [str(i) for i in range(10)]
+  for split in ('train', 'test'):
+    write_image_tree(str(tmp_path / 'named'), images, labels, names, split)
+    write_image_tree(str(tmp_path / 'numbered'), images, labels, numbers, split)
+  named = load_dataset('cifar10', 'train', '', 'test', local_data_dir=str(tmp_path / 'named'))
+  with caplog.at_level(logging.WARNING):
+    numbered = load_dataset('cifar10', 'train', '', 'test',
+                            local_data_dir=str(tmp_path / 'numbered'))
+  by_example = lambda split: sorted(zip(split.labels.tolist(), map(bytes, split.images)))
+  for split in ('train', 'test'):
+    assert by_example(getattr(numbered, split)) == by_example(getattr(named, split))
+  (warning,) = [r.getMessage() for r in caplog.records if 'are numbers' in r.getMessage()]
+  assert warning.endswith("as cifar10's label numbers: 0 = airplane, 1 = automobile, 2 = bird, "
+                          '3 = cat, 4 = deer, 5 = dog, 6 = frog, 7 = horse, 8 = ship, 9 = truck.')
+  broken = tmp_path / 'numbered' / 'train' / '3' / '00006.png'
+  broken.write_bytes(broken.read_bytes()[:200])  # An image's header, its pixels cut off.
+  streamed = load_dataset('cifar10', 'train', '', 'test', data_in_memory='false',
+                          local_data_dir=str(tmp_path / 'numbered'))
+  with pytest.raises(image_tree.LocalDataError, match=r'^train/3/00006.png in .*numbered '):
+    [streamed.train.read_example(i) for i in range(len(streamed.train))]
+  broken.unlink()
+  mnist = load_dataset('mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'numbered'),
+                       image_size=32, channels=3)  # Its class names are the numbers.
+  assert sorted(set(mnist.train.labels.tolist())) == list(range(10))
+
+
 def test_image_folder_tarball_and_slicing(tmp_path):
   rng = np.random.default_rng(0)
   images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)

@@ -250,6 +250,7 @@ class _Loader:
     self._whole: dict[str, Any] = {}
     self._arrays: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     self._tree = spec.tree  # A tree is listed once: here if `describe` did not.
+    self._told_numbers = False  # Numbered class folders are said once, for every split.
     if self.kind == 'tfds':
       info = tfds_source.builder_info(options.dataset, options.tfds_data_dir)
       self.keys = tfds_source.feature_keys(info, options.image_key, options.label_key)
@@ -291,6 +292,9 @@ class _Loader:
       self._tree = _listed_tree(self.options.local_data_dir)
     files = image_tree.split_files(self._tree, self.options.local_data_dir, split)
     if self.options.dataset in DATASETS:
+      files = _numbered_as_classes(files, split, self.options.local_data_dir,
+                                   self.options.dataset, warn=not self._told_numbers)
+      self._told_numbers = True
       _check_tree_is_the_dataset(files, split, self.options.local_data_dir, self.options.dataset)
     return files
 
@@ -418,6 +422,28 @@ def _check_tree_is_the_dataset(files: list[image_tree.TreeFile], split: str, roo
       f'None of the class folders of {split}/ in {root} ({image_tree.first_few(folders, ", ")}) '
       f'is a class of {dataset} ({", ".join(class_names)}): these are another dataset\'s '
       f'images; {_way_to_their_dataset(folders, dataset)}.')
+
+
+def _numbered_as_classes(files: list[image_tree.TreeFile], split: str, root: str, dataset: str,
+                         warn: bool) -> list[image_tree.TreeFile]:
+  """`files`, whose class folders are `dataset`'s label numbers (`0/` ... `9/`, as exports of
+  Fashion-MNIST or CIFAR-10 by label come), as the classes those numbers are, said in one
+  warning (`warn`) that names each; `files` as they are where the folders are not numbers,
+  or where the numbers are the dataset's class names (MNIST's)."""
+  class_names = DATASETS[dataset].class_names
+  folders = {f.cls for f in files}
+  numbers = [str(i) for i in range(len(class_names))]
+  if not folders or not folders <= set(numbers) or folders & set(class_names):
+    return files
+  if warn:
+    theirs = _dataset_of_classes(sorted(folders), dataset)  # MNIST's classes are numbers.
+    alike = theirs and DATASETS[theirs].image_shape == DATASETS[dataset].image_shape
+    logging.warning('The class folders of %s/ in %s are numbers: read, there and in any other '
+                    'split numbered alike, as %s\'s label numbers: %s%s.', split, root, dataset,
+                    ', '.join(f'{i} = {name}' for i, name in enumerate(class_names)),
+                    f' (for {theirs}, whose classes are these numbers, pass '
+                    f'--config.dataset={theirs})' if alike else '')
+  return [dataclasses.replace(f, cls=class_names[int(f.cls)], folder=f.cls) for f in files]
 
 
 def _way_to_their_dataset(classes: Sequence[str], dataset: str) -> str:

@@ -80,6 +80,12 @@ class TreeFile:
   name: str
   path: str = ''
   payload: bytes | None = None
+  folder: str = ''  # The class folder it lies in, where that is not `cls` (a label number).
+
+  @property
+  def shown(self) -> str:
+    """Where it lies in its split's folder, as messages name it."""
+    return f'{self.folder or self.cls}/{self.name}'
 
   def read(self) -> bytes:
     """The file's bytes; a file the system will not give (a link to nothing, no permission)
@@ -636,7 +642,7 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
   class that has no folder at all."""
   if skipped:
     logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s.', len(skipped), split,
-                    root, how, first_few([f'{split}/{f.cls}/{f.name} ({why})'
+                    root, how, first_few([f'{split}/{f.shown} ({why})'
                                           for f, why in skipped]))
   if not kept:
     raise LocalDataError(f'No readable image under {split}/ in {root}.')
@@ -667,7 +673,7 @@ def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: S
     try:
       images.append(images_lib.decode(f.read(), image_shape, resize))
     except images_lib.ImageSizeError as e:
-      raise LocalDataError(f'{split}/{f.cls}/{f.name} in {root} {e}.') from e
+      raise LocalDataError(f'{split}/{f.shown} in {root} {e}.') from e
     except images_lib.ImageInputError as e:
       skipped.append((f, e.reason))
       continue
@@ -717,7 +723,7 @@ def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple
       return images_lib.decode(f.read(), image_shape, resize)
     except (images_lib.ImageInputError, images_lib.ImageSizeError, OSError) as e:
       raise LocalDataError(
-          f'{split}/{f.cls}/{f.name} in {root} {e} (found while streaming it). Replace it '
+          f'{split}/{f.shown} in {root} {e} (found while streaming it). Replace it '
           'with a readable image of the same name and run the same command again: the run '
           'resumes from its last checkpoint. (Removing it changes the split: a resumed run '
           'accepts that of its test split only.)') from e
