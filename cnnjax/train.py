@@ -53,11 +53,8 @@ def trained_longer_than_asked(config: ml_collections.ConfigDict, results: dict[s
   the run `config` asks for, or None where they are: a run that trained further in the same
   workdir reports its own, longer run (and says so). A script that compares runs must not
   take them for the config's, nor set them beside runs of the length asked."""
-  epochs = config.num_epochs + config.fine_tune.num_epochs
   steps_per_epoch = round(results['steps'] / results['epochs']) if results['epochs'] else 0
-  asked = epochs * steps_per_epoch
-  if config.num_train_steps > 0:
-    asked = min(asked, config.num_train_steps)
+  asked = setup.steps_asked(setup.epochs_asked(config), config.num_train_steps, steps_per_epoch)
   if results['steps'] <= asked:
     return None
   return (f'its workdir holds a finished run of {results["steps"]} steps ({results["epochs"]:g} '

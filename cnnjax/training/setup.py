@@ -31,6 +31,18 @@ from cnnjax.training.steps import Trainer
 DATA_INIT_EXAMPLES = 5_000   # Training images a data-dependent initialisation looks at.
 
 
+def epochs_asked(config: ml_collections.ConfigDict) -> int:
+  """The epochs of all of `config`'s stages together."""
+  return config.num_epochs + config.fine_tune.num_epochs
+
+
+def steps_asked(num_epochs: int, max_steps: int, steps_per_epoch: int) -> int:
+  """The steps a run of `num_epochs` trains, cut at `max_steps` (config.num_train_steps)
+  where that is above 0."""
+  total = num_epochs * steps_per_epoch
+  return min(total, max_steps) if max_steps > 0 else total
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
   """A config's stages, with the model and optimizer of each, and its initial variables."""
@@ -54,8 +66,7 @@ class Experiment:
 
   def total_steps(self, steps_per_epoch: int) -> int:
     """Steps of all stages, cut at `config.num_train_steps`."""
-    total = self.num_epochs * steps_per_epoch
-    return min(total, self.max_steps) if self.max_steps > 0 else total
+    return steps_asked(self.num_epochs, self.max_steps, steps_per_epoch)
 
   def initial_state(self, variables: dict[str, Any] | None = None) -> TrainState:
     """The step-0 state of the first stage, from `variables` (default: the random init)."""
@@ -264,4 +275,4 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
                     config.label_smoothing,
                     augment.TestViews(config.augment.flip_test, config.augment.translate_test),
                     dropout_rng, backbone,
-                    config.num_epochs + config.fine_tune.num_epochs, config.num_train_steps)
+                    epochs_asked(config), config.num_train_steps)
