@@ -214,6 +214,24 @@ def test_evaluate_command_line_rejects_a_directory_without_a_run(tmp_path, monke
     saved.load_config(str(tmp_path), defaults())
 
 
+@pytest.mark.parametrize('record, problem', [
+    ('{broken', 'JSONDecodeError'),
+    ('[]', 'TypeError'),
+    ('{"image_shape": [28, 28], "class_names": ["a", "b"]}',
+     'image_shape [28, 28] is not [height, width, channels]'),
+    ('{"image_shape": [28, 28, 1.5], "class_names": ["a", "b"]}', 'image_shape [28, 28, 1.5]'),
+    ('{"image_shape": [28, 28, 1], "class_names": []}',
+     'class_names [] is not a list of two or more names'),
+    ('{"image_shape": [28, 28, 1], "class_names": "ab"}', "class_names 'ab' is not a list"),
+])
+def test_a_dataset_record_edited_by_hand_is_named_not_used(record, problem, tmp_path):
+  """No classes had been a division by zero deep in the model; a string, two classes."""
+  (tmp_path / 'dataset.json').write_text(record)
+  with pytest.raises(datasets.DatasetRecordError, match=re.escape(
+      f'{tmp_path}/dataset.json is unreadable (') + '.*' + re.escape(problem)):
+    datasets.saved_spec(str(tmp_path), datasets.DataOptions('fashion_mnist'))
+
+
 def test_a_workdir_next_to_a_run_names_the_run(tmp_path):
   """The run's checkpoints/ folder, one of its files, or the folder above several runs, given
   as --workdir: the error names the --workdir to pass instead. A run is not started inside

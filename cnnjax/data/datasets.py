@@ -54,7 +54,16 @@ class DatasetSpec:
 
   @classmethod
   def from_json(cls, saved: dict[str, Any]) -> 'DatasetSpec':
-    return cls(tuple(saved['image_shape']), tuple(saved['class_names']))
+    """The spec `to_json` wrote; a ValueError for one that cannot be (a file edited by hand),
+    which would fail far from here, in the model (a division by zero for no classes)."""
+    shape, names = saved['image_shape'], saved['class_names']
+    if not (isinstance(shape, list) and len(shape) == 3
+            and all(type(size) is int and size > 0 for size in shape)):
+      raise ValueError(f'image_shape {shape!r} is not [height, width, channels]')
+    if not (isinstance(names, list) and len(names) >= 2
+            and all(isinstance(name, str) for name in names)):
+      raise ValueError(f'class_names {names!r} is not a list of two or more names')
+    return cls(tuple(shape), tuple(names))
 
 
 DATASETS = {
