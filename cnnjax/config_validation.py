@@ -208,6 +208,16 @@ def _check_name(name) -> None:
                       'elsewhere, pass --workdir=PATH.')
 
 
+def check_model(config: ml_collections.ConfigDict):
+  """The model `config` names, built (not initialised): an unknown model name or option is
+  a ConfigError that lists the valid ones."""
+  try:
+    return build_model(config.model, nominal_classes(config), config.trainable,
+                       config.model_kwargs)
+  except ValueError as e:
+    raise ConfigError(str(e)) from e
+
+
 def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.ConfigDict
                     ) -> None:
   """Raises ConfigError naming the first field that is unknown or out of range.
@@ -273,12 +283,8 @@ def validate_config(config: ml_collections.ConfigDict, defaults: ml_collections.
       re.compile(config[field])
     except re.error as e:
       raise ConfigError(f'config.{field}={config[field]!r} is not a valid regex: {e}') from e
-  try:
-    # Unknown model names and model options fail here, with the valid ones listed;
-    # so does a training batch that does not divide over the devices (evaluation rounds its
-    # batch up to a multiple of the devices instead: see steps.Trainer).
-    model = build_model(config.model, nominal_classes(config), config.trainable,
-                        config.model_kwargs)
+  model = check_model(config)
+  try:  # Evaluation rounds its batch up to a multiple of the devices (see steps.Trainer).
     sharding.check_batch_size(config.batch_size)
   except ValueError as e:
     raise ConfigError(str(e)) from e

@@ -232,6 +232,26 @@ def test_a_dataset_record_edited_by_hand_is_named_not_used(record, problem, tmp_
     datasets.saved_spec(str(tmp_path), datasets.DataOptions('fashion_mnist'))
 
 
+@pytest.mark.parametrize('edit, problem', [
+    ({'model': 'mlpx'}, "Unknown model 'mlpx' (config.model). Registered models: "),
+    ({'model_kwargs': {'hidden_sizes': [0]}},
+     'config.model_kwargs.hidden_sizes must be a tuple of positive integers, got (0,)'),
+    ({'model_kwargs': {'hidden_sizes': [8], 'depth': 3}}, "Model 'mlp' has no option(s) ['depth']"),
+    ({'eval_batch_size': 'abc'}, "Could not override field 'eval_batch_size'"),
+    ({'augment': [1]}, "Could not override field 'augment'"),
+])
+def test_a_run_config_edited_by_hand_is_named_not_used(edit, problem, tmp_path):
+  """Each had been a traceback in cnnjax.evaluate and predict (main refuses the run as one of
+  another config)."""
+  (tmp_path / 'config.json').write_text(json.dumps(
+      {'model': 'mlp', 'dataset': 'fashion_mnist', 'batch_size': 8,
+       'model_kwargs': {'hidden_sizes': [8]}, **edit}))
+  from cnnjax.runs import saved
+  with pytest.raises(saved.RunNotFoundError, match=re.escape(
+      f'{tmp_path}/config.json holds a config that cannot be run ({problem}')):
+    saved.load_config(str(tmp_path), defaults())
+
+
 def test_a_workdir_next_to_a_run_names_the_run(tmp_path):
   """The run's checkpoints/ folder, one of its files, or the folder above several runs, given
   as --workdir: the error names the --workdir to pass instead. A run is not started inside

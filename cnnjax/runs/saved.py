@@ -9,6 +9,7 @@ from typing import NamedTuple
 import jax
 import ml_collections
 
+from cnnjax import config_validation
 from cnnjax import sharding
 from cnnjax.data import image_tree
 from cnnjax.errors import UserError, unreadable_message
@@ -78,7 +79,13 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   saved = writers.read_record(path, 'It holds the config the run was started with: restore '
                              'it from a backup.', RunNotFoundError)
   config = ml_collections.ConfigDict(defaults.to_dict())
-  _merge(config, _as_tuples(saved))
+  try:
+    _merge(config, _as_tuples(saved))
+    config_validation.check_model(config)
+  except (TypeError, ValueError, AttributeError) as e:  # A file edited by hand.
+    raise RunNotFoundError(f'{path} holds a config that cannot be run ({str(e).rstrip(".")}). '
+                           'It records the '
+                           'config the run was started with: restore it from a backup.') from e
   return config
 
 
