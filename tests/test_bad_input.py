@@ -365,6 +365,17 @@ def cut_results_json(workdir, data):
   return [f'--config.local_data_dir={data}']
 
 
+def edited_results_json(**edit):
+  """A results.json edited by hand: each had been a traceback (KeyError, a format code)."""
+  def make(workdir, data):
+    results = json.loads((workdir / 'results.json').read_text())
+    results.update(edit)
+    (workdir / 'results.json').write_text(json.dumps(
+        {k: v for k, v in results.items() if v is not None}))
+    return [f'--config.local_data_dir={data}']
+  return make
+
+
 def finished_without_checkpoints(workdir, data):
   for step in os.listdir(workdir / 'checkpoints'):
     os.rename(workdir / 'checkpoints' / step, workdir.parent / f'moved-{step}')
@@ -383,6 +394,12 @@ WORKDIR_CASES = {
     'corrupt config.json': (corrupt_config_json, 'config.json is unreadable'),
     'cut results.json': (cut_results_json, 'results.json is unreadable (JSONDecodeError',
                          'move it aside and run the same command to evaluate the run again'),
+    'results.json without its loss': (edited_results_json(test_loss=None),
+                                      "results.json is unreadable (ValueError: it has no "
+                                      "'test_loss'). It marks the run finished"),
+    'results.json with a loss in words': (edited_results_json(test_loss='low'),
+                                          "results.json is unreadable (ValueError: its "
+                                          "'test_loss' is 'low', not int or float)"),
     'finished run without checkpoints': (finished_without_checkpoints,
                                          'holds the results of a finished run but no readable'),
     'resumed on other examples': (other_data, 'trained on other examples'),

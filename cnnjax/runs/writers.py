@@ -35,16 +35,26 @@ class RecordError(UserError, ValueError):
   """A JSON file a run wrote (config, results) is unreadable: cut, or edited by hand."""
 
 
+# What a finished run's results.json must hold to be reported again.
+RESULTS_FIELDS = {'steps': (int,), 'test_loss': (int, float), 'test_accuracy': (int, float)}
+
+
 def read_record(path: str, meaning: str, error_type: type[UserError] = RecordError,
-                expected: type = dict) -> Any:
-  """The JSON object (or other `expected` type) in `path`, a file a run wrote; where it is
-  not one, an `error_type` naming the file, why, and `meaning` (what that means for the
-  run, and the way out)."""
+                expected: type = dict, fields: dict[str, tuple[type, ...]] | None = None) -> Any:
+  """The JSON object (or other `expected` type) in `path`, a file a run wrote, with `fields`
+  of their types (an object edited by hand); where it is not, an `error_type` naming the
+  file, why, and `meaning` (what that means for the run, and the way out)."""
   try:
     with open(path, encoding='utf-8') as f:
       record = json.load(f)
     if not isinstance(record, expected):
       raise ValueError(f'not a JSON {"object" if expected is dict else expected.__name__}')
+    for name, types in (fields or {}).items():
+      if name not in record:
+        raise ValueError(f'it has no {name!r}')
+      if not isinstance(record[name], types) or isinstance(record[name], bool):
+        raise ValueError(f'its {name!r} is {record[name]!r}, not '
+                         + ' or '.join(t.__name__ for t in types))
   except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
     raise error_type(f'{path} is unreadable ({type(e).__name__}: {e}). {meaning}') from e
   return record
@@ -121,7 +131,7 @@ class RunWriter:
       return None
     return read_record(self.path(RESULTS_FILE), 'It marks the run finished and holds its test '
                        'results: restore it, or move it aside and run the same command to '
-                       'evaluate the run again.')
+                       'evaluate the run again.', fields=RESULTS_FIELDS)
 
   def truncate_metrics(self, step: int, continues: bool) -> None:
     """Keeps the rows that a run resumed at `step` will not write again.
