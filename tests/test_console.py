@@ -175,6 +175,12 @@ def test_help_is_printed_to_stdout_with_exit_status_0(tool, args, tmp_path):
   assert '--workdir' in result.stdout or '--config' in result.stdout, result.stdout
 
 
+def test_a_config_file_that_exits_keeps_its_exit_status(tmp_path):
+  """Only help's status 1 becomes 0: a config file's own sys.exit(1) is not help."""
+  (tmp_path / 'stops.py').write_text('import sys\nsys.exit(1)\n')
+  assert run_tool('cnnjax.main', [f'--config={tmp_path}/stops.py'], tmp_path).returncode == 1
+
+
 def test_tfds_without_tensorflow_names_the_extra_in_one_line(tmp_path):
   (tmp_path / 'sitecustomize.py').write_text(BLOCK_TENSORFLOW)
   result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py', f'--workdir={tmp_path}/run'],
