@@ -582,6 +582,12 @@ def test_a_metrics_row_cut_off_mid_write_is_written_again(tmp_path, mock_tfds, c
   with pytest.raises(writers.MetricsFileError, match=r'Line 1 of .*metrics.jsonl is not an '
                      r"epoch's row .*delete that line"):
     writers.read_metrics(str(workdir))
+  # Edited by hand: a loss in words had been plotted as a category.
+  first = lines[0].replace('"train_loss": ', '"train_loss": "low", "x": ')
+  (workdir / 'metrics.jsonl').write_text('\n'.join([first, *lines[1:]]) + '\n')
+  with pytest.raises(writers.MetricsFileError, match=r"Line 1 of .*metrics.jsonl is not an "
+                     r"epoch's row \(its 'train_loss' is 'low', not a number\)"):
+    writers.read_metrics(str(workdir))
 
 
 @pytest.mark.parametrize('steps, resumed_at, missing', [

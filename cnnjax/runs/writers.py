@@ -65,6 +65,9 @@ class MetricsFileError(UserError, ValueError):
 
 
 _CUT_LINES_SAID: set[tuple[str, str]] = set()
+# The fields of an epoch's row that hold numbers (by the start of their names): all but
+# 'stage', a stage's name.
+_NUMBER_FIELDS = ('epoch', 'train_', 'val_')
 
 
 def read_metrics(workdir: str) -> list[dict[str, Any]]:
@@ -86,6 +89,10 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
       row = json.loads(line)
       if not isinstance(row, dict) or not isinstance(row.get('step'), int):
         raise ValueError('not an object with an integer "step"')
+      edited = next((key for key, value in row.items() if key.startswith(_NUMBER_FIELDS)
+                     and (not isinstance(value, (int, float)) or isinstance(value, bool))), None)
+      if edited:  # Plotted as categories, or a TypeError where selection compares it.
+        raise ValueError(f'its {edited!r} is {row[edited]!r}, not a number')
     except ValueError as error:
       if number == len(lines):  # No newline after it: cut off while being written.
         if (path, line) not in _CUT_LINES_SAID:  # A run reads the file more than once.
