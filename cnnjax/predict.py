@@ -140,9 +140,13 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
 
 
 def format_predictions(predictions: list[dict]) -> str:
+  """Each image's path on a line of its own (control characters in a name, such as a newline,
+  written as escapes; bytes its file system did not decode as `\\xNN`), then its classes."""
+  from cnnjax.data import image_tree
   lines = []
   for prediction in predictions:
-    lines.append(prediction['image'])
+    lines.append(''.join(c if c.isprintable() else repr(c)[1:-1]
+                         for c in image_tree.readable_name(prediction['image'])))
     lines += [f"  {p['class']}: {p['probability']:.4f}" for p in prediction['top']]
   return '\n'.join(lines)
 

@@ -476,6 +476,15 @@ def test_predict_reads_a_folder_a_chunk_at_a_time_and_skips_what_is_no_image(
                     'file(s), none an image Pillow reads.')
 
 
+def test_predict_prints_each_image_on_one_line_whatever_its_name():
+  """A name with a newline had taken two lines, which a reader of the text splits wrongly."""
+  top = [{'class': 'cat', 'index': 0, 'probability': 0.75}]
+  names = ['shots/a\nb.png', 'shots/caf\udce9.png', 'shots/\u732b\ttab.png']
+  assert predict_lib.format_predictions([{'image': n, 'top': top} for n in names]) == (
+      'shots/a\\nb.png\n  cat: 0.7500\nshots/caf\\xe9.png\n  cat: 0.7500\n'
+      'shots/\u732b\\ttab.png\n  cat: 0.7500')
+
+
 def test_predict_expands_patterns_a_shell_left_alone(tmp_path):
   """Windows' shell, and quotes, pass `photos/*.jpg` on as it is: it stands for the files it
   matches, in name order, as a folder's files (what is not an image is skipped later); a file
