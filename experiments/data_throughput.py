@@ -100,6 +100,8 @@ def main() -> None:
   args = parser.parse_args()
   if min(args.steps, args.repeats, args.max_workers) < 1:
     parser.error('--steps, --repeats and --max_workers must be 1 or more.')
+  if not os.path.exists(args.local_data_dir):
+    parser.error(f'--local_data_dir={args.local_data_dir} does not exist.')
   if not (os.path.isfile(args.local_data_dir) and tarfile.is_tarfile(args.local_data_dir)):
     parser.error(f'--local_data_dir={args.local_data_dir} is not a .tar.gz (or .tar) of an '
                  'image tree: this script compares reading the archive with reading it unpacked.')

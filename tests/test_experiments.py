@@ -531,6 +531,16 @@ def test_device_benchmark_bad_input_is_one_line(extra, message, tmp_path):
   assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
 
 
+def test_data_throughput_names_a_missing_archive_as_missing(tmp_path):
+  """It had been 'not a .tar.gz (or .tar) of an image tree', as if the file were another."""
+  result = subprocess.run([sys.executable, 'experiments/data_throughput.py',
+                           f'--local_data_dir={tmp_path}/cifar.tar.gz'], cwd=REPO_ROOT,
+                          capture_output=True, text=True, timeout=120)
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f'data_throughput.py: error: --local_data_dir={tmp_path}/cifar.tar.gz does not exist.')
+
+
 def test_data_throughput_measures_a_small_archive_and_stops_in_one_line(tmp_path, monkeypatch):
   # A split of fewer batches than a row reads (here 1 per epoch) is read over several epochs;
   # the training-step timing had no steps left to time and ended in a traceback. A stop
