@@ -66,26 +66,25 @@ def load_config(workdir: str, defaults: ml_collections.ConfigDict) -> ml_collect
   # A run this user may not read: said so, where its config.json would be 'missing'.
   if os.path.isdir(workdir or '.') and not os.access(workdir or '.', os.R_OK | os.X_OK):
     raise RunNotFoundError(unreadable_message(workdir) + ', or work on a copy of the run.')
-  if not os.path.exists(path) and checkpoints.has_checkpoints(workdir):
-    raise RunNotFoundError(f'{workdir} holds checkpoints but not the {writers.CONFIG_FILE} of '
-                           'the run that made them, which says what model and data they are '
-                           f'of: put the run\'s {writers.CONFIG_FILE} back.')
   if not os.path.exists(path):
+    if checkpoints.has_checkpoints(workdir):
+      raise RunNotFoundError(f'{workdir} holds checkpoints but not the {writers.CONFIG_FILE} '
+                             'of the run that made them, which says what model and data they '
+                             f'are of: put the run\'s {writers.CONFIG_FILE} back.')
     raise RunNotFoundError(
         f'{workdir or "The current directory (--workdir is empty)"} holds no cnnjax run '
         f'({writers.CONFIG_FILE} is missing).'
         + (_runs_near(workdir) or ' Pass the --workdir of a run started with python -m '
            'cnnjax.main.'))
-  saved = writers.read_record(path, 'It holds the config the run was started with: restore '
-                             'it from a backup.', RunNotFoundError)
+  meaning = 'It holds the config the run was started with: restore it from a backup.'
+  saved = writers.read_record(path, meaning, RunNotFoundError)
   config = ml_collections.ConfigDict(defaults.to_dict())
   try:
     _merge(config, _as_tuples(saved))
     config_validation.check_model(config)
   except (TypeError, ValueError, AttributeError) as e:  # A file edited by hand.
     raise RunNotFoundError(f'{path} holds a config that cannot be run ({str(e).rstrip(".")}). '
-                           'It records the '
-                           'config the run was started with: restore it from a backup.') from e
+                           f'{meaning}') from e
   return config
 
 

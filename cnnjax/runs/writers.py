@@ -39,6 +39,11 @@ class RecordError(UserError, ValueError):
 RESULTS_FIELDS = {'steps': (int,), 'test_loss': (int, float), 'test_accuracy': (int, float)}
 
 
+def _is_a(value: Any, types: tuple[type, ...]) -> bool:
+  """isinstance(value, types), where JSON's true and false are no numbers."""
+  return isinstance(value, types) and not isinstance(value, bool)
+
+
 def read_record(path: str, meaning: str, error_type: type[UserError] = RecordError,
                 expected: type = dict, fields: dict[str, tuple[type, ...]] | None = None) -> Any:
   """The JSON object (or other `expected` type) in `path`, a file a run wrote, with `fields`
@@ -52,7 +57,7 @@ def read_record(path: str, meaning: str, error_type: type[UserError] = RecordErr
     for name, types in (fields or {}).items():
       if name not in record:
         raise ValueError(f'it has no {name!r}')
-      if not isinstance(record[name], types) or isinstance(record[name], bool):
+      if not _is_a(record[name], types):
         raise ValueError(f'its {name!r} is {record[name]!r}, not '
                          + ' or '.join(t.__name__ for t in types))
   except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors.
@@ -90,7 +95,7 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
       if not isinstance(row, dict) or not isinstance(row.get('step'), int):
         raise ValueError('not an object with an integer "step"')
       edited = next((key for key, value in row.items() if key.startswith(_NUMBER_FIELDS)
-                     and (not isinstance(value, (int, float)) or isinstance(value, bool))), None)
+                     and not _is_a(value, (int, float))), None)
       if edited:  # Plotted as categories, or a TypeError where selection compares it.
         raise ValueError(f'its {edited!r} is {row[edited]!r}, not a number')
     except ValueError as error:
