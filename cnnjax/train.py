@@ -61,6 +61,24 @@ def trained_longer_than_asked(config: ml_collections.ConfigDict, results: dict[s
           f'epochs), more than the {asked} asked for, and reports that run')
 
 
+def _how_splits_differ(splits: list[str], saved: dict[str, str],
+                       now: dict[str, str]) -> str:
+  """Each split's number of examples then and now where it changed: an image skipped as
+  unreadable when the run started and mended since is one more, which a user would not
+  guess from 'other examples' alone."""
+  counts, grown_tree = [], False
+  for split in splits:
+    then, today = (examples.example_count(f[split]) if split in f else None
+                   for f in (saved, now))
+    if then is not None and today is not None and then != today:
+      counts.append(f'{split} holds {today:,} examples now, {then:,} when the run started')
+      grown_tree |= today > then and saved[split].startswith('names:')
+  if not counts:
+    return 'other files, or another source that orders them differently'
+  return '; '.join(counts + ['an image skipped as unreadable then and readable now counts as '
+                             'one more'] * grown_tree)
+
+
 def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str],
                      workdir: str) -> None:
   """Refuses to resume on other training or validation examples than the run started with
@@ -77,9 +95,9 @@ def _check_same_data(restored: checkpoints.Restored, fingerprints: dict[str, str
   if trained_on:
     raise checkpoints.IncompatibleCheckpointError(
         f'The run in {workdir} was trained on other examples than config.local_data_dir / '
-        f'config.tfds_data_dir now give (split(s) {", ".join(trained_on)} differ: other '
-        'files, or another source that orders them differently). Nothing was changed. Resume '
-        'with the data it started with, or choose a new --workdir (or pass '
+        f'config.tfds_data_dir now give (split(s) {", ".join(trained_on)} differ: '
+        f'{_how_splits_differ(trained_on, saved, fingerprints)}). Nothing was changed. '
+        'Resume with the data it started with, or choose a new --workdir (or pass '
         '--config.resume=False: the run starts again, the old one moved aside).')
   if differ:
     logging.warning('The test split holds other examples than when the run in %s started '

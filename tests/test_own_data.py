@@ -388,8 +388,35 @@ def test_a_run_stopped_by_a_broken_file_resumes_once_it_is_fixed(tmp_path, caplo
              for record in caplog.records)
   os.remove(os.path.join(root, 'train', 'cactus', '1.jpeg'))  # Training examples: refused.
   (workdir / 'results.json').unlink()
-  with pytest.raises(checkpoints.IncompatibleCheckpointError, match=r'split\(s\) train differ'):
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match=r'split\(s\) train differ: train holds 5 examples now, 6 when the '
+                     r'run started\)'):
     train_and_evaluate(config(6), workdir)
+
+
+def test_an_image_skipped_then_mended_is_named_as_one_more_example(tmp_path):
+  """A run held in memory skips an unreadable image; mended, it is one more example, which
+  resuming refuses. The refusal had said 'other files, or another source that orders them
+  differently', which a user who only mended an image would not recognise."""
+  root = write_tree(str(tmp_path / 'plants'), per_class=2)
+  config = lambda steps: folder_config(root, batch_size=2, num_train_steps=steps, num_epochs=100)
+  workdir = tmp_path / 'run'
+  train_and_evaluate(config(2), workdir)
+  Image.new('RGB', (16, 16)).save(os.path.join(root, 'train', CLASSES[1], 'broken.png'))
+  (workdir / 'results.json').unlink()
+  with pytest.raises(checkpoints.IncompatibleCheckpointError,
+                     match=r'split\(s\) train differ: train holds 7 examples now, 6 when the '
+                     'run started; an image skipped as unreadable then and readable now '
+                     r'counts as one more\)\. Nothing was changed'):
+    train_and_evaluate(config(4), workdir)
+
+
+def test_example_counts_are_read_from_every_kind_of_fingerprint():
+  assert [examples.example_count(f) for f in (
+      '60000:0123456789abcdef', 'names:73:0123456789abcdef', 'resized:50000:0123456789abcdef',
+      'resized:names:12:0123456789abcdef', 'tfds:cifar10/train[:80%]:40000',
+      'files:0123456789abcdef', 'tfds:cifar10/train')] == [
+          60000, 73, 50000, 12, 40000, None, None]
 
 
 def test_each_of_two_processes_streams_only_its_rows_of_each_batch(monkeypatch):

@@ -75,6 +75,18 @@ class StreamedSplit:
     return self.identity
 
 
+def example_count(fingerprint: str) -> int | None:
+  """How many examples a fingerprint names, where it says: pixels hashed ('N:…'), files
+  named ('names:N:…'), either resized ('resized:…'), a TFDS split ('tfds:name/split:N')."""
+  head, _, rest = fingerprint.partition(':')
+  if head.isdigit():
+    return int(head)
+  if head == 'resized':
+    return example_count(rest)
+  number = rest.split(':')[0] if head == 'names' else rest.rpartition(':')[2]
+  return int(number) if head in ('names', 'tfds') and number.isdigit() else None
+
+
 def same_examples(saved: str, now: str) -> bool:
   """Whether two fingerprints name the same examples. Fingerprints of different kinds
   (pixels hashed, files named, a TFDS split named) cannot be compared: they pass."""
