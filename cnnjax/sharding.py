@@ -8,6 +8,7 @@ over the global batch because the step is written for the global batch.
 import difflib
 import os
 import re
+import sys
 
 import jax
 import numpy as np
@@ -75,6 +76,23 @@ def start_backend() -> None:
         f'jax cannot start the devices JAX_PLATFORMS={asked} asks for: {reason}. Install '
         'the jax for them (pip install -U "jax[cuda12]" for NVIDIA GPUs, "jax[tpu]" for '
         'TPUs), or unset JAX_PLATFORMS to run on the devices this machine has.') from error
+  if jax.process_count() > 1 and jax.default_backend() == 'cpu':
+    _connect_cpu_processes_quietly()
+
+
+def _connect_cpu_processes_quietly() -> None:
+  """Connects CPU processes now, with a barrier, while the process's stdout goes nowhere:
+  gloo, their collectives, prints '[Gloo] Rank r is connected to n peer ranks...' on it (in
+  C++, past Python's logging) when they first talk, ahead of the run's own lines."""
+  sys.stdout.flush()
+  kept = os.dup(1)
+  try:
+    with open(os.devnull, 'wb') as nowhere:
+      os.dup2(nowhere.fileno(), 1)
+    sync_processes('connect')
+  finally:
+    os.dup2(kept, 1)
+    os.close(kept)
 
 
 def check_xla_flags(xla_flags: str | None = None) -> None:

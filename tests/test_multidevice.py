@@ -241,6 +241,9 @@ def test_two_processes_train_like_one(tmp_path, data_dir):
         stderr=subprocess.STDOUT))
   for process, log in zip(processes, logs):
     assert process.wait(timeout=600) == 0, open(log.name).read()[-3000:]
+  consoles = [open(log.name).read() for log in logs]
+  assert consoles[0].startswith('cnn_deep: model cnn_deep'), consoles[0][:300]
+  assert not any('[Gloo]' in console for console in consoles), [c[:300] for c in consoles]
   results = json.loads((workdir / 'results.json').read_text())
   assert results['num_devices'] == 2 and results['num_processes'] == 2
   assert len(read_jsonl(workdir / 'metrics.jsonl')) == 1  # Only process 0 wrote.
