@@ -54,6 +54,14 @@ def test_csv_files_that_do_not_fit_are_named(tmp_path):
   write_csv(tmp_path / 'test.csv', images[:, :27, :], labels)  # 756 pixels: not a square.
   with pytest.raises(LocalDataError, match='test.csv has 4 rows of a label and 756 pixel values'):
     csv_files.read_csv_split(str(tmp_path), 'test')
+  with open(tmp_path / 'test.csv', 'w') as f:  # pandas' to_csv writes its row numbers first.
+    f.write(',label,' + ','.join(f'pixel{i + 1}' for i in range(784)) + '\n')
+    f.writelines(f'{i},{i},' + ','.join(['0'] * 784) + '\n' for i in range(4))
+  with pytest.raises(LocalDataError, match="and 785 pixel values; a square grey image per row "
+                     "was expected: 784 would be a 28x28 image, so a column besides the label "
+                     "and the pixels is there, such as the row numbers pandas' to_csv writes "
+                     r'\(save with index=False'):
+    csv_files.read_csv_split(str(tmp_path), 'test')
   with open(tmp_path / 'test.csv', 'a') as f:
     f.write('3,1,2\n')  # A short row.
   with pytest.raises(LocalDataError, match='test.csv is not a CSV of a label and pixel values'):

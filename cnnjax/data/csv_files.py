@@ -95,8 +95,13 @@ def read_csv_split(root: str, split: str) -> tuple[np.ndarray, np.ndarray]:
   pixels = rows.shape[1] - 1
   side = int(round(pixels ** 0.5))
   if side * side != pixels:
+    fewer = int(round((pixels - 1) ** 0.5))
+    extra = (f': {pixels - 1} would be a {fewer}x{fewer} image, so a column besides the '
+             "label and the pixels is there, such as the row numbers pandas' to_csv writes "
+             '(save with index=False, or delete that column)'
+             if pixels > 1 and fewer * fewer == pixels - 1 else ' (784 values for 28x28)')
     raise LocalDataError(f'{path} has {len(rows)} rows of a label and {pixels} pixel values; '
-                         'a square grey image per row was expected (784 values for 28x28).')
+                         f'a square grey image per row was expected{extra}.')
   labels = rows[:, label_column]
   # Kaggle's label-first rows as a view: a copy of them all would add 8 bytes per value.
   images = rows[:, 1:] if label_column == 0 else np.delete(rows, label_column, axis=1)
