@@ -357,15 +357,16 @@ def _config_file_flags(args: list[str]) -> list[tuple[int, int, str]]:
 
 
 def config_file_first(argv: list[str]) -> list[str]:
-  """`argv` with `--config=FILE` (or `--config FILE`) moved before the other flags.
+  """`argv` with `--config=FILE` (or `--config FILE`) moved before the other flags, as
+  `--config=FILE`.
   ml_collections refuses a `--config.<field>=` override met before the file it overrides;
   a user may write them in any order."""
   args = list(argv[1:])
   given = _config_file_flags(args)
   if not given:
     return list(argv)
-  i, taken, _ = given[0]
-  return [argv[0], *args[i:i + taken], *args[:i], *args[i + taken:]]
+  i, taken, file = given[0]  # '~' expanded, as in every other path flag.
+  return [argv[0], f'--config={os.path.expanduser(file)}', *args[:i], *args[i + taken:]]
 
 
 def flag_given_a_flag(flag_values) -> str | None:

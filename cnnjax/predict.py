@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> None:
                       help='The run directory (as for cnnjax.main).')
   parser.add_argument('--top', type=int, default=3, help='Classes to print per image.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of text.')
-  parser.add_argument('images', nargs='+', metavar='IMAGE',
+  parser.add_argument('images', type=os.path.expanduser, nargs='+', metavar='IMAGE',
                       help='Image files, or folders of them.')
   args = parser.parse_args(argv)
   if args.top < 1:

@@ -177,12 +177,15 @@ def markdown(name: str, rows: list[dict], args, epochs: int, device: str) -> str
 def main(argv: list[str] | None = None) -> str:
   parser = cli.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', required=True, help='A config file, e.g. configs/x.py.')
-  parser.add_argument('--local_data_dir', default='', help='Dataset files (else TFDS).')
+  parser.add_argument('--config', type=os.path.expanduser,
+                      required=True, help='A config file, e.g. configs/x.py.')
+  parser.add_argument('--local_data_dir', type=os.path.expanduser,
+                      default='', help='Dataset files (else TFDS).')
   parser.add_argument('--epochs', type=int, help='Shorten every run to N epochs.')
   parser.add_argument('--only', default='', help=f'Comma-separated pieces: {", ".join(PIECES)}.')
-  parser.add_argument('--workdir_root', default='')
-  parser.add_argument('--results_dir', default=os.path.join(REPO_ROOT, 'experiments', 'results'))
+  parser.add_argument('--workdir_root', type=os.path.expanduser, default='')
+  parser.add_argument('--results_dir', type=os.path.expanduser,
+                      default=os.path.join(REPO_ROOT, 'experiments', 'results'))
   parser.add_argument('--note', action='append', default=[], help='A line for the page.')
   args = parser.parse_args(argv)
   if not os.path.isfile(args.config):

@@ -70,6 +70,7 @@ def load_config(path: str, overrides: Sequence[str] = ()):
   `ConfigError` says what is wrong with either, in one line."""
   from absl import flags
   from ml_collections import config_flags
+  path = os.path.expanduser(path)
   argv = [sys.argv[0], f'--config={path}', *overrides]
   flag_values = flags.FlagValues()
   # config_flags reads the overrides from sys.argv, from the definition on.
@@ -493,13 +494,15 @@ def parse_with_overrides(parser: argparse.ArgumentParser, argv: list[str] | None
 def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(description=__doc__, passthrough=('--config.',),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
-  parser.add_argument('--local_data_dir', default='')
+  parser.add_argument('--config', type=os.path.expanduser,
+                      default=os.path.join(REPO_ROOT, 'configs', 'cnn_simple.py'))
+  parser.add_argument('--local_data_dir', type=os.path.expanduser, default='')
   parser.add_argument('--epochs', type=int, help='Epochs measured per side (3).')
   parser.add_argument('--evals', type=int, help='Test evaluations per side (5).')
   parser.add_argument('--keras', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--ops', action='store_true', help='Benchmark the op rewrites instead.')
-  parser.add_argument('--vs', default='', help='A second cnnjax config to run end to end.')
+  parser.add_argument('--vs', type=os.path.expanduser,
+                      default='', help='A second cnnjax config to run end to end.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of a table.')
   args = parse_with_overrides(parser, argv)
   if args.vs and (args.epochs, args.evals) != (None, None):  # Else taken and not used.

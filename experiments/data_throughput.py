@@ -91,8 +91,8 @@ def training_images_per_second(config, data, steps: int) -> float:
 def main() -> None:
   parser = cli.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--config', default='configs/cifar_cnn.py')
-  parser.add_argument('--local_data_dir', required=True,
+  parser.add_argument('--config', type=os.path.expanduser, default='configs/cifar_cnn.py')
+  parser.add_argument('--local_data_dir', type=os.path.expanduser, required=True,
                       help='An image tree as .tar.gz (e.g. the CIFAR-10 JPEG archive).')
   parser.add_argument('--steps', type=int, default=100, help='Batches read per measurement.')
   parser.add_argument('--repeats', type=int, default=3)

@@ -201,8 +201,10 @@ def print_report(report: dict) -> None:
 def main(argv: list[str] | None = None) -> None:
   parser = cli.ArgumentParser(description=__doc__, passthrough=('--config.',),
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument('--fashion_mnist', default='', help='Fashion-MNIST IDX files.')
-  parser.add_argument('--cifar10', default='', help='The CIFAR-10 image tree or archive.')
+  parser.add_argument('--fashion_mnist', type=os.path.expanduser,
+                      default='', help='Fashion-MNIST IDX files.')
+  parser.add_argument('--cifar10', type=os.path.expanduser,
+                      default='', help='The CIFAR-10 image tree or archive.')
   parser.add_argument('--configs', default=','.join(STUDY_CONFIGS))
   parser.add_argument('--steps_per_dispatch', type=int, default=0, help='0: the default.')
   parser.add_argument('--warmup', type=int, default=40)
@@ -211,7 +213,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--peak_tflops', type=float, default=0.0)
   parser.add_argument('--flops', action=argparse.BooleanOptionalAction, default=True)
   parser.add_argument('--flops_only', action='store_true', help='FLOP counts; nothing runs.')
-  parser.add_argument('--json', default='', help='Also write the report to this file.')
+  parser.add_argument('--json', type=os.path.expanduser,
+                      default='', help='Also write the report to this file.')
   args = benchmark.parse_with_overrides(parser, argv)
   if min(args.warmup, args.window, args.windows) < 1:  # Compile time kept out of the windows.
     parser.error('--warmup, --window and --windows must be 1 or more.')

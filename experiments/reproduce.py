@@ -233,19 +233,21 @@ def main(argv: list[str] | None = None) -> str:
   parser = cli.ArgumentParser(description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument('--suite', choices=sorted(SUITES), required=True)
-  parser.add_argument('--local_data_dir', default='', help='Dataset files (else TFDS).')
+  parser.add_argument('--local_data_dir', type=os.path.expanduser,
+                      default='', help='Dataset files (else TFDS).')
   parser.add_argument('--quick', action='store_true', help=f'{QUICK_STEPS} steps per config.')
   parser.add_argument('--allow_cpu', action='store_true',
                       help='Also run VGG16/MobileNetV2 configs at study length on a CPU.')
   parser.add_argument('--only', default='', help='Comma-separated configs of the suite to run.')
-  parser.add_argument('--workdir_root', default='', help='Default checkpoints/<suite>[_quick].')
-  parser.add_argument('--results_dir', default=os.path.join(REPO_ROOT, 'experiments', 'results'))
+  parser.add_argument('--workdir_root', type=os.path.expanduser,
+                      default='', help='Default checkpoints/<suite>[_quick].')
+  parser.add_argument('--results_dir', type=os.path.expanduser,
+                      default=os.path.join(REPO_ROOT, 'experiments', 'results'))
   parser.add_argument('--note', action='append', default=[],
                       help='A line for the results page (data provenance, machine load...).')
   args = parser.parse_args(argv)
   name = f'{args.suite}_quick' if args.quick else args.suite
   args.workdir_root = args.workdir_root or os.path.join(REPO_ROOT, 'checkpoints', name)
-  args.local_data_dir = os.path.expanduser(args.local_data_dir)
   only = [c for c in args.only.split(',') if c]
   unknown = sorted(set(only) - set(SUITES[args.suite]))
   if unknown:

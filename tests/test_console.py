@@ -4,13 +4,17 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from PIL import Image
 
+from cnnjax import cli
 from cnnjax.runs import hooks
+from experiments import benchmark
 from tests.helpers import REPO_ROOT, run_tool
 
 # absl's log line prefix: severity letter, month and day, time (I1124 05:08:03.759101 ...).
@@ -146,12 +150,15 @@ def test_local_files_run_without_tensorflow(tmp_path, idx_dir):
   assert 'ModuleNotFoundError' in probe.stderr  # The block really was in force.
 
 
-def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
-  """`--workdir=~/run`: the shell leaves '~' after '=' as it is; the tools expand it."""
+def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir, monkeypatch):
+  """`--workdir=~/run`: the shell leaves '~' after '=' as it is (and in a quoted or
+  programmatic argument anywhere); the tools expand it, in every path they take."""
   home = tmp_path / 'home'
   os.makedirs(home)
   os.symlink(idx_dir, home / 'data')
-  result = run_main([f'--config={REPO_ROOT}/configs/cnn_simple.py',
+  shutil.copy(f'{REPO_ROOT}/configs/cnn_simple.py', home)
+  Image.new('L', (28, 28)).save(home / 'shirt.png')
+  result = run_main(['--config=~/cnn_simple.py',
                      '--config.local_data_dir=~/data', '--config.num_train_steps=2',
                      '--config.batch_size=8', '--workdir=~/run'], tmp_path, {'HOME': str(home)})
   assert result.returncode == 0, result.stderr[-3000:]
@@ -161,6 +168,14 @@ def test_a_tilde_in_path_flags_is_the_home_directory(tmp_path, idx_dir):
                        tmp_path, {'HOME': str(home)})
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   assert (home / 'run' / 'evaluation.json').exists()
+  predicted = run_tool('cnnjax.predict', ['--workdir=~/run', '~/shirt.png'], tmp_path,
+                       {'HOME': str(home)})
+  assert predicted.returncode == 0 and predicted.stdout.startswith(f'{home}/shirt.png\n'), (
+      predicted.stdout + predicted.stderr[-3000:])
+  monkeypatch.setenv('HOME', str(home))
+  assert benchmark.load_config('~/cnn_simple.py').local_data_dir == ''
+  assert cli.config_file_first(['main', '--config.x=1', '--config', '~/c.py']) == [
+      'main', f'--config={home}/c.py', '--config.x=1']
 
 
 @pytest.mark.parametrize('tool, args', [
