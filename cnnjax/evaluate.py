@@ -63,6 +63,11 @@ def _load_split(options, split: str, spec, val_split: str):
   from cnnjax.errors import UserError
   try:
     return datasets.load_split(options, split, spec)
+  except datasets.OtherDatasetError as e:  # Its way to train on them is no way to evaluate.
+    raise datasets.OtherDatasetError(
+        f'{e.finding}. This run was trained on {options.dataset}: evaluate it on '
+        f'{options.dataset}\'s files (--local_data_dir=DIR), or these with a run trained on '
+        'them.') from e
   except UserError as e:
     if split not in ('val', 'validation') or not val_split or val_split == split:
       raise

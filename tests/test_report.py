@@ -169,6 +169,28 @@ def test_evaluating_another_split_or_data_keeps_the_runs_reports(trained, tmp_pa
                                                                       'train[..30]']
 
 
+def test_evaluating_another_datasets_files_names_the_runs_dataset(trained, tmp_path):
+  """The loader's way out of another dataset's files is one for training ('use
+  configs/image_folder.py', 'pass --config.image_size=28'): no flag of evaluate's, whose
+  data must be the run's dataset."""
+  from cnnjax.data import datasets
+  from tests.helpers import tiny_image_tree, write_idx
+  _, workdir = trained
+  larger = tmp_path / 'larger'
+  larger.mkdir()
+  for prefix in ('train', 't10k'):
+    write_idx(str(larger / f'{prefix}-images-idx3-ubyte.gz'), np.zeros((4, 32, 32)))
+    write_idx(str(larger / f'{prefix}-labels-idx1-ubyte.gz'), np.arange(4))
+  for data, finding in ((tiny_image_tree(), r'\(ant, bee, wasp\) is a class of fashion_mnist'),
+                        (larger, r"have shape \(32, 32, 1\); fashion_mnist's have \(28, 28, 1\)")):
+    with pytest.raises(datasets.OtherDatasetError,
+                       match=finding + r".*\. This run was trained on fashion_mnist: evaluate it "
+                       r"on fashion_mnist's files \(--local_data_dir=DIR\), or these with a run "
+                       r'trained on them\.$') as error:
+      evaluate_lib.evaluate(workdir, defaults(), local_data_dir=str(data))
+    assert '--config.' not in str(error.value)
+
+
 @pytest.mark.parametrize('split,name', [('train[:80%]', 'train[..80%]'),
                                         ('test[10:20]+train[5%:]', 'test[10..20]+train[5%..]'),
                                         ('my data/v2', 'my_data_v2'), ('/', '_')])

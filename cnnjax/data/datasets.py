@@ -85,6 +85,16 @@ class BadLabelsError(UserError, ValueError):
   """Labels outside the dataset's classes: a corrupt label file, or another dataset's."""
 
 
+class OtherDatasetError(image_tree.LocalDataError):
+  """Files of another dataset than the config's. `finding` says what they are; the message
+  adds how to train on them (`way`), which a tool bound to a run's dataset, such as
+  `cnnjax.evaluate`, replaces with its own."""
+
+  def __init__(self, finding: str, way: str = ''):
+    super().__init__(finding + way)
+    self.finding = finding
+
+
 class DatasetRecordError(UserError, ValueError):
   """A run's record of its classes and image shape (dataset.json) cannot be read."""
 
@@ -427,10 +437,10 @@ def _check_tree_is_the_dataset(files: list[image_tree.TreeFile], split: str, roo
   theirs = _dataset_of_classes(folders, dataset)
   if not theirs and any(image_tree.class_meant(name, class_names) for name in folders):
     return  # Misspelt: image_tree names each folder with the class it may mean.
-  raise image_tree.LocalDataError(
+  raise OtherDatasetError(
       f'None of the class folders of {split}/ in {root} ({image_tree.first_few(folders, ", ")}) '
       f'is a class of {dataset} ({", ".join(class_names)}): these are another dataset\'s '
-      f'images; {_way_to_their_dataset(folders, dataset)}.')
+      'images', f'; {_way_to_their_dataset(folders, dataset)}.')
 
 
 def _numbered_as_classes(files: list[image_tree.TreeFile], split: str, root: str, dataset: str,
@@ -474,9 +484,9 @@ def _dataset_of_classes(classes: Sequence[str], dataset: str) -> str | None:
 def _check_batch_classes(root: str, class_names: tuple[str, ...], dataset: str) -> None:
   listed = cifar_batches.class_names(root)
   if listed is not None and listed != tuple(class_names):
-    raise image_tree.LocalDataError(
+    raise OtherDatasetError(
         f'{root} holds CIFAR batches of the classes {", ".join(listed)}; {dataset}\'s are '
-        f'{", ".join(class_names)}: {_way_to_their_dataset(listed, dataset)}.')
+        f'{", ".join(class_names)}', f': {_way_to_their_dataset(listed, dataset)}.')
 
 
 def _shaped(images: np.ndarray, shape: tuple[int, int, int], resize: bool,
@@ -503,9 +513,9 @@ def _check_reshapable(image_shape: tuple[int, ...], shape: tuple[int, int, int],
   like = f', as {" and ".join(owners)} do' if shaped_so else ''
   theirs = (f'For {owners[0]} files pass --config.dataset={shaped_so[0]}'
             + (f' (or {shaped_so[1]})' if shaped_so[1:] else '') + '; to' if shaped_so else 'To')
-  raise image_tree.LocalDataError(
+  raise OtherDatasetError(
       f'The images in {root} have shape {tuple(image_shape)}{like}; {dataset}\'s have '
-      f'{tuple(shape)}. {theirs} train on these resized to {dataset}\'s, pass '
+      f'{tuple(shape)}', f'. {theirs} train on these resized to {dataset}\'s, pass '
       f'--config.image_size={shape[0]} --config.channels={shape[2]}.')
 
 
