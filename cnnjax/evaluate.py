@@ -59,7 +59,7 @@ def reports_dir(workdir: str, config, split: str, local_data_dir: str | None,
 def _load_split(options, split: str, spec, val_split: str):
   """`datasets.load_split`; where `split` is 'val' or 'validation' and the data has no such
   split, the error names the one the run validated on (a slice of train, typically)."""
-  from cnnjax.data import datasets
+  from cnnjax.data import datasets, image_tree
   from cnnjax.errors import UserError
   try:
     return datasets.load_split(options, split, spec)
@@ -68,6 +68,10 @@ def _load_split(options, split: str, spec, val_split: str):
         f'{e.finding}. This run was trained on {options.dataset}: evaluate it on '
         f'{options.dataset}\'s files (--local_data_dir=DIR), or these with a run trained on '
         'them.') from e
+  except image_tree.KerasLayoutSplitError as e:
+    raise image_tree.KerasLayoutSplitError(
+        f"{e.finding}. Evaluate on part of train, e.g. --split='train[90%:]', or all of it, "
+        '--split=train.') from e
   except UserError as e:
     if split not in ('val', 'validation') or not val_split or val_split == split:
       raise

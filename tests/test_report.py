@@ -191,6 +191,26 @@ def test_evaluating_another_datasets_files_names_the_runs_dataset(trained, tmp_p
     assert '--config.' not in str(error.value)
 
 
+def test_evaluating_a_tree_in_keras_layout_names_the_split_flag(tmp_path):
+  """A tree of class folders alone is all train split; the loader's way to a test split
+  is --config.test_split, which evaluate has no use for: its flag is --split."""
+  import shutil
+  from cnnjax.errors import UserError
+  from tests.helpers import tiny_image_tree
+  config = shrink(load_config('image_folder'), local_data_dir=tiny_image_tree(), image_size=16,
+                  num_train_steps=1, train_split='train', val_split='')
+  workdir = str(tmp_path / 'run')
+  train_and_evaluate(config, workdir)
+  keras_layout = shutil.copytree(os.path.join(tiny_image_tree(), 'test'), tmp_path / 'classes')
+  with pytest.raises(UserError, match=r"read as the train split: there is no test/ split\. "
+                     r"Evaluate on part of train, e.g\. --split='train\[90%:\]', or all of it, "
+                     r'--split=train\.$'):
+    evaluate_lib.evaluate(workdir, defaults(), local_data_dir=str(keras_layout))
+  evaluation = evaluate_lib.evaluate(workdir, defaults(), local_data_dir=str(keras_layout),
+                                     split='train')
+  assert evaluation['examples'] == 30
+
+
 @pytest.mark.parametrize('split,name', [('train[:80%]', 'train[..80%]'),
                                         ('test[10:20]+train[5%:]', 'test[10..20]+train[5%..]'),
                                         ('my data/v2', 'my_data_v2'), ('/', '_')])

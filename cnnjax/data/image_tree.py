@@ -54,6 +54,16 @@ class LocalDataError(UserError, ValueError):
   """A local dataset file or tree is missing or malformed."""
 
 
+class KerasLayoutSplitError(LocalDataError):
+  """A split asked of a tree in Keras' layout, all of which is the train split. `finding`
+  says so; the message adds the config fields that take the split from train, which
+  `cnnjax.evaluate`, whose flag is --split, replaces with its own."""
+
+  def __init__(self, finding: str, way: str = ''):
+    super().__init__(finding + way)
+    self.finding = finding
+
+
 def unreadable(error: OSError) -> LocalDataError:
   """A dataset file or folder the system will not read (no permission): the fault it is,
   named, where os.walk would pass a folder over (its class gone missing) and a read end in a
@@ -561,12 +571,12 @@ def split_files(tree: dict[str, list[TreeFile]], root: str, split: str) -> list[
   """Split `split`'s files in a listing of the tree at `root` (`list_tree`)."""
   files = tree.get(_split_folder(tree, split))
   if not files and getattr(tree, 'keras_layout', False):
-    raise LocalDataError(
+    raise KerasLayoutSplitError(
         f'{root} holds class folders with no split folders (Keras\' <class>/<image> layout), '
-        f'read as the train split: there is no {split}/ split. Take it from part of train, e.g. '
-        "--config.train_split='train[:80%]' --config.val_split='train[80%:90%]' "
-        "--config.test_split='train[90%:]'; or put the folders in train/ beside test/<class>/ "
-        'ones.')
+        f'read as the train split: there is no {split}/ split',
+        ". Take it from part of train, e.g. --config.train_split='train[:80%]' "
+        "--config.val_split='train[80%:90%]' --config.test_split='train[90%:]'; or put the "
+        'folders in train/ beside test/<class>/ ones.')
   if not files:
     has = f' (it has {", ".join(f"{name}/" for name in sorted(tree))})' if tree else ''
     wrappers = [name for name in sorted(tree) if os.path.isdir(os.path.join(root, name, split))
