@@ -85,14 +85,8 @@ class BadLabelsError(UserError, ValueError):
   """Labels outside the dataset's classes: a corrupt label file, or another dataset's."""
 
 
-class OtherDatasetError(image_tree.LocalDataError):
-  """Files of another dataset than the config's. `finding` says what they are; the message
-  adds how to train on them (`way`), which a tool bound to a run's dataset, such as
-  `cnnjax.evaluate`, replaces with its own."""
-
-  def __init__(self, finding: str, way: str = ''):
-    super().__init__(finding + way)
-    self.finding = finding
+class OtherDatasetError(image_tree.FindingWithWayOut):
+  """Files of another dataset than the config's; the way out trains on them."""
 
 
 class DatasetRecordError(UserError, ValueError):

@@ -54,14 +54,18 @@ class LocalDataError(UserError, ValueError):
   """A local dataset file or tree is missing or malformed."""
 
 
-class KerasLayoutSplitError(LocalDataError):
-  """A split asked of a tree in Keras' layout, all of which is the train split. `finding`
-  says so; the message adds the config fields that take the split from train, which
-  `cnnjax.evaluate`, whose flag is --split, replaces with its own."""
+class FindingWithWayOut(LocalDataError):
+  """What is wrong with the data (`finding`), then the way out for a training run (`way`:
+  config fields, another config), which a tool bound to a run's config, such as
+  `cnnjax.evaluate`, replaces with its own."""
 
   def __init__(self, finding: str, way: str = ''):
     super().__init__(finding + way)
     self.finding = finding
+
+
+class KerasLayoutSplitError(FindingWithWayOut):
+  """A split asked of a tree in Keras' layout, all of which is the train split."""
 
 
 def unreadable(error: OSError) -> LocalDataError:
