@@ -63,6 +63,20 @@ def test_report_files_match_scikit_learn_on_the_runs_predictions(trained):
   assert 'precision' in open(os.path.join(workdir, report.REPORT_TXT)).read()
 
 
+def test_the_report_leaves_out_classes_neither_held_nor_predicted():
+  """A split without a class (or a slice of a few examples): scikit-learn's 0s for its
+  precision and recall had halved the macro averages of a split classified right."""
+  text, saved = report.classification_report(np.array([0, 0, 0]), np.array([0, 0, 0]),
+                                             ['cat', 'dog'])
+  assert 'dog' not in saved and 'dog' not in text
+  assert saved['macro avg']['recall'] == saved['accuracy'] == 1.0
+  _, saved = report.classification_report(np.array([0, 0, 2]), np.array([0, 1, 2]),
+                                          ['cat', 'dog', 'owl', 'yak'])
+  assert [k for k in saved if ' avg' not in k] == ['cat', 'dog', 'owl', 'accuracy']
+  assert saved['dog'] == {'precision': 0.0, 'recall': 0.0, 'f1-score': 0.0, 'support': 0.0}
+  assert saved['accuracy'] == pytest.approx(2 / 3)
+
+
 def test_worst_confusions_are_the_largest_off_diagonal_counts():
   matrix = np.array([[5, 3, 0], [1, 4, 0], [0, 7, 2]])
   pairs = report.worst_confusions(matrix, ['a', 'b', 'c'], top=2)

@@ -668,7 +668,8 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
   missing = [name for name in class_names_ if name not in present]
   if missing:
     logging.warning('Split %s/ in %s has no images of class(es) %s: their rows of the confusion '
-                    'matrix and report will be empty.', split, root, ', '.join(missing))
+                    'matrix will be empty, and the report lists them only where they are '
+                    'predicted.', split, root, ', '.join(missing))
 
 
 def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: Sequence[str],
