@@ -753,6 +753,19 @@ def test_the_lock_of_a_dead_run_does_not_block(tmp_path):
       lock.WorkdirLock(workdir).__enter__()
 
 
+def test_a_workdir_reached_through_a_link_takes_the_folders_own_lock(tmp_path):
+  """A folder of runs linked under another name: each name had its own lock file, so two
+  runs trained in one workdir, each deleting the other's checkpoints."""
+  from cnnjax.runs import lock
+  (tmp_path / 'big' / 'run').mkdir(parents=True)
+  os.symlink(tmp_path / 'big', tmp_path / 'runs')
+  with lock.WorkdirLock(str(tmp_path / 'big' / 'run')):
+    for other_name in ('runs/run', 'runs/run/', 'runs/../runs/run'):
+      with pytest.raises(lock.WorkdirBusyError, match='is in use by another run'):
+        lock.WorkdirLock(str(tmp_path / other_name)).__enter__()
+  assert lock.lock_path(str(tmp_path / 'runs' / 'run')) == str(tmp_path / 'big' / 'run.lock')
+
+
 def test_a_file_system_without_locks_runs_unlocked_with_a_warning(tmp_path, monkeypatch, caplog):
   """NFS without its lock daemon refuses every flock (ENOLCK): that stopped every run there in
   a traceback. Other errors of flock still end the run."""

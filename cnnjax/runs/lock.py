@@ -30,7 +30,10 @@ NO_LOCKS = frozenset({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSY
 
 
 def lock_path(workdir: str) -> str:
-  return os.path.abspath(workdir).rstrip('/') + '.lock'
+  """`<workdir>.lock` beside the folder the workdir really is: a workdir reached through a
+  link (`~/runs` linked to `/mnt/big/runs`, given one way in one terminal and the other way
+  in another) takes the same lock as the folder itself."""
+  return os.path.realpath(workdir).rstrip('/') + '.lock'
 
 
 class WorkdirLock:
