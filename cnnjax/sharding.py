@@ -14,6 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cnnjax import host_memory
 from cnnjax.errors import UserError
 
 DATA_AXIS = 'data'
@@ -135,16 +136,12 @@ def memory_stats() -> dict[str, int]:
 
 def free_memory_bytes() -> int | None:
   """Bytes the first device can still take: an accelerator's own count, or the host's
-  available memory (Linux' MemAvailable) for the CPU; None where neither is known."""
+  available memory for the CPU (`host_memory`: a container's cap counts); None where
+  neither is known."""
   stats = memory_stats()
   if 'bytes_limit' in stats:
     return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
-  try:
-    with open('/proc/meminfo') as f:
-      fields = dict(line.split(':', 1) for line in f if ':' in line)
-    return int(fields['MemAvailable'].split()[0]) * 1024
-  except (OSError, KeyError, ValueError):
-    return None
+  return host_memory.available_bytes()
 
 
 def initialize_distributed(coordinator_address: str | None = None,

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from cnnjax import host_memory
 from cnnjax.data import cifar_batches
 from cnnjax.data import csv_files
 from cnnjax.data import dataset_files
@@ -215,7 +216,7 @@ def check_split(split: Split | StreamedSplit, split_spec: str, num_classes: int,
 
 
 def _physical_memory() -> int:
-  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+  return host_memory.total_bytes()  # A container's cap, where it has one.
 
 
 def _fits_in_memory(options: DataOptions, num_examples: int | None,
@@ -236,10 +237,10 @@ def _listed_tree(root: str) -> image_tree.Listing:
     size, memory = os.path.getsize(root), _physical_memory()
     if size > MEMORY_FRACTION * memory:
       raise image_tree.LocalDataError(
-          f'{root} is {size / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of this '
-          f"machine's {memory / 2**30:.1f} GiB of memory, and an archive is read whole into "
-          'memory: unpack it and point config.local_data_dir at the folder (streamed where '
-          'it does not fit in memory).')
+          f'{root} is {size / 2**30:.1f} GiB, more than {MEMORY_FRACTION:.0%} of '
+          f'{host_memory.whose()} {memory / 2**30:.1f} GiB of memory, and an archive is read '
+          'whole into memory: unpack it and point config.local_data_dir at the folder '
+          '(streamed where it does not fit in memory).')
   return image_tree.list_tree(root)
 
 

@@ -16,6 +16,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from cnnjax import host_memory
 from cnnjax import sharding
 from cnnjax.data import pipeline
 from cnnjax.data.examples import Split, StreamedSplit
@@ -223,7 +224,7 @@ def _check_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, ...
   if free is not None and needed > free:
     count = sum(leaf.size for leaf in jax.tree.leaves(variables['params']))
     device = jax.local_devices()[0]  # The one `sharding.free_memory_bytes` counts.
-    where = ("this machine's memory" if device.platform == 'cpu'
+    where = (f'{host_memory.whose()} memory' if device.platform == 'cpu'
              else f'the {device.device_kind}')
     raise ConfigError(
         f'Model {config.model!r} on {"x".join(map(str, image_shape))} images has {count:,} '
