@@ -223,6 +223,54 @@ def test_runs_moved_aside_within_one_second_each_keep_a_folder_of_their_own(tmp_
           ] == [[{'run': 0}], [{'run': 1}], [{'run': 2}]]
 
 
+def test_resume_false_moves_aside_only_a_folder_that_holds_the_run_alone(tmp_path, mock_tfds,
+                                                                        monkeypatch):
+  """`--workdir=.` with --config.resume=False ended in a traceback after shutil.move had
+  copied the folder and emptied it; a project or home folder given as the workdir would be
+  renamed with everything in it."""
+  import errno
+  from configs import default
+  from cnnjax.runs import workdir as workdir_lib
+  workdir = tmp_path / 'run'
+  train_and_evaluate(resumable_config('cnn_simple', 2), str(workdir))
+  for name in ('metrics.jsonl.previous-20261205-093049', 'results.json.tmp'):
+    (workdir / name).write_text('{}\n')
+  assert workdir_lib._not_the_runs(str(workdir)) == []  # Every entry a run writes is known.
+  (workdir / 'evaluations').mkdir()
+  (workdir / 'notes.txt').write_text('mine')
+  (workdir / 'photos').mkdir()
+  config = resumable_config('cnn_simple', 2, resume=False)
+  before = tree_digest(workdir)
+
+  def refused(path, match):
+    with pytest.raises(workdir_lib.WorkdirError, match=match):
+      workdir_lib.prepare(config, path, default.get_config())
+    assert tree_digest(workdir) == before and not glob.glob(f'{workdir}.previous-*')
+
+  refused(str(workdir), r'--workdir=.*/run holds notes.txt, photos besides the run, and '
+          r'--config.resume=False moves the whole folder aside\. Nothing was changed\.')
+  os.remove(workdir / 'notes.txt')
+  os.rmdir(workdir / 'photos')
+  before = tree_digest(workdir)
+  monkeypatch.chdir(workdir)
+  refused('.', '--workdir=. is the current directory, which --config.resume=False cannot move '
+          f'aside from under this process. Nothing was changed. Run the command from '
+          f'{tmp_path} with --workdir=run')
+  monkeypatch.chdir(workdir / 'checkpoints')
+  refused('..', r'--workdir=\.\. is a folder above the current directory')
+  monkeypatch.chdir(tmp_path)
+
+  def busy(source, target):
+    raise OSError(errno.EBUSY, os.strerror(errno.EBUSY), source)
+  monkeypatch.setattr(os, 'rename', busy)  # A mount point, say.
+  refused('run', r'could not move the previous run in run aside to .*run\.previous-\d{8}-\d{6} '
+          r'\(Device or resource busy\)\. Nothing was changed')
+  monkeypatch.undo()  # The working directory too.
+  assert workdir_lib.prepare(config, str(workdir), default.get_config()) == {}
+  (moved,) = glob.glob(f'{workdir}.previous-*')
+  assert tree_digest(moved) == before
+
+
 # --- Killed processes --------------------------------------------------------------------------
 
 def main_command(data_dir, workdir, *extra):

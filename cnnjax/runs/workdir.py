@@ -8,16 +8,17 @@ aside (`DIR.previous-<time>`) instead of deleting anything.
 import json
 import logging
 import os
-import shutil
 from typing import Any
 
 import jax
 import ml_collections
 
+from cnnjax.data import datasets
 from cnnjax.data import image_tree
 from cnnjax.errors import UserError
 from cnnjax.runs import atomic
 from cnnjax.runs import checkpoints
+from cnnjax.runs import report
 from cnnjax.runs import writers
 
 # Fields that may change between a run and its resumption: how long to train (and how
@@ -188,6 +189,56 @@ def check_file_can_be_written(path: str, flag: str) -> None:
   check_folder_can_be_written(folder, flag, f'{flag}={path}: its folder {folder}')
 
 
+# What a run writes into its workdir, and `cnnjax.evaluate` (its evaluation.json and
+# evaluations/); '.previous-<time>' copies and '.tmp' files of each may lie beside them.
+RUN_ENTRIES = frozenset({
+    writers.CONFIG_FILE, writers.METRICS_FILE, writers.RESULTS_FILE, datasets.DATASET_FILE,
+    checkpoints.CHECKPOINT_DIR, checkpoints.UNREADABLE_DIR, checkpoints.BEST_DIR,
+    writers.TENSORBOARD_DIR, report.CURVES_FILE, report.CONFUSION_PNG, report.CONFUSION_CSV,
+    report.REPORT_TXT, report.REPORT_JSON, 'evaluation.json', 'evaluations'})
+
+
+def _not_the_runs(workdir: str) -> list[str]:
+  """The entries of `workdir` that no run wrote (a project's files, other runs' folders)."""
+  def the_runs(name: str) -> bool:
+    return name.removesuffix('.tmp').split('.previous-')[0] in RUN_ENTRIES
+  return sorted(name for name in os.listdir(workdir) if not the_runs(name))
+
+
+def _check_can_be_moved_aside(workdir: str) -> None:
+  """`--config.resume=False` moves the whole workdir aside: refused for the folder this
+  process works in (or one above it), which would move along with it, and for a folder that
+  holds other things than the run (`--workdir=.` in a project, or a home folder), which the
+  user would find renamed."""
+  real, here = os.path.realpath(workdir), os.path.realpath(os.getcwd())
+  if here == real or here.startswith(real.rstrip(os.sep) + os.sep):
+    where = 'the current directory' if here == real else 'a folder above the current directory'
+    raise WorkdirError(
+        f'--workdir={workdir} is {where}, which --config.resume=False cannot move aside from '
+        f'under this process. Nothing was changed. Run the command from {os.path.dirname(real)} '
+        f'with --workdir={os.path.basename(real)}, or choose a new --workdir.')
+  others = _not_the_runs(workdir)
+  if others:
+    raise WorkdirError(
+        f'--workdir={workdir} holds {image_tree.first_few(others, ", ")} besides the run, and '
+        '--config.resume=False moves the whole folder aside. Nothing was changed. Move '
+        'those out of it (or the run out of them), or choose a new --workdir.')
+
+
+def _move_aside(workdir: str) -> str:
+  """Renames the old run to `<workdir>.previous-<time>`, beside it: a rename, never a copy
+  (a copy cut short by a full disk would leave the run in two halves)."""
+  target = atomic.aside_name(workdir)
+  try:
+    os.rename(os.path.abspath(workdir), target)
+  except OSError as error:  # A mount point, a folder in use on Windows-like file systems.
+    raise WorkdirError(
+        f'--config.resume=False could not move the previous run in {workdir} aside to '
+        f'{target} ({error.strerror}). Nothing was changed. Move or delete it yourself, or '
+        'choose a new --workdir.') from error
+  return target
+
+
 def prepare(config: ml_collections.ConfigDict, workdir: str,
             defaults: ml_collections.ConfigDict) -> dict[str, Any]:
   """Checks that `config` may run in `workdir` (one `check_writable` has passed); moves an
@@ -195,9 +246,9 @@ def prepare(config: ml_collections.ConfigDict, workdir: str,
   if not holds_run(workdir):
     return {}
   if not config.resume:
-    target = atomic.aside_name(workdir)
+    _check_can_be_moved_aside(workdir)
     if jax.process_index() == 0:
-      shutil.move(workdir, target)
+      target = _move_aside(workdir)
       print(f'config.resume=False: moved the previous run in {workdir} to {target}; starting '
             'afresh.', flush=True)
     return {}

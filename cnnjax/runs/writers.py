@@ -22,6 +22,7 @@ from cnnjax.runs import atomic
 CONFIG_FILE = 'config.json'
 METRICS_FILE = 'metrics.jsonl'
 RESULTS_FILE = 'results.json'
+TENSORBOARD_DIR = 'tensorboard'
 
 
 def write_json(path: str, payload: Any) -> None:
@@ -133,7 +134,7 @@ class RunWriter:
     self._tensorboard = None
     if self.is_writer:
       os.makedirs(workdir, exist_ok=True)
-      self._tensorboard = _tensorboard_writer(os.path.join(workdir, 'tensorboard'))
+      self._tensorboard = _tensorboard_writer(os.path.join(workdir, TENSORBOARD_DIR))
 
   def path(self, name: str) -> str:
     return os.path.join(self.workdir, name)
