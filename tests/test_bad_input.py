@@ -429,6 +429,15 @@ def test_a_workdir_that_is_a_file(data, tmp_path):
   assert (tmp_path / 'run').read_text() == 'my notes'
 
 
+@pytest.mark.parametrize('root', ['/', '//', '/..'])
+def test_the_root_of_the_file_system_is_no_workdir(root):
+  """`--workdir=/$RUN` with RUN unset: as root (Colab's user) the run wrote into '/'."""
+  from cnnjax.runs import workdir as workdir_lib
+  with pytest.raises(workdir_lib.WorkdirError, match=f'^--workdir={re.escape(root)} is the root '
+                     'of the file system: name a folder for the run'):
+    workdir_lib.check_writable(root)
+
+
 @pytest.mark.parametrize('below', ['', '/inside'])
 def test_a_workdir_through_a_link_to_nowhere(below, data, tmp_path):
   """A link to a drive that is not mounted: mkdir cannot make its target (FileExistsError)."""

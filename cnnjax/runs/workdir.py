@@ -137,6 +137,9 @@ def check_writable(workdir: str) -> None:
   checkpoints/ folder, given for the run itself) or cannot be written."""
   check_folder_can_be_written(workdir, '--workdir')
   absolute = os.path.abspath(workdir)
+  if os.path.dirname(absolute) == absolute:  # '/', as '--workdir=/$UNSET' gives.
+    raise WorkdirError(f'--workdir={workdir} is the root of the file system: name a folder '
+                       'for the run, e.g. --workdir=runs/cnn_simple.')
   shown = image_tree.readable_name(absolute)
   if shown != absolute:  # Bytes the file system's encoding did not decode.
     raise WorkdirError(f'--workdir={shown} has bytes in its path that are not UTF-8 text, and '
