@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from typing import Any, NamedTuple, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import orbax.checkpoint as ocp
@@ -66,6 +66,44 @@ def has_checkpoints(workdir: str) -> bool:
   except PermissionError as e:  # The first look at them, training or reading the run.
     raise UnreadableCheckpointsError(
         unreadable_message(directory, workdir) + ', or work on a copy of the run.') from e
+
+
+# How long a reader waits for a step it failed to read to vanish: the training run may be
+# deleting it (keep_checkpoints), file by file, and the read failed partway.
+_DELETION_SECONDS = 1.0
+
+
+def _vanishes(path: str) -> bool:
+  """Whether `path` is gone, or goes within `_DELETION_SECONDS`."""
+  deadline = time.monotonic() + _DELETION_SECONDS
+  while os.path.exists(path):
+    if time.monotonic() > deadline:
+      return False
+    time.sleep(0.05)
+  return True
+
+
+ABANDONED_READ = 'Event loop is closed'
+
+
+def _drop_abandoned_reads() -> None:
+  """A restore that failed (a step rotated away while it was read, a broken file) leaves
+  tensorstore reads in flight. As each ends, it posts its result to orbax's event loop,
+  closed by then, or fails inside orbax's coroutine, which nothing awaits any more; Python
+  reports either as unraisable: a traceback after the tool's own lines, with nothing for
+  the user to do. Those alone are dropped."""
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_abandoned_reads', False):
+    return
+
+  def hook(unraisable) -> None:
+    closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
+                   and str(unraisable.exc_value) == ABANDONED_READ)
+    code = getattr(unraisable.object, 'cr_code', None)  # A read's coroutine, left unfinished.
+    if not (closed_loop or (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename)):
+      previous(unraisable)
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
 
 
 def _abstract(tree: Any) -> Any:
@@ -152,10 +190,23 @@ def _manager(directory: str, owns_workdir: bool, **options: Any) -> ocp.Checkpoi
   no lock and may look at a run that is saving: they leave its files alone.
   """
   _dropping_refused_write_echoes()
-  manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
-      create=True, cleanup_tmp_directories=owns_workdir, **options))
+  manager = _listed(lambda: ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(
+      create=True, cleanup_tmp_directories=owns_workdir, **options)))
   _await_cleanup(manager)
   return manager
+
+
+def _listed(listing: Callable[[], Any]) -> Any:
+  """`listing()`, an orbax listing of the steps (a new manager, a reload), again where a
+  training run deleted a step between orbax's listing of the folder and its look at the
+  step (FileNotFoundError): a reader looking at a run that rotates its checkpoints."""
+  for attempt in range(_LISTINGS):
+    try:
+      return listing()
+    except FileNotFoundError:
+      if attempt == _LISTINGS - 1:
+        raise
+  raise AssertionError('unreachable')
 
 
 def _await_cleanup(manager: ocp.CheckpointManager) -> None:
@@ -217,7 +268,7 @@ class Checkpointer:
       restored, vanished = self._restore_newest(state_templates, metrics_template)
       if restored is not None or not vanished:
         return restored
-      self.manager.reload()
+      _listed(self.manager.reload)
     return None
 
   def _restore_newest(self, state_templates: Sequence[Any], metrics_template: Any
@@ -264,9 +315,10 @@ class Checkpointer:
     inspection; a reader (`cnnjax.evaluate`, `cnnjax.predict`) leaves the run's files as they
     are: the step may be one that the run, still training, has just rotated away (then
     True, quietly)."""
+    _drop_abandoned_reads()
     if self.owns_workdir:
       self._set_aside(step, error)
-    elif not os.path.exists(os.path.join(self.directory, str(step))):
+    elif _vanishes(os.path.join(self.directory, str(step))):
       return True
     else:
       logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
