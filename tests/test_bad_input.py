@@ -89,6 +89,10 @@ def config_file(text, overridden=True):
 
 MAIN_CASES = {
     'truncated archive': (truncated_archive, 'is truncated or corrupt'),
+    # Refused after the start summary, which had announced '(0 trainable)'.
+    'config.trainable matching nothing': (with_data("--config.trainable=^nothing$"),
+                                          "config.trainable='^nothing$' matches no parameter "
+                                          'of the model; nothing would train.'),
     # Each folder had been 'not a class of this dataset: rename it to one of them'.
     "CIFAR-10's images given to a Fashion-MNIST config": (
         lambda data, tmp_path: [f'--config.local_data_dir={image_tree_archive(tmp_path)}'],
@@ -242,6 +246,7 @@ def test_bad_input_to_main_is_one_line_and_makes_no_workdir(case, data, tmp_path
   # In a folder yet to be made: a run refused leaves neither it nor its lock file behind.
   result = run_tool('cnnjax.main', [*args, f'--workdir={tmp_path}/runs/run'], tmp_path)
   assert_one_line_error(result, 'cnnjax', *messages)
+  assert 'parameters (' not in result.stdout  # Refused before the run announced itself.
   assert not os.path.exists(tmp_path / 'runs')
 
 

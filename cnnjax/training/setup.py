@@ -72,11 +72,7 @@ class Experiment:
   def initial_state(self, variables: dict[str, Any] | None = None) -> TrainState:
     """The step-0 state of the first stage, from `variables` (default: the random init)."""
     variables = self.variables if variables is None else variables
-    pattern = self.stages[0].trainable
-    trainable, frozen = params_lib.partition(variables['params'], pattern)
-    if not jax.tree.leaves(trainable):
-      raise ConfigError(f'config.trainable={pattern!r} matches no parameter of the model; '
-                        'nothing would train.')
+    trainable, frozen = params_lib.partition(variables['params'], self.stages[0].trainable)
     return TrainState(
         step=jnp.zeros((), jnp.int32), params=trainable, frozen_params=frozen,
         batch_stats=variables.get('batch_stats', {}), opt_state=self.optimizers[0].init(trainable),
@@ -212,6 +208,14 @@ def _in_binary_units(size: int) -> str:
   return f'{size / 2**30:.1f} GiB' if size >= 2**30 else f'{size / 2**20:.1f} MiB'
 
 
+def _check_trains_something(pattern: str, variables: Any) -> None:
+  """Refuses a `config.trainable` that matches no parameter, before the run says anything."""
+  trainable, _ = params_lib.partition(variables['params'], pattern)
+  if not jax.tree.leaves(trainable):
+    raise ConfigError(f'config.trainable={pattern!r} matches no parameter of the model; '
+                      'nothing would train.')
+
+
 def _check_memory(config: ml_collections.ConfigDict, image_shape: tuple[int, ...],
                   variables: Any, tx: optax.GradientTransformation) -> None:
   """Refuses a model whose training state cannot fit in the device's free memory, from the
@@ -268,6 +272,7 @@ def build(config: ml_collections.ConfigDict, image_shape: tuple[int, ...], num_c
         f'Model {config.model!r} needs images of at least {side}x{side} pixels; these are '
         f'{image_shape[0]}x{image_shape[1]}, which its layers shrink to nothing. Resize them '
         f'(--config.image_size={side} or more) or choose a model for small images.') from error
+  _check_trains_something(plan[0].trainable, _carried(abstract))
   _check_memory(config, image_shape, _carried(abstract), txs[0])
   variables = _carried(initialise())
   return Experiment(tuple(plan), models, txs, variables, recipe,
