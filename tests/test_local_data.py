@@ -3,6 +3,7 @@ import dataclasses
 import gzip
 import logging
 import os
+import pickle
 import re
 import shutil
 import tarfile
@@ -350,7 +351,20 @@ def test_a_damaged_zip_or_a_file_that_is_no_archive_is_named(tmp_path):
   labels = idx_dir / 'train-labels-idx1-ubyte.gz'
   unpacked = tmp_path / 'train-images-idx3-ubyte'
   unpacked.write_bytes(gzip.decompress((idx_dir / 'train-images-idx3-ubyte.gz').read_bytes()))
-  for path, message in ((cut, 'cut.zip is truncated or corrupt'),
+  # Other single files of a dataset, given for its folder: each had been 'neither a directory
+  # nor a .tar.gz ... archive'.
+  kaggle_csv = tmp_path / 'fashion-mnist_train.csv'
+  kaggle_csv.write_text('label,pixel1\n0,0\n')
+  batch = tmp_path / 'data_batch_1'
+  batch.write_bytes(pickle.dumps({'data': [0]}, protocol=2))
+  image = next(tree.rglob('*.png'))
+  for path, message in ((kaggle_csv, 'fashion-mnist_train.csv is one CSV file: config.local_data_'
+                                     'dir takes the folder that holds the train and the test CSV'),
+                        (batch, 'data_batch_1 is one CIFAR batch file: config.local_data_dir '
+                                'takes the folder that holds them all'),
+                        (image, r'\.png is one image: config.local_data_dir takes the folder of '
+                                r'the tree \(train/<class>/<image>'),
+                        (cut, 'cut.zip is truncated or corrupt'),
                         (flipped, 'flipped.zip is truncated or corrupt'),
                         (cut_xz, 'cut.tar.xz is truncated or corrupt'),
                         (notes, 'notes.rar is neither a directory nor a .tar.gz, .tar.bz2, '

@@ -362,11 +362,31 @@ def _archive_kind(root: str) -> str:
     return 'zip'
   if _is_tar_header(head):
     return kind or 'tar'
+  if not kind:
+    _refuse_one_dataset_file(root)
   raise LocalDataError(
       f'{root} is ' + (f'{kind}-compressed but holds no tar archive' if kind else
                        'neither a directory nor a .tar.gz, .tar.bz2, .tar.xz, .tar or .zip '
                        'archive')
       + ' (of train/<class>/<image> files): point config.local_data_dir at one.')
+
+
+def _refuse_one_dataset_file(root: str) -> None:
+  """An error naming what `root` is, where it is one file of a dataset (a CSV file, a
+  CIFAR batch, an image) that config.local_data_dir took in place of the folder of them."""
+  name = os.path.basename(root)
+  if name.lower().endswith('.csv'):
+    raise LocalDataError(f'{root} is one CSV file: config.local_data_dir takes the folder that '
+                         'holds the train and the test CSV files (fashion-mnist_train.csv and '
+                         'fashion-mnist_test.csv).')
+  if re.fullmatch(r'(data_batch_\d|test_batch|batches\.meta)(\.bin|\.txt)?', name):
+    raise LocalDataError(f'{root} is one CIFAR batch file: config.local_data_dir takes the '
+                         'folder that holds them all (cifar-10-batches-py/ or '
+                         'cifar-10-batches-bin/), or the .tar.gz they came in.')
+  if not images_lib.header_problem(root):
+    raise LocalDataError(f'{root} is one image: config.local_data_dir takes the folder of the '
+                         'tree (train/<class>/<image> and test/<class>/<image>), or an archive '
+                         'of it.')
 
 
 def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]],
