@@ -27,8 +27,6 @@ import sys
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
-EVALUATION_FILE = 'evaluation.json'
-EVALUATIONS_DIR = 'evaluations'
 
 
 def _name_part(text: str) -> str:
@@ -46,6 +44,7 @@ def reports_dir(workdir: str, config, split: str, local_data_dir: str | None,
   examples loaded now, compared where --local_data_dir points elsewhere). Any other split
   or data goes to `evaluations/`, never over the run's reports.
   """
+  from cnnjax.runs import report
   roles = {config.train_split: 'train', config.val_split: 'val', config.test_split: 'test'}
   same_data = local_data_dir is None or (split in roles
                                          and tested_on.get(roles[split]) == fingerprint)
@@ -53,7 +52,7 @@ def reports_dir(workdir: str, config, split: str, local_data_dir: str | None,
     return workdir
   name = _name_part(split) if same_data else (
       f'{_name_part(os.path.basename(os.path.normpath(local_data_dir)))}-{_name_part(split)}')
-  return os.path.join(workdir, EVALUATIONS_DIR, name)
+  return os.path.join(workdir, report.EVALUATIONS_DIR, name)
 
 
 def _load_split(options, split: str, spec, val_split: str):
@@ -126,7 +125,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
                   'worst_confusions': confusions}
     if local_data_dir is not None:
       evaluation['local_data_dir'] = os.path.abspath(local_data_dir)
-    writers.write_json(os.path.join(where, EVALUATION_FILE), evaluation)
+    writers.write_json(os.path.join(where, report.EVALUATION_FILE), evaluation)
     weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
     print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
           f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {where}.')

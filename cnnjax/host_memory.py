@@ -59,16 +59,18 @@ def _caps() -> list[tuple[int, int]]:
   return found
 
 
+def _machine_bytes() -> int:
+  return os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
+
+
 def total_bytes() -> int:
   """The memory this process may fill: the machine's, or its container's cap if lower."""
-  machine = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return min([machine] + [cap for cap, _ in _caps()])
+  return min([_machine_bytes()] + [cap for cap, _ in _caps()])
 
 
 def whose() -> str:
   """Whose memory `total_bytes` is, for messages: "this machine's" or "this container's"."""
-  machine = os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES')
-  return "this container's" if total_bytes() < machine else "this machine's"
+  return "this container's" if total_bytes() < _machine_bytes() else "this machine's"
 
 
 def available_bytes() -> int | None:

@@ -200,13 +200,12 @@ def _listed(listing: Callable[[], Any]) -> Any:
   """`listing()`, an orbax listing of the steps (a new manager, a reload), again where a
   training run deleted a step between orbax's listing of the folder and its look at the
   step (FileNotFoundError): a reader looking at a run that rotates its checkpoints."""
-  for attempt in range(_LISTINGS):
+  for _ in range(_LISTINGS - 1):
     try:
       return listing()
     except FileNotFoundError:
-      if attempt == _LISTINGS - 1:
-        raise
-  raise AssertionError('unreachable')
+      pass
+  return listing()
 
 
 def _await_cleanup(manager: ocp.CheckpointManager) -> None:

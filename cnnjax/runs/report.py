@@ -23,6 +23,9 @@ CONFUSION_PNG = 'confusion_matrix.png'
 CONFUSION_CSV = 'confusion_matrix.csv'
 REPORT_TXT = 'classification_report.txt'
 REPORT_JSON = 'classification_report.json'
+# What `cnnjax.evaluate` writes: beside the run's reports, or in a folder per split.
+EVALUATION_FILE = 'evaluation.json'
+EVALUATIONS_DIR = 'evaluations'
 
 # A confusion matrix has its counts written in the cells up to ANNOTATED_CLASSES classes and
 # every class named up to NAMED_CLASSES; beyond, they would overlap at any size, and a figure

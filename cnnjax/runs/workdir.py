@@ -192,13 +192,13 @@ def check_file_can_be_written(path: str, flag: str) -> None:
   check_folder_can_be_written(folder, flag, f'{flag}={path}: its folder {folder}')
 
 
-# What a run writes into its workdir, and `cnnjax.evaluate` (its evaluation.json and
-# evaluations/); '.previous-<time>' copies and '.tmp' files of each may lie beside them.
+# What a run and `cnnjax.evaluate` write into a workdir; '.previous-<time>' copies and
+# '.tmp' files of each may lie beside them.
 RUN_ENTRIES = frozenset({
     writers.CONFIG_FILE, writers.METRICS_FILE, writers.RESULTS_FILE, datasets.DATASET_FILE,
     checkpoints.CHECKPOINT_DIR, checkpoints.UNREADABLE_DIR, checkpoints.BEST_DIR,
     writers.TENSORBOARD_DIR, report.CURVES_FILE, report.CONFUSION_PNG, report.CONFUSION_CSV,
-    report.REPORT_TXT, report.REPORT_JSON, 'evaluation.json', 'evaluations'})
+    report.REPORT_TXT, report.REPORT_JSON, report.EVALUATION_FILE, report.EVALUATIONS_DIR})
 
 
 def _not_the_runs(workdir: str) -> list[str]:
