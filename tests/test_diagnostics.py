@@ -88,7 +88,8 @@ def test_non_finite_loss_stops_at_its_step_and_keeps_the_last_good_checkpoint(
     return real_step(state.replace(params=params), *args, **kwargs)
   monkeypatch.setattr(steps, 'train_step', poisoned_step)
   config = guarded(load_config('cnn_simple'), structured_dir, checkpoint_every_steps=2)
-  with pytest.raises(diagnostics.NonFiniteLossError, match='became nan at step 6.*last good'):
+  with pytest.raises(diagnostics.NonFiniteLossError, match='became nan at step 6.*last good.*'
+                     'and pass --config.resume=False, which moves this run aside'):
     train_and_evaluate(config, str(tmp_path))
   assert sorted(int(s) for s in os.listdir(tmp_path / 'checkpoints') if s.isdigit()) == [2, 4]
   restored = restore_latest(config, tmp_path)

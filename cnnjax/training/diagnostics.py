@@ -107,7 +107,8 @@ class CollapseGuard:
         raise NonFiniteLossError(
             f'Training loss became {loss} at step {step}. The run was stopped before saving '
             'it; its last good checkpoint is kept. Lower config.learning_rate (or add '
-            'config.warmup_steps) or check the inputs.')
+            'config.warmup_steps) and pass --config.resume=False, which moves this run aside '
+            '(a run resumes with the learning rate it started with), or check the inputs.')
       near = abs(loss - self.chance_loss) <= self.loss_band
       self.steps_near_chance = self.steps_near_chance + 1 if near else 0
       if self.steps_near_chance == self.patience_steps:
