@@ -281,8 +281,10 @@ def test_resume_false_moves_aside_only_a_folder_that_holds_the_run_alone(tmp_pat
   from cnnjax.runs import workdir as workdir_lib
   workdir = tmp_path / 'run'
   train_and_evaluate(resumable_config('cnn_simple', 2), str(workdir))
-  for name in ('metrics.jsonl.previous-20261205-093049', 'results.json.tmp'):
+  for name in ('metrics.jsonl.previous-20261205-093049', 'results.json.tmp', '.DS_Store',
+               '._config.json', 'Thumbs.db', '.nfs000000000001a2b300000004'):
     (workdir / name).write_text('{}\n')
+  (workdir / '.ipynb_checkpoints').mkdir()  # Jupyter, once a file of the run was opened.
   assert workdir_lib._not_the_runs(str(workdir)) == []  # Every entry a run writes is known.
   (workdir / 'evaluations').mkdir()
   (workdir / 'notes.txt').write_text('mine')

@@ -8,6 +8,7 @@ aside (`DIR.previous-<time>`) instead of deleting anything.
 import json
 import logging
 import os
+import re
 from typing import Any
 
 import jax
@@ -201,10 +202,18 @@ RUN_ENTRIES = frozenset({
     report.REPORT_TXT, report.REPORT_JSON, report.EVALUATION_FILE, report.EVALUATIONS_DIR})
 
 
+# What systems and tools leave in any folder they look at: a Mac's Finder (and its
+# AppleDouble files), Windows' Explorer, Jupyter, NFS's files of deleted open files.
+SYSTEM_LITTER = re.compile(r'\.DS_Store|\._.*|Thumbs\.db|desktop\.ini|\.ipynb_checkpoints'
+                           r'|\.nfs[0-9a-f]+')
+
+
 def _not_the_runs(workdir: str) -> list[str]:
-  """The entries of `workdir` that no run wrote (a project's files, other runs' folders)."""
+  """The entries of `workdir` that no run wrote (a project's files, other runs' folders),
+  what a system leaves in any folder aside."""
   def the_runs(name: str) -> bool:
-    return name.removesuffix('.tmp').split('.previous-')[0] in RUN_ENTRIES
+    return (name.removesuffix('.tmp').split('.previous-')[0] in RUN_ENTRIES
+            or SYSTEM_LITTER.fullmatch(name) is not None)
   return sorted(name for name in os.listdir(workdir) if not the_runs(name))
 
 
