@@ -33,6 +33,19 @@ def private_weights_cache(tmp_path_factory, monkeypatch):
   monkeypatch.setenv('KERAS_HOME', str(tmp_path_factory.mktemp('keras')))
 
 
+@pytest.fixture(autouse=True)
+def stop_signal_handlers_restored():
+  """A script's main called in-process (ablation's, once its pages are written) installs a
+  handler for its last moments, as a command does: left in place, a later test in the same
+  worker that checks the handlers a run leaves behind found it there."""
+  import signal
+  from cnnjax.runs import exit_at_once
+  kept = {s: signal.getsignal(s) for s in exit_at_once.SIGNALS}
+  yield
+  for s, handler in kept.items():
+    signal.signal(s, handler)
+
+
 @pytest.fixture
 def idx_dir(tmp_path):
   directory = tmp_path / 'fashion'
