@@ -127,7 +127,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   holds the workdir (see `runs.lock`).
   """
   config_validation.validate_config(config, defaults)  # Before anything is read or written.
-  workdir_lib.check_writable(workdir)  # Before the lock file is made beside it.
+  workdir_lib.check_writable(workdir, config.name)  # Before the lock file is made beside it.
   with lock.WorkdirLock(workdir, enabled=jax.process_index() == 0):
     with preemption.guard_signals() as signals:
       return _train_and_evaluate(config, workdir, defaults, signals)

@@ -443,6 +443,25 @@ def test_the_root_of_the_file_system_is_no_workdir(root):
     workdir_lib.check_writable(root)
 
 
+@pytest.mark.parametrize('inner', ['mlp_128_64', 'fashion_mnist/mlp_128_64'])
+def test_a_folder_of_runs_is_no_workdir(inner, tmp_path):
+  """--workdir=checkpoints (or a suite's folder of reproduce.py): the run was written around
+  the runs there, which were then refused as lying inside it, by main and evaluate alike."""
+  from cnnjax.runs import workdir as workdir_lib
+  run = tmp_path / 'checkpoints' / inner
+  run.mkdir(parents=True)
+  (run / 'config.json').write_text(json.dumps({'model': 'mlp', 'dataset': 'fashion_mnist',
+                                               'batch_size': 64}))
+  with pytest.raises(workdir_lib.WorkdirError, match=(
+      f'^--workdir={tmp_path}/checkpoints holds runs \\({re.escape(inner)}\\): a run there '
+      'would lie around them, and they inside it, past resuming or evaluating. Give the run a '
+      f'folder of its own, e.g. --workdir={tmp_path}/checkpoints/cnn_simple.$')):
+    workdir_lib.check_writable(str(tmp_path / 'checkpoints'), 'cnn_simple')
+  workdir_lib.check_writable(str(run))  # The run itself, resumed.
+  (tmp_path / 'checkpoints' / 'metrics.jsonl').write_text('')  # A run there already: resumed.
+  workdir_lib.check_writable(str(tmp_path / 'checkpoints'), 'cnn_simple')
+
+
 @pytest.mark.parametrize('below', ['', '/inside'])
 def test_a_workdir_through_a_link_to_nowhere(below, data, tmp_path):
   """A link to a drive that is not mounted: mkdir cannot make its target (FileExistsError)."""

@@ -115,13 +115,21 @@ def enclosing_run(path: str) -> str | None:
   return None
 
 
-def runs_inside(folder: str) -> list[str]:
-  """The names of the runs in `folder`'s sub-folders (`checkpoints/` above its runs)."""
+def runs_inside(folder: str, levels: int = 1) -> list[str]:
+  """The runs in `folder`'s sub-folders, down to `levels` deep, by their paths from `folder`
+  (`checkpoints/` above its runs; two levels: a suite's folder above its configs' runs)."""
   try:
     names = sorted(os.listdir(folder or '.'))
   except OSError:
     return []
-  return [name for name in names if _is_cnnjax_run(os.path.join(folder, name))]
+  found = []
+  for name in names:
+    path = os.path.join(folder, name)
+    if _is_cnnjax_run(path):
+      found.append(name)
+    elif levels > 1 and os.path.isdir(path):
+      found += [os.path.join(name, inner) for inner in runs_inside(path, levels - 1)]
+  return found
 
 
 def holds_run(workdir: str) -> bool:
@@ -133,9 +141,11 @@ class WorkdirError(UserError, ValueError):
   """The workdir cannot hold a run: it is a file, it is not writable, its records are broken."""
 
 
-def check_writable(workdir: str) -> None:
+def check_writable(workdir: str, name: str = 'run') -> None:
   """Fails before any data is read if `workdir` is a file, lies inside another run (its
-  checkpoints/ folder, given for the run itself) or cannot be written."""
+  checkpoints/ folder, given for the run itself), holds other runs (the `checkpoints/` folder
+  above them: they would lie inside this one, past resuming or evaluating) or cannot be
+  written. `name`: the run's, for the folder the error proposes."""
   check_folder_can_be_written(workdir, '--workdir')
   absolute = os.path.abspath(workdir)
   if os.path.dirname(absolute) == absolute:  # '/', as '--workdir=/$UNSET' gives.
@@ -150,6 +160,11 @@ def check_writable(workdir: str) -> None:
     raise WorkdirError(f'--workdir={workdir} lies inside the run in {run}: a run there would '
                        f'start afresh within it. Pass --workdir={run} to resume that run, or '
                        'choose a --workdir outside it.')
+  if not holds_run(workdir) and (inside := runs_inside(workdir, levels=2)):
+    raise WorkdirError(
+        f'--workdir={workdir} holds runs ({image_tree.first_few(inside, ", ")}): a run there '
+        'would lie around them, and they inside it, past resuming or evaluating. Give the run '
+        f'a folder of its own, e.g. --workdir={os.path.join(workdir, name)}.')
 
 
 def check_folder_can_be_written(folder: str, flag: str, named: str = '',
