@@ -470,7 +470,9 @@ def stoppable(measure: Callable[[], Any], tool: str = TOOL) -> Any:
   try:
     with preemption.handling(preemption.SIGNALS, _stop), cli.reporting_user_errors(tool):
       return measure()
-  except (KeyboardInterrupt, RuntimeError):  # A worker killed by the same signal, too.
+  # A worker killed by the same signal, too; an import the stop cut short (tensorstore's C
+  # initialisation turns the KeyboardInterrupt into an ImportError).
+  except (KeyboardInterrupt, RuntimeError, ImportError):
     if _stopped_by is None:
       raise
     print(exit_at_once.measuring_stopped(tool)(_stopped_by), file=sys.stderr)
