@@ -494,6 +494,23 @@ def test_files_outside_class_folders_are_left_out_with_a_warning(tmp_path, caplo
                       f'use it{listed}.']
 
 
+def test_the_folders_a_nas_or_a_disk_adds_are_neither_classes_nor_images(tmp_path, caplog):
+  # A Synology NAS writes @eaDir/ into every folder, with thumbnails of each image; its bin
+  # is #recycle/, a Windows drive's $RECYCLE.BIN/, an ext4 disk's lost+found/.
+  for cls in ('a', 'b'):
+    os.makedirs(tmp_path / 'train' / cls / '@eaDir' / '0.png')
+    Image.new('L', (4, 4)).save(tmp_path / 'train' / cls / '0.png')
+    Image.new('L', (2, 2)).save(tmp_path / 'train' / cls / '@eaDir' / '0.png' / 'THUMB_M.jpg')
+  for system in ('@eaDir', '#recycle', '$RECYCLE.BIN', 'lost+found'):
+    os.makedirs(tmp_path / 'train' / system / 'a')
+    for name in ('1.png', 'a/2.png'):
+      Image.new('L', (4, 4)).save(tmp_path / 'train' / system / name)
+  listing = image_tree.list_tree(str(tmp_path))
+  assert sorted(f'{f.cls}/{f.name}' for f in listing['train']) == ['a/0.png', 'b/0.png']
+  assert image_tree.class_names(listing, str(tmp_path)) == ('a', 'b')
+  assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
 def test_an_empty_class_folder_is_left_out_with_a_warning(tmp_path, caplog):
   for cls in ('a', 'b'):
     os.makedirs(tmp_path / 'train' / cls)

@@ -128,7 +128,12 @@ def example_order_key(cls: str, fname: str) -> str:
 
 # What operating systems leave in folders: a Mac zip's folder, Windows' thumbnail caches and
 # folder settings.
-_SYSTEM_NAMES = ('__macosx', 'thumbs.db', 'ehthumbs.db', 'desktop.ini')
+# What systems write into folders of their own accord: macOS' zip forks, Windows' thumbnail
+# caches and bins, a Synology NAS's thumbnails (`@eaDir/`, in every folder) and recycle bin, a
+# file system's recovered files. A NAS's `@eaDir/` inside `train/` would be a class of
+# thumbnails, and inside a class folder, smaller copies of its images.
+_SYSTEM_NAMES = ('__macosx', 'thumbs.db', 'ehthumbs.db', 'desktop.ini', '$recycle.bin',
+                 'system volume information', '@eadir', '#recycle', '#snapshot', 'lost+found')
 
 
 def visible(name: str) -> bool:
