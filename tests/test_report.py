@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import textwrap
 
 import jax
 import numpy as np
@@ -364,8 +365,9 @@ def test_the_first_moments_handler_imports_only_what_python_starts_with():
                          cwd=REPO_ROOT, capture_output=True, text=True)
   assert check.returncode == 0, check.stderr[-2000:]
   imported = set(ast.literal_eval(check.stdout))
+  assert 'atexit' in sys.builtin_module_names  # Built into the interpreter: no file to read.
   assert imported <= {'cnnjax', 'cnnjax.runs', 'cnnjax.runs.exit_at_once', 'signal',
-                      'collections.abc'}, check.stderr[-2000:]
+                      'collections.abc', 'atexit'}, check.stderr[-2000:]
 
 
 def test_a_stop_line_naming_a_path_in_any_bytes_is_written():
@@ -377,6 +379,29 @@ def test_a_stop_line_naming_a_path_in_any_bytes_is_written():
   os.close(write)
   assert os.read(read, 200) == b'stopped; resume with --workdir=runs/caf\\udce9\n'
   os.close(read)
+
+
+def test_a_stop_signal_while_python_ends_leaves_the_tools_status():
+  # After a run that had finished and saved all, a SIGTERM in the half second Python takes to
+  # tear jax down found the signal's default action put back: the process died with no line
+  # and the signal's status. Here the signal comes as the script's globals are torn down.
+  script = textwrap.dedent('''
+      import os, signal, sys
+      from cnnjax.runs import exit_at_once
+      exit_at_once.from_now(exit_at_once.stop_line('after the run ended: what it saved stands.'))
+
+      class TornDownWithTheModules:
+        def __del__(self):
+          os.kill(os.getpid(), signal.SIGTERM)
+          os.write(1, b'torn down\\n')
+
+      kept = TornDownWithTheModules()
+      print('done', flush=True)
+      sys.exit(3)
+      ''')
+  ended = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60)
+  assert (ended.returncode, ended.stdout, ended.stderr) == (3, 'done\ntorn down\n', '')
 
 
 @pytest.mark.parametrize('tool', [

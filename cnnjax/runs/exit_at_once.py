@@ -6,6 +6,7 @@ line can install its handler as its very first statement. The rest of the signal
 (`preemption`) needs `logging` and `typing`: on a slow machine their import alone is a window
 of tens of milliseconds in which a Ctrl-C would end in a KeyboardInterrupt traceback.
 """
+import atexit
 import os
 import signal
 from collections.abc import Callable
@@ -57,7 +58,26 @@ def say(fd: int, line: str) -> None:
 def from_now(line: Callable[[int], str], fd: int = 1) -> None:
   """For a tool's first moments (imports, flag parsing: a second or so), until a guard
   takes over: a stop signal ends the process at once, writing `line(signum)` to `fd`
-  (`exiting`). Signals the process was started with ignored stay ignored."""
+  (`exiting`). Signals the process was started with ignored stay ignored. From the first
+  call on, the process's last moments are covered too (`_ignored_while_python_ends`)."""
+  global _last_moments_covered
+  if not _last_moments_covered:  # The first exit callback registered is the last one run.
+    atexit.register(_ignored_while_python_ends)
+    _last_moments_covered = True
   for s in SIGNALS:
     if signal.getsignal(s) is not signal.SIG_IGN:
       signal.signal(s, exiting(line, fd))
+
+
+_last_moments_covered = False
+
+
+def _ignored_while_python_ends() -> None:
+  """Stop signals ignored once every other exit callback has run. Python then puts back
+  the default action of each signal it had a handler for, before it tears its modules down
+  (half a second with jax loaded), and a stop signal in that window ended the process with
+  no line and the signal's status, after a run that had finished and saved all. The tool's
+  work is done by then, and its status already set: what is left is Python's own cleanup,
+  which the signal could only cut short. Python leaves an ignored signal ignored."""
+  for s in SIGNALS:
+    signal.signal(s, signal.SIG_IGN)
