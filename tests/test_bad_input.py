@@ -702,7 +702,7 @@ def test_heic_photos_are_read_with_the_heif_extra_and_named_without_it(tmp_path,
   for streamed in (False, True):  # Decoded at once, or checked by header then decoded.
     if streamed:
       kept, _ = image_tree.stream_split(listing['train'], str(tmp_path), 'train', classes)
-      decode = image_tree.decoder(kept, 'train', str(tmp_path), (30, 40, 3), True)
+      decode = image_tree.decoder(kept, str(tmp_path), (30, 40, 3), True)
       pixels = np.stack([decode(i) for i in range(len(kept))])
     else:
       pixels, _, kept = image_tree.read_split(listing['train'], str(tmp_path), 'train', classes,

@@ -3,6 +3,8 @@ import io
 import json
 import logging
 import os
+import re
+import tarfile
 
 import numpy as np
 import pytest
@@ -162,7 +164,8 @@ def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):
   root = write_tree(str(tmp_path / 'plants'), per_class=1)
   os.remove(os.path.join(root, 'train', 'fern', '0.jpeg'))
   options = datasets.DataOptions('image_folder', local_data_dir=root, image_size=8, channels=3)
-  with pytest.raises(image_tree.LocalDataError, match='train/fern.*hold no readable image'):
+  with pytest.raises(image_tree.LocalDataError, match=r'^No readable image of class\(es\) fern '
+                     r'in split train of .*plants: each was skipped \(above\)'):
     datasets.load_dataset(options)
 
 
@@ -355,6 +358,50 @@ def test_a_file_that_fails_to_decode_while_streaming_stops_the_run_by_name(tmp_p
   cut_short(os.path.join(root, 'train', 'cactus', '0.png'))
   with pytest.raises(image_tree.LocalDataError, match='train/cactus/0.png.*while streaming'):
     train_and_evaluate(folder_config(root, data_in_memory='false', batch_size=2), tmp_path / 'r')
+
+
+@pytest.mark.parametrize('layout, broken', [
+    ('split folders', 'train/cat/1.png'), ('spelled otherwise', 'Training/cat/1.png'),
+    ('keras', 'cat/1.png'), ('keras', 'cat/2023/1.png'), ('label file', 'train/1.png'),
+    ('archive', 'train/cat/1.png')])
+def test_a_broken_image_is_named_where_it_lies(tmp_path, caplog, layout, broken):
+  # Messages named a file by the split and class it was read as: a streamed run of
+  # --config.train_split='train[:90%]' stopped on 'train[:90%]/cat/1.png', and in Keras'
+  # layout (cat/1.png) or with a label file (train/1.png) both ways read 'train/cat/1.png'.
+  tree = tmp_path / 'tree'
+  for cls in ('cat', 'dog'):
+    for i in range(3):
+      name = {'keras': f'{cls}/{i}.png', 'label file': f'train/{cls}{i}.png',
+              'spelled otherwise': f'Training/{cls}/{i}.png'}.get(layout, f'train/{cls}/{i}.png')
+      if cls == 'cat' and i == 1:
+        name = broken if layout != 'label file' else name
+      os.makedirs((tree / name).parent, exist_ok=True)
+      Image.new('RGB', (64, 64), (i * 40, 0, 0)).save(tree / name, compress_level=0)
+  if layout == 'label file':
+    os.rename(tree / 'train' / 'cat1.png', tree / broken)
+    (tree / 'trainLabels.csv').write_text(
+        'id,label\n' + ''.join(f'{c}{i},{c}\n' for c in ('cat', 'dog') for i in (0, 2))
+        + '1,cat\ndog1,dog\n')
+  cut_short(str(tree / broken))
+  root = str(tree)
+  if layout == 'archive':
+    root = str(tmp_path / 'tree.tar.gz')
+    with tarfile.open(root, 'w:gz') as tar:
+      tar.add(tree, arcname='tree')  # With the folder around the tree, as tar makes it.
+  listing = image_tree.list_tree(root)
+  files, classes = image_tree.split_files(listing, root, 'train'), ('cat', 'dog')
+  assert image_tree.class_names(listing, root) == classes and len(files) == 6
+  with caplog.at_level(logging.WARNING):
+    _, _, kept = image_tree.read_split(files, root, 'train', classes, (8, 8, 3), True)
+  assert len(kept) == 5
+  assert [r.getMessage().split(': ', 1)[1].split(' (')[0] for r in caplog.records
+          if 'Skipped' in r.getMessage()] == [broken]
+  kept, _ = image_tree.stream_split(files, root, 'train', classes)
+  decode = image_tree.decoder(kept, root, (8, 8, 3), True)
+  with pytest.raises(image_tree.LocalDataError,
+                     match=f'^{re.escape(broken)} in {re.escape(root)} is not an image'):
+    for i in range(len(kept)):
+      decode(i)
 
 
 def test_a_run_stopped_by_a_broken_file_resumes_once_it_is_fixed(tmp_path, caplog):

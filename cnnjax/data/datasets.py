@@ -335,8 +335,7 @@ class _Loader:
     if in_memory:
       images = np.concatenate([whole[0][index] for whole, index in parts])
       return Split(images, labels, identity)
-    decode = image_tree.decoder(files, split_spec, options.local_data_dir, shape,
-                                self._resize_allowed())
+    decode = image_tree.decoder(files, options.local_data_dir, shape, self._resize_allowed())
     return StreamedSplit(lambda i: (decode(i), labels[i]), len(files), shape, identity,
                          options.workers)
 
@@ -457,7 +456,7 @@ def _numbered_as_classes(files: list[image_tree.TreeFile], split: str, root: str
                     ', '.join(f'{i} = {name}' for i, name in enumerate(class_names)),
                     f' (for {theirs}, whose classes are these numbers, pass '
                     f'--config.dataset={theirs})' if alike else '')
-  return [dataclasses.replace(f, cls=class_names[int(f.cls)], folder=f.cls) for f in files]
+  return [dataclasses.replace(f, cls=class_names[int(f.cls)]) for f in files]
 
 
 def _way_to_their_dataset(classes: Sequence[str], dataset: str) -> str:

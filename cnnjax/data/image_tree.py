@@ -89,17 +89,15 @@ def folder_names(folder: str) -> list[str]:
 
 @dataclasses.dataclass(frozen=True)
 class TreeFile:
-  """One file of a tree: on disk (`path`) or read from an archive (`payload`)."""
+  """One file of a tree: on disk (`path`) or read from an archive (`payload`), with the
+  class it was read as. `where` is its place under the tree's root as the tree spells it,
+  which messages name: `Training/cat/1.png` of split train, `cat/1.png` in Keras' layout,
+  `train/17.png` with a label file, `train/3/1.png` of a class named for a label number."""
   cls: str
   name: str
   path: str = ''
   payload: bytes | None = None
-  folder: str = ''  # The class folder it lies in, where that is not `cls` (a label number).
-
-  @property
-  def shown(self) -> str:
-    """Where it lies in its split's folder, as messages name it."""
-    return f'{self.folder or self.cls}/{self.name}'
+  where: str = ''
 
   def read(self) -> bytes:
     """The file's bytes; a file the system will not give (a link to nothing, no permission)
@@ -316,10 +314,11 @@ def _directory_files(root: str) -> Listing:
     for cls in sorted(filter(visible, folder_names(split_dir))):
       cls_dir = os.path.join(split_dir, cls)
       if os.path.isfile(cls_dir):
-        loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir))
+        loose.setdefault(split, []).append(TreeFile('', cls, path=cls_dir,
+                                                    where=f'{split}/{cls}'))
       elif os.path.isdir(cls_dir):
-        files = [TreeFile(cls, name, path=os.path.join(cls_dir, name))
-                 for name in files_under(cls_dir)]
+        files = [TreeFile(cls, name, path=os.path.join(cls_dir, name),
+                          where=f'{split}/{cls}/{name}') for name in files_under(cls_dir)]
         tree.setdefault(split, []).extend(files)
         if not files:
           empty.append(f'{split}/{cls}')
@@ -398,10 +397,12 @@ def _add_member(tree: dict[str, list[TreeFile]], loose: dict[str, list[TreeFile]
                 parts: list[str], payload: bytes) -> None:
   """Files `<split>/<class>/<file>` (or deeper in the class) go in `tree`;
   `<split>/<file>` ones in `loose`."""
+  where = '/'.join(parts)
   if len(parts) >= 3:
-    tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=payload))
+    tree.setdefault(parts[0], []).append(TreeFile(parts[1], '/'.join(parts[2:]), payload=payload,
+                                                  where=where))
   elif len(parts) == 2:
-    loose.setdefault(parts[0], []).append(TreeFile('', parts[1], payload=payload))
+    loose.setdefault(parts[0], []).append(TreeFile('', parts[1], payload=payload, where=where))
 
 
 def _tar_members(root: str, kind: str) -> Iterator[tuple[str, bytes]]:
@@ -681,15 +682,15 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
   class that has no folder at all."""
   if skipped:
     logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s.', len(skipped), split,
-                    root, how, first_few([f'{split}/{f.shown} ({why})'
-                                          for f, why in skipped]))
+                    root, how, first_few([f'{f.where} ({why})' for f, why in skipped]))
   if not kept:
     raise LocalDataError(f'No readable image under {split}/ in {root}.')
   present = {f.cls for f in kept}
   emptied = sorted({f.cls for f, _ in skipped} - present)
-  if emptied:
-    raise LocalDataError(f'Class folder(s) {", ".join(f"{split}/{c}" for c in emptied)} in '
-                         f'{root} hold no readable image: add images or remove the folder.')
+  if emptied:  # Named as classes: a folder may be a label number, or the class a label file's.
+    raise LocalDataError(f'No readable image of class(es) {", ".join(emptied)} in split {split} '
+                         f'of {root}: each was skipped (above). Add readable images of it, or '
+                         'remove the class (its folder, or its rows of the label file).')
   missing = [name for name in class_names_ if name not in present]
   if missing:
     logging.warning('Split %s/ in %s has no images of class(es) %s: their rows of the confusion '
@@ -713,7 +714,7 @@ def read_split(files: Sequence[TreeFile], root: str, split: str, class_names_: S
     try:
       images.append(images_lib.decode(f.read(), image_shape, resize))
     except images_lib.ImageSizeError as e:
-      raise LocalDataError(f'{split}/{f.shown} in {root} {e}.') from e
+      raise LocalDataError(f'{f.where} in {root} {e}.') from e
     except images_lib.ImageInputError as e:
       skipped.append((f, e.reason))
       continue
@@ -754,7 +755,7 @@ def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
   return f'names:{len(files)}:{digest.hexdigest()[:16]}'
 
 
-def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple[int, int, int],
+def decoder(files: Sequence[TreeFile], root: str, image_shape: tuple[int, int, int],
             resize: bool) -> Callable[[int], np.ndarray]:
   """Decodes example i of `files`; a file that cannot be decoded stops with its name."""
   def decode(i: int) -> np.ndarray:
@@ -763,7 +764,7 @@ def decoder(files: Sequence[TreeFile], split: str, root: str, image_shape: tuple
       return images_lib.decode(f.read(), image_shape, resize)
     except (images_lib.ImageInputError, images_lib.ImageSizeError, OSError) as e:
       raise LocalDataError(
-          f'{split}/{f.shown} in {root} {e} (found while streaming it). Replace it '
+          f'{f.where} in {root} {e} (found while streaming it). Replace it '
           'with a readable image of the same name and run the same command again: the run '
           'resumes from its last checkpoint. (Removing it changes the split: a resumed run '
           'accepts that of its test split only.)') from e
