@@ -4,6 +4,8 @@ import json
 import logging
 import os
 import re
+import subprocess
+import sys
 import tarfile
 
 import numpy as np
@@ -17,8 +19,8 @@ from cnnjax.data import examples
 from cnnjax.data import image_tree
 from cnnjax.data import pipeline
 from cnnjax.runs import checkpoints
-from tests.helpers import (assert_same_run, defaults, load_config, read_jsonl, shrink,
-                           train_and_evaluate)
+from tests.helpers import (REPO_ROOT, assert_same_run, defaults, load_config, read_jsonl,
+                           shrink, train_and_evaluate)
 
 CLASSES = ('cactus', 'fern', 'orchid')
 # (mode, size, format): every mode and format the policy converts, at mixed sizes.
@@ -158,6 +160,22 @@ def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn
   array = images.load_image(str(path), (28, 28, 1))
   assert array.shape == (28, 28, 1) and (array == 255).all()
   assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_pillows_warnings_about_a_file_stay_off_the_console(tmp_path):
+  # A TIFF cut short in its directory: Pillow warned 'UserWarning: Truncated File Read' in
+  # Python's format among the run's lines, then the file was skipped with its reason anyway.
+  whole = io.BytesIO()
+  Image.new('RGB', (20, 20)).save(whole, 'TIFF')
+  (tmp_path / 'cut.tif').write_bytes(whole.getvalue()[:50])
+  script = ('import sys; from cnnjax.data import images\n'
+            'print(images.header_problem(sys.argv[1]))\n'
+            'try:\n  images.decode(open(sys.argv[1], "rb").read(), (8, 8, 3))\n'
+            'except images.ImageInputError as e:\n  print(e.reason)\n')
+  read = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'cut.tif')],
+                        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+  assert (read.returncode, read.stderr) == (0, '')
+  assert read.stdout == 'not in an image format Pillow reads\n' * 2
 
 
 def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):

@@ -89,14 +89,20 @@ _PILLOW_DEFAULT_MAX_PIXELS = 1024 * 1024 * 1024 // 4 // 3
 
 
 @functools.cache
-def _large_photos_readable() -> None:
+def _pillow_set_for_users_images() -> None:
   """Raises Pillow's limit to `MAX_PIXELS` (unless it was set otherwise than Pillow's
-  default) and silences its warning below it: the image is read, as the user asked."""
+  default) and silences its warning below it: the image is read, as the user asked.
+
+  Also silences Pillow's warnings about what a file holds (a TIFF cut short in its
+  directory, corrupt EXIF data, a malformed MPO): they reached the console in Python's own
+  format, once per kind, among the run's lines. A file Pillow then cannot read is skipped
+  and named with its reason, as any unreadable image is; one it reads is the image."""
   import warnings
   from PIL import Image
   if Image.MAX_IMAGE_PIXELS == _PILLOW_DEFAULT_MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow refuses twice its limit.
   warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
+  warnings.filterwarnings('ignore', category=UserWarning, module=r'PIL\.')
 
 
 # The ISO base media brands of HEIC/HEIF stills (what iPhones save), at bytes 8-12 after 'ftyp'.
@@ -123,7 +129,7 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
   """`use(image)` of the image in `source` (its bytes, or its file's path); an
   `ImageInputError` says in a few words why Pillow cannot read it."""
   from PIL import Image, UnidentifiedImageError
-  _large_photos_readable()
+  _pillow_set_for_users_images()
   head = None  # The first bytes, to tell HEIF and empty files by.
   try:
     with (io.BytesIO(source) if isinstance(source, bytes) else open(source, 'rb')) as f:
