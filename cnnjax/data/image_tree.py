@@ -124,8 +124,6 @@ def example_order_key(cls: str, fname: str) -> str:
   return hashlib.sha256(f'{cls}/{fname}'.encode('utf-8', 'surrogateescape')).hexdigest()
 
 
-# What operating systems leave in folders: a Mac zip's folder, Windows' thumbnail caches and
-# folder settings.
 # What systems write into folders of their own accord: macOS' zip forks, Windows' thumbnail
 # caches and bins, a Synology NAS's thumbnails (`@eaDir/`, in every folder) and recycle bin, a
 # file system's recovered files. A NAS's `@eaDir/` inside `train/` would be a class of
