@@ -389,17 +389,16 @@ def test_a_broken_image_is_named_where_it_lies(tmp_path, caplog, layout, broken)
   tree = tmp_path / 'tree'
   for cls in ('cat', 'dog'):
     for i in range(3):
-      name = {'keras': f'{cls}/{i}.png', 'label file': f'train/{cls}{i}.png',
-              'spelled otherwise': f'Training/{cls}/{i}.png'}.get(layout, f'train/{cls}/{i}.png')
-      if cls == 'cat' and i == 1:
-        name = broken if layout != 'label file' else name
+      name = broken if (cls, i) == ('cat', 1) else {
+          'keras': f'{cls}/{i}.png', 'label file': f'train/{cls}{i}.png',
+          'spelled otherwise': f'Training/{cls}/{i}.png'}.get(layout, f'train/{cls}/{i}.png')
       os.makedirs((tree / name).parent, exist_ok=True)
       Image.new('RGB', (64, 64), (i * 40, 0, 0)).save(tree / name, compress_level=0)
   if layout == 'label file':
-    os.rename(tree / 'train' / 'cat1.png', tree / broken)
+    classes = {'cat0': 'cat', '1': 'cat', 'cat2': 'cat', 'dog0': 'dog', 'dog1': 'dog',
+               'dog2': 'dog'}
     (tree / 'trainLabels.csv').write_text(
-        'id,label\n' + ''.join(f'{c}{i},{c}\n' for c in ('cat', 'dog') for i in (0, 2))
-        + '1,cat\ndog1,dog\n')
+        'id,label\n' + ''.join(f'{stem},{cls}\n' for stem, cls in classes.items()))
   cut_short(str(tree / broken))
   root = str(tree)
   if layout == 'archive':
