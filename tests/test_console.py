@@ -60,7 +60,8 @@ def test_own_warnings_read_like_the_errors_and_library_logs_keep_their_format(tm
                      '--config.channels=3', '--config.batch_size=4', '--config.num_epochs=1',
                      f'--workdir={tmp_path}/run'], tmp_path)
   assert result.returncode == 0, result.stderr[-3000:]
-  skipped = (f'Skipped 1 file(s) of train/ in {tmp_path}/tree that are not readable images: '
+  skipped = (f'Skipped 1 file(s) of split train in {tmp_path}/tree that are not readable '
+             'images: '
              'train/oak/notes.txt (not in an image format Pillow reads).')
   assert [line for line in result.stderr.splitlines() if 'Skipped' in line] == [
       f'cnnjax: warning: {skipped}']

@@ -679,7 +679,7 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
   """One warning for the skipped files; an error for a class left with none; a warning for a
   class that has no folder at all."""
   if skipped:
-    logging.warning('Skipped %d file(s) of %s/ in %s that %s: %s.', len(skipped), split,
+    logging.warning('Skipped %d file(s) of split %s in %s that %s: %s.', len(skipped), split,
                     root, how, first_few([f'{f.where} ({why})' for f, why in skipped]))
   if not kept:
     raise LocalDataError(f'No readable image under {split}/ in {root}.')
