@@ -97,7 +97,7 @@ class TreeFile:
   name: str
   path: str = ''
   payload: bytes | None = None
-  where: str = ''
+  where: str = dataclasses.field(kw_only=True)  # Required: every message names the file by it.
 
   def read(self) -> bytes:
     """The file's bytes; a file the system will not give (a link to nothing, no permission)
