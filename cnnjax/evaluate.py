@@ -120,14 +120,14 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
     confusions = report.write_report(where, labels, predictions, spec.class_names,
                                      writers.read_metrics(workdir) if own else [],
                                      config.name if own else f'{config.name} on {split}')
-    evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(data),
+    evaluation = {'step': step, 'weights': weights, 'split': split, 'examples': len(labels),
                   'loss': metrics['loss'], 'accuracy': metrics['accuracy'],
                   'worst_confusions': confusions}
     if local_data_dir is not None:
       evaluation['local_data_dir'] = os.path.abspath(local_data_dir)
     writers.write_json(os.path.join(where, report.EVALUATION_FILE), evaluation)
     weights_note = '' if weights == f'step {step}' else f' (weights of {weights})'
-    print(f'{config.name} at step {step}{weights_note} on {split} ({len(data)} examples): loss '
+    print(f'{config.name} at step {step}{weights_note} on {split} ({len(labels)} examples): loss '
           f'{metrics["loss"]:.4f}, accuracy {metrics["accuracy"]:.4f}. Reports in {where}.')
     print(report.format_confusions(confusions), flush=True)
   return evaluation

@@ -7,6 +7,7 @@ import pytest
 from cnnjax import compilation
 from cnnjax import sharding
 from cnnjax.data import datasets
+from cnnjax.data import examples
 from cnnjax.data import pipeline
 from cnnjax.training import augment
 from cnnjax.training import steps
@@ -63,3 +64,33 @@ def test_evaluation_in_chunks_gives_the_whole_batch_logits(name, overrides):
   expected_loss = -np.mean(np.take_along_axis(np.asarray(log_probs), split.labels[:, None], 1))
   np.testing.assert_allclose(metrics['loss'], expected_loss, rtol=1e-5)
   assert round(metrics['accuracy'] * n) == np.sum(predicted == split.labels)
+
+
+def test_a_streamed_example_that_cannot_be_decoded_is_left_out_of_the_evaluation():
+  """Its stand-in fills the batch but counts nowhere: the metrics, predictions and labels
+  of the split without it (one broken example in a middle batch, one that is the last
+  example, whose stand-in wraps round to the first)."""
+  config = load_config('cnn_simple')
+  exp = experiment(config)
+  mesh = sharding.create_mesh()
+  state = jax.device_put(exp.initial_state(), sharding.replicated(mesh))
+  rng = np.random.default_rng(0)
+  n, broken = 21, (9, 20)
+  held = datasets.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
+                        rng.integers(0, 10, n).astype(np.int32))
+
+  def read_example(i):
+    if i in broken:
+      raise examples.UnreadableExample(f'{i}.png is not an image')
+    return held.images[i], held.labels[i]
+
+  streamed = examples.StreamedSplit(read_example, n, (28, 28, 1), 'x', 2)
+  readable = np.setdiff1d(np.arange(n), broken)
+  without = datasets.Split(held.images[readable], held.labels[readable])
+  trainer = exp.trainer(0, mesh, 8)
+  metrics, predicted, labels = trainer.evaluate(state, streamed)
+  expected_metrics, expected_predicted, expected_labels = trainer.evaluate(state, without)
+  np.testing.assert_array_equal(labels, expected_labels)
+  np.testing.assert_array_equal(predicted, expected_predicted)
+  assert metrics['accuracy'] == expected_metrics['accuracy']
+  np.testing.assert_allclose(metrics['loss'], expected_metrics['loss'], rtol=1e-6)

@@ -98,3 +98,39 @@ def test_cache_features_is_refused_where_features_would_change(name, message):
   config.cache_features = True
   with pytest.raises(ConfigError, match=message):
     validate(config)
+
+
+@pytest.mark.parametrize('stand_ins_kept', [False, True])
+def test_a_streamed_image_that_cannot_be_decoded_has_no_features_or_its_stand_ins(
+    stand_ins_kept):
+  """Evaluated splits leave it out, as evaluating the images does; the training split keeps
+  its stand-in's features and label, the examples and steps that training on images has."""
+  from cnnjax import sharding
+  from cnnjax.data import datasets
+  from cnnjax.data import examples
+  from cnnjax.training import features
+  from tests.helpers import experiment
+  config = shrink(load_config('vgg_transfer_fast'))
+  exp = experiment(config)
+  mesh = sharding.create_mesh()
+  variables = jax.device_put(exp.initial_state().variables, sharding.replicated(mesh))
+  shape = tuple(datasets.describe(datasets.DataOptions.from_config(config)).image_shape)
+  rng = np.random.default_rng(0)
+  n, broken = 11, (4, 10)
+  held = datasets.Split(rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
+                        rng.integers(0, 10, n).astype(np.int32))
+
+  def read_example(i):
+    if i in broken:
+      raise examples.UnreadableExample(f'{i}.png is not an image')
+    return held.images[i], held.labels[i]
+
+  streamed = examples.StreamedSplit(read_example, n, shape, 'x', 1)
+  extract = lambda split: features.extract(exp.model, variables, split, 4, mesh,
+                                           lambda count: None, stand_ins_kept)
+  of_streamed, of_held = extract(streamed), extract(held)
+  # A stand-in is the next readable example: 5 for 4, and 0 for 10, wrapping round.
+  kept = (np.array([{4: 5, 10: 0}.get(i, i) for i in range(n)]) if stand_ins_kept
+          else np.setdiff1d(np.arange(n), broken))
+  np.testing.assert_array_equal(of_streamed.labels, held.labels[kept])
+  np.testing.assert_allclose(of_streamed.images, of_held.images[kept], rtol=1e-6, atol=1e-6)

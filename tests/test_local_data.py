@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from cnnjax.data import datasets
+from cnnjax.data import examples
 from cnnjax.data import image_tree
 from tests.helpers import load_dataset, make_idx_dataset, write_idx
 
@@ -215,7 +216,7 @@ def test_class_folders_numbered_by_label_are_those_labels_classes(tmp_path, capl
   broken.write_bytes(broken.read_bytes()[:200])  # An image's header, its pixels cut off.
   streamed = load_dataset('cifar10', 'train', '', 'test', data_in_memory='false',
                           local_data_dir=str(tmp_path / 'numbered'))
-  with pytest.raises(image_tree.LocalDataError, match=r'^train/3/00006.png in .*numbered '):
+  with pytest.raises(examples.UnreadableExample, match=r'^train/3/00006.png in .*numbered '):
     [streamed.train.read_example(i) for i in range(len(streamed.train))]
   broken.unlink()
   mnist = load_dataset('mnist', 'train', '', 'test', local_data_dir=str(tmp_path / 'numbered'),

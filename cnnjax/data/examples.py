@@ -8,9 +8,26 @@ pipeline's, a function of (seed, epoch) alone.
 """
 import dataclasses
 import hashlib
+import logging
+import threading
 from typing import Callable
 
 import numpy as np
+
+from cnnjax.errors import UserError
+
+# How many examples after an unreadable one a streamed split tries for a stand-in before it
+# concludes that its files are gone (a disk unmounted, a folder moved) rather than broken.
+STAND_IN_TRIES = 64
+
+
+class UnreadableExample(Exception):
+  """Example i's bytes cannot be decoded (an image cut short after its header, a file
+  removed while training); the message names it where it lies."""
+
+
+class UnreadableSplitError(UserError):
+  """A streamed split's files cannot be read at all any more."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +54,10 @@ class Split:
   def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return self.images[index], self.labels[index]
 
+  def read_flagged(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`read`, and which examples are their own (all: a held split was decoded whole)."""
+    return *self.read(index), np.ones(len(index), bool)
+
   def fingerprint(self) -> str:
     if self.identity:
       return self.identity
@@ -53,6 +74,15 @@ class StreamedSplit:
   label; the pipeline calls `read` for each batch from `workers` threads
   (decoding in Pillow and TFDS releases the GIL), a few batches ahead of
   the device.
+
+  Only a header is checked before a streamed run, so a file can still fail
+  to decode while training (`UnreadableExample`). A batch keeps its shape:
+  the next readable example stands in for it (`read_flagged` says which
+  rows are stand-ins, and evaluation leaves them out), with one warning per
+  file. The stand-in depends on the index alone, so a resumed run, any
+  device count and any number of reader threads see the same batches, and a
+  run goes on where stopping it would cost a restart per broken file of a
+  large scraped tree.
   """
   read_example: Callable[[int], tuple[np.ndarray, int]]
   size: int
@@ -60,16 +90,49 @@ class StreamedSplit:
   identity: str
   workers: int
   streamed = True
+  _warned: set = dataclasses.field(default_factory=set, init=False, repr=False,
+                                   compare=False)
+  _warned_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock, init=False,
+                                                   repr=False, compare=False)
 
   def __len__(self) -> int:
     return self.size
 
   def read(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    images, labels, _ = self.read_flagged(index)
+    return images, labels
+
+  def read_flagged(self, index: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images and labels of the examples at `index`, and which rows are their own (False:
+    that example could not be decoded and the next readable one stands in for it)."""
     images = np.empty((len(index),) + tuple(self.image_shape), np.uint8)
     labels = np.empty((len(index),), np.int32)
+    own = np.ones(len(index), bool)
     for row, i in enumerate(index):
-      images[row], labels[row] = self.read_example(int(i))
-    return images, labels
+      (images[row], labels[row]), own[row] = self._read_or_stand_in(int(i))
+    return images, labels, own
+
+  def _read_or_stand_in(self, i: int) -> tuple[tuple[np.ndarray, int], bool]:
+    unreadable = []
+    for tried in range(min(STAND_IN_TRIES, self.size)):
+      try:
+        return self.read_example((i + tried) % self.size), not unreadable
+      except UnreadableExample as e:
+        self._warn_once(str(e))
+        unreadable.append(str(e))
+    raise UnreadableSplitError(
+        f'None of {len(unreadable)} examples in a row could be read while streaming, from '
+        f'{unreadable[0]}: are the files still where the run found them? Make them readable '
+        'and run the same command again: the run resumes from its last checkpoint.')
+
+  def _warn_once(self, problem: str) -> None:
+    with self._warned_lock:
+      if problem in self._warned:
+        return
+      self._warned.add(problem)
+    logging.warning('While streaming: %s. The next readable example stands in for it in '
+                    'training, and evaluation leaves it out; replace it with a readable image '
+                    'of the same name to have it used.', problem)
 
   def fingerprint(self) -> str:
     return self.identity

@@ -39,6 +39,7 @@ from typing import IO, Callable, Iterator, Sequence
 import numpy as np
 
 from cnnjax.data import images as images_lib
+from cnnjax.data.examples import UnreadableExample
 from cnnjax.errors import UserError, unreadable_message
 
 _SHOWN = 3  # Files a warning names.
@@ -728,7 +729,7 @@ def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_:
   decode later.
 
   A file that passes this check but fails to decode is met while training,
-  where the reader stops the run with its name (see `examples.StreamedSplit`).
+  where another example stands in for it (see `examples.StreamedSplit`).
   """
   _check_classes(files, split, root, class_names_)
   problems = [images_lib.header_problem(f.payload if f.payload is not None else f.path)
@@ -743,8 +744,8 @@ def stream_split(files: Sequence[TreeFile], root: str, split: str, class_names_:
 def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
   """A tree's examples, identified by path and label in order, whether they are decoded
   into memory or streamed (reading every byte again on each start would cost as much as an
-  epoch for a large tree). Not by size: a file that stopped a streamed run, fixed in place
-  (a truncated image replaced by a whole one), is the same example, and the run resumes.
+  epoch for a large tree). Not by size: a file a streamed run could not decode, fixed in
+  place (a truncated image replaced by a whole one), is the same example, and the run resumes.
   Fingerprints of this kind are 'names:'; a run saved with the earlier 'files:' kind, which
   counted sizes, resumes unchecked (`examples.same_examples`)."""
   digest = hashlib.sha256(np.ascontiguousarray(labels).tobytes())
@@ -755,15 +756,15 @@ def files_fingerprint(files: Sequence[TreeFile], labels: np.ndarray) -> str:
 
 def decoder(files: Sequence[TreeFile], root: str, image_shape: tuple[int, int, int],
             resize: bool) -> Callable[[int], np.ndarray]:
-  """Decodes example i of `files`; a file that cannot be decoded stops with its name."""
+  """Decodes example i of `files`. A file that cannot be decoded is `UnreadableExample`,
+  named where it lies (the streamed split stands another example in for it); an image of
+  another size where none may be resized stops the run, as it does held in memory."""
   def decode(i: int) -> np.ndarray:
     f = files[i]
     try:
       return images_lib.decode(f.read(), image_shape, resize)
-    except (images_lib.ImageInputError, images_lib.ImageSizeError, OSError) as e:
-      raise LocalDataError(
-          f'{f.where} in {root} {e} (found while streaming it). Replace it '
-          'with a readable image of the same name and run the same command again: the run '
-          'resumes from its last checkpoint. (Removing it changes the split: a resumed run '
-          'accepts that of its test split only.)') from e
+    except images_lib.ImageSizeError as e:
+      raise LocalDataError(f'{f.where} in {root} {e}.') from e
+    except (images_lib.ImageInputError, OSError) as e:
+      raise UnreadableExample(f'{f.where} in {root} {e}') from e
   return decode

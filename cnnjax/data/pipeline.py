@@ -46,13 +46,14 @@ def epoch_order(seed: int, epoch: int, num_examples: int) -> np.ndarray:
 
 
 def read_batches(split: Split | StreamedSplit, indices: list[np.ndarray]
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """(images, labels) of the examples at each of `indices`, in order."""
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+  """(images, labels, own) of the examples at each of `indices`, in order; `own` is False
+  where a streamed example could not be decoded and another stands in for it."""
   if not split.streamed:
-    yield from (split.read(index) for index in indices)
+    yield from (split.read_flagged(index) for index in indices)
     return
   import grain
-  reader = grain.MapDataset.source(indices).map(split.read).to_iter_dataset(
+  reader = grain.MapDataset.source(indices).map(split.read_flagged).to_iter_dataset(
       grain.ReadOptions(num_threads=split.workers,
                         prefetch_buffer_size=PREFETCH_PER_WORKER * split.workers))
   yield from reader
@@ -70,14 +71,16 @@ def train_indices(num_examples: int, batch_size: int, seed: int, epoch: int,
 def train_batches(split: Split | StreamedSplit, batch_size: int, seed: int, epoch: int,
                   mesh: jax.sharding.Mesh, first_step: int = 0
                   ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-  """This process's rows of each global batch of `epoch`, from `first_step` on."""
-  return read_batches(split, train_indices(len(split), batch_size, seed, epoch, mesh,
-                                           first_step))
+  """This process's rows of each global batch of `epoch`, from `first_step` on (a stand-in
+  trains as the example it is)."""
+  return ((images, labels) for images, labels, _ in read_batches(
+      split, train_indices(len(split), batch_size, seed, epoch, mesh, first_step)))
 
 
 def eval_batches(split: Split | StreamedSplit, batch_size: int, mesh: jax.sharding.Mesh
                  ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-  """(images, labels, mask) covering each example once; padding has mask False."""
+  """(images, labels, mask) covering each example once; padding, and a streamed example
+  that could not be decoded, have mask False."""
   local = sharding.host_local_rows(mesh, batch_size)
   indices, masks = [], []
   for start in range(0, len(split), batch_size):
@@ -85,5 +88,5 @@ def eval_batches(split: Split | StreamedSplit, batch_size: int, mesh: jax.shardi
     mask = index < len(split)
     indices.append(np.where(mask, index, 0)[local])
     masks.append(mask[local])
-  return ((images, labels, mask) for (images, labels), mask
+  return ((images, labels, mask & own) for (images, labels, own), mask
           in zip(read_batches(split, indices), masks))

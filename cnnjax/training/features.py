@@ -53,22 +53,29 @@ def check_cacheable(model, image_shape: tuple[int, ...], trainable_pattern: str)
 
 
 def extract(model, variables, split: Split | StreamedSplit, batch_size: int, mesh,
-            after_batch: Callable[[int], None]) -> Split:
+            after_batch: Callable[[int], None], stand_ins_kept: bool = False) -> Split:
   """`split` with each image replaced by the backbone's features of it (float32, host;
-  a streamed split's features are held: they are a fraction of its images' size).
-  `after_batch` is told how many images each batch held."""
+  a streamed split's features are held: they are a fraction of its images' size). A
+  streamed example that could not be decoded is left out, as evaluation leaves it out, or
+  (`stand_ins_kept`, for training: the same examples and steps as training on the images)
+  has its stand-in's features and label. `after_batch` is told how many images each batch
+  held."""
   extract_batch = compilation.jit(
-      lambda v, x, y: (model.apply(v, pipeline.to_inputs(x), part='features'), y),
+      lambda v, x, y, m: (model.apply(v, pipeline.to_inputs(x), part='features'), y, m),
       out_shardings=sharding.replicated(mesh))
-  features, labels = [], []
-  for start, (images, batch_labels, _) in zip(range(0, len(split), batch_size),
-                                              pipeline.eval_batches(split, batch_size, mesh)):
-    batch_features, batch_labels = jax.device_get(extract_batch(
-        variables, *sharding.put_global_batch(mesh, (images, batch_labels))))
+  features, labels, masks = [], [], []
+  for start, batch in zip(range(0, len(split), batch_size),
+                          pipeline.eval_batches(split, batch_size, mesh)):
+    batch_features, batch_labels, mask = jax.device_get(extract_batch(
+        variables, *sharding.put_global_batch(mesh, batch)))
     features.append(np.asarray(batch_features))
     labels.append(np.asarray(batch_labels))
+    masks.append(np.asarray(mask))
     after_batch(min(batch_size, len(split) - start))  # The last batch's padding aside.
-  return Split(np.concatenate(features)[:len(split)], np.concatenate(labels)[:len(split)],
+  counted = np.concatenate(masks)  # Padding and undecodable examples are False.
+  if stand_ins_kept:
+    counted = np.arange(len(counted)) < len(split)
+  return Split(np.concatenate(features)[counted], np.concatenate(labels)[counted],
                split.fingerprint())
 
 
@@ -76,7 +83,8 @@ def extract_dataset(model, variables, data: datasets.Dataset, batch_size: int, m
                     after_batch: Callable[[int], None]) -> datasets.Dataset:
   """Every split of `data` as backbone features."""
   start = time.perf_counter()
-  splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh, after_batch)
+  splits = {name: extract(model, variables, getattr(data, name), batch_size, mesh, after_batch,
+                         stand_ins_kept=name == 'train')
             if getattr(data, name) is not None else None for name in ('train', 'val', 'test')}
   logging.info('Cached backbone features %s of %d train, %s val and %d test examples in %.1fs.',
                splits['train'].images.shape[1:], len(data.train),

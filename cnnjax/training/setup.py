@@ -87,7 +87,7 @@ class Experiment:
     if init is None:
       return variables
     first = np.arange(min(len(train), DATA_INIT_EXAMPLES))
-    images, _ = next(pipeline.read_batches(train, [first]))
+    images, _, _ = next(pipeline.read_batches(train, [first]))
     return init(variables, np.asarray(pipeline.to_inputs(images)))
 
   def begin_stage(self, state: TrainState, index: int) -> TrainState:

@@ -158,15 +158,16 @@ def evaluation_logits(state: TrainState, images: jax.Array, *, model: nn.Module,
 def eval_step(state: TrainState, images: jax.Array, labels: jax.Array, mask: jax.Array,
               *, model: nn.Module, part: str = 'all',
               test_views: augment_lib.TestViews = augment_lib.TestViews(),
-              chunk_size: int | None = None) -> tuple[Metrics, jax.Array, jax.Array]:
-  """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions and its
-  labels (gathered: each process has only its rows of the batch, the report needs all)."""
+              chunk_size: int | None = None
+              ) -> tuple[Metrics, jax.Array, jax.Array, jax.Array]:
+  """Metrics of a (padded) batch, counting only `mask`ed examples, its predictions, labels
+  and mask (gathered: each process has only its rows of the batch, the report needs all)."""
   logits = evaluation_logits(state, images, model=model, part=part, test_views=test_views,
                              chunk_size=chunk_size)
   loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
   batch_metrics = Metrics.single_from_model_output(
       loss=loss, logits=logits, labels=labels, mask=mask)
-  return batch_metrics, jnp.argmax(logits, -1), labels
+  return batch_metrics, jnp.argmax(logits, -1), labels, mask
 
 
 def activation_statistics(state: TrainState, images: jax.Array, *, model: nn.Module,
@@ -178,6 +179,11 @@ def activation_statistics(state: TrainState, images: jax.Array, *, model: nn.Mod
 
 def as_floats(computed: dict[str, Any]) -> dict[str, float]:
   return {k: float(v) for k, v in computed.items()}
+
+
+def host_concatenate(arrays: list[jax.Array]) -> np.ndarray:
+  """Replicated per-batch outputs as one host array."""
+  return np.concatenate([np.asarray(jax.device_get(a)) for a in arrays])
 
 
 class Trainer:
@@ -211,7 +217,7 @@ class Trainer:
     chunk_size = compilation.eval_chunk_size() if part == 'all' else None
     evaluation = dict(model=model, part=part, test_views=test_views, chunk_size=chunk_size)
     self.eval_step = compilation.jit(functools.partial(eval_step, **evaluation),
-                                     out_shardings=(replicated, replicated, replicated))
+                                     out_shardings=(replicated,) * 4)
     self.evaluation_logits = compilation.jit(
         functools.partial(evaluation_logits, **evaluation), out_shardings=replicated)
 
@@ -221,16 +227,18 @@ class Trainer:
   def evaluate(self, state: TrainState, split: Split | StreamedSplit
                ) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
     """Loss/accuracy over every example of `split` once, the predicted classes and the
-    labels (a streamed split has no labels until it is read)."""
+    labels (a streamed split has no labels until it is read), of the examples counted: a
+    streamed example that could not be decoded is left out of all three."""
     total = Metrics.empty()
-    predictions, labels = [], []
+    predictions, labels, masks = [], [], []
     for batch in self._evaluation_batches(split):
-      batch_metrics, predicted, batch_labels = self.eval_step(state, *batch)
+      batch_metrics, predicted, batch_labels, mask = self.eval_step(state, *batch)
       total = total.merge(batch_metrics)
       predictions.append(predicted)
       labels.append(batch_labels)
-    predicted, labels = (np.concatenate([np.asarray(jax.device_get(p)) for p in arrays])[
-        :len(split)] for arrays in (predictions, labels))
+      masks.append(mask)
+    counted = host_concatenate(masks)
+    predicted, labels = (host_concatenate(arrays)[counted] for arrays in (predictions, labels))
     return as_floats(total.compute()), predicted, labels
 
   def probabilities(self, state: TrainState, images: np.ndarray) -> np.ndarray:
