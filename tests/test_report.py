@@ -404,6 +404,27 @@ def test_a_stop_signal_while_python_ends_leaves_the_tools_status():
   assert (ended.returncode, ended.stdout, ended.stderr) == (3, 'done\ntorn down\n', '')
 
 
+def test_what_python_finds_while_it_ends_prints_nothing_after_the_tools_last_line():
+  # A checkpoint write refused in orbax's threads left a coroutine never awaited: as the
+  # machine's timing had it, Python's teardown printed its two-line RuntimeWarning after the
+  # run's one-line error. Here the coroutine is a global, found as the globals go.
+  script = textwrap.dedent('''
+      import sys
+      from cnnjax.runs import exit_at_once
+      exit_at_once.from_now(exit_at_once.stop_line('after the run ended: what it saved stands.'))
+
+      async def write_fragment():
+        pass
+
+      kept = write_fragment()
+      print('cnnjax: error: the one line', file=sys.stderr, flush=True)
+      sys.exit(2)
+      ''')
+  ended = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, capture_output=True,
+                         text=True, timeout=60)
+  assert (ended.returncode, ended.stderr) == (2, 'cnnjax: error: the one line\n')
+
+
 @pytest.mark.parametrize('tool', [
     'cnnjax/main', 'cnnjax/diagnose', 'cnnjax/evaluate', 'cnnjax/predict',
     'cnnjax/pretrained/__main__', 'experiments/benchmark', 'experiments/device_benchmark',

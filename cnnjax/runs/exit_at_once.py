@@ -9,6 +9,7 @@ of tens of milliseconds in which a Ctrl-C would end in a KeyboardInterrupt trace
 import atexit
 import os
 import signal
+import warnings
 from collections.abc import Callable
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT) + ((signal.SIGHUP,) if hasattr(signal, 'SIGHUP')
@@ -78,6 +79,11 @@ def _ignored_while_python_ends() -> None:
   (half a second with jax loaded), and a stop signal in that window ended the process with
   no line and the signal's status, after a run that had finished and saved all. The tool's
   work is done by then, and its status already set: what is left is Python's own cleanup,
-  which the signal could only cut short. Python leaves an ignored signal ignored."""
+  which the signal could only cut short. Python leaves an ignored signal ignored.
+
+  Warnings are off too: what the teardown finds would print after the tool's last line (a
+  checkpoint write refused in orbax's threads leaves a coroutine never awaited, and its
+  two-line RuntimeWarning came after the one-line error, as the machine's timing had it)."""
   for s in SIGNALS:
     signal.signal(s, signal.SIG_IGN)
+  warnings.simplefilter('ignore')
