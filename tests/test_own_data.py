@@ -460,6 +460,13 @@ def test_the_stand_in_is_the_next_readable_example_and_a_tree_gone_stops(monkeyp
   np.testing.assert_array_equal(own, [False, True, False, False, True])
   assert [m.split(' is ')[0] for m in streaming_warnings(caplog)] == [
       f'While streaming: {i}.png in tree' for i in (9, 2, 3)]
+  monkeypatch.setattr(examples, 'STAND_INS_NAMED', 2)
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    examples.StreamedSplit(read_example, 10, (2, 2, 1), 'x', 1).read_flagged(np.arange(10))
+  assert [m.split(' is ')[0].split(';')[0] for m in streaming_warnings(caplog)] == [
+      'While streaming: 2.png in tree', 'While streaming: 3.png in tree',
+      'While streaming: more than 2 files of this split could not be decoded']
   monkeypatch.setattr(examples, 'STAND_IN_TRIES', 3)
   broken.update({5, 6, 7})
   with pytest.raises(examples.UnreadableSplitError,

@@ -19,6 +19,9 @@ from cnnjax.errors import UserError
 # How many examples after an unreadable one a streamed split tries for a stand-in before it
 # concludes that its files are gone (a disk unmounted, a folder moved) rather than broken.
 STAND_IN_TRIES = 64
+# Files a streamed split names as it stands in for them; past these, one line says more came
+# (a scrape with thousands of broken files would otherwise bury the run's own lines).
+STAND_INS_NAMED = 10
 
 
 class UnreadableExample(Exception):
@@ -130,9 +133,15 @@ class StreamedSplit:
       if problem in self._warned:
         return
       self._warned.add(problem)
-    logging.warning('While streaming: %s. The next readable example stands in for it in '
-                    'training, and evaluation leaves it out; replace it with a readable image '
-                    'of the same name to have it used.', problem)
+      count = len(self._warned)
+    if count <= STAND_INS_NAMED:
+      logging.warning('While streaming: %s. The next readable example stands in for it in '
+                      'training, and evaluation leaves it out; replace it with a readable '
+                      'image of the same name to have it used.', problem)
+    elif count == STAND_INS_NAMED + 1:
+      logging.warning('While streaming: more than %d files of this split could not be decoded; '
+                      'each is stood in for the same way, without a line of its own.',
+                      STAND_INS_NAMED)
 
   def fingerprint(self) -> str:
     return self.identity
