@@ -187,6 +187,26 @@ def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):
     datasets.load_dataset(options)
 
 
+def test_a_split_with_no_readable_image_or_no_class_is_named_as_a_split(tmp_path, caplog):
+  # In Keras' layout the split is no folder: these said 'under train/' and 'Split train/'.
+  tree = tmp_path / 'tree'
+  for cls in ('cat', 'dog'):
+    os.makedirs(tree / cls)
+    (tree / cls / '0.png').write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 20)
+  root = str(tree)
+  files = image_tree.split_files(image_tree.list_tree(root), root, 'train')
+  with pytest.raises(image_tree.LocalDataError,
+                     match=f'^No readable image in split train of {re.escape(root)}\\.$'):
+    image_tree.read_split(files, root, 'train', ('cat', 'dog'), (8, 8, 3), True)
+  Image.new('RGB', (8, 8)).save(tree / 'cat' / '0.png')
+  cats = [f for f in files if f.cls == 'cat']
+  caplog.clear()
+  with caplog.at_level(logging.WARNING):
+    image_tree.read_split(cats, root, 'train', ('cat', 'dog'), (8, 8, 3), True)
+  assert [r.getMessage().split(':')[0] for r in caplog.records] == [
+      f'Split train of {root} has no images of class(es) dog']
+
+
 def test_a_tree_of_one_class_is_an_error(tmp_path):
   for split in ('train', 'test'):
     os.makedirs(tmp_path / 'tree' / split / 'only')

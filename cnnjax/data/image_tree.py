@@ -683,7 +683,7 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
     logging.warning('Skipped %d file(s) of split %s in %s that %s: %s.', len(skipped), split,
                     root, how, first_few([f'{f.where} ({why})' for f, why in skipped]))
   if not kept:
-    raise LocalDataError(f'No readable image under {split}/ in {root}.')
+    raise LocalDataError(f'No readable image in split {split} of {root}.')
   present = {f.cls for f in kept}
   emptied = sorted({f.cls for f, _ in skipped} - present)
   if emptied:  # Named as classes: a folder may be a label number, or the class a label file's.
@@ -692,7 +692,7 @@ def _report(skipped: list[tuple[TreeFile, str]], split: str, root: str,
                          'remove the class (its folder, or its rows of the label file).')
   missing = [name for name in class_names_ if name not in present]
   if missing:
-    logging.warning('Split %s/ in %s has no images of class(es) %s: their rows of the confusion '
+    logging.warning('Split %s of %s has no images of class(es) %s: their rows of the confusion '
                     'matrix will be empty, and the report lists them only where they are '
                     'predicted.', split, root, ', '.join(missing))
 
