@@ -151,6 +151,11 @@ def test_evaluate_a_stopped_run_from_its_latest_checkpoint(tmp_path, idx_dir, ca
   assert os.path.exists(os.path.join(workdir, report.CONFUSION_PNG))
   assert json.load(open(os.path.join(workdir, 'evaluation.json')))['step'] == 4
   assert 'at step 4 on test (20 examples)' in capsys.readouterr().out
+  # Trained on, the run rewrites its reports: the record of step 4's evaluation goes.
+  config.num_train_steps = 6
+  train_and_evaluate(config, workdir)
+  assert not os.path.exists(os.path.join(workdir, 'evaluation.json'))
+  assert os.path.exists(os.path.join(workdir, report.CONFUSION_PNG))
 
 
 def test_evaluating_another_split_or_data_keeps_the_runs_reports(trained, tmp_path, capsys):

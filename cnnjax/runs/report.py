@@ -8,6 +8,7 @@ checkpoint) the workdir gets:
   recall, F1 and support, with their averages;
 and the console lists the most confused pairs of classes.
 """
+import contextlib
 import csv
 import json
 import os
@@ -179,7 +180,9 @@ def classification_report(labels: np.ndarray, predictions: np.ndarray,
 def write_report(workdir: str, labels: np.ndarray, predictions: np.ndarray,
                  class_names: Sequence[str], rows: Sequence[dict[str, Any]], title: str
                  ) -> list[dict[str, Any]]:
-  """Writes every report file into `workdir`; returns the worst confusions."""
+  """Writes every report file into `workdir`; returns the worst confusions. An evaluation's
+  record (`EVALUATION_FILE`) there is removed: it describes the reports these replace (a
+  run evaluated at step 4, then trained on, kept it beside its final reports)."""
   matrix = confusion_matrix(labels, predictions, len(class_names))
   with atomic.replaced_whole(os.path.join(workdir, CONFUSION_CSV), newline='') as f:
     writer = csv.writer(f)
@@ -194,6 +197,8 @@ def write_report(workdir: str, labels: np.ndarray, predictions: np.ndarray,
     json.dump(as_dict, f, indent=2)
   if rows:
     plot_curves(rows, os.path.join(workdir, CURVES_FILE), title)
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(workdir, EVALUATION_FILE))
   return worst_confusions(matrix, class_names)
 
 
