@@ -490,8 +490,8 @@ def test_the_stand_in_is_the_next_readable_example_and_a_tree_gone_stops(monkeyp
   monkeypatch.setattr(examples, 'STAND_IN_TRIES', 3)
   broken.update({5, 6, 7})
   with pytest.raises(examples.UnreadableSplitError,
-                     match='^None of 3 examples in a row could be read while streaming, from '
-                     '5.png in tree is not an image: are the files still where'):
+                     match='^3 examples in a row could not be read while streaming, the '
+                     'first: 5.png in tree is not an image. Are the files still where'):
     split.read_flagged(np.array([5]))
 
 

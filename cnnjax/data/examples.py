@@ -1,10 +1,12 @@
 """A split's examples, held decoded in host memory or read when a batch needs them.
 
 Both kinds answer the same two questions the pipeline asks: how many
-examples, and `read(index)`, the images and labels of the examples at
-`index` (in that order). Which kind a split is decides only where the bytes
-come from, never which examples a batch holds: the order of batches is the
-pipeline's, a function of (seed, epoch) alone.
+examples, and `read_flagged(index)`, the images and labels of the examples
+at `index` (in that order) and which of them are their own (a streamed
+file that fails to decode has a stand-in; `read` leaves the flags out).
+Which kind a split is decides only where the bytes come from, never which
+examples a batch holds: the order of batches is the pipeline's, a function
+of (seed, epoch) alone.
 """
 import dataclasses
 import hashlib
@@ -124,8 +126,8 @@ class StreamedSplit:
         self._warn_once(str(e))
         unreadable.append(str(e))
     raise UnreadableSplitError(
-        f'None of {len(unreadable)} examples in a row could be read while streaming, from '
-        f'{unreadable[0]}: are the files still where the run found them? Make them readable '
+        f'{len(unreadable)} examples in a row could not be read while streaming, the first: '
+        f'{unreadable[0]}. Are the files still where the run found them? Make them readable '
         'and run the same command again: the run resumes from its last checkpoint.')
 
   def _warn_once(self, problem: str) -> None:
