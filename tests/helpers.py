@@ -79,6 +79,19 @@ def load_dataset(dataset, train_split='train', val_split='', test_split='test', 
                                                     **options))
 
 
+def streamed_with_unreadable(held, unreadable, workers: int = 1):
+  """`held` (an in-memory split) as a streamed one in which the examples at `unreadable`
+  fail to decode, as images cut short after their header do."""
+  from cnnjax.data import examples
+
+  def read_example(i):
+    if i in unreadable:
+      raise examples.UnreadableExample(f'{i}.png is not an image')
+    return held.images[i], held.labels[i]
+
+  return examples.StreamedSplit(read_example, len(held), held.image_shape, 'streamed', workers)
+
+
 def jitted_train_step(experiment_, stage: int = 0):
   """`steps.train_step` of a stage, jitted for one device: (state, images, labels, metrics)."""
   from cnnjax.training import steps

@@ -7,11 +7,10 @@ import pytest
 from cnnjax import compilation
 from cnnjax import sharding
 from cnnjax.data import datasets
-from cnnjax.data import examples
 from cnnjax.data import pipeline
 from cnnjax.training import augment
 from cnnjax.training import steps
-from tests.helpers import experiment, load_config
+from tests.helpers import experiment, load_config, streamed_with_unreadable
 
 
 @pytest.mark.parametrize('size,chunk_size,expected_chunk', [
@@ -78,13 +77,7 @@ def test_a_streamed_example_that_cannot_be_decoded_is_left_out_of_the_evaluation
   n, broken = 21, (9, 20)
   held = datasets.Split(rng.integers(0, 256, (n, 28, 28, 1), dtype=np.uint8),
                         rng.integers(0, 10, n).astype(np.int32))
-
-  def read_example(i):
-    if i in broken:
-      raise examples.UnreadableExample(f'{i}.png is not an image')
-    return held.images[i], held.labels[i]
-
-  streamed = examples.StreamedSplit(read_example, n, (28, 28, 1), 'x', 2)
+  streamed = streamed_with_unreadable(held, broken, workers=2)
   readable = np.setdiff1d(np.arange(n), broken)
   without = datasets.Split(held.images[readable], held.labels[readable])
   trainer = exp.trainer(0, mesh, 8)

@@ -107,9 +107,8 @@ def test_a_streamed_image_that_cannot_be_decoded_has_no_features_or_its_stand_in
   its stand-in's features and label, the examples and steps that training on images has."""
   from cnnjax import sharding
   from cnnjax.data import datasets
-  from cnnjax.data import examples
   from cnnjax.training import features
-  from tests.helpers import experiment
+  from tests.helpers import experiment, streamed_with_unreadable
   config = shrink(load_config('vgg_transfer_fast'))
   exp = experiment(config)
   mesh = sharding.create_mesh()
@@ -119,13 +118,7 @@ def test_a_streamed_image_that_cannot_be_decoded_has_no_features_or_its_stand_in
   n, broken = 11, (4, 10)
   held = datasets.Split(rng.integers(0, 256, (n,) + shape, dtype=np.uint8),
                         rng.integers(0, 10, n).astype(np.int32))
-
-  def read_example(i):
-    if i in broken:
-      raise examples.UnreadableExample(f'{i}.png is not an image')
-    return held.images[i], held.labels[i]
-
-  streamed = examples.StreamedSplit(read_example, n, shape, 'x', 1)
+  streamed = streamed_with_unreadable(held, broken)
   extract = lambda split: features.extract(exp.model, variables, split, 4, mesh,
                                            lambda count: None, stand_ins_kept)
   of_streamed, of_held = extract(streamed), extract(held)
