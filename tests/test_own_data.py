@@ -407,7 +407,7 @@ def test_a_file_that_fails_to_decode_while_streaming_is_stood_in_for(tmp_path, c
   config = lambda steps: folder_config(root, data_in_memory='false', num_train_steps=steps,
                                        num_epochs=100, data_workers=3)
   with caplog.at_level(logging.WARNING):
-    results = train_and_evaluate(config(5), straight)  # 3 steps per epoch: both read twice.
+    results = train_and_evaluate(config(5), straight)  # Into epoch 2: 3 steps per epoch.
   assert [m.split(' in ')[0] for m in streaming_warnings(caplog)] == [
       'While streaming: train/cactus/0.png', 'While streaming: test/fern/1.png']
   report = json.loads((tmp_path / 'straight' / 'classification_report.json').read_text())
