@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import tarfile
+import warnings
 
 import numpy as np
 import pytest
@@ -17,6 +18,7 @@ from cnnjax import sharding
 from cnnjax.data import datasets
 from cnnjax.data import examples
 from cnnjax.data import image_tree
+from cnnjax.data import images as images_lib
 from cnnjax.data import pipeline
 from cnnjax.runs import checkpoints
 from tests.helpers import (REPO_ROOT, assert_same_run, defaults, load_config, read_jsonl,
@@ -165,17 +167,37 @@ def test_a_200_megapixel_phone_photo_is_read_without_a_warning(tmp_path, recwarn
 def test_pillows_warnings_about_a_file_stay_off_the_console(tmp_path):
   # A TIFF cut short in its directory: Pillow warned 'UserWarning: Truncated File Read' in
   # Python's format among the run's lines, then the file was skipped with its reason anyway.
+  # A TIFF of 2048 samples per pixel: Pillow logged 'More samples per pixel than can be
+  # decoded' as an error before refusing it.
   whole = io.BytesIO()
   Image.new('RGB', (20, 20)).save(whole, 'TIFF')
   (tmp_path / 'cut.tif').write_bytes(whole.getvalue()[:50])
+  samples = b'\x15\x01\x03\x00\x01\x00\x00\x00'  # Tag 277, one SHORT: 3, now 2048.
+  assert whole.getvalue().count(samples + b'\x03\x00') == 1
+  (tmp_path / 'samples.tif').write_bytes(whole.getvalue().replace(samples + b'\x03\x00',
+                                                                  samples + b'\x00\x08'))
   script = ('import sys; from cnnjax.data import images\n'
-            'print(images.header_problem(sys.argv[1]))\n'
-            'try:\n  images.decode(open(sys.argv[1], "rb").read(), (8, 8, 3))\n'
-            'except images.ImageInputError as e:\n  print(e.reason)\n')
-  read = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'cut.tif')],
+            'for path in sys.argv[1:]:\n'
+            '  print(images.header_problem(path))\n'
+            '  try:\n    images.decode(open(path, "rb").read(), (8, 8, 3))\n'
+            '  except images.ImageInputError as e:\n    print(e.reason)\n')
+  read = subprocess.run([sys.executable, '-c', script, str(tmp_path / 'cut.tif'),
+                         str(tmp_path / 'samples.tif')],
                         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
   assert (read.returncode, read.stderr) == (0, '')
-  assert read.stdout == 'not in an image format Pillow reads\n' * 2
+  assert read.stdout == 'not in an image format Pillow reads\n' * 4
+
+
+def test_a_float_images_nan_is_black_and_its_infinities_black_or_white():
+  # A float TIFF may hold them: cast as they were, numpy warned 'invalid value encountered in
+  # cast' on the console, and the pixels came out as whatever the cast made of them.
+  pixels = np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32)
+  tiff = io.BytesIO()
+  Image.fromarray(pixels, 'F').save(tiff, 'TIFF')
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    decoded = images_lib.decode(tiff.getvalue(), (2, 2, 1), resize=False)
+  np.testing.assert_array_equal(decoded[..., 0], [[0, 255], [0, 128]])
 
 
 def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):

@@ -34,17 +34,20 @@ def _to_8_bit(image):
   """16-bit and 32-bit integer (and float) grey images as 8-bit grey, scaled, not clipped:
   Pillow's own conversion would clip a 16-bit PNG's values above 255 to white. An integer
   image is scaled by the range of the narrowest type that holds its values (8, 16 or 32
-  bits), a float one by 1 or 255."""
+  bits), a float one by 1 or 255. A float image's NaN is black, its infinities black or white
+  (a float TIFF may hold them: cast as they were, they warned on the console and came out
+  as whatever the cast made of them)."""
   from PIL import Image
   array = np.asarray(image, np.float64)
-  peak = array.max(initial=0.0)
+  peak = array.max(initial=0.0, where=np.isfinite(array))
   if image.mode == 'F':
     top = 1.0 if peak <= 1.0 else 255.0
   elif image.mode.startswith('I;16') or 255 < peak <= 65535:
     top = 65535.0
   else:
     top = 255.0 if peak <= 255 else 2.0 ** 31 - 1  # Pillow's 'I' is int32.
-  return Image.fromarray(np.clip(array / top * 255.0 + 0.5, 0, 255).astype(np.uint8), 'L')
+  scaled = np.nan_to_num(array / top * 255.0 + 0.5, nan=0.0)  # +-inf: the largest floats.
+  return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8), 'L')
 
 
 def fit(image, image_shape: tuple[int, int, int], resize: bool = True) -> np.ndarray:
@@ -95,14 +98,20 @@ def _pillow_set_for_users_images() -> None:
 
   Also silences Pillow's warnings about what a file holds (a TIFF cut short in its
   directory, corrupt EXIF data, a malformed MPO): they reached the console in Python's own
-  format, once per kind, among the run's lines. A file Pillow then cannot read is skipped
-  and named with its reason, as any unreadable image is; one it reads is the image."""
+  format, once per kind, among the run's lines. So are the errors it logs before refusing a
+  file (a TIFF's 'More samples per pixel than can be decoded', in absl's format), unless
+  its logger was set up. A file Pillow then cannot read is skipped and named with its
+  reason, as any unreadable image is; one it reads is the image."""
+  import logging
   import warnings
   from PIL import Image
   if Image.MAX_IMAGE_PIXELS == _PILLOW_DEFAULT_MAX_PIXELS:
     Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # Pillow refuses twice its limit.
   warnings.filterwarnings('ignore', category=Image.DecompressionBombWarning)
   warnings.filterwarnings('ignore', category=UserWarning, module=r'PIL\.')
+  pillow_logger = logging.getLogger('PIL')
+  if pillow_logger.level == logging.NOTSET:
+    pillow_logger.setLevel(logging.CRITICAL)
 
 
 # The ISO base media brands of HEIC/HEIF stills (what iPhones save), at bytes 8-12 after 'ftyp'.
