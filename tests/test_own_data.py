@@ -188,16 +188,34 @@ def test_pillows_warnings_about_a_file_stay_off_the_console(tmp_path):
   assert read.stdout == 'not in an image format Pillow reads\n' * 4
 
 
+def test_a_file_pillow_raises_an_unexpected_error_on_is_an_unreadable_image(tmp_path):
+  # A DDS file of a pixel format Pillow does not know raised NotImplementedError, not one of
+  # the errors Pillow means for a bad file: a traceback, in memory or streamed.
+  dds = io.BytesIO()
+  Image.new('RGBA', (4, 4)).save(dds, 'DDS')
+  flags = dds.getbuffer()[80:84]  # The pixel format's flags: 0x41, RGB and alpha.
+  assert bytes(flags) == b'\x41\0\0\0'
+  flags[:] = b'\x82\0\0\0'
+  reason = 'NotImplementedError: Unknown pixel format flags 130'
+  with pytest.raises(images_lib.ImageInputError, match=f'^is not an image that can be read '
+                     f'\\({reason}\\)$'):
+    images_lib.decode(dds.getvalue(), (4, 4, 3))
+  (tmp_path / 'odd.dds').write_bytes(dds.getvalue())
+  assert images_lib.header_problem(str(tmp_path / 'odd.dds')) == reason
+
+
 def test_a_float_images_nan_is_black_and_its_infinities_black_or_white():
   # A float TIFF may hold them: cast as they were, numpy warned 'invalid value encountered in
   # cast' on the console, and the pixels came out as whatever the cast made of them.
-  pixels = np.array([[np.nan, np.inf], [-np.inf, 0.5]], np.float32)
+  # A signalling NaN (a flipped bit makes one) warned already as the image became an array.
+  pixels = np.array([[np.nan, np.inf, 0.0], [-np.inf, 0.5, 0.0]], np.float32)
+  pixels.view(np.uint32)[0, 2] = 0x7FA00000  # A signalling NaN.
   tiff = io.BytesIO()
   Image.fromarray(pixels, 'F').save(tiff, 'TIFF')
   with warnings.catch_warnings():
     warnings.simplefilter('error')
-    decoded = images_lib.decode(tiff.getvalue(), (2, 2, 1), resize=False)
-  np.testing.assert_array_equal(decoded[..., 0], [[0, 255], [0, 128]])
+    decoded = images_lib.decode(tiff.getvalue(), (2, 3, 1), resize=False)
+  np.testing.assert_array_equal(decoded[..., 0], [[0, 255, 0], [0, 128, 0]])
 
 
 def test_a_class_folder_without_a_readable_image_is_an_error(tmp_path):

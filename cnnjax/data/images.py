@@ -10,6 +10,7 @@ bilinear interpolation (the aspect ratio is not kept, nothing is cropped).
 """
 import functools
 import io
+import struct
 from typing import Any, Callable
 
 import numpy as np
@@ -38,7 +39,8 @@ def _to_8_bit(image):
   (a float TIFF may hold them: cast as they were, they warned on the console and came out
   as whatever the cast made of them)."""
   from PIL import Image
-  array = np.asarray(image, np.float64)
+  with np.errstate(invalid='ignore'):  # A signalling NaN (flipped bits) flags its cast.
+    array = np.asarray(image, np.float64)
   peak = array.max(initial=0.0, where=np.isfinite(array))
   if image.mode == 'F':
     top = 1.0 if peak <= 1.0 else 255.0
@@ -114,6 +116,12 @@ def _pillow_set_for_users_images() -> None:
     pillow_logger.setLevel(logging.CRITICAL)
 
 
+# What else Pillow's readers raise on a malformed file, past the errors it means for one: a
+# DDS file of a pixel format it does not know was a NotImplementedError's traceback.
+_MALFORMED = (NotImplementedError, EOFError, struct.error, IndexError, KeyError, TypeError,
+              ArithmeticError)
+
+
 # The ISO base media brands of HEIC/HEIF stills (what iPhones save), at bytes 8-12 after 'ftyp'.
 HEIF_BRANDS = (b'heic', b'heix', b'hevc', b'hevx', b'heim', b'heis', b'mif1', b'msf1')
 
@@ -152,7 +160,7 @@ def _opened(source: bytes | str, use: Callable[[Any], Any]) -> Any:
     raise ImageInputError(f'is too large to be read safely ({e}); downscale it (it is '
                           'stretched to the dataset\'s image size anyway)',
                           'too large to be read safely') from e
-  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+  except (UnidentifiedImageError, OSError, SyntaxError, ValueError) + _MALFORMED as e:
     if isinstance(e, ImageSizeError):
       raise
     if head == b'':
