@@ -548,7 +548,7 @@ def test_a_broken_file_fixed_or_removed_between_runs_of_one_workdir(tmp_path, ca
   cut_short(train_image)
   with caplog.at_level(logging.WARNING):
     train_and_evaluate(config(2), workdir)  # Finished at step 2: a longer run resumes there.
-  assert 'replace it with a readable image of the same name' in streaming_warnings(caplog)[0]
+  assert 'Replace it with a readable image of the same name' in streaming_warnings(caplog)[0]
   Image.open(io.BytesIO(whole)).save(train_image, 'PNG', compress_level=0)  # Another size.
   assert os.path.getsize(train_image) != len(whole)
   test_image = os.path.join(root, 'test', 'fern', '1.png')

@@ -137,9 +137,9 @@ class StreamedSplit:
       self._warned.add(problem)
       count = len(self._warned)
     if count <= STAND_INS_NAMED:
-      logging.warning('While streaming: %s. The next readable example stands in for it in '
-                      'training, and evaluation leaves it out; replace it with a readable '
-                      'image of the same name to have it used.', problem)
+      logging.warning('While streaming: %s. It is left out: a training batch takes the next '
+                      'readable example in its place, an evaluation does not count it. Replace '
+                      'it with a readable image of the same name to have it used.', problem)
     elif count == STAND_INS_NAMED + 1:
       logging.warning('While streaming: more than %d files of this split could not be decoded; '
                       'each is stood in for the same way, without a line of its own.',
