@@ -16,6 +16,7 @@ import sys
 from typing import Any, Callable, Iterator
 
 from cnnjax.errors import UserError
+from cnnjax.runs import exit_at_once
 
 # Config fields that hold paths: '~' in them means the home directory, as in a shell, which
 # expands it in `--config.local_data_dir ~/data` but not in `--config.local_data_dir=~/data`.
@@ -48,6 +49,7 @@ def running_as_tool(tool: str, stopped_before_saving: str | None = None) -> Iter
         yield
       except preemption.StopRequested as stop:
         print(stop, flush=True)
+        exit_at_once.after_the_last_line()
         sys.exit(128 + stop.signum)
 
 
@@ -339,6 +341,7 @@ def override_path_message(error: Exception, text: str, defaults=None) -> str | N
 def exit_with_error(tool: str, message: str) -> None:
   """`<tool>: error: <message>` on stderr, exit status 2: how every tool ends on bad input."""
   print(f'{tool}: error: {message}', file=sys.stderr, flush=True)
+  exit_at_once.after_the_last_line()
   sys.exit(2)
 
 

@@ -476,6 +476,7 @@ def stoppable(measure: Callable[[], Any], tool: str = TOOL) -> Any:
     if _stopped_by is None:
       raise
     print(exit_at_once.measuring_stopped(tool)(_stopped_by), file=sys.stderr)
+    exit_at_once.after_the_last_line()
     sys.exit(128 + _stopped_by)
 
 

@@ -412,18 +412,20 @@ def test_a_stop_signal_while_python_ends_leaves_the_tools_status():
 def test_what_python_finds_while_it_ends_prints_nothing_after_the_tools_last_line():
   # A checkpoint write refused in orbax's threads left a coroutine never awaited: as the
   # machine's timing had it, Python's teardown printed its two-line RuntimeWarning after the
-  # run's one-line error. Here the coroutine is a global, found as the globals go.
+  # run's one-line error. Here the coroutine is a global, found as the globals go. And
+  # multiprocessing's exit callback, run before ours, warned after a benchmark's stop line.
   script = textwrap.dedent('''
-      import sys
+      import atexit, sys, warnings
       from cnnjax.runs import exit_at_once
       exit_at_once.from_now(exit_at_once.stop_line('after the run ended: what it saved stands.'))
+      from cnnjax import cli
 
       async def write_fragment():
         pass
 
       kept = write_fragment()
-      print('cnnjax: error: the one line', file=sys.stderr, flush=True)
-      sys.exit(2)
+      atexit.register(lambda: warnings.warn('ResourceTracker called reentrantly'))
+      cli.exit_with_error('cnnjax', 'the one line')
       ''')
   ended = subprocess.run([sys.executable, '-c', script], cwd=REPO_ROOT, capture_output=True,
                          text=True, timeout=60)

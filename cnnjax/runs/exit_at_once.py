@@ -81,9 +81,16 @@ def _ignored_while_python_ends() -> None:
   work is done by then, and its status already set: what is left is Python's own cleanup,
   which the signal could only cut short. Python leaves an ignored signal ignored.
 
-  Warnings are off too: what the teardown finds would print after the tool's last line (a
-  checkpoint write refused in orbax's threads leaves a coroutine never awaited, and its
-  two-line RuntimeWarning came after the one-line error, as the machine's timing had it)."""
+  Warnings are off too (`after_the_last_line`), for an end that said no last line."""
   for s in SIGNALS:
     signal.signal(s, signal.SIG_IGN)
+  after_the_last_line()
+
+
+def after_the_last_line() -> None:
+  """Warnings off, once a tool has printed its last line (an error, a stop): what the
+  process finds as it ends would print after it. A checkpoint write refused in orbax's
+  threads leaves a coroutine never awaited, whose two-line RuntimeWarning came after the
+  one-line error; multiprocessing's exit callback, run before this module's, warned that
+  'ResourceTracker called reentrantly' after a benchmark's stop line."""
   warnings.simplefilter('ignore')
