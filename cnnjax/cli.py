@@ -558,6 +558,13 @@ def _tool_flags() -> list[str]:
   return sorted(own | {'verbosity', 'help'})
 
 
+def add_weights_flag(parser: argparse.ArgumentParser) -> None:
+  """--weights of the tools that read a run (`runs.saved.evaluation_state` takes it)."""
+  parser.add_argument('--weights', default='best', choices=('best', 'last'), help=(
+      "'best': the weights the run reports, its best epoch's where config.selection keeps "
+      "them; 'last': its latest checkpoint's."))
+
+
 class ArgumentParser(argparse.ArgumentParser):
   """argparse's parser for the tools, where a misspelt flag (`--work_dir`, `--splt`) is named
   first, with the flag it is closest to, not after the 'required' error it caused or as a

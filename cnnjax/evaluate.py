@@ -3,8 +3,8 @@
     python -m cnnjax.evaluate --workdir=checkpoints/cnn_simple [--local_data_dir=DIR] [--split=test]
 
 Works on a finished run and on one that was stopped: the latest checkpoint
-(or, where config.selection keeps them, the best epoch's weights so far) is
-evaluated on the run's test split, and the workdir gets `evaluation.json`,
+(or, where config.selection keeps them, the best epoch's weights so far, unless
+--weights=last) is evaluated on the run's test split, and the workdir gets `evaluation.json`,
 the curves so far, the confusion matrix and the classification report (see
 cnnjax.runs.report). Another split (--split), or other data
 (--local_data_dir with other examples than the run was tested on), writes its
@@ -79,10 +79,11 @@ def _load_split(options, split: str, spec, val_split: str):
 
 
 def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
-             split: str | None = None) -> dict:
+             split: str | None = None, weights: str = 'best') -> dict:
   """Evaluates the latest checkpoint in `workdir`; writes the reports; returns the metrics.
 
-  `defaults`: configs/default.py's config, under the run's saved one.
+  `defaults`: configs/default.py's config, under the run's saved one. `weights`: as for
+  `saved.evaluation_state`.
   """
   from cnnjax import sharding
   from cnnjax.data import datasets, image_tree
@@ -100,7 +101,7 @@ def evaluate(workdir: str, defaults, local_data_dir: str | None = None,
   options = datasets.DataOptions.from_config(config)
   spec = datasets.saved_spec(workdir, options)
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  reported = saved.evaluation_state(experiment, workdir, config)
+  reported = saved.evaluation_state(experiment, workdir, config, weights)
   step, weights = reported.step, reported.weights
   data = _load_split(options, split, spec, config.val_split)
   where = reports_dir(workdir, config, split, local_data_dir,
@@ -143,12 +144,13 @@ def main(argv: list[str] | None = None) -> None:
                       help='Where the dataset files are now, if not where the run read them.')
   parser.add_argument('--split', default=None,
                       help="Split to evaluate (TFDS syntax); default the run's test split.")
+  cli.add_weights_flag(parser)
   args = parser.parse_args(argv)
   with cli.running_as_tool('cnnjax.evaluate', NOTHING_WRITTEN):
     from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
     sharding.start_backend()
-    evaluate(args.workdir, default.get_config(), args.local_data_dir, args.split)
+    evaluate(args.workdir, default.get_config(), args.local_data_dir, args.split, args.weights)
 
 
 if __name__ == '__main__':

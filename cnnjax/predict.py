@@ -13,8 +13,8 @@ Images of any size, grey or colour, are converted as the training data was:
 to the dataset's channels (grey for Fashion-MNIST, RGB for CIFAR-10) and
 size (bilinear), then scaled to [0, 1]. Prints the top classes with their
 probabilities (softmax of the model's logits) from the weights the run reports:
-its latest checkpoint's, or its best epoch's where config.selection keeps them;
-with its test-time views (config.augment.flip_test, translate_test) where it
+its latest checkpoint's, or its best epoch's where config.selection keeps them
+(--weights=last: the latest checkpoint's in any case); with its test-time views (config.augment.flip_test, translate_test) where it
 has them, and config.eval_batch_size images at a time: the classes its
 evaluation would give.
 Fashion-MNIST shows light garments on a black background; a photo on a
@@ -99,10 +99,12 @@ def _decoded(files: list[tuple[str, bool]], image_shape: tuple[int, int, int]
   return paths, arrays, skipped
 
 
-def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict]:
+def predict(workdir: str, paths: list[str], defaults, top: int = 3,
+            weights: str = 'best') -> list[dict]:
   """The `top` classes and probabilities for each image in `paths` (files, or folders of them).
 
-  `defaults`: configs/default.py's config, under the run's saved one.
+  `defaults`: configs/default.py's config, under the run's saved one. `weights`: as for
+  `saved.evaluation_state`.
   """
   import logging
   import math
@@ -115,7 +117,7 @@ def predict(workdir: str, paths: list[str], defaults, top: int = 3) -> list[dict
   spec = datasets.saved_spec(workdir, datasets.DataOptions.from_config(config))
   files = image_files(paths)  # Fail early.
   experiment = setup.build(config, spec.image_shape, len(spec.class_names))
-  state = saved.evaluation_state(experiment, workdir, config).state
+  state = saved.evaluation_state(experiment, workdir, config, weights).state
   trainer = experiment.trainer(len(experiment.stages) - 1, sharding.create_mesh(),
                                config.eval_batch_size, on_features=False)
   chunk = math.ceil(CHUNK_IMAGES / trainer.eval_batch_size) * trainer.eval_batch_size
@@ -159,6 +161,7 @@ def main(argv: list[str] | None = None) -> None:
                       help='The run directory (as for cnnjax.main).')
   parser.add_argument('--top', type=int, default=3, help='Classes to print per image.')
   parser.add_argument('--json', action='store_true', help='Print JSON instead of text.')
+  cli.add_weights_flag(parser)
   parser.add_argument('images', type=os.path.expanduser, nargs='+', metavar='IMAGE',
                       help='Image files, or folders of them.')
   args = parser.parse_args(argv)
@@ -169,7 +172,8 @@ def main(argv: list[str] | None = None) -> None:
     from cnnjax import sharding
     from configs import default  # Imports take seconds: a stop signal ends them in one line.
     sharding.start_backend()
-    predictions = predict(args.workdir, args.images, default.get_config(), args.top)
+    predictions = predict(args.workdir, args.images, default.get_config(), args.top,
+                          args.weights)
     print(json.dumps(predictions, indent=2) if args.json else format_predictions(predictions))
 
 

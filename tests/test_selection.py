@@ -141,3 +141,53 @@ def test_best_weights_saved_after_the_resumed_checkpoint_are_dropped(tmp_path):
       best.restore(3, {'params': {'w': jnp.zeros((3,))}})
   finally:
     best.close()
+
+
+def test_a_reader_reads_a_newer_checkpoint_where_its_best_weights_were_rotated_away(
+    tmp_path, mock_tfds, monkeypatch):
+  """A tool reading a run still training: between its read of the latest checkpoint and of
+  that checkpoint's best weights, the run saved two newer bests and deleted those."""
+  import shutil
+  from cnnjax.runs import checkpoints, saved
+  from tests.helpers import experiment
+  scripted(monkeypatch)  # Best epochs 1, 2, 4, 7 and 8; the newest two are kept.
+  config = selection_config(patience=0)
+  run, seen = tmp_path / 'run', tmp_path / 'seen'
+  train_and_evaluate(selection_config(steps=12, patience=0), run)
+  shutil.copytree(run, seen)  # The run as the reader found it: step 12, best epoch 4.
+  train_and_evaluate(config, run)
+  assert checkpoints.BestWeights(str(run)).manager.all_steps() == [21, 24]
+  read, stale = [], [str(seen)]
+
+  def restore_latest(experiment_, workdir):  # The first read finds the run as `seen` holds it.
+    read.append(workdir)
+    return real_restore_latest(experiment_, stale.pop() if stale else workdir)
+  real_restore_latest = saved.restore_latest
+  monkeypatch.setattr(saved, 'restore_latest', restore_latest)
+  reported = saved.evaluation_state(experiment(config), str(run), config)
+  assert len(read) == 2 and reported.step == 24 and '(epoch 8' in reported.weights
+  # With no newer checkpoint, the missing weights are an error naming what a reader can do.
+  read.clear()
+  shutil.rmtree(run / checkpoints.BEST_DIR)
+  with pytest.raises(checkpoints.BestWeightsMissingError,
+                     match=r'Copy best_weights/ back .* or pass --weights=last'):
+    saved.evaluation_state(experiment(config), str(run), config)
+  assert len(read) == 1
+  last = saved.evaluation_state(experiment(config), str(run), config, weights='last')
+  assert (last.step, last.weights) == (24, 'step 24')
+
+
+def test_evaluate_and_predict_take_the_latest_checkpoints_weights_when_asked(
+    tmp_path, mock_tfds, monkeypatch):
+  from cnnjax import evaluate
+  scripted(monkeypatch)
+  config = selection_config()  # Stops at epoch 6; its best epoch is 4.
+  train_and_evaluate(config, tmp_path / 'run')
+  best = evaluate.evaluate(str(tmp_path / 'run'), defaults())
+  last = evaluate.evaluate(str(tmp_path / 'run'), defaults(), weights='last')
+  at_epoch6 = selection_config(steps=18)
+  at_epoch6.selection.update(monitor='', patience=0)
+  straight = train_and_evaluate(at_epoch6, tmp_path / 'epoch6')
+  assert '(epoch 4' in best['weights'] and last['weights'] == 'step 18'
+  assert last['loss'] == pytest.approx(straight['test_loss'], rel=1e-6)
+  assert best['loss'] != last['loss']

@@ -41,6 +41,11 @@ class IncompatibleCheckpointError(UserError, ValueError):
   """The workdir's checkpoint belongs to a different model or config."""
 
 
+class BestWeightsMissingError(IncompatibleCheckpointError):
+  """The best epoch's weights are not on disk: deleted, or rotated away by the run, still
+  training, since a reader took its latest checkpoint."""
+
+
 class Restored(NamedTuple):
   step: int
   state: Any
@@ -58,14 +63,21 @@ class UnreadableCheckpointsError(UserError, PermissionError):
   """The checkpoints folder is one this user may not read (another user's run)."""
 
 
-def has_checkpoints(workdir: str) -> bool:
-  """Whether `workdir` holds any checkpoint step (readable or not)."""
+def newest_step(workdir: str) -> int | None:
+  """The newest checkpoint step `workdir` lists (readable or not); None where it has none."""
   directory = os.path.join(workdir, CHECKPOINT_DIR)
   try:
-    return os.path.isdir(directory) and any(s.isdigit() for s in os.listdir(directory))
+    steps = [int(s) for s in os.listdir(directory) if s.isdigit()] if os.path.isdir(
+        directory) else []
   except PermissionError as e:  # The first look at them, training or reading the run.
     raise UnreadableCheckpointsError(
         unreadable_message(directory, workdir) + ', or work on a copy of the run.') from e
+  return max(steps, default=None)
+
+
+def has_checkpoints(workdir: str) -> bool:
+  """Whether `workdir` holds any checkpoint step (readable or not)."""
+  return newest_step(workdir) is not None
 
 
 # How long a reader waits for a step it failed to read to vanish: the training run may be
@@ -346,6 +358,11 @@ class Checkpointer:
     self.manager.close()
 
 
+# What a training run can do about best weights that are missing or do not fit.
+TRAINING_FIX = ("Pass --config.selection.restore_best=False to report the last epoch's weights "
+                'instead, or train afresh with --config.resume=False.')
+
+
 class BestWeights:
   """The evaluation weights of the best epoch so far (see `runs.selection`), one orbax step
   per improvement in `<workdir>/best_weights`.
@@ -375,13 +392,11 @@ class BestWeights:
       if saved > step:
         self.manager.delete(saved)
 
-  def restore(self, step: int, template: Any) -> Any:
-    """The weights saved at `step`, placed like `template`; an error naming the fix if they
+  def restore(self, step: int, template: Any, fix: str = TRAINING_FIX) -> Any:
+    """The weights saved at `step`, placed like `template`; an error ending in `fix` if they
     are missing or do not fit."""
-    fix = ('Pass --config.selection.restore_best=False to report the last epoch\'s weights '
-           'instead, or train afresh with --config.resume=False.')
     if step not in self.manager.all_steps():
-      raise IncompatibleCheckpointError(
+      raise BestWeightsMissingError(
           f'The best epoch\'s weights (step {step}) are missing from {self.directory}. {fix}')
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta

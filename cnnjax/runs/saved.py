@@ -3,6 +3,7 @@
 `cnnjax.evaluate` and `cnnjax.predict` work on any run that has a checkpoint,
 finished or stopped, with nothing but its workdir.
 """
+import dataclasses
 import os
 from typing import NamedTuple
 
@@ -119,14 +120,34 @@ class Reported(NamedTuple):
   data: dict[str, str]
 
 
+# How often a reader takes the latest checkpoint again when the best weights it names were
+# rotated away meanwhile: each retry needs two more epochs to end while it reads.
+_ROTATION_RETRIES = 3
+
+
 def evaluation_state(experiment: setup.Experiment, workdir: str,
-                     config: ml_collections.ConfigDict) -> Reported:
-  """The weights the run in `workdir` reports: the best epoch's so far where
-  `config.selection` keeps them, else the latest checkpoint's."""
-  restored = restore_latest(experiment, workdir)
+                     config: ml_collections.ConfigDict, weights: str = 'best') -> Reported:
+  """The weights the run in `workdir` reports (`weights='best'`): the best epoch's so far
+  where `config.selection` keeps them, else the latest checkpoint's; or the latest
+  checkpoint's in any case (`'last'`).
+
+  A run still training keeps only its newest two best weights: where the best epoch of the
+  checkpoint read has been rotated away since, the newer checkpoint is read instead.
+  """
   selection = selection_lib.Selection.from_config(config)
-  progress = selection_lib.progress_at(selection, workdir, restored.step)
-  state = selection_lib.evaluation_state(restored.state, workdir, selection, progress)
+  if weights == 'last':
+    selection = dataclasses.replace(selection, restore_best=False)
+  fix = (f'Copy {checkpoints.BEST_DIR}/ back into {workdir} from a copy of the run, or pass '
+         "--weights=last to use the latest checkpoint's weights.")
+  for retry in range(_ROTATION_RETRIES + 1):
+    restored = restore_latest(experiment, workdir)
+    progress = selection_lib.progress_at(selection, workdir, restored.step)
+    try:
+      state = selection_lib.evaluation_state(restored.state, workdir, selection, progress, fix)
+      break
+    except checkpoints.BestWeightsMissingError:
+      if retry == _ROTATION_RETRIES or not (checkpoints.newest_step(workdir) or 0) > restored.step:
+        raise
   which = selection_lib.weights_description(selection, progress, config.ema_decay,
                                             last=f'step {restored.step}')
   return Reported(state, which, restored.step, restored.meta.get('data', {}))

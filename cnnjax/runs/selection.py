@@ -144,16 +144,17 @@ def uses_best(selection: Selection, progress: Progress) -> bool:
   return selection.keeps_best_weights and progress.best_step is not None
 
 
-def evaluation_state(state: TrainState, workdir: str, selection: Selection,
-                     progress: Progress) -> TrainState:
+def evaluation_state(state: TrainState, workdir: str, selection: Selection, progress: Progress,
+                     fix: str = checkpoints.TRAINING_FIX) -> TrainState:
   """What evaluates and predicts: the best epoch's weights from `workdir` where the selection
-  keeps them (placed as `state`'s), else `state` itself."""
+  keeps them (placed as `state`'s), else `state` itself. `fix` ends the error if they are
+  missing or do not fit."""
   if not uses_best(selection, progress):
     return state
   template = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
                           state.evaluation_variables)
   best = checkpoints.BestWeights(workdir)
   try:
-    return TrainState.of_weights(best.restore(progress.best_step, template))
+    return TrainState.of_weights(best.restore(progress.best_step, template, fix))
   finally:
     best.close()
