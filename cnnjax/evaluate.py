@@ -4,9 +4,9 @@
 
 Works on a finished run and on one that was stopped: the latest checkpoint
 (or, where config.selection keeps them, the best epoch's weights so far, unless
---weights=last) is evaluated on the run's test split, and the workdir gets `evaluation.json`,
-the curves so far, the confusion matrix and the classification report (see
-cnnjax.runs.report). Another split (--split), or other data
+--weights=last) is evaluated on the run's test split, and the workdir gets
+`evaluation.json`, the curves so far, the confusion matrix and the classification
+report (see cnnjax.runs.report). Another split (--split), or other data
 (--local_data_dir with other examples than the run was tested on), writes its
 reports to `evaluations/<split>` (`<data>-<split>`) in the workdir instead, so
 that the run's own reports stay those of the test split `results.json` gives.

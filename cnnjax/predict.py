@@ -14,9 +14,9 @@ to the dataset's channels (grey for Fashion-MNIST, RGB for CIFAR-10) and
 size (bilinear), then scaled to [0, 1]. Prints the top classes with their
 probabilities (softmax of the model's logits) from the weights the run reports:
 its latest checkpoint's, or its best epoch's where config.selection keeps them
-(--weights=last: the latest checkpoint's in any case); with its test-time views (config.augment.flip_test, translate_test) where it
-has them, and config.eval_batch_size images at a time: the classes its
-evaluation would give.
+(--weights=last: the latest checkpoint's in any case); with its test-time views
+(config.augment.flip_test, translate_test) where it has them, and
+config.eval_batch_size images at a time: the classes its evaluation would give.
 Fashion-MNIST shows light garments on a black background; a photo on a
 white background looks nothing like it.
 """

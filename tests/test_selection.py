@@ -143,6 +143,28 @@ def test_best_weights_saved_after_the_resumed_checkpoint_are_dropped(tmp_path):
     best.close()
 
 
+def test_best_weights_rotated_away_as_a_reader_reads_them_are_missing_not_broken(tmp_path):
+  import shutil
+  import jax.numpy as jnp
+  from cnnjax.runs import checkpoints
+  weights = {'params': {'w': jnp.ones((2,))}}
+  writer = checkpoints.BestWeights(str(tmp_path), owns_workdir=True)
+  writer.save(3, weights, {'epoch': 1})
+  writer.close()
+  reader = checkpoints.BestWeights(str(tmp_path))
+  read = reader.manager.restore
+
+  def rotated_while_read(step, args):
+    shutil.rmtree(tmp_path / checkpoints.BEST_DIR / str(step))  # The run deletes the step.
+    return read(step, args=args)
+  reader.manager.restore = rotated_while_read
+  try:
+    with pytest.raises(checkpoints.BestWeightsMissingError, match=r'\(step 3\) left .* read'):
+      reader.restore(3, weights)
+  finally:
+    reader.close()
+
+
 def test_a_reader_reads_a_newer_checkpoint_where_its_best_weights_were_rotated_away(
     tmp_path, mock_tfds, monkeypatch):
   """A tool reading a run still training: between its read of the latest checkpoint and of
@@ -156,7 +178,9 @@ def test_a_reader_reads_a_newer_checkpoint_where_its_best_weights_were_rotated_a
   train_and_evaluate(selection_config(steps=12, patience=0), run)
   shutil.copytree(run, seen)  # The run as the reader found it: step 12, best epoch 4.
   train_and_evaluate(config, run)
-  assert checkpoints.BestWeights(str(run)).manager.all_steps() == [21, 24]
+  best = checkpoints.BestWeights(str(run))
+  assert best.manager.all_steps() == [21, 24]
+  best.close()
   read, stale = [], [str(seen)]
 
   def restore_latest(experiment_, workdir):  # The first read finds the run as `seen` holds it.
@@ -177,7 +201,7 @@ def test_a_reader_reads_a_newer_checkpoint_where_its_best_weights_were_rotated_a
   assert (last.step, last.weights) == (24, 'step 24')
 
 
-def test_evaluate_and_predict_take_the_latest_checkpoints_weights_when_asked(
+def test_evaluate_takes_the_latest_checkpoints_weights_when_asked(
     tmp_path, mock_tfds, monkeypatch):
   from cnnjax import evaluate
   scripted(monkeypatch)

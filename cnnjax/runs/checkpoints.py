@@ -374,6 +374,7 @@ class BestWeights:
 
   def __init__(self, workdir: str, owns_workdir: bool = False):
     """`owns_workdir`: as for `Checkpointer`."""
+    self.owns_workdir = owns_workdir
     self.directory = os.path.join(os.path.abspath(workdir), BEST_DIR)
     self.manager = _manager(self.directory, owns_workdir, max_to_keep=2)
 
@@ -398,16 +399,24 @@ class BestWeights:
     if step not in self.manager.all_steps():
       raise BestWeightsMissingError(
           f'The best epoch\'s weights (step {step}) are missing from {self.directory}. {fix}')
+    unreadable = f'The best epoch\'s weights (step {step}) in {self.directory} are unreadable'
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
-      if meta.get('shapes') != shape_fingerprint(template):
-        raise ValueError('their arrays do not fit this model')
-      return self.manager.restore(step, args=ocp.args.Composite(
-          variables=ocp.args.StandardRestore(_abstract(template)))).variables
+      fits = meta.get('shapes') == shape_fingerprint(template)
+      variables = self.manager.restore(step, args=ocp.args.Composite(
+          variables=ocp.args.StandardRestore(_abstract(template)))).variables if fits else None
     except Exception as error:  # pylint: disable=broad-except  # Orbax raises many kinds.
+      _drop_abandoned_reads()
+      if not self.owns_workdir and _vanishes(os.path.join(self.directory, str(step))):
+        raise BestWeightsMissingError(  # Rotated away by the run while a reader read them.
+            f'The best epoch\'s weights (step {step}) left {self.directory} as they were '
+            f'read. {fix}') from error
       raise IncompatibleCheckpointError(
-          f'The best epoch\'s weights (step {step}) in {self.directory} are unreadable '
-          f'({type(error).__name__}: {str(error)[:200]}). {fix}') from error
+          f'{unreadable} ({type(error).__name__}: {str(error)[:200]}). {fix}') from error
+    if not fits:
+      raise IncompatibleCheckpointError(
+          f'{unreadable} (ValueError: their arrays do not fit this model). {fix}')
+    return variables
 
   def close(self) -> None:
     self.manager.close()
