@@ -3,6 +3,7 @@ import glob
 import json
 import logging
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -142,6 +143,22 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous(tmp_path, mock_tfd
   assert 'Checkpoint step 6' in caplog.text and 'unreadable' in caplog.text
   assert len(os.listdir(os.path.join(resumed, 'checkpoints_unreadable'))) == 1  # Kept, not deleted.
   assert_same_run(straight, resumed, resumable_config('cnn_deep', 6))
+
+
+def test_a_checkpoints_broken_array_data_is_named_by_what_was_wrong(tmp_path, mock_tfds, caplog):
+  """The arrays' bytes cut short (the metadata intact): orbax's error quotes tensorstore's
+  whole spec; the warning gives the error under it, which names the array and the file."""
+  config = resumable_config('cnn_deep', 6)
+  train_and_evaluate(config, tmp_path)
+  data = glob.glob(str(tmp_path / 'checkpoints' / '6' / 'state' / '**' / 'd' / '*'),
+                   recursive=True)
+  with open(max(data, key=os.path.getsize), 'r+b') as f:  # The arrays' chunks.
+    f.truncate(8)
+  assert saved_run.restore_latest(experiment(config), str(tmp_path)).step == 3
+  warning = next(r.getMessage() for r in caplog.records if 'Checkpoint step 6' in r.getMessage())
+  # Which array's read fails first varies (params.*, opt_state.*): they are read at once.
+  assert re.search(r'OUT_OF_RANGE: Error reading "[\w.]+/', warning), warning
+  assert 'TensorStore details' not in warning and len(warning) < 600
 
 
 def test_a_reader_lists_again_the_steps_a_training_run_rotated_away(tmp_path, mock_tfds,

@@ -118,6 +118,15 @@ def _drop_abandoned_reads() -> None:
   sys.unraisablehook = hook
 
 
+def _reason(error: BaseException, limit: int) -> str:
+  """`Type: message` of a failed read, the message cut to `limit` characters. Orbax wraps
+  tensorstore's errors in one whose message is mostly the store's whole spec; the error
+  it wraps says what was wrong (the array, the file, the bytes)."""
+  if 'See full TensorStore details' in str(error) and error.__cause__ is not None:
+    error = error.__cause__
+  return f'{type(error).__name__}: {str(error)[:limit]}'
+
+
 def _abstract(tree: Any) -> Any:
   return jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
 
@@ -332,16 +341,15 @@ class Checkpointer:
     elif _vanishes(os.path.join(self.directory, str(step))):
       return True
     else:
-      logging.warning('Checkpoint step %d in %s is unreadable (%s: %s); using the previous '
-                      'checkpoint, if there is one.', step, self.directory,
-                      type(error).__name__, str(error)[:300])
+      logging.warning('Checkpoint step %d in %s is unreadable (%s); using the previous '
+                      'checkpoint, if there is one.', step, self.directory, _reason(error, 300))
     return False
 
   def _set_aside(self, step: int, error: Exception) -> None:
     target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
-    logging.warning('Checkpoint step %d in %s is unreadable (%s: %s). Moved it to %s; trying '
+    logging.warning('Checkpoint step %d in %s is unreadable (%s). Moved it to %s; trying '
                     'the previous checkpoint, if there is one.', step, self.directory,
-                    type(error).__name__, str(error)[:300], target)
+                    _reason(error, 300), target)
     sharding.sync_processes(f'checkpoint {step} found unreadable')
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -412,7 +420,7 @@ class BestWeights:
             f'The best epoch\'s weights (step {step}) left {self.directory} as they were '
             f'read. {fix}') from error
       raise IncompatibleCheckpointError(
-          f'{unreadable} ({type(error).__name__}: {str(error)[:200]}). {fix}') from error
+          f'{unreadable} ({_reason(error, 200)}). {fix}') from error
     if not fits:
       raise IncompatibleCheckpointError(
           f'{unreadable} (ValueError: their arrays do not fit this model). {fix}')
