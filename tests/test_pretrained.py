@@ -326,6 +326,31 @@ def test_a_conversion_that_fails_midway_leaves_no_directory(tmp_path):
     pretrained.read_weights(str(out), 'mobilenet_v2')
 
 
+def test_a_converted_directory_whose_arrays_are_cut_short_names_the_array(tmp_path):
+  """Orbax's error quotes tensorstore's whole spec; the one line gives the error under it,
+  and the reads it abandoned print nothing as they end."""
+  import glob
+  import re
+  variables, _ = pretrained.read_weights(shared_weights_file('mobilenet_v2'), 'mobilenet_v2')
+  out = tmp_path / 'converted'
+  pretrained.save_converted(variables, str(out), {'backbone': 'mobilenet_v2', 'file': 'x.h5',
+                                                  'md5': '0'})
+  data = glob.glob(str(out / '**' / 'd' / '*'), recursive=True)
+  with open(max(data, key=os.path.getsize), 'r+b') as f:  # The arrays' chunks.
+    f.truncate(8)
+  with pytest.raises(WeightsFileError, match='convert IN.h5') as error:
+    pretrained.read_weights(str(out), 'mobilenet_v2')
+  assert re.search(r'OUT_OF_RANGE: Error reading "[\w.]+/', str(error.value)), error.value
+  assert 'TensorStore details' not in str(error.value)
+  read = subprocess.run(  # In a process of its own: the abandoned reads end as it exits.
+      [sys.executable, '-c', 'import sys\nfrom cnnjax.pretrained import weights\n'
+       'try:\n  weights.read_weights(sys.argv[1], "mobilenet_v2")\n'
+       'except weights.WeightsFileError as e:\n  print(e)', str(out)],
+      capture_output=True, text=True, cwd=REPO_ROOT, timeout=300, check=True)
+  assert 'is not a readable converted weights directory' in read.stdout
+  assert read.stderr == '', read.stderr[-2000:]
+
+
 def test_command_line_stopped_at_its_start_ends_in_one_line(tmp_path):
   import signal
   from tests.helpers import ctrl_c_after, past_a_tools_handler

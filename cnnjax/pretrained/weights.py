@@ -28,6 +28,7 @@ from cnnjax.pretrained import files
 from cnnjax.pretrained import h5
 from cnnjax.pretrained import ports
 from cnnjax.pretrained.h5 import WeightsFileError
+from cnnjax.runs import failed_reads
 
 SOURCE_FILE = 'source.json'      # In a converted directory: what it was converted from.
 VARIABLES_DIR = 'variables'      # In a converted directory: the orbax checkpoint.
@@ -113,8 +114,9 @@ def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[
     variables = ocp.StandardCheckpointer().restore(
         os.path.join(os.path.abspath(directory), VARIABLES_DIR))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
+    failed_reads.drop_abandoned_reads()
     raise WeightsFileError(f'{directory} is not a readable converted weights directory '
-                           f'({type(e).__name__}: {str(e)[:200]}). Convert the .h5 file again '
+                           f'({failed_reads.reason(e, 200)}). Convert the .h5 file again '
                            'with python -m cnnjax.pretrained convert IN.h5 OUT_DIR.') from e
   if source.get('backbone') != backbone:
     raise WeightsFileError(f'{directory} holds {source.get("backbone")} weights; this model '

@@ -26,6 +26,7 @@ import orbax.checkpoint as ocp
 
 from cnnjax import sharding
 from cnnjax.runs import atomic
+from cnnjax.runs import failed_reads
 from cnnjax.errors import UserError, unreadable_message
 
 CHECKPOINT_DIR = 'checkpoints'
@@ -93,38 +94,6 @@ def _vanishes(path: str) -> bool:
       return False
     time.sleep(0.05)
   return True
-
-
-ABANDONED_READ = 'Event loop is closed'
-
-
-def _drop_abandoned_reads() -> None:
-  """A restore that failed (a step rotated away while it was read, a broken file) leaves
-  tensorstore reads in flight. As each ends, it posts its result to orbax's event loop,
-  closed by then, or fails inside orbax's coroutine, which nothing awaits any more; Python
-  reports either as unraisable: a traceback after the tool's own lines, with nothing for
-  the user to do. Those alone are dropped."""
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_abandoned_reads', False):
-    return
-
-  def hook(unraisable) -> None:
-    closed_loop = (isinstance(unraisable.exc_value, RuntimeError)
-                   and str(unraisable.exc_value) == ABANDONED_READ)
-    code = getattr(unraisable.object, 'cr_code', None)  # A read's coroutine, left unfinished.
-    if not (closed_loop or (code is not None and f'{os.sep}orbax{os.sep}' in code.co_filename)):
-      previous(unraisable)
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
-
-
-def _reason(error: BaseException, limit: int) -> str:
-  """`Type: message` of a failed read, the message cut to `limit` characters. Orbax wraps
-  tensorstore's errors in one whose message is mostly the store's whole spec; the error
-  it wraps says what was wrong (the array, the file, the bytes)."""
-  if 'See full TensorStore details' in str(error) and error.__cause__ is not None:
-    error = error.__cause__
-  return f'{type(error).__name__}: {str(error)[:limit]}'
 
 
 def _abstract(tree: Any) -> Any:
@@ -335,21 +304,21 @@ class Checkpointer:
     inspection; a reader (`cnnjax.evaluate`, `cnnjax.predict`) leaves the run's files as they
     are: the step may be one that the run, still training, has just rotated away (then
     True, quietly)."""
-    _drop_abandoned_reads()
+    failed_reads.drop_abandoned_reads()
     if self.owns_workdir:
       self._set_aside(step, error)
     elif _vanishes(os.path.join(self.directory, str(step))):
       return True
     else:
       logging.warning('Checkpoint step %d in %s is unreadable (%s); using the previous '
-                      'checkpoint, if there is one.', step, self.directory, _reason(error, 300))
+                      'checkpoint, if there is one.', step, self.directory, failed_reads.reason(error, 300))
     return False
 
   def _set_aside(self, step: int, error: Exception) -> None:
     target = os.path.join(self.workdir, UNREADABLE_DIR, f'{step}-{int(time.time())}')
     logging.warning('Checkpoint step %d in %s is unreadable (%s). Moved it to %s; trying '
                     'the previous checkpoint, if there is one.', step, self.directory,
-                    _reason(error, 300), target)
+                    failed_reads.reason(error, 300), target)
     sharding.sync_processes(f'checkpoint {step} found unreadable')
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
@@ -414,13 +383,13 @@ class BestWeights:
       variables = self.manager.restore(step, args=ocp.args.Composite(
           variables=ocp.args.StandardRestore(_abstract(template)))).variables if fits else None
     except Exception as error:  # pylint: disable=broad-except  # Orbax raises many kinds.
-      _drop_abandoned_reads()
+      failed_reads.drop_abandoned_reads()
       if not self.owns_workdir and _vanishes(os.path.join(self.directory, str(step))):
         raise BestWeightsMissingError(  # Rotated away by the run while a reader read them.
             f'The best epoch\'s weights (step {step}) left {self.directory} as they were '
             f'read. {fix}') from error
       raise IncompatibleCheckpointError(
-          f'{unreadable} ({_reason(error, 200)}). {fix}') from error
+          f'{unreadable} ({failed_reads.reason(error, 200)}). {fix}') from error
     if not fits:
       raise IncompatibleCheckpointError(
           f'{unreadable} (ValueError: their arrays do not fit this model). {fix}')
