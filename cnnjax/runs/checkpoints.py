@@ -311,7 +311,8 @@ class Checkpointer:
       return True
     else:
       logging.warning('Checkpoint step %d in %s is unreadable (%s); using the previous '
-                      'checkpoint, if there is one.', step, self.directory, failed_reads.reason(error, 300))
+                      'checkpoint, if there is one.', step, self.directory,
+                      failed_reads.reason(error, 300))
     return False
 
   def _set_aside(self, step: int, error: Exception) -> None:
@@ -373,10 +374,10 @@ class BestWeights:
   def restore(self, step: int, template: Any, fix: str = TRAINING_FIX) -> Any:
     """The weights saved at `step`, placed like `template`; an error ending in `fix` if they
     are missing or do not fit."""
+    weights = f'The best epoch\'s weights (step {step})'
     if step not in self.manager.all_steps():
-      raise BestWeightsMissingError(
-          f'The best epoch\'s weights (step {step}) are missing from {self.directory}. {fix}')
-    unreadable = f'The best epoch\'s weights (step {step}) in {self.directory} are unreadable'
+      raise BestWeightsMissingError(f'{weights} are missing from {self.directory}. {fix}')
+    unreadable = f'{weights} in {self.directory} are unreadable'
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       fits = meta.get('shapes') == shape_fingerprint(template)
@@ -386,8 +387,7 @@ class BestWeights:
       failed_reads.drop_abandoned_reads()
       if not self.owns_workdir and _vanishes(os.path.join(self.directory, str(step))):
         raise BestWeightsMissingError(  # Rotated away by the run while a reader read them.
-            f'The best epoch\'s weights (step {step}) left {self.directory} as they were '
-            f'read. {fix}') from error
+            f'{weights} left {self.directory} as they were read. {fix}') from error
       raise IncompatibleCheckpointError(
           f'{unreadable} ({failed_reads.reason(error, 200)}). {fix}') from error
     if not fits:
