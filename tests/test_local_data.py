@@ -49,6 +49,30 @@ def test_truncated_idx_file_is_named(tmp_path):
     load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
 
 
+def test_an_empty_or_swapped_idx_file_says_so(tmp_path):
+  """An empty file showed an empty header, and a labels file under the images' name the
+  labels' header bytes, leaving the user to decode 00000801."""
+  make_idx_dataset(str(tmp_path))
+  images = tmp_path / 'train-images-idx3-ubyte.gz'
+  labels = tmp_path / 'train-labels-idx1-ubyte.gz'
+  images_bytes, labels_bytes = images.read_bytes(), labels.read_bytes()
+  images.write_bytes(labels_bytes)
+  labels.write_bytes(images_bytes)
+  with pytest.raises(image_tree.LocalDataError, match=(
+      r'train-images-idx3-ubyte.gz holds labels \(an IDX file of 1-d unsigned bytes\), not '
+      'images: the images and labels files were swapped or renamed; give each its own name')):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  images.write_bytes(images_bytes)
+  with pytest.raises(image_tree.LocalDataError, match=(
+      r'train-labels-idx1-ubyte.gz holds images \(an IDX file of 3-d unsigned bytes\), not '
+      'labels')):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+  labels.write_bytes(b'')
+  with pytest.raises(image_tree.LocalDataError, match=(
+      '^.*train-labels-idx1-ubyte.gz is empty: copy or download it again.$')):
+    load_dataset('fashion_mnist', 'train', '', 'test', local_data_dir=str(tmp_path))
+
+
 def test_data_the_user_may_not_read_is_named_with_the_fix(tmp_path, monkeypatch):
   """A data folder without read permission was a PermissionError traceback, and an IDX file
   'to copy or download again'. (Tests may run as root: the system's refusal is played.)"""

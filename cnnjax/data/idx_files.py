@@ -25,6 +25,24 @@ _IDX_UBYTE = 0x08
 _GZIP_MAGIC = b'\x1f\x8b'
 
 
+# What an IDX file of each number of dimensions holds in MNIST-like datasets.
+_IDX_CONTENT = {3: 'images', 1: 'labels'}
+
+
+def _not_idx_message(path: str, data: bytes, expected_ndim: int) -> str:
+  """Why `data` is not the IDX file expected: empty, the split's other file (its images and
+  labels files swapped, or one renamed over the other), or something else."""
+  if not data:
+    return f'{path} is empty: copy or download it again.'
+  found_ndim = data[3] if len(data) >= 4 and data[:3] == b'\0\0' + bytes([_IDX_UBYTE]) else None
+  if found_ndim in _IDX_CONTENT and expected_ndim in _IDX_CONTENT:
+    return (f'{path} holds {_IDX_CONTENT[found_ndim]} (an IDX file of {found_ndim}-d unsigned '
+            f'bytes), not {_IDX_CONTENT[expected_ndim]}: the images and labels files were '
+            'swapped or renamed; give each its own name, or copy or download them again.')
+  return (f'{path} is not an IDX file of {expected_ndim}-d unsigned bytes '
+          f'(header {data[:4].hex()}): copy or download it again.')
+
+
 def read_idx(files: DatasetFiles, name: str, expected_ndim: int) -> np.ndarray:
   """Reads one (optionally gzipped) IDX file of unsigned bytes."""
   path = files.shown(name)
@@ -39,8 +57,7 @@ def read_idx(files: DatasetFiles, name: str, expected_ndim: int) -> np.ndarray:
     raise LocalDataError(f'Cannot read IDX file {path} ({type(e).__name__}: {e}): copy or '
                          'download it again.') from e
   if len(data) < 4 or data[:2] != b'\0\0' or data[2] != _IDX_UBYTE or data[3] != expected_ndim:
-    raise LocalDataError(f'{path} is not an IDX file of {expected_ndim}-d unsigned bytes '
-                         f'(header {data[:4].hex()}): copy or download it again.')
+    raise LocalDataError(_not_idx_message(path, data, expected_ndim))
   header_end = 4 + 4 * expected_ndim
   shape = struct.unpack(f'>{expected_ndim}I', data[4:header_end])
   body = np.frombuffer(data, np.uint8, offset=header_end)
