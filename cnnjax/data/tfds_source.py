@@ -57,14 +57,17 @@ def offline_help(name: str) -> str:
           f'{"cifar-10-python.tar.gz" if name == "cifar10" else name}.')
 
 
-def hide_accelerators_from_tensorflow(tf) -> None:
+def hide_accelerators_from_tensorflow(tf) -> list[str]:
   """Keeps TensorFlow off the GPUs and TPUs: TFDS only reads files with it, and TensorFlow
-  would otherwise reserve accelerator memory that JAX needs."""
+  would otherwise reserve accelerator memory that JAX needs. Returns a warning for each
+  kind it could not hide."""
+  refused = []
   for kind in ('GPU', 'TPU'):
     try:
       tf.config.set_visible_devices([], kind)
     except RuntimeError as e:  # TensorFlow had already started on its devices.
-      logging.warning('Could not hide the %ss from TensorFlow (%s).', kind, e)
+      refused.append(f'Could not hide the {kind}s from TensorFlow ({e}).')
+  return refused
 
 
 # What TensorFlow's C++ code logs to stderr as it is imported, whatever TF_CPP_MIN_LOG_LEVEL
@@ -119,16 +122,26 @@ class _NoRetryForAnUnresolvedHost(logging.Filter):
 
 
 def import_tfds(name: str):
-  """tensorflow_datasets, with TensorFlow imported first (its native start-up lines hidden)
-  and kept off the accelerators."""
+  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators; what
+  TensorFlow's C++ code logs meanwhile is hidden: its start-up lines, and the 'failed call to
+  cuInit' of its device probe on a machine with a CUDA library and no GPU.
+
+  Where nothing set `TF_CPP_MIN_LOG_LEVEL` (a script that imports this before JAX, which
+  sets it to 1), it is set to 3 as cnnjax's tools set it: below that, TensorFlow's start-up
+  message continues on a line that is not in absl's format ('To enable the following
+  instructions: AVX2 ...'), which the hiding would let through.
+  """
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Read by TensorFlow as it is imported.
   try:
     with _native_import_logs_hidden():
       import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
+      refused = hide_accelerators_from_tensorflow(tf)
   except ImportError as e:
     raise DatasetUnavailableError(
         f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
         f'default ({e}). Add it with: pip install -e ".[tfds]". ' + offline_help(name)) from e
-  hide_accelerators_from_tensorflow(tf)
+  for warning in refused:  # Shown: Python's logging may write in absl's format, as hidden.
+    logging.warning(warning)
   downloads = logging.getLogger('urllib3.connectionpool')
   if not any(isinstance(f, _NoRetryForAnUnresolvedHost) for f in downloads.filters):
     downloads.addFilter(_NoRetryForAnUnresolvedHost())
