@@ -185,7 +185,8 @@ class KerasSide:
   name = 'keras'
 
   def __init__(self, config, data):
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+    from cnnjax.data import tfds_source
+    tfds_source.import_tensorflow(keep_off_accelerators=False)  # Its native lines hidden.
     import keras
     from experiments import keras_reference
     self.keras, self.config = keras, config

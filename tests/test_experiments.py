@@ -329,6 +329,19 @@ def test_benchmark_workers_warn_as_the_tool_does(tmp_path):
   assert any('share 10 examples' in line for line in warnings)
 
 
+def test_a_benchmark_against_keras_shows_nothing_of_tensorflows_own(tmp_path):
+  """The Keras side imported TensorFlow as it was: absl's banner, 'oneDNN custom operations
+  are on' and 'Could not find cuda drivers', twice, then its device probe's 'failed call to
+  cuInit' (with TF_CPP_MIN_LOG_LEVEL as JAX sets it where the user did not)."""
+  from tests.helpers import make_idx_dataset, run_tool
+  make_idx_dataset(str(tmp_path))
+  result = run_tool('experiments.benchmark', benchmark_args(tmp_path, '--epochs=1', '--evals=1'),
+                    tmp_path, env_extra={'TF_CPP_MIN_LOG_LEVEL': '1'})
+  assert result.returncode == 0, result.stderr[-2000:]
+  assert result.stderr == '', result.stderr[-2000:]
+  assert 'ratio cnnjax/keras' in result.stdout
+
+
 def test_benchmark_times_cnnjax_alone_and_a_dead_worker_ends_it(tmp_path, capsys):
   import argparse
   import signal

@@ -121,10 +121,11 @@ class _NoRetryForAnUnresolvedHost(logging.Filter):
     return True
 
 
-def import_tfds(name: str):
-  """tensorflow_datasets, with TensorFlow imported first and kept off the accelerators; what
-  TensorFlow's C++ code logs meanwhile is hidden: its start-up lines, and the 'failed call to
-  cuInit' of its device probe on a machine with a CUDA library and no GPU.
+def import_tensorflow(keep_off_accelerators: bool = True):
+  """TensorFlow, imported with what its C++ code logs meanwhile hidden: its start-up lines,
+  and the 'failed call to cuInit' of its device probe (run here) on a machine with a CUDA
+  library and no GPU. Kept off the accelerators unless asked otherwise (the benchmark's
+  Keras side runs on them).
 
   Where nothing set `TF_CPP_MIN_LOG_LEVEL` (a script that imports this before JAX, which
   sets it to 1), it is set to 3 as cnnjax's tools set it: below that, TensorFlow's start-up
@@ -132,16 +133,23 @@ def import_tfds(name: str):
   instructions: AVX2 ...'), which the hiding would let through.
   """
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')  # Read by TensorFlow as it is imported.
+  with _native_import_logs_hidden():
+    import tensorflow as tf
+    tf.config.list_physical_devices()  # The device probe, which logs.
+    refused = hide_accelerators_from_tensorflow(tf) if keep_off_accelerators else []
+  for warning in refused:  # Shown: Python's logging may write in absl's format, as hidden.
+    logging.warning(warning)
+  return tf
+
+
+def import_tfds(name: str):
+  """tensorflow_datasets, with TensorFlow imported first (`import_tensorflow`)."""
   try:
-    with _native_import_logs_hidden():
-      import tensorflow as tf  # Only loading through TFDS needs TensorFlow.
-      refused = hide_accelerators_from_tensorflow(tf)
+    import_tensorflow()  # Only loading through TFDS needs TensorFlow.
   except ImportError as e:
     raise DatasetUnavailableError(
         f'Loading {name!r} through TFDS needs TensorFlow, which cnnjax does not install by '
         f'default ({e}). Add it with: pip install -e ".[tfds]". ' + offline_help(name)) from e
-  for warning in refused:  # Shown: Python's logging may write in absl's format, as hidden.
-    logging.warning(warning)
   downloads = logging.getLogger('urllib3.connectionpool')
   if not any(isinstance(f, _NoRetryForAnUnresolvedHost) for f in downloads.filters):
     downloads.addFilter(_NoRetryForAnUnresolvedHost())
