@@ -194,8 +194,10 @@ def print_report(report: dict) -> None:
             f"{row['epoch_seconds']:.2f} | {row['speedup_over_one_step']:.2f} | "
             + (f'{mfu:.1%}' if mfu is not None else '-'))
     flops = result['variants']['one_step'].get('step_flops')
-    if flops:
-      print(f"{result['config']}: {flops / 1e9:.1f} GFLOP per training step (XLA's count)")
+    if flops:  # At least two significant digits: an MLP's step is hundredths of a GFLOP.
+      gflop = flops / 1e9
+      shown = f'{gflop:.1f}' if gflop >= 10 else f'{gflop:.2g}'
+      print(f"{result['config']}: {shown} GFLOP per training step (XLA's count)")
 
 
 def main(argv: list[str] | None = None) -> None:

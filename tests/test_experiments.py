@@ -1,6 +1,7 @@
 """The experiment scripts: the ablation table and the suites' "beyond the study" rows."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -479,6 +480,8 @@ def test_device_benchmark_times_three_ways_and_counts_flops(tmp_path, capsys):
   # step's count is what the FLOPs-only mode prints too.
   flops = variants['one_step']['step_flops']
   assert 1e8 < flops < 1e9 and 'GFLOP per training step' in out
+  printed = float(re.search(r'cnn_simple: ([\d.]+) GFLOP per training step', out)[1])
+  assert printed == pytest.approx(flops / 1e9, rel=0.05)  # It printed '0.2' for 0.168.
   assert variants['calls']['model_flop_utilisation'] == pytest.approx(
       flops / (variants['calls']['step_ms'] / 1e3) / 1e12)
   device_benchmark.main(device_benchmark_args(tmp_path, '--flops_only'))
