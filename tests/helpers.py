@@ -283,3 +283,11 @@ def run_cnnjax(args, cwd, devices=1, timeout=600):
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices}'}
   return subprocess.run([sys.executable, '-m', 'cnnjax.main', *args], cwd=cwd, env=env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+class AbandonedRead:
+  """Collected, it raises what an orbax read abandoned by a failed restore raises as it ends
+  (unraisable, as that one is): 'Event loop is closed'."""
+
+  def __del__(self):
+    raise RuntimeError('Event loop is closed')

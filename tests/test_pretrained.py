@@ -351,6 +351,27 @@ def test_a_converted_directory_whose_arrays_are_cut_short_names_the_array(tmp_pa
   assert read.stderr == '', read.stderr[-2000:]
 
 
+def test_reads_that_end_before_the_failed_read_is_reported_print_nothing(tmp_path, monkeypatch,
+                                                                         capfd):
+  """Orbax closes its event loop as a restore gives up; the reads still in flight end from
+  then on, some before `read_converted` reached its `except`, and those printed an 'Event
+  loop is closed' traceback now and then, as the threads' timing had it."""
+  import json
+  import orbax.checkpoint as ocp
+  from tests.helpers import AbandonedRead
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)  # As a fresh process.
+  (tmp_path / pretrained.SOURCE_FILE).write_text(json.dumps(
+      {'backbone': 'mobilenet_v2', 'file': 'x.h5', 'md5': '0'}))
+
+  def restore_whose_reads_end_as_it_fails(self, *args, **kwargs):
+    AbandonedRead()  # Collected at once: its error is unraisable.
+    raise ValueError('OUT_OF_RANGE: Error reading "params.x/0"')
+  monkeypatch.setattr(ocp.StandardCheckpointer, 'restore', restore_whose_reads_end_as_it_fails)
+  with pytest.raises(WeightsFileError, match='OUT_OF_RANGE'):
+    pretrained.read_weights(str(tmp_path), 'mobilenet_v2')
+  assert capfd.readouterr().err == ''
+
+
 def test_command_line_stopped_at_its_start_ends_in_one_line(tmp_path):
   import signal
   from tests.helpers import ctrl_c_after, past_a_tools_handler

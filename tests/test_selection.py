@@ -165,6 +165,33 @@ def test_best_weights_rotated_away_as_a_reader_reads_them_are_missing_not_broken
     reader.close()
 
 
+def test_best_weights_reads_that_end_before_the_failure_is_reported_print_nothing(
+    tmp_path, monkeypatch, capfd):
+  """As for converted weights (test_pretrained.py): a read abandoned by the failed restore
+  that ends before `BestWeights.restore` reached its `except` printed a traceback."""
+  import sys
+  import jax.numpy as jnp
+  from cnnjax.runs import checkpoints
+  weights = {'params': {'w': jnp.ones((2,))}}
+  writer = checkpoints.BestWeights(str(tmp_path), owns_workdir=True)
+  writer.save(3, weights, {'epoch': 1})
+  writer.close()
+  from tests.helpers import AbandonedRead
+  monkeypatch.setattr(sys, 'unraisablehook', sys.__unraisablehook__)  # As a fresh process.
+
+  def restore_whose_reads_end_as_it_fails(step, args):
+    AbandonedRead()  # Collected at once: its error is unraisable.
+    raise ValueError('OUT_OF_RANGE: Error reading "params.w/0"')
+  reader = checkpoints.BestWeights(str(tmp_path))
+  reader.manager.restore = restore_whose_reads_end_as_it_fails
+  try:
+    with pytest.raises(checkpoints.IncompatibleCheckpointError, match='OUT_OF_RANGE'):
+      reader.restore(3, weights)
+  finally:
+    reader.close()
+  assert capfd.readouterr().err == ''
+
+
 def test_a_reader_reads_a_newer_checkpoint_where_its_best_weights_were_rotated_away(
     tmp_path, mock_tfds, monkeypatch):
   """A tool reading a run still training: between its read of the latest checkpoint and of

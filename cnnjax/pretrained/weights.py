@@ -105,6 +105,7 @@ def save_converted(variables: dict[str, Any], directory: str, source: dict[str, 
 def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[str, Any]]:
   """(backbone variables, source description) from a converted directory."""
   import orbax.checkpoint as ocp
+  failed_reads.drop_abandoned_reads()
   try:
     with open(os.path.join(directory, SOURCE_FILE), encoding='utf-8') as f:
       source = json.load(f)
@@ -114,7 +115,6 @@ def read_converted(directory: str, backbone: str) -> tuple[dict[str, Any], dict[
     variables = ocp.StandardCheckpointer().restore(
         os.path.join(os.path.abspath(directory), VARIABLES_DIR))
   except Exception as e:  # pylint: disable=broad-except  # orbax raises many kinds.
-    failed_reads.drop_abandoned_reads()
     raise WeightsFileError(f'{directory} is not a readable converted weights directory '
                            f'({failed_reads.reason(e, 200)}). Convert the .h5 file again '
                            'with python -m cnnjax.pretrained convert IN.h5 OUT_DIR.') from e

@@ -264,6 +264,7 @@ class Checkpointer:
                       ) -> tuple[Restored | None, bool]:
     """The newest readable step of those listed; and whether any listed step vanished."""
     vanished = False
+    failed_reads.drop_abandoned_reads()
     for step in sorted(self.manager.all_steps(), reverse=True):
       try:
         meta = self.manager.restore(step, args=ocp.args.Composite(
@@ -304,7 +305,6 @@ class Checkpointer:
     inspection; a reader (`cnnjax.evaluate`, `cnnjax.predict`) leaves the run's files as they
     are: the step may be one that the run, still training, has just rotated away (then
     True, quietly)."""
-    failed_reads.drop_abandoned_reads()
     if self.owns_workdir:
       self._set_aside(step, error)
     elif _vanishes(os.path.join(self.directory, str(step))):
@@ -378,13 +378,13 @@ class BestWeights:
     if step not in self.manager.all_steps():
       raise BestWeightsMissingError(f'{weights} are missing from {self.directory}. {fix}')
     unreadable = f'{weights} in {self.directory} are unreadable'
+    failed_reads.drop_abandoned_reads()
     try:
       meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
       fits = meta.get('shapes') == shape_fingerprint(template)
       variables = self.manager.restore(step, args=ocp.args.Composite(
           variables=ocp.args.StandardRestore(_abstract(template)))).variables if fits else None
     except Exception as error:  # pylint: disable=broad-except  # Orbax raises many kinds.
-      failed_reads.drop_abandoned_reads()
       if not self.owns_workdir and _vanishes(os.path.join(self.directory, str(step))):
         raise BestWeightsMissingError(  # Rotated away by the run while a reader read them.
             f'{weights} left {self.directory} as they were read. {fix}') from error

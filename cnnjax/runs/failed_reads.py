@@ -24,7 +24,9 @@ def drop_abandoned_reads() -> None:
   tensorstore reads in flight. As each ends, it posts its result to orbax's event loop,
   closed by then, or fails inside orbax's coroutine, which nothing awaits any more; Python
   reports either as unraisable: a traceback after the tool's own lines, with nothing for
-  the user to do. Those alone are dropped."""
+  the user to do. Those alone are dropped. Called before a read, not once it has failed:
+  orbax closes its loop as the restore gives up, and the first reads end before the
+  caller's `except` runs."""
   previous = sys.unraisablehook
   if getattr(previous, 'drops_abandoned_reads', False):
     return
